@@ -1,0 +1,53 @@
+// The Broker is the only part that knows whether there is one process or many.
+
+/** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
+export interface BrokerDelivery {
+  /** A serialized room event of `type` for local members of `room`, except the connection `except`. */
+  roomEvent(room: string, type: string, frame: string, except: string | undefined): void
+  /** A serialized direct frame for every local connection of `userId`. */
+  userMessage(userId: string, frame: string): void
+  userDisconnect(userId: string, code: number, reason: string): void
+}
+
+export interface PublishRequest {
+  room: string
+  type: string
+  /** The payload, already JSON: serialized once by the publisher, never per process or per socket. */
+  payloadJson: string
+  traceId: string
+  except?: string | undefined
+}
+
+/** Where a room's sequence stands: `seq` of its last event, in the run named by `epoch`. */
+export interface RoomPosition {
+  seq: number
+  epoch: string
+}
+
+export interface Broker {
+  readonly name: string
+  start(delivery: BrokerDelivery): Promise<void>
+  /** Assigns the next `seq` of the room, records the event and fans it out to every process. */
+  publish(request: PublishRequest): Promise<RoomPosition>
+  position(room: string): Promise<RoomPosition>
+  /** This process has local members in `room` and wants its events. */
+  subscribe(room: string): Promise<void>
+  unsubscribe(room: string): Promise<void>
+  /** Records one connection of a user in a room; true when the user was not present before. */
+  presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean>
+  /** Removes one connection of a user; true when it was the user's last in the room. */
+  presenceLeave(room: string, userId: string, connectionId: string): Promise<boolean>
+  /** Ids of the users present in the room, on every process. */
+  presence(room: string): Promise<string[]>
+  /** Rooms with at least one member on any process. */
+  rooms(): Promise<string[]>
+  sendToUser(userId: string, frame: string): Promise<void>
+  disconnectUser(userId: string, code: number, reason: string): Promise<void>
+  close(): Promise<void>
+}
+
+export function isBroker(value: unknown): value is Broker {
+  if (typeof value !== 'object' || value === null) return false
+  const methods = ['start', 'publish', 'position', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  return methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')
+}

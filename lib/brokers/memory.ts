@@ -1,0 +1,129 @@
+// The default broker: one process, everything in memory. A restart starts every room in a new epoch.
+import { randomUUID } from 'node:crypto'
+import { roomEventFrame } from '../protocol.js'
+import type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './broker.js'
+
+interface RoomState {
+  seq: number
+  epoch: string
+  lastEventAt: number
+  subscribed: boolean
+  /** userId → that user's connection ids in the room */
+  presence: Map<string, Set<string>>
+}
+
+export interface MemoryBrokerOptions {
+  /** How long an empty room keeps its sequence (and, later, its history) after its last event. */
+  idleRoomTtlMs?: number
+}
+
+const DEFAULT_IDLE_ROOM_TTL_MS = 300_000
+
+class MemoryBroker implements Broker {
+  readonly name = 'memory'
+  private delivery: BrokerDelivery | undefined
+  private readonly roomStates = new Map<string, RoomState>()
+  private readonly idleRoomTtlMs: number
+  private sweepTimer: NodeJS.Timeout | undefined
+
+  constructor(options: MemoryBrokerOptions) {
+    this.idleRoomTtlMs = options.idleRoomTtlMs ?? DEFAULT_IDLE_ROOM_TTL_MS
+  }
+
+  async start(delivery: BrokerDelivery): Promise<void> {
+    this.delivery = delivery
+    // One timer for all rooms; memory stays bounded by live rooms plus rooms idle for less than the TTL.
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.idleRoomTtlMs, 60_000)))
+    this.sweepTimer.unref()
+  }
+
+  async publish(request: PublishRequest): Promise<RoomPosition> {
+    const state = this.state(request.room)
+    const seq = ++state.seq
+    const time = Date.now()
+    state.lastEventAt = time
+    const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time)
+    this.delivery?.roomEvent(request.room, request.type, frame, request.except)
+    return { seq, epoch: state.epoch }
+  }
+
+  async position(room: string): Promise<RoomPosition> {
+    const state = this.state(room)
+    return { seq: state.seq, epoch: state.epoch }
+  }
+
+  async subscribe(room: string): Promise<void> {
+    this.state(room).subscribed = true
+  }
+
+  async unsubscribe(room: string): Promise<void> {
+    const state = this.roomStates.get(room)
+    if (state !== undefined) state.subscribed = false
+  }
+
+  async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
+    const presence = this.state(room).presence
+    let connections = presence.get(userId)
+    const first = connections === undefined
+    if (connections === undefined) {
+      connections = new Set()
+      presence.set(userId, connections)
+    }
+    connections.add(connectionId)
+    return first
+  }
+
+  async presenceLeave(room: string, userId: string, connectionId: string): Promise<boolean> {
+    const presence = this.roomStates.get(room)?.presence
+    const connections = presence?.get(userId)
+    if (presence === undefined || connections === undefined || !connections.delete(connectionId)) return false
+    if (connections.size > 0) return false
+    presence.delete(userId)
+    return true
+  }
+
+  async presence(room: string): Promise<string[]> {
+    const presence = this.roomStates.get(room)?.presence
+    return presence === undefined ? [] : [...presence.keys()]
+  }
+
+  async rooms(): Promise<string[]> {
+    const names: string[] = []
+    for (const [name, state] of this.roomStates) if (state.presence.size > 0) names.push(name)
+    return names
+  }
+
+  async sendToUser(userId: string, frame: string): Promise<void> {
+    this.delivery?.userMessage(userId, frame)
+  }
+
+  async disconnectUser(userId: string, code: number, reason: string): Promise<void> {
+    this.delivery?.userDisconnect(userId, code, reason)
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweepTimer)
+    this.roomStates.clear()
+    this.delivery = undefined
+  }
+
+  private state(room: string): RoomState {
+    let state = this.roomStates.get(room)
+    if (state === undefined) {
+      state = { seq: 0, epoch: randomUUID(), lastEventAt: Date.now(), subscribed: false, presence: new Map() }
+      this.roomStates.set(room, state)
+    }
+    return state
+  }
+
+  private sweep(): void {
+    const cutoff = Date.now() - this.idleRoomTtlMs
+    for (const [name, state] of this.roomStates) {
+      if (!state.subscribed && state.presence.size === 0 && state.lastEventAt < cutoff) this.roomStates.delete(name)
+    }
+  }
+}
+
+export function memoryBroker(options: MemoryBrokerOptions = {}): Broker {
+  return new MemoryBroker(options)
+}

@@ -1,0 +1,209 @@
+// One socket: sending with backpressure, the per-connection rate bucket and abuse window, liveness for the
+// heartbeat, token expiry, and the serial inbox that runs this socket's frames in the order they arrived.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import { WebSocket } from 'ws'
+import { CloseCode, directFrame, ErrorCode, errorFrame, FrameError, type Frame } from './protocol.js'
+import type { Stats } from './metrics.js'
+import type { RoomsConnection, RoomsUser } from './types.js'
+
+export interface ConnectionLimits {
+  maxBufferedBytes: number
+  rateLimit: { messagesPerSecond: number; burst: number } | false
+  abuseLimit: { rateLimited: number; windowMs: number } | false
+  closeTimeoutMs: number
+}
+
+export interface ConnectionEvents {
+  /** A raw message arrived (not yet parsed). */
+  message(connection: Connection, data: Buffer, isBinary: boolean): void
+  /** Runs one parsed frame; frames of one connection run one at a time, in arrival order. */
+  process(connection: Connection, frame: Frame): Promise<void>
+  close(connection: Connection, code: number, reason: string): void
+}
+
+// setTimeout fires at once for delays above 2^31-1 ms; longer waits re-arm.
+const MAX_TIMER_MS = 2_147_483_647
+// Frames waiting behind a slow handler; the rate bucket normally keeps this far lower.
+const MAX_INBOX = 256
+
+export class Connection implements RoomsConnection {
+  readonly id = randomUUID()
+  readonly rooms = new Set<string>()
+  /** Rooms whose join is being authorized; they count toward maxRoomsPerConnection. */
+  readonly pendingJoins = new Set<string>()
+  readonly openedAt = Date.now()
+  /** Cleared by each heartbeat tick, set again by the peer's pong. */
+  alive = true
+  tokenExp: number | undefined
+
+  private closeCode: number | undefined
+  private tokens: number
+  private lastRefill = Date.now()
+  private rateLimitedInWindow = 0
+  private abuseWindowStart = 0
+  private expiryTimer: NodeJS.Timeout | undefined
+  private killTimer: NodeJS.Timeout | undefined
+  private readonly inbox: Frame[] = []
+  private busy = false
+  readonly log: FastifyBaseLogger
+
+  constructor(
+    readonly socket: WebSocket,
+    public user: RoomsUser,
+    tokenExp: number | undefined,
+    private readonly limits: ConnectionLimits,
+    private readonly events: ConnectionEvents,
+    private readonly stats: Stats,
+    parentLog: FastifyBaseLogger,
+  ) {
+    this.log = parentLog.child({ connectionId: this.id })
+    this.tokens = limits.rateLimit === false ? 0 : limits.rateLimit.burst
+    // Listeners are attached synchronously, before any await, so no early frame is missed; each one is
+    // guarded because a throw inside a ws listener would take the whole process down.
+    socket.on('message', (data, isBinary) => {
+      try {
+        events.message(this, data as Buffer, isBinary)
+      } catch (err) {
+        this.log.error({ err }, 'fastify-rooms: message listener failed')
+        this.close(CloseCode.internalError, 'internal error')
+      }
+    })
+    socket.on('pong', () => {
+      this.alive = true
+    })
+    socket.once('close', (code, reason) => {
+      clearTimeout(this.expiryTimer)
+      clearTimeout(this.killTimer)
+      this.inbox.length = 0
+      try {
+        events.close(this, this.closeCode ?? code, this.closeCode === undefined ? reason.toString() : '')
+      } catch (err) {
+        this.log.error({ err }, 'fastify-rooms: close listener failed')
+      }
+    })
+    this.setTokenExpiry(tokenExp)
+  }
+
+  get isOpen(): boolean {
+    return this.closeCode === undefined && this.socket.readyState === WebSocket.OPEN
+  }
+
+  get bufferedAmount(): number {
+    return this.socket.bufferedAmount
+  }
+
+  send(type: string, payload: unknown): boolean {
+    const sent = this.sendFrame(directFrame(type, payload))
+    if (sent) this.stats.messageOut(type)
+    return sent
+  }
+
+  sendError(error: FrameError, id?: Frame['id']): void {
+    this.stats.error(error.code)
+    this.sendFrame(errorFrame(error, id))
+  }
+
+  /**
+   * Writes an already serialized frame. A socket whose unsent bytes would pass `maxBufferedBytes` is closed
+   * 1013 instead: memory stays bounded and the client knows to reconnect and resume.
+   */
+  sendFrame(frame: string | Buffer): boolean {
+    if (!this.isOpen) return false
+    if (this.socket.bufferedAmount + frame.length > this.limits.maxBufferedBytes) {
+      this.stats.slowConsumerCloses++
+      this.close(CloseCode.tryAgainLater, 'slow consumer')
+      return false
+    }
+    this.socket.send(frame, { binary: false })
+    return true
+  }
+
+  /** Starts the close handshake; a peer that does not answer within closeTimeoutMs is cut off. */
+  close(code: number = CloseCode.normal, reason = ''): void {
+    if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
+    this.closeCode = code
+    clearTimeout(this.expiryTimer)
+    this.socket.close(code, reason)
+    this.killTimer = setTimeout(() => this.socket.terminate(), this.limits.closeTimeoutMs)
+    this.killTimer.unref()
+  }
+
+  terminate(): void {
+    this.socket.terminate()
+  }
+
+  /** One heartbeat tick; false when the peer missed the previous ping and was terminated. */
+  heartbeat(): boolean {
+    if (!this.alive) {
+      this.log.info('fastify-rooms: no pong since the last heartbeat, terminating')
+      this.socket.terminate()
+      return false
+    }
+    this.alive = false
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.ping()
+    return true
+  }
+
+  /** Takes one token from the bucket, refilled lazily (no timer). */
+  takeToken(now: number): boolean {
+    const rate = this.limits.rateLimit
+    if (rate === false) return true
+    this.tokens = Math.min(rate.burst, this.tokens + ((now - this.lastRefill) * rate.messagesPerSecond) / 1000)
+    this.lastRefill = now
+    if (this.tokens < 1) return false
+    this.tokens -= 1
+    return true
+  }
+
+  /** Counts a rate-limited frame; true when the abuse limit is crossed and the socket was closed 1008. */
+  recordRateLimited(now: number): boolean {
+    const abuse = this.limits.abuseLimit
+    if (abuse === false) return false
+    if (now - this.abuseWindowStart > abuse.windowMs) {
+      this.abuseWindowStart = now
+      this.rateLimitedInWindow = 0
+    }
+    if (++this.rateLimitedInWindow <= abuse.rateLimited) return false
+    this.close(CloseCode.policyViolation, 'rate limit abuse')
+    return true
+  }
+
+  /** Queues a parsed frame behind the ones still running; false when too many wait already. */
+  enqueue(frame: Frame): boolean {
+    if (this.busy) {
+      if (this.inbox.length >= MAX_INBOX) return false
+      this.inbox.push(frame)
+      return true
+    }
+    void this.drain(frame)
+    return true
+  }
+
+  private async drain(first: Frame): Promise<void> {
+    this.busy = true
+    let frame: Frame | undefined = first
+    while (frame !== undefined) {
+      // process() answers every failure itself; the catch only keeps a bug from stalling the inbox.
+      await this.events.process(this, frame).catch((err: unknown) => this.log.error({ err }, 'fastify-rooms: frame processing failed'))
+      frame = this.isOpen ? this.inbox.shift() : undefined
+    }
+    this.busy = false
+  }
+
+  /** Arms the close for the token's `exp` (seconds); an `auth` refresh calls it again with the new one. */
+  setTokenExpiry(exp: number | undefined): void {
+    clearTimeout(this.expiryTimer)
+    this.tokenExp = exp
+    if (exp === undefined) return
+    const delay = exp * 1000 - Date.now()
+    this.expiryTimer = setTimeout(() => this.onTokenExpiry(exp), Math.min(Math.max(delay, 0), MAX_TIMER_MS))
+    this.expiryTimer.unref()
+  }
+
+  private onTokenExpiry(exp: number): void {
+    if (Date.now() < exp * 1000) return this.setTokenExpiry(exp)
+    this.sendError(new FrameError(ErrorCode.tokenExpired, 'token expired; send auth with a fresh token before exp'))
+    this.close(CloseCode.policyViolation, 'token expired')
+  }
+}

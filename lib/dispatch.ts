@@ -1,0 +1,209 @@
+// From a raw message to its answer: parse and validate (protocol.ts), rate-limit, then run the built-in
+// or host handler and send exactly one `ack` or `error` for a frame with an `id`.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import type { Connection, ConnectionEvents } from './connection.js'
+import type { Stats } from './metrics.js'
+import type { CompiledMessage } from './options.js'
+import {
+  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkPayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame, pongFrame,
+  type Frame, type FrameIdValue,
+} from './protocol.js'
+import type { RoomRegistry } from './rooms.js'
+import type { BroadcastOptions, MessageContext, RoomsApi, RoomsUser } from './types.js'
+import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
+
+export interface DispatcherOptions {
+  maxPayload: number
+  messages: ReadonlyMap<string, CompiledMessage>
+  userFromToken: (payload: Record<string, unknown>) => RoomsUser
+}
+
+const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are not supported: send JSON text frames')
+const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slow down')
+const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
+const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
+
+export class Dispatcher implements ConnectionEvents {
+  /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
+  private readonly knownTypes: ReadonlySet<string>
+
+  constructor(
+    private readonly options: DispatcherOptions,
+    private readonly registry: RoomRegistry,
+    private readonly verifyToken: TokenVerifier,
+    private readonly stats: Stats,
+  ) {
+    this.knownTypes = new Set([...BUILT_IN_CLIENT_TYPES, ...options.messages.keys()])
+  }
+
+  message(connection: Connection, data: Buffer, isBinary: boolean): void {
+    // ws enforces maxPayload itself; this covers an @fastify/websocket the host registered with a larger one.
+    if (data.length > this.options.maxPayload) return connection.close(CloseCode.messageTooBig, 'message too big')
+    const now = Date.now()
+    if (isBinary) {
+      this.stats.messageIn('(binary)')
+      if (this.admit(connection, now, undefined)) connection.sendError(BINARY_FRAME)
+      return
+    }
+    const parsed = parseFrame(data.toString())
+    if (parsed.error !== undefined) {
+      this.stats.messageIn('(invalid)')
+      if (this.admit(connection, now, parsed.id)) connection.sendError(parsed.error, parsed.id)
+      return
+    }
+    const frame = parsed.frame
+    this.stats.messageIn(this.knownTypes.has(frame.type) ? frame.type : '(unknown)')
+    if (!this.admit(connection, now, frame.id)) return
+    // Liveness must not wait behind a slow handler.
+    if (frame.type === 'ping') {
+      if (connection.sendFrame(pongFrame(frame.id))) this.stats.messageOut('pong')
+      return
+    }
+    if (!connection.enqueue(frame)) connection.sendError(INBOX_FULL, frame.id)
+  }
+
+  /** Takes a token from the connection's bucket; answers `rate_limited` (or closes 1008) when there is none. */
+  private admit(connection: Connection, now: number, id: FrameIdValue | undefined): boolean {
+    if (connection.takeToken(now)) return true
+    if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
+    else this.stats.error(ErrorCode.rateLimited)
+    return false
+  }
+
+  async process(connection: Connection, frame: Frame): Promise<void> {
+    try {
+      switch (frame.type) {
+        case 'join': return await this.join(connection, frame)
+        case 'leave': return await this.leave(connection, frame)
+        case 'auth': return await this.auth(connection, frame)
+        default: return await this.hostMessage(connection, frame)
+      }
+    } catch (err) {
+      if (err instanceof FrameError) return connection.sendError(err, frame.id)
+      connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
+      connection.sendError(INTERNAL_ERROR, frame.id)
+    }
+  }
+
+  close(connection: Connection, code: number, reason: string): void {
+    this.stats.close(code)
+    connection.log.info(
+      { userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
+      'fastify-rooms: connection closed',
+    )
+    this.registry.remove(connection)
+  }
+
+  private ack(connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {
+    if (id === undefined) return
+    if (connection.sendFrame(directFrame('ack', payload ?? null, id))) this.stats.messageOut('ack')
+  }
+
+  private async join(connection: Connection, frame: Frame): Promise<void> {
+    const room = requireRoom(frame)
+    const { ack, announce } = await this.registry.join(connection, room)
+    this.ack(connection, frame.id, ack)
+    if (announce) await this.registry.announce(room, 'join', connection.user.id)
+  }
+
+  private async leave(connection: Connection, frame: Frame): Promise<void> {
+    const room = requireRoom(frame)
+    if (!connection.rooms.has(room)) throw notInRoom(room)
+    await this.registry.leave(connection, room)
+    this.ack(connection, frame.id, { room })
+  }
+
+  /** Token refresh: a valid token for the same user moves the connection's expiry. */
+  private async auth(connection: Connection, frame: Frame): Promise<void> {
+    const { token } = checkAuthPayload(frame.payload)
+    let admission
+    try {
+      admission = await this.verifyToken(token)
+    } catch (err) {
+      if (!(err instanceof TokenRejectedError)) throw err
+      throw new FrameError(err.problem === 'expired' ? ErrorCode.tokenExpired : ErrorCode.forbidden, err.message)
+    }
+    if (admission.user.id !== connection.user.id) throw new FrameError(ErrorCode.forbidden, 'token is for a different user')
+    connection.user = admission.user
+    connection.setTokenExpiry(admission.exp)
+    this.ack(connection, frame.id, { exp: admission.exp ?? null })
+  }
+
+  private async hostMessage(connection: Connection, frame: Frame): Promise<void> {
+    const definition = this.options.messages.get(frame.type)
+    if (definition === undefined) throw new FrameError(ErrorCode.unknownType, `unknown message type "${frame.type}"`)
+    if (definition.room && frame.room === undefined) throw new FrameError(ErrorCode.invalidMessage, `"${frame.type}" needs a room`, { errors: [{ path: '/room', message: 'is required' }] })
+    if (frame.room !== undefined && !connection.rooms.has(frame.room)) throw notInRoom(frame.room)
+    const payload = checkPayload(definition.validator, frame.payload, frame.type)
+    // Kept on the frame so that a failure is logged with the same traceId the handler saw.
+    frame.traceId ??= randomUUID()
+    const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api)
+    const result = await definition.handler(context, payload)
+    this.ack(connection, frame.id, result)
+  }
+}
+
+function requireRoom(frame: Frame): string {
+  if (frame.room === undefined) throw new FrameError(ErrorCode.invalidMessage, `"${frame.type}" needs a room`, { errors: [{ path: '/room', message: 'is required' }] })
+  return frame.room
+}
+
+function notInRoom(room: string): FrameError {
+  return new FrameError(ErrorCode.notInRoom, `join "${room}" first`)
+}
+
+class HandlerContext implements MessageContext {
+  readonly user: RoomsUser
+  readonly room: string | undefined
+  readonly id: FrameIdValue | undefined
+  readonly traceId: string
+  readonly log: FastifyBaseLogger
+  readonly rooms: RoomsApi
+
+  constructor(readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi) {
+    this.user = connection.user
+    this.room = frame.room
+    this.id = frame.id
+    this.traceId = traceId
+    this.log = connection.log
+    this.rooms = new TracedRooms(api, this.traceId)
+  }
+
+  reply(type: string, payload: unknown): void {
+    this.connection.send(type, payload)
+  }
+}
+
+/** `ctx.rooms`: the same API, with the frame's traceId carried into broadcasts. */
+class TracedRooms implements RoomsApi {
+  constructor(private readonly api: RoomsApi, private readonly traceId: string) {}
+
+  broadcast(room: string, type: string, payload: unknown, options?: BroadcastOptions): Promise<{ seq: number }> {
+    return this.api.broadcast(room, type, payload, options?.traceId === undefined ? { ...options, traceId: this.traceId } : options)
+  }
+
+  sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
+    return this.api.sendToUser(userId, type, payload)
+  }
+
+  members(room: string) {
+    return this.api.members(room)
+  }
+
+  count(room: string) {
+    return this.api.count(room)
+  }
+
+  rooms() {
+    return this.api.rooms()
+  }
+
+  disconnectUser(userId: string, code?: number, reason?: string) {
+    return this.api.disconnectUser(userId, code, reason)
+  }
+
+  stats() {
+    return this.api.stats()
+  }
+}

@@ -1,0 +1,158 @@
+// Plugin entry: option checking, the `fastify.rooms` decorator, the /ws route and its hooks, shutdown.
+import fastifyJwt from '@fastify/jwt'
+import rateLimit from '@fastify/rate-limit'
+import websocket from '@fastify/websocket'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import fp from 'fastify-plugin'
+import type { TSchema } from 'typebox'
+import { memoryBroker } from './brokers/memory.js'
+import { Connection } from './connection.js'
+import { Dispatcher } from './dispatch.js'
+import { InvalidOptionError } from './errors.js'
+import { Stats } from './metrics.js'
+import { resolveOptions, type ResolvedOptions, type RoomsOptions } from './options.js'
+import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
+import { RoomRegistry } from './rooms.js'
+import type { MessageDefinition, RoomsApi } from './types.js'
+import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, type Admission, type JwtVerifier } from './upgrade.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    rooms: RoomsApi
+  }
+  interface FastifyRequest {
+    /** Set by the /ws route's preValidation hook once Origin and token are accepted. */
+    roomsAdmission: Admission | null
+  }
+}
+
+async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions): Promise<void> {
+  const options = resolveOptions(rawOptions)
+  if (options.jwt === false && !fastify.hasDecorator('jwt')) {
+    throw new InvalidOptionError('jwt', 'is false, but no @fastify/jwt was registered before fastify-rooms')
+  }
+
+  const stats = new Stats()
+  const broker = options.broker ?? memoryBroker({ idleRoomTtlMs: options.history.maxAgeMs })
+  const registry = new RoomRegistry(options, broker, stats, fastify.log)
+  await broker.start(registry)
+  fastify.decorate('rooms', registry.api)
+
+  let closing = false
+  let heartbeat: NodeJS.Timeout | undefined
+  async function shutdown(): Promise<void> {
+    closing = true
+    clearInterval(heartbeat)
+    await registry.shutdown(options.closeTimeoutMs)
+  }
+  // onClose hooks run after preClose (where the sockets are closed): the broker disconnects last.
+  fastify.addHook('onClose', async () => {
+    clearInterval(heartbeat)
+    await broker.close()
+  })
+
+  // @fastify/websocket belongs to the whole server (it owns the server's 'upgrade' event and answers
+  // upgrades to every other route), so it is registered at the host's level, as users do themselves.
+  if (fastify.hasDecorator('websocketServer')) {
+    // The host registered it already; its maxPayload and handleProtocols apply (see README).
+    fastify.addHook('preClose', shutdown)
+  } else {
+    await fastify.register(websocket, {
+      options: { maxPayload: options.maxPayload, handleProtocols },
+      errorHandler: (error, socket, request) => {
+        request.log.warn({ err: error }, 'fastify-rooms: socket error')
+        socket.terminate()
+      },
+      // Replaces the default, which closes sockets with no code (clients would see 1005).
+      preClose: async function (this: FastifyInstance) {
+        await shutdown()
+        await new Promise<void>((resolve) => this.websocketServer.close(() => resolve()))
+      },
+    })
+  }
+
+  await fastify.register(async function roomsRoute(scope) {
+    const verifyToken = createTokenVerifier(await jwtVerifier(scope, options), options.userFromToken)
+    const dispatcher = new Dispatcher(options, registry, verifyToken, stats)
+    const gate = createUpgradeGate(options, verifyToken, {
+      isClosing: () => closing,
+      openConnections: () => registry.connections.size,
+      openConnectionsOf: (userId) => registry.connectionsOf(userId),
+    }, stats)
+
+    if (options.handshakeRateLimit !== false && !scope.hasDecorator('createRateLimit')) {
+      await scope.register(rateLimit, { global: false })
+    }
+    scope.decorateRequest('roomsAdmission', null)
+
+    heartbeat = setInterval(() => {
+      for (const connection of registry.connections) connection.heartbeat()
+    }, options.heartbeatMs)
+    heartbeat.unref()
+
+    scope.route({
+      method: 'GET',
+      url: options.path,
+      websocket: true,
+      logSerializers: { req: redactedRequest },
+      config: options.handshakeRateLimit === false
+        ? { rateLimit: false }
+        : {
+            rateLimit: {
+              max: options.handshakeRateLimit.max,
+              timeWindow: options.handshakeRateLimit.timeWindow,
+              onExceeded: () => stats.handshake('rate_limited'),
+            },
+          },
+      onRequest: gate.onRequest,
+      preValidation: gate.preValidation,
+      handler: (socket, request) => {
+        const admission = request.roomsAdmission as Admission
+        const connection = new Connection(socket, admission.user, admission.exp, options, dispatcher, stats, request.log)
+        // Admitted before shutdown or a limit filled up while this handshake was in flight.
+        if (closing) return connection.close(CloseCode.goingAway, 'server shutting down')
+        if (registry.connections.size >= options.maxConnections || registry.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
+          return connection.close(CloseCode.tryAgainLater, 'connection limit reached')
+        }
+        registry.add(connection)
+        stats.handshake('ok')
+        connection.sendFrame(directFrame('welcome', {
+          connectionId: connection.id,
+          user: admission.user,
+          heartbeatMs: options.heartbeatMs,
+          maxPayload: options.maxPayload,
+          protocol: PROTOCOL_VERSION,
+        }))
+        connection.log.info({ userId: admission.user.id }, 'fastify-rooms: connection opened')
+      },
+    })
+  })
+}
+
+/** Our own @fastify/jwt, encapsulated in the route's scope, or the host's when `jwt: false`. */
+async function jwtVerifier(scope: FastifyInstance, options: ResolvedOptions): Promise<JwtVerifier> {
+  if (options.jwt === false) return scope.jwt
+  const jwtOptions = { secret: options.jwt.secret, ...(options.jwt.verify === undefined ? {} : { verify: options.jwt.verify }) }
+  if (!scope.hasDecorator('jwt')) {
+    await scope.register(fastifyJwt, jwtOptions)
+    return scope.jwt
+  }
+  // The host has an @fastify/jwt of its own with other settings: ours goes under a namespace.
+  await scope.register(fastifyJwt, { ...jwtOptions, namespace: 'fastifyRooms' })
+  return (scope.jwt as unknown as Record<string, JwtVerifier>).fastifyRooms as JwtVerifier
+}
+
+/** Declares a host message type so that `payload` in the handler is typed from its TypeBox schema. */
+export function defineMessage<S extends TSchema>(definition: MessageDefinition<S>): MessageDefinition<S> {
+  return definition
+}
+
+const plugin: FastifyPluginAsync<RoomsOptions> = fp(fastifyRooms, { fastify: '5.x', name: 'fastify-rooms' })
+export default plugin
+export { plugin as fastifyRooms }
+export { memoryBroker } from './brokers/memory.js'
+export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
+export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol.js'
+export { handleProtocols } from './upgrade.js'
+export type { RoomsOptions, JwtOptions } from './options.js'
+export type * from './types.js'

@@ -1,0 +1,246 @@
+// Options: the schema, the defaults, and the resolved shape the rest of the plugin reads.
+// Everything is checked here, at `register`, with an error that names the option.
+import Type, { type Static, type TSchema } from 'typebox'
+import { Compile, type Validator } from 'typebox/compile'
+import type { FastifyJWTOptions } from '@fastify/jwt'
+import { InvalidOptionError } from './errors.js'
+import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from './protocol.js'
+import { isBroker, type Broker } from './brokers/broker.js'
+import type { MessageDefinition, RoomsUser } from './types.js'
+
+const PositiveInteger = Type.Integer({ minimum: 1 })
+
+/** The options that are plain data; functions and objects (jwt, messages, broker…) are checked by hand below. */
+const DataOptions = Type.Object({
+  path: Type.Optional(Type.String({ pattern: '^/' })),
+  allowedOrigins: Type.Optional(Type.Union([Type.Literal('*'), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })])),
+  allowMissingOrigin: Type.Optional(Type.Boolean()),
+  presence: Type.Optional(Type.Boolean()),
+  heartbeatMs: Type.Optional(Type.Integer({ minimum: 10 })),
+  maxPayload: Type.Optional(Type.Integer({ minimum: 128, maximum: 104_857_600 })),
+  rateLimit: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ messagesPerSecond: Type.Number({ exclusiveMinimum: 0 }), burst: PositiveInteger }, { additionalProperties: false }),
+  ])),
+  abuseLimit: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ rateLimited: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
+  ])),
+  handshakeRateLimit: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ max: PositiveInteger, timeWindow: Type.Union([PositiveInteger, Type.String({ minLength: 1 })]) }, { additionalProperties: false }),
+  ])),
+  maxRoomsPerConnection: Type.Optional(PositiveInteger),
+  maxConnections: Type.Optional(PositiveInteger),
+  maxConnectionsPerUser: Type.Optional(PositiveInteger),
+  maxBufferedBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
+  history: Type.Optional(Type.Object({ maxEvents: Type.Integer({ minimum: 0 }), maxAgeMs: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })),
+  closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+})
+const dataOptionsValidator = Compile(DataOptions)
+
+const HAND_CHECKED = ['jwt', 'userFromToken', 'messages', 'authorizeJoin', 'broker', 'metrics'] as const
+// Fastify passes its own register options through to the plugin.
+const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
+const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
+const RESERVED_TYPES = new Set<string>([...BUILT_IN_CLIENT_TYPES, ...SERVER_TYPES])
+const MESSAGE_TYPE_PATTERN = /^[A-Za-z][A-Za-z0-9_.:-]{0,63}$/
+
+export interface JwtOptions {
+  /** Passed to @fastify/jwt as `secret`. */
+  secret: FastifyJWTOptions['secret']
+  /** Passed to @fastify/jwt as `verify` (algorithms, allowedIss, allowedAud, clockTolerance…). */
+  verify?: FastifyJWTOptions['verify']
+}
+
+export interface RoomsOptions {
+  path?: string
+  /** `{ secret, verify? }` for a JWT verifier of our own; `false` to use the @fastify/jwt the host registered. */
+  jwt: JwtOptions | false
+  userFromToken?: (payload: Record<string, unknown>) => RoomsUser
+  allowedOrigins: readonly string[] | '*'
+  allowMissingOrigin?: boolean
+  messages?: Record<string, MessageDefinition<any>>
+  authorizeJoin?: (user: RoomsUser, room: string) => boolean | Promise<boolean>
+  presence?: boolean
+  heartbeatMs?: number
+  maxPayload?: number
+  rateLimit?: { messagesPerSecond: number; burst: number } | false
+  abuseLimit?: { rateLimited: number; windowMs: number } | false
+  handshakeRateLimit?: { max: number; timeWindow: number | string } | false
+  maxRoomsPerConnection?: number
+  maxConnections?: number
+  maxConnectionsPerUser?: number
+  maxBufferedBytes?: number
+  history?: { maxEvents: number; maxAgeMs: number }
+  closeTimeoutMs?: number
+  broker?: Broker
+  metrics?: false
+}
+
+export interface CompiledMessage {
+  type: string
+  room: boolean
+  validator: Validator<any, TSchema>
+  handler: MessageDefinition['handler']
+}
+
+export interface ResolvedOptions {
+  path: string
+  jwt: JwtOptions | false
+  userFromToken: (payload: Record<string, unknown>) => RoomsUser
+  /** `null` means any origin (`'*'`). */
+  allowedOrigins: ReadonlySet<string> | null
+  allowMissingOrigin: boolean
+  messages: ReadonlyMap<string, CompiledMessage>
+  authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
+  presence: boolean
+  heartbeatMs: number
+  maxPayload: number
+  rateLimit: { messagesPerSecond: number; burst: number } | false
+  abuseLimit: { rateLimited: number; windowMs: number } | false
+  handshakeRateLimit: { max: number; timeWindow: number | string } | false
+  maxRoomsPerConnection: number
+  maxConnections: number
+  maxConnectionsPerUser: number
+  maxBufferedBytes: number
+  history: { maxEvents: number; maxAgeMs: number }
+  closeTimeoutMs: number
+  broker: Broker | undefined
+}
+
+export const defaults = {
+  path: '/ws',
+  allowMissingOrigin: false,
+  presence: true,
+  heartbeatMs: 30_000,
+  maxPayload: 65_536,
+  rateLimit: { messagesPerSecond: 20, burst: 40 },
+  abuseLimit: { rateLimited: 100, windowMs: 10_000 },
+  handshakeRateLimit: { max: 60, timeWindow: '1 minute' },
+  maxRoomsPerConnection: 100,
+  maxBufferedBytes: 1_048_576,
+  history: { maxEvents: 1000, maxAgeMs: 300_000 },
+  closeTimeoutMs: 5000,
+} as const
+
+export function defaultUserFromToken(payload: Record<string, unknown>): RoomsUser {
+  return { id: payload.sub as string }
+}
+
+function fail(option: string, problem: string): never {
+  throw new InvalidOptionError(option, problem)
+}
+
+export function resolveOptions(raw: unknown): ResolvedOptions {
+  if (typeof raw !== 'object' || raw === null) fail('(options)', 'must be an object')
+  const options = raw as Record<string, unknown>
+  for (const key of Object.keys(options)) {
+    if (!KNOWN_OPTIONS.has(key) && !FASTIFY_REGISTER_OPTIONS.has(key)) fail(key, 'is not a fastify-rooms option')
+  }
+
+  const data: Record<string, unknown> = {}
+  for (const key of Object.keys(DataOptions.properties)) if (options[key] !== undefined) data[key] = options[key]
+  if (!dataOptionsValidator.Check(data)) {
+    const [first] = dataOptionsValidator.Errors(data)
+    const option = first === undefined ? '(options)' : first.instancePath.slice(1).replaceAll('/', '.')
+    fail(option || '(options)', first?.message ?? 'is invalid')
+  }
+  const checked = data as Static<typeof DataOptions>
+
+  if (checked.allowedOrigins === undefined) fail('allowedOrigins', "is required: list the exact origins allowed to connect, or '*' to allow any")
+  if (Array.isArray(checked.allowedOrigins)) {
+    for (const origin of checked.allowedOrigins) {
+      if (origin === '*') fail('allowedOrigins', "takes '*' on its own, not inside a list")
+      if (!isExactOrigin(origin)) fail('allowedOrigins', `has "${origin}", which is not an origin like https://chat.example.com (scheme, host, optional port; no path)`)
+    }
+  }
+
+  return {
+    path: checked.path ?? defaults.path,
+    jwt: checkJwt(options.jwt),
+    userFromToken: checkFunction(options, 'userFromToken') ?? defaultUserFromToken,
+    allowedOrigins: checked.allowedOrigins === '*' ? null : new Set(checked.allowedOrigins),
+    allowMissingOrigin: checked.allowMissingOrigin ?? defaults.allowMissingOrigin,
+    messages: compileMessages(options.messages),
+    authorizeJoin: checkFunction(options, 'authorizeJoin'),
+    presence: checked.presence ?? defaults.presence,
+    heartbeatMs: checked.heartbeatMs ?? defaults.heartbeatMs,
+    maxPayload: checked.maxPayload ?? defaults.maxPayload,
+    rateLimit: checked.rateLimit ?? defaults.rateLimit,
+    abuseLimit: checked.abuseLimit ?? defaults.abuseLimit,
+    handshakeRateLimit: checked.handshakeRateLimit ?? defaults.handshakeRateLimit,
+    maxRoomsPerConnection: checked.maxRoomsPerConnection ?? defaults.maxRoomsPerConnection,
+    maxConnections: checked.maxConnections ?? Infinity,
+    maxConnectionsPerUser: checked.maxConnectionsPerUser ?? Infinity,
+    maxBufferedBytes: checked.maxBufferedBytes ?? defaults.maxBufferedBytes,
+    history: checked.history ?? defaults.history,
+    closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
+    broker: checkBroker(options.broker),
+    ...checkMetrics(options.metrics),
+  }
+}
+
+function isExactOrigin(origin: string): boolean {
+  try {
+    return new URL(origin).origin === origin
+  } catch {
+    return false
+  }
+}
+
+function checkJwt(jwt: unknown): JwtOptions | false {
+  if (jwt === false) return false
+  if (jwt === undefined) fail('jwt', 'is required: { secret } to verify tokens, or false to use an @fastify/jwt you registered')
+  if (typeof jwt !== 'object' || jwt === null) fail('jwt', 'must be { secret, verify? } or false')
+  const { secret, verify, ...rest } = jwt as Record<string, unknown>
+  const unknown = Object.keys(rest)
+  if (unknown.length > 0) fail(`jwt.${unknown[0]}`, 'is not supported (use jwt.secret and jwt.verify)')
+  const secretOk = (typeof secret === 'string' && secret.length > 0) || Buffer.isBuffer(secret) || typeof secret === 'function' ||
+    (typeof secret === 'object' && secret !== null && 'public' in secret)
+  if (!secretOk) fail('jwt.secret', 'must be a non-empty string, a Buffer, { public, private? } or a function')
+  if (verify !== undefined && (typeof verify !== 'object' || verify === null)) fail('jwt.verify', 'must be an object of @fastify/jwt verify options')
+  return jwt as JwtOptions
+}
+
+function checkFunction<K extends 'userFromToken' | 'authorizeJoin'>(options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
+  const value = options[key]
+  if (value === undefined) return undefined
+  if (typeof value !== 'function') fail(key, 'must be a function')
+  return value as NonNullable<RoomsOptions[K]>
+}
+
+function compileMessages(messages: unknown): Map<string, CompiledMessage> {
+  const compiled = new Map<string, CompiledMessage>()
+  if (messages === undefined) return compiled
+  if (typeof messages !== 'object' || messages === null || Array.isArray(messages)) fail('messages', 'must be an object of { [type]: { schema, room?, handler } }')
+  for (const [type, definition] of Object.entries(messages)) {
+    const option = `messages.${type}`
+    if (!MESSAGE_TYPE_PATTERN.test(type)) fail(option, 'has a type name that is not a letter followed by up to 63 of [A-Za-z0-9_.:-]')
+    if (RESERVED_TYPES.has(type)) fail(option, 'uses a type name the protocol reserves')
+    if (typeof definition !== 'object' || definition === null) fail(option, 'must be { schema, room?, handler }')
+    const { schema, room, handler } = definition as Record<string, unknown>
+    if (typeof schema !== 'object' || schema === null) fail(`${option}.schema`, 'must be a TypeBox schema')
+    if (room !== undefined && typeof room !== 'boolean') fail(`${option}.room`, 'must be a boolean')
+    if (typeof handler !== 'function') fail(`${option}.handler`, 'must be a function')
+    let validator: Validator<any, TSchema>
+    try {
+      validator = Compile(schema as TSchema)
+    } catch (err) {
+      fail(`${option}.schema`, `does not compile: ${(err as Error).message}`)
+    }
+    compiled.set(type, { type, room: room === true, validator, handler: handler as CompiledMessage['handler'] })
+  }
+  return compiled
+}
+
+function checkBroker(broker: unknown): Broker | undefined {
+  if (broker === undefined) return undefined
+  if (!isBroker(broker)) fail('broker', 'must be a Broker (memoryBroker() or redisBroker({ url }))')
+  return broker
+}
+
+function checkMetrics(metrics: unknown): Record<string, never> {
+  if (metrics !== undefined && metrics !== false) fail('metrics', 'is not available yet in this version; leave it unset')
+  return {}
+}

@@ -1,0 +1,167 @@
+// Wire protocol v1: the envelope, the built-in frames, error codes and close codes.
+// Everything a client can send is parsed and validated here, before any handler sees it.
+import Type, { type Static, type TSchema } from 'typebox'
+import { Compile, type Validator } from 'typebox/compile'
+import secureJson from 'secure-json-parse'
+
+export const PROTOCOL_VERSION = 1
+/** The subprotocol the server answers with; a token offered as `bearer.<jwt>` is never echoed. */
+export const SUBPROTOCOL = 'rooms.v1'
+export const BEARER_PROTOCOL_PREFIX = 'bearer.'
+
+export const ErrorCode = {
+  invalidJson: 'invalid_json',
+  invalidMessage: 'invalid_message',
+  unknownType: 'unknown_type',
+  rateLimited: 'rate_limited',
+  forbidden: 'forbidden',
+  notInRoom: 'not_in_room',
+  tooManyRooms: 'too_many_rooms',
+  tokenExpired: 'token_expired',
+  internalError: 'internal_error',
+} as const
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
+
+export const CloseCode = {
+  normal: 1000,
+  goingAway: 1001,
+  policyViolation: 1008,
+  messageTooBig: 1009,
+  internalError: 1011,
+  tryAgainLater: 1013,
+} as const
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
+
+/** Types the client sends that the plugin itself answers; host message types may not reuse them. */
+export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume'] as const
+/** Types the server sends on its own; neither host messages nor room events may use them. */
+export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence'] as const
+
+export const RoomName = Type.String({ minLength: 1, maxLength: 128 })
+export const MessageType = Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.:-]{0,63}$' })
+const FrameId = Type.Union([Type.String({ minLength: 1, maxLength: 64 }), Type.Integer()])
+
+const Envelope = Type.Object(
+  {
+    type: Type.String({ minLength: 1, maxLength: 64 }),
+    id: Type.Optional(FrameId),
+    room: Type.Optional(RoomName),
+    payload: Type.Optional(Type.Unknown()),
+    traceId: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  },
+  { additionalProperties: false },
+)
+export type Frame = Static<typeof Envelope>
+export type FrameIdValue = Static<typeof FrameId>
+
+export const AuthPayload = Type.Object({ token: Type.String({ minLength: 1, maxLength: 8192 }) })
+
+const envelopeValidator = Compile(Envelope)
+const authValidator = Compile(AuthPayload)
+
+export interface ErrorDetail {
+  path: string
+  message: string
+}
+
+/** A frame the server must answer with an `error`; `id` echoes the client's when one could be read. */
+export class FrameError extends Error {
+  constructor(
+    readonly code: ErrorCode | (string & {}),
+    message: string,
+    readonly details?: { errors: ErrorDetail[] },
+  ) {
+    super(message)
+    this.name = 'FrameError'
+  }
+}
+
+const MAX_REPORTED_ERRORS = 10
+
+/** TypeBox errors as `{ path, message }`, at most ten, with paths relative to `prefix`. */
+export function validationErrors(validator: Validator<any, any>, value: unknown, prefix = ''): ErrorDetail[] {
+  const errors: ErrorDetail[] = []
+  for (const error of validator.Errors(value)) {
+    // additionalProperties reports twice (once as `schema is false` on the key); keep the readable one.
+    if (error.keyword === 'boolean') continue
+    errors.push({ path: prefix + error.instancePath, message: error.message })
+    if (errors.length === MAX_REPORTED_ERRORS) break
+  }
+  return errors
+}
+
+export function compileSchema<S extends TSchema>(schema: S): Validator<any, S> {
+  return Compile(schema) as Validator<any, S>
+}
+
+export function checkPayload<S extends TSchema>(validator: Validator<any, S>, payload: unknown, type: string): Static<S> {
+  if (!validator.Check(payload)) {
+    throw new FrameError(ErrorCode.invalidMessage, `invalid payload for "${type}"`, {
+      errors: validationErrors(validator, payload, '/payload'),
+    })
+  }
+  return payload as Static<S>
+}
+
+export function checkAuthPayload(payload: unknown): Static<typeof AuthPayload> {
+  return checkPayload(authValidator, payload, 'auth')
+}
+
+export type ParseResult = { frame: Frame; error?: undefined } | { frame?: undefined; error: FrameError; id?: FrameIdValue }
+
+/**
+ * Parses one text frame. Keys that could reach a prototype (`__proto__`, `constructor.prototype`) are
+ * rejected rather than stripped, as Fastify does for JSON bodies, so a handler never sees a frame that
+ * differs from what was sent.
+ */
+export function parseFrame(text: string): ParseResult {
+  let value: unknown
+  try {
+    value = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
+  } catch (err) {
+    if (err instanceof SyntaxError && err.message.includes('forbidden prototype property')) {
+      return { error: new FrameError(ErrorCode.invalidMessage, 'frame contains a forbidden key (__proto__ or constructor.prototype)') }
+    }
+    return { error: new FrameError(ErrorCode.invalidJson, 'frame is not valid JSON') }
+  }
+  if (envelopeValidator.Check(value)) return { frame: value }
+  const id = readId(value)
+  const error = new FrameError(ErrorCode.invalidMessage, 'frame does not match the protocol envelope', {
+    errors: validationErrors(envelopeValidator, value),
+  })
+  return id === undefined ? { error } : { error, id }
+}
+
+function readId(value: unknown): FrameIdValue | undefined {
+  if (typeof value !== 'object' || value === null) return undefined
+  const id = (value as { id?: unknown }).id
+  if (typeof id === 'string' && id.length > 0 && id.length <= 64) return id
+  if (typeof id === 'number' && Number.isInteger(id)) return id
+  return undefined
+}
+
+// Server frames are assembled by hand where they are hot (room events) and by JSON.stringify elsewhere.
+// Key order is fixed so clients and tests can rely on it.
+
+export function directFrame(type: string, payload: unknown, id?: FrameIdValue): string {
+  return JSON.stringify(id === undefined ? { type, payload, time: Date.now() } : { type, id, payload, time: Date.now() })
+}
+
+export function errorFrame(error: FrameError, id?: FrameIdValue): string {
+  const payload = error.details === undefined
+    ? { code: error.code, message: error.message }
+    : { code: error.code, message: error.message, details: error.details }
+  return directFrame('error', payload, id)
+}
+
+export function pongFrame(id?: FrameIdValue): string {
+  return JSON.stringify(id === undefined ? { type: 'pong', time: Date.now() } : { type: 'pong', id, time: Date.now() })
+}
+
+/**
+ * A room event, serialized once per publish. `payloadJson` is already JSON; `type`, `room` and `traceId`
+ * are validated names, but still go through JSON.stringify so no value can break out of its string.
+ */
+export function roomEventFrame(type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number): string {
+  return `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":${seq},"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`
+}

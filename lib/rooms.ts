@@ -1,0 +1,234 @@
+// The RoomRegistry behind `fastify.rooms`: this process's connections and room membership, presence,
+// publishing through the Broker, and fan-out of what the Broker delivers to local sockets.
+import { randomUUID } from 'node:crypto'
+import type { FastifyBaseLogger } from 'fastify'
+import { Compile } from 'typebox/compile'
+import type { Broker, BrokerDelivery, RoomPosition } from './brokers/broker.js'
+import type { Connection } from './connection.js'
+import { InvalidArgumentError } from './errors.js'
+import type { Stats } from './metrics.js'
+import { CloseCode, directFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
+import type { BroadcastOptions, RoomMember, RoomsApi, RoomsStats } from './types.js'
+
+export interface RegistryOptions {
+  presence: boolean
+  maxRoomsPerConnection: number
+  authorizeJoin: ((user: Connection['user'], room: string) => boolean | Promise<boolean>) | undefined
+}
+
+export interface JoinAck extends RoomPosition {
+  room: string
+  members?: RoomMember[]
+}
+
+const roomNameValidator = Compile(RoomName)
+const messageTypeValidator = Compile(MessageType)
+const RESERVED_EVENT_TYPES = new Set<string>(SERVER_TYPES)
+
+export class RoomRegistry implements BrokerDelivery {
+  readonly connections = new Set<Connection>()
+  private readonly byUser = new Map<string, Set<Connection>>()
+  private readonly localRooms = new Map<string, Set<Connection>>()
+  private whenEmpty: (() => void) | undefined
+  readonly api: RoomsApi
+
+  constructor(
+    private readonly options: RegistryOptions,
+    private readonly broker: Broker,
+    private readonly stats: Stats,
+    private readonly log: FastifyBaseLogger,
+  ) {
+    this.api = {
+      broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
+      sendToUser: (userId, type, payload) => this.sendToUser(userId, type, payload),
+      members: async (room) => this.members(checkRoom(room)),
+      count: async (room) => (await this.broker.presence(checkRoom(room))).length,
+      rooms: () => this.broker.rooms(),
+      disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') =>
+        this.broker.disconnectUser(checkUserId(userId), code, reason),
+      stats: () => this.snapshot(),
+    }
+  }
+
+  connectionsOf(userId: string): number {
+    return this.byUser.get(userId)?.size ?? 0
+  }
+
+  add(connection: Connection): void {
+    this.connections.add(connection)
+    let own = this.byUser.get(connection.user.id)
+    if (own === undefined) {
+      own = new Set()
+      this.byUser.set(connection.user.id, own)
+    }
+    own.add(connection)
+  }
+
+  /** A socket closed: it leaves every room (presence `leave` for its user's last socket there). */
+  remove(connection: Connection): void {
+    if (!this.connections.delete(connection)) return
+    const own = this.byUser.get(connection.user.id)
+    own?.delete(connection)
+    if (own?.size === 0) this.byUser.delete(connection.user.id)
+    for (const room of connection.rooms) {
+      this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
+    }
+    if (this.connections.size === 0) this.whenEmpty?.()
+  }
+
+  /**
+   * Joins a room. Local membership starts before the position is read, so every event with
+   * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
+   */
+  async join(connection: Connection, room: string): Promise<{ ack: JoinAck; announce: boolean }> {
+    if (connection.rooms.has(room)) return { ack: await this.joinAck(room), announce: false }
+    if (connection.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
+    if (connection.rooms.size + connection.pendingJoins.size >= this.options.maxRoomsPerConnection) {
+      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
+    }
+    connection.pendingJoins.add(room)
+    try {
+      const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
+      if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
+    } finally {
+      connection.pendingJoins.delete(room)
+    }
+    if (!connection.isOpen) throw new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
+    connection.rooms.add(room)
+    try {
+      let local = this.localRooms.get(room)
+      if (local === undefined) {
+        local = new Set()
+        this.localRooms.set(room, local)
+        local.add(connection)
+        await this.broker.subscribe(room)
+      } else {
+        local.add(connection)
+      }
+      const announce = await this.broker.presenceJoin(room, connection.user.id, connection.id)
+      return { ack: await this.joinAck(room), announce: announce && this.options.presence }
+    } catch (err) {
+      // Undo what was done, so a failed join leaves no half-member behind.
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
+  async leave(connection: Connection, room: string): Promise<void> {
+    if (!connection.rooms.delete(room)) return
+    const local = this.localRooms.get(room)
+    if (local !== undefined) {
+      local.delete(connection)
+      if (local.size === 0) {
+        this.localRooms.delete(room)
+        await this.broker.unsubscribe(room)
+      }
+    }
+    const last = await this.broker.presenceLeave(room, connection.user.id, connection.id)
+    if (last && this.options.presence) await this.announce(room, 'leave', connection.user.id)
+  }
+
+  announce(room: string, action: 'join' | 'leave', userId: string): Promise<RoomPosition> {
+    return this.publish(room, 'presence', { action, user: { id: userId } }, randomUUID(), undefined)
+  }
+
+  async broadcast(room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
+    checkRoom(room)
+    if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
+    if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
+    const { seq } = await this.publish(room, type, payload, options.traceId ?? randomUUID(), options.except)
+    return { seq }
+  }
+
+  async sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
+    checkUserId(userId)
+    if (!messageTypeValidator.Check(type) || RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is not a valid, unreserved message type`)
+    await this.broker.sendToUser(userId, directFrame(type, payload))
+  }
+
+  async members(room: string): Promise<RoomMember[]> {
+    const ids = await this.broker.presence(room)
+    return ids.map((id) => ({ id }))
+  }
+
+  // BrokerDelivery: what every process receives. The frame was serialized once by the publisher; it is
+  // turned into bytes once here, and each member costs a state check, a buffer check and one write.
+  roomEvent(room: string, type: string, frame: string, except: string | undefined): void {
+    const local = this.localRooms.get(room)
+    if (local === undefined) return
+    const bytes = Buffer.from(frame)
+    let recipients = 0
+    for (const connection of local) {
+      if (connection.id !== except && connection.sendFrame(bytes)) recipients++
+    }
+    this.stats.messageOut(type, recipients)
+  }
+
+  userMessage(userId: string, frame: string): void {
+    const own = this.byUser.get(userId)
+    if (own === undefined) return
+    for (const connection of own) connection.sendFrame(frame)
+  }
+
+  userDisconnect(userId: string, code: number, reason: string): void {
+    const own = this.byUser.get(userId)
+    if (own === undefined) return
+    for (const connection of own) connection.close(code, reason)
+  }
+
+  /** Closes every socket with 1001 and resolves once all have closed; stragglers are cut after timeoutMs. */
+  async shutdown(timeoutMs: number): Promise<void> {
+    if (this.connections.size === 0) return
+    const empty = new Promise<void>((resolve) => {
+      this.whenEmpty = resolve
+    })
+    for (const connection of this.connections) connection.close(CloseCode.goingAway, 'server shutting down')
+    const cutoff = setTimeout(() => {
+      for (const connection of this.connections) connection.terminate()
+    }, timeoutMs)
+    cutoff.unref()
+    await empty
+    clearTimeout(cutoff)
+  }
+
+  private async publish(room: string, type: string, payload: unknown, traceId: string, except: string | undefined): Promise<RoomPosition> {
+    const payloadJson = JSON.stringify(payload) ?? 'null'
+    return this.broker.publish({ room, type, payloadJson, traceId, except })
+  }
+
+  private async joinAck(room: string): Promise<JoinAck> {
+    const position = await this.broker.position(room)
+    if (!this.options.presence) return { room, ...position }
+    return { room, ...position, members: await this.members(room) }
+  }
+
+  private snapshot(): RoomsStats {
+    let members = 0
+    for (const local of this.localRooms.values()) members += local.size
+    let maxBufferedBytes = 0
+    for (const connection of this.connections) maxBufferedBytes = Math.max(maxBufferedBytes, connection.bufferedAmount)
+    return {
+      connections: this.connections.size,
+      rooms: this.localRooms.size,
+      members,
+      messagesIn: { ...this.stats.messagesIn },
+      messagesOut: { ...this.stats.messagesOut },
+      errors: { ...this.stats.errors },
+      closes: { ...this.stats.closes },
+      handshakes: { ...this.stats.handshakes },
+      slowConsumerCloses: this.stats.slowConsumerCloses,
+      maxBufferedBytes,
+    }
+  }
+}
+
+function checkRoom(room: string): string {
+  if (!roomNameValidator.Check(room)) throw new InvalidArgumentError('room', 'must be a string of 1 to 128 characters')
+  return room
+}
+
+function checkUserId(userId: string): string {
+  if (typeof userId !== 'string' || userId.length === 0) throw new InvalidArgumentError('userId', 'must be a non-empty string')
+  return userId
+}

@@ -1,0 +1,80 @@
+// Public types shared by the plugin's files. Kept apart so that no file imports another only for its types.
+import type { FastifyBaseLogger } from 'fastify'
+import type { Static, TSchema } from 'typebox'
+import type { FrameIdValue } from './protocol.js'
+
+/** What `userFromToken` makes of a verified JWT payload; `id` names the user everywhere (presence, `sendToUser`). */
+export interface RoomsUser {
+  id: string
+  [key: string]: unknown
+}
+
+/** One open socket, as handlers see it. */
+export interface RoomsConnection {
+  readonly id: string
+  readonly user: RoomsUser
+  /** Rooms this socket has joined. */
+  readonly rooms: ReadonlySet<string>
+  /** Sends a direct (non-room) frame `{ type, payload, time }`; false when the socket is no longer open. */
+  send(type: string, payload: unknown): boolean
+  close(code?: number, reason?: string): void
+}
+
+export interface MessageContext {
+  connection: RoomsConnection
+  user: RoomsUser
+  /** The frame's room; always set, and joined, when the message type is declared with `room: true`. */
+  room: string | undefined
+  id: FrameIdValue | undefined
+  /** The client's `traceId`, or a new one; broadcasts made through `ctx.rooms` carry it. */
+  traceId: string
+  log: FastifyBaseLogger
+  rooms: RoomsApi
+  /** Sends a direct frame to this connection only. */
+  reply(type: string, payload: unknown): void
+}
+
+export interface MessageDefinition<S extends TSchema = TSchema> {
+  /** TypeBox schema of `payload`, compiled once at registration. */
+  schema: S
+  /** The frame must name a room this socket has joined. */
+  room?: boolean
+  /** The resolved value becomes the `ack` payload when the frame has an `id`. */
+  handler(ctx: MessageContext, payload: Static<S>): unknown
+}
+
+export interface BroadcastOptions {
+  /** A connection id that must not receive this event (typically the sender's). */
+  except?: string
+  /** Defaults to a new id (or, through `ctx.rooms`, the frame's traceId). */
+  traceId?: string
+}
+
+export interface RoomMember {
+  id: string
+}
+
+export interface RoomsStats {
+  connections: number
+  rooms: number
+  members: number
+  messagesIn: Record<string, number>
+  messagesOut: Record<string, number>
+  errors: Record<string, number>
+  closes: Record<string, number>
+  handshakes: Record<string, number>
+  slowConsumerCloses: number
+  /** The largest send buffer of any open socket right now, in bytes. */
+  maxBufferedBytes: number
+}
+
+/** `fastify.rooms` */
+export interface RoomsApi {
+  broadcast(room: string, type: string, payload: unknown, options?: BroadcastOptions): Promise<{ seq: number }>
+  sendToUser(userId: string, type: string, payload: unknown): Promise<void>
+  members(room: string): Promise<RoomMember[]>
+  count(room: string): Promise<number>
+  rooms(): Promise<string[]>
+  disconnectUser(userId: string, code?: number, reason?: string): Promise<void>
+  stats(): RoomsStats
+}

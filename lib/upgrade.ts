@@ -1,0 +1,169 @@
+// Everything that happens before the 101: Origin allowlist, token extraction and JWT verification, the
+// connection limits. These run as hooks of the /ws route, so a rejected client gets an HTTP status and
+// no WebSocket is ever created.
+import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
+import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from './errors.js'
+import type { Stats } from './metrics.js'
+import { BEARER_PROTOCOL_PREFIX, SUBPROTOCOL } from './protocol.js'
+import type { RoomsUser } from './types.js'
+
+/** What a verified upgrade hands to the connection. */
+export interface Admission {
+  user: RoomsUser
+  /** The token's `exp` in seconds, when it has one. */
+  exp: number | undefined
+}
+
+export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed' | 'invalid' | 'no_user'
+
+export class TokenRejectedError extends Error {
+  constructor(readonly problem: TokenProblem, message: string) {
+    super(message)
+    this.name = 'TokenRejectedError'
+  }
+}
+
+/** The part of @fastify/jwt's decorator we use: verify a token with the configured secret and options. */
+export interface JwtVerifier {
+  verify(token: string): unknown
+}
+
+export type TokenVerifier = (token: string) => Promise<Admission>
+
+// fast-jwt's error codes, mapped to what we tell the client (never the token itself).
+const FAST_JWT_PROBLEMS: Record<string, TokenProblem> = {
+  FAST_JWT_EXPIRED: 'expired',
+  FAST_JWT_INACTIVE: 'not_yet_valid',
+  FAST_JWT_MALFORMED: 'malformed',
+  FAST_JWT_INVALID_TYPE: 'malformed',
+}
+const PROBLEM_MESSAGES: Record<TokenProblem, string> = {
+  missing: 'no token (send Authorization: Bearer, the bearer.<jwt> subprotocol, or ?token=)',
+  expired: 'token expired',
+  not_yet_valid: 'token not yet valid',
+  malformed: 'token malformed',
+  invalid: 'token rejected',
+  no_user: 'token does not name a user',
+}
+
+export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: Record<string, unknown>) => RoomsUser): TokenVerifier {
+  return async (token) => {
+    let payload: unknown
+    try {
+      // Sync for a static secret, a promise for a key function: awaiting covers both.
+      payload = await jwt.verify(token)
+    } catch (err) {
+      const problem = FAST_JWT_PROBLEMS[(err as { code?: string }).code ?? ''] ?? 'invalid'
+      throw new TokenRejectedError(problem, PROBLEM_MESSAGES[problem])
+    }
+    if (typeof payload !== 'object' || payload === null) throw new TokenRejectedError('malformed', PROBLEM_MESSAGES.malformed)
+    const claims = payload as Record<string, unknown>
+    const user = userFromToken(claims)
+    if (typeof user?.id !== 'string' || user.id.length === 0) throw new TokenRejectedError('no_user', PROBLEM_MESSAGES.no_user)
+    return { user, exp: typeof claims.exp === 'number' ? claims.exp : undefined }
+  }
+}
+
+/** First found wins: `Authorization: Bearer`, then the `bearer.<jwt>` subprotocol entry, then `?token=`. */
+export function extractToken(request: FastifyRequest): string | undefined {
+  const authorization = request.headers.authorization
+  if (authorization !== undefined) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization)
+    if (match !== null) return match[1]
+  }
+  const protocols = request.headers['sec-websocket-protocol']
+  if (protocols !== undefined) {
+    for (const entry of protocols.split(',')) {
+      const protocol = entry.trim()
+      if (protocol.startsWith(BEARER_PROTOCOL_PREFIX) && protocol.length > BEARER_PROTOCOL_PREFIX.length) {
+        return protocol.slice(BEARER_PROTOCOL_PREFIX.length)
+      }
+    }
+  }
+  const token = (request.query as Record<string, unknown> | undefined)?.token
+  return typeof token === 'string' && token.length > 0 ? token : undefined
+}
+
+/** ws `handleProtocols`: answer `rooms.v1` when offered; a `bearer.<jwt>` entry is never chosen, so never echoed. */
+export function handleProtocols(protocols: Set<string>): string | false {
+  return protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false
+}
+
+/** Fastify's request serializer for the route, with the `token` query parameter redacted. */
+export function redactedRequest(request: FastifyRequest): Record<string, unknown> {
+  return {
+    method: request.method,
+    url: redactUrl(request.url),
+    host: request.host,
+    remoteAddress: request.ip,
+    remotePort: request.socket?.remotePort,
+  }
+}
+
+export function redactUrl(url: string): string {
+  return url.includes('token=') ? url.replace(/([?&]token=)[^&#]*/g, '$1[REDACTED]') : url
+}
+
+export interface UpgradeGate {
+  onRequest: onRequestHookHandler
+  preValidation: preValidationHookHandler
+}
+
+export interface UpgradeGateOptions {
+  allowedOrigins: ReadonlySet<string> | null
+  allowMissingOrigin: boolean
+  maxConnections: number
+  maxConnectionsPerUser: number
+}
+
+export interface UpgradeState {
+  isClosing(): boolean
+  openConnections(): number
+  openConnectionsOf(userId: string): number
+}
+
+export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
+  return {
+    // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
+    async onRequest(request: FastifyRequest, reply: FastifyReply) {
+      if (state.isClosing()) {
+        stats.handshake('unavailable')
+        throw new UnavailableError('server is shutting down')
+      }
+      if (!request.ws) {
+        reply.code(426).header('upgrade', 'websocket')
+        return reply.send({ statusCode: 426, error: 'Upgrade Required', message: 'this route only accepts WebSocket upgrades' })
+      }
+    },
+    // Checks that must be counted by the handshake rate limit run after it.
+    async preValidation(request: FastifyRequest) {
+      const origin = request.headers.origin
+      const originAllowed = origin === undefined
+        ? options.allowMissingOrigin
+        : options.allowedOrigins === null || options.allowedOrigins.has(origin)
+      if (!originAllowed) {
+        stats.handshake('forbidden_origin')
+        throw new ForbiddenOriginError()
+      }
+      const token = extractToken(request)
+      let admission: Admission
+      try {
+        if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)
+        admission = await verifyToken(token)
+      } catch (err) {
+        stats.handshake('unauthorized')
+        if (err instanceof TokenRejectedError) throw new UnauthorizedError(err.message)
+        throw err
+      }
+      if (state.openConnections() >= options.maxConnections) {
+        stats.handshake('unavailable')
+        throw new UnavailableError('connection limit reached')
+      }
+      if (state.openConnectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
+        stats.handshake('unavailable')
+        throw new UnavailableError('connection limit for this user reached')
+      }
+      request.roomsAdmission = admission
+    },
+  }
+}

@@ -1,0 +1,210 @@
+// Shared test helpers: a real Fastify app on 127.0.0.1:0, real ws clients, and signed tokens.
+import { Writable } from 'node:stream'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import { createSigner } from 'fast-jwt'
+import WebSocket from 'ws'
+import rooms, { type RoomsOptions } from '../../lib/index.js'
+
+export const SECRET = 'test-secret-0123456789'
+export const ORIGIN = 'http://app.test'
+
+const signer = createSigner({ key: SECRET })
+
+/** A token for `sub`, valid for an hour unless `claims` says otherwise (exp/nbf in seconds). */
+export function sign(sub: string, claims: Record<string, unknown> = {}): string {
+  const now = Math.floor(Date.now() / 1000)
+  return signer({ sub, iat: now, exp: now + 3600, ...claims })
+}
+
+export interface TestServer {
+  app: FastifyInstance
+  url: string
+  port: number
+  /** Every log line the app wrote, raw. */
+  logs: string[]
+}
+
+export interface StartOptions {
+  /** Called after the plugin is registered, before listen (routes, decorators). */
+  setup?: (app: FastifyInstance) => void | Promise<void>
+  /** Called before the plugin is registered (e.g. to register @fastify/jwt yourself). */
+  before?: (app: FastifyInstance) => void | Promise<void>
+  fastify?: FastifyServerOptions
+}
+
+export async function startServer(
+  t: { teardown(fn: () => unknown): void },
+  options: Partial<RoomsOptions> = {},
+  start: StartOptions = {},
+): Promise<TestServer> {
+  const logs: string[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      logs.push(chunk.toString())
+      done()
+    },
+  })
+  const app = Fastify({ logger: { level: 'trace', stream }, ...start.fastify })
+  await start.before?.(app)
+  await app.register(rooms, {
+    jwt: { secret: SECRET },
+    allowedOrigins: [ORIGIN],
+    ...options,
+  } as RoomsOptions)
+  await start.setup?.(app)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : 0
+  return { app, url: `ws://127.0.0.1:${port}`, port, logs }
+}
+
+export interface Frame {
+  type: string
+  id?: string | number
+  room?: string
+  seq?: number
+  payload?: any
+  traceId?: string
+  time?: number
+}
+
+export interface ConnectOptions {
+  token?: string | null
+  origin?: string | null
+  /** How the token travels. */
+  via?: 'header' | 'protocol' | 'query'
+  path?: string
+  wsOptions?: WebSocket.ClientOptions
+}
+
+/** A ws client that records every frame and lets a test await the next one that matches. */
+export class Client {
+  readonly frames: Frame[] = []
+  private cursor = 0
+  private waiters: Array<() => void> = []
+  readonly closed: Promise<{ code: number; reason: string }>
+
+  constructor(readonly ws: WebSocket) {
+    ws.on('message', (data, isBinary) => {
+      this.frames.push(isBinary ? { type: '(binary)' } : JSON.parse(data.toString()))
+      this.wake()
+    })
+    this.closed = new Promise((resolve) => {
+      ws.once('close', (code, reason) => {
+        this.wake()
+        resolve({ code, reason: reason.toString() })
+      })
+    })
+  }
+
+  private wake(): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const wake of waiters) wake()
+  }
+
+  send(frame: unknown): void {
+    this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+  }
+
+  /** The next frame (after those already taken) that matches; rejects if the socket closes first. */
+  async next(match: (frame: Frame) => boolean = () => true, what = 'frame'): Promise<Frame> {
+    for (;;) {
+      while (this.cursor < this.frames.length) {
+        const frame = this.frames[this.cursor++]!
+        if (match(frame)) return frame
+      }
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed while waiting for ${what}`)
+      await new Promise<void>((resolve) => this.waiters.push(resolve))
+    }
+  }
+
+  nextOfType(type: string): Promise<Frame> {
+    return this.next((frame) => frame.type === type, type)
+  }
+
+  /** Sends a frame with an id and resolves with the `ack` or `error` that answers it. */
+  async request(frame: Record<string, unknown> & { type: string }, id: string | number = nextId()): Promise<Frame> {
+    this.send({ ...frame, id })
+    return this.next((reply) => (reply.type === 'ack' || reply.type === 'error') && reply.id === id, `answer to ${id}`)
+  }
+
+  async join(room: string): Promise<Frame> {
+    const answer = await this.request({ type: 'join', room })
+    if (answer.type !== 'ack') throw new Error(`join ${room} failed: ${JSON.stringify(answer)}`)
+    return answer
+  }
+
+  close(code?: number): Promise<{ code: number; reason: string }> {
+    this.ws.close(code)
+    return this.closed
+  }
+}
+
+let idCounter = 0
+export function nextId(): string {
+  return `r${++idCounter}`
+}
+
+function clientArgs(server: TestServer | string, sub: string, options: ConnectOptions): { url: string; protocols: string[]; wsOptions: WebSocket.ClientOptions } {
+  const base = typeof server === 'string' ? server : server.url
+  const token = options.token === undefined ? sign(sub) : options.token
+  const via = options.via ?? 'header'
+  let url = base + (options.path ?? '/ws')
+  const headers: Record<string, string> = {}
+  const protocols: string[] = []
+  if (token !== null) {
+    if (via === 'header') headers.authorization = `Bearer ${token}`
+    else if (via === 'protocol') protocols.push('rooms.v1', `bearer.${token}`)
+    else url += `?token=${encodeURIComponent(token)}`
+  }
+  const origin = options.origin === undefined ? ORIGIN : options.origin
+  const wsOptions: WebSocket.ClientOptions = { headers, ...options.wsOptions }
+  if (origin !== null) wsOptions.origin = origin
+  return { url, protocols, wsOptions }
+}
+
+/** Opens a socket for user `sub` and waits for `welcome`. */
+export async function connect(server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Client> {
+  const { url, protocols, wsOptions } = clientArgs(server, sub, options)
+  const ws = new WebSocket(url, protocols, wsOptions)
+  const client = new Client(ws)
+  await new Promise<void>((resolve, reject) => {
+    ws.once('open', resolve)
+    ws.once('error', reject)
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`unexpected HTTP ${res.statusCode}`)))
+  })
+  const welcome = await client.nextOfType('welcome')
+  if (welcome.payload?.user?.id !== sub) throw new Error(`welcome for the wrong user: ${JSON.stringify(welcome)}`)
+  return client
+}
+
+export interface Rejection {
+  status: number
+  headers: Record<string, string | string[] | undefined>
+  body: string
+}
+
+/** Attempts an upgrade that must be refused before the 101; resolves with the HTTP answer. */
+export function rejectedUpgrade(server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Rejection> {
+  const { url, protocols, wsOptions } = clientArgs(server, sub, options)
+  const ws = new WebSocket(url, protocols, wsOptions)
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => {
+      ws.terminate()
+      reject(new Error('upgrade was accepted (101) but should have been refused'))
+    })
+    ws.once('error', () => {})
+    ws.once('unexpected-response', (_req, res) => {
+      let body = ''
+      res.on('data', (chunk: Buffer) => (body += chunk.toString()))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      res.on('error', reject)
+    })
+  })
+}
+
+export function waitFor<T>(emitter: { once(event: string, fn: (...args: any[]) => void): unknown }, event: string): Promise<T> {
+  return new Promise((resolve) => emitter.once(event, (value: T) => resolve(value)))
+}
