@@ -109,6 +109,9 @@ export function checkAuthPayload(payload: unknown): Static<typeof AuthPayload> {
 
 export type ParseResult = { frame: Frame; error?: undefined } | { frame?: undefined; error: FrameError; id?: FrameIdValue }
 
+// Cheap pre-check: only frames that could spell a dangerous key (directly or with \u escapes) are scanned.
+const SUSPECT_KEY = /__proto__|constructor|\\u00[0-9A-Fa-f]{2}/
+
 /**
  * Parses one text frame. Keys that could reach a prototype (`__proto__`, `constructor.prototype`) are
  * rejected rather than stripped, as Fastify does for JSON bodies, so a handler never sees a frame that
@@ -117,18 +120,25 @@ export type ParseResult = { frame: Frame; error?: undefined } | { frame?: undefi
 export function parseFrame(text: string): ParseResult {
   let value: unknown
   try {
-    value = secureJson.parse(text, undefined, { protoAction: 'error', constructorAction: 'error' })
-  } catch (err) {
-    if (err instanceof SyntaxError && err.message.includes('forbidden prototype property')) {
-      return { error: new FrameError(ErrorCode.invalidMessage, 'frame contains a forbidden key (__proto__ or constructor.prototype)') }
-    }
+    value = JSON.parse(text)
+  } catch {
     return { error: new FrameError(ErrorCode.invalidJson, 'frame is not valid JSON') }
   }
+  if (SUSPECT_KEY.test(text) && typeof value === 'object' && value !== null) {
+    try {
+      secureJson.scan(value, { protoAction: 'error', constructorAction: 'error' })
+    } catch {
+      return withId(value, new FrameError(ErrorCode.invalidMessage, 'frame contains a forbidden key (__proto__ or constructor.prototype)'))
+    }
+  }
   if (envelopeValidator.Check(value)) return { frame: value }
-  const id = readId(value)
-  const error = new FrameError(ErrorCode.invalidMessage, 'frame does not match the protocol envelope', {
+  return withId(value, new FrameError(ErrorCode.invalidMessage, 'frame does not match the protocol envelope', {
     errors: validationErrors(envelopeValidator, value),
-  })
+  }))
+}
+
+function withId(value: unknown, error: FrameError): ParseResult {
+  const id = readId(value)
   return id === undefined ? { error } : { error, id }
 }
 

@@ -108,15 +108,27 @@ export class Client {
     this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
   }
 
-  /** The next frame (after those already taken) that matches; rejects if the socket closes first. */
+  /**
+   * The next frame (after those already taken) that matches; rejects if the socket closes first, or after
+   * a guard of 10 s so that a missing frame fails its own test with a clear message instead of a file timeout.
+   */
   async next(match: (frame: Frame) => boolean = () => true, what = 'frame'): Promise<Frame> {
+    const deadline = Date.now() + NEXT_GUARD_MS
     for (;;) {
       while (this.cursor < this.frames.length) {
         const frame = this.frames[this.cursor++]!
         if (match(frame)) return frame
       }
       if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed while waiting for ${what}`)
-      await new Promise<void>((resolve) => this.waiters.push(resolve))
+      const remaining = deadline - Date.now()
+      if (remaining <= 0) throw new Error(`no ${what} within ${NEXT_GUARD_MS} ms; got ${JSON.stringify(this.frames.slice(-5))}`)
+      await new Promise<void>((resolve) => {
+        const guard = setTimeout(resolve, remaining)
+        this.waiters.push(() => {
+          clearTimeout(guard)
+          resolve()
+        })
+      })
     }
   }
 
@@ -142,6 +154,7 @@ export class Client {
   }
 }
 
+const NEXT_GUARD_MS = 10_000
 let idCounter = 0
 export function nextId(): string {
   return `r${++idCounter}`
