@@ -81,7 +81,9 @@ export interface ConnectOptions {
 /** A ws client that records every frame and lets a test await the next one that matches. */
 export class Client {
   readonly frames: Frame[] = []
-  private cursor = 0
+  /** Frames already returned by next(); the others stay available to later calls, whatever they match. */
+  private readonly taken = new Set<number>()
+  private firstUntaken = 0
   private waiters: Array<() => void> = []
   readonly closed: Promise<{ code: number; reason: string }>
 
@@ -109,15 +111,18 @@ export class Client {
   }
 
   /**
-   * The next frame (after those already taken) that matches; rejects if the socket closes first, or after
+   * The oldest frame not yet taken that matches; rejects if the socket closes first, or after
    * a guard of 10 s so that a missing frame fails its own test with a clear message instead of a file timeout.
    */
   async next(match: (frame: Frame) => boolean = () => true, what = 'frame'): Promise<Frame> {
     const deadline = Date.now() + NEXT_GUARD_MS
+    let scanned = this.firstUntaken
     for (;;) {
-      while (this.cursor < this.frames.length) {
-        const frame = this.frames[this.cursor++]!
-        if (match(frame)) return frame
+      for (; scanned < this.frames.length; scanned++) {
+        if (this.taken.has(scanned) || !match(this.frames[scanned]!)) continue
+        this.taken.add(scanned)
+        while (this.taken.has(this.firstUntaken)) this.taken.delete(this.firstUntaken++)
+        return this.frames[scanned]!
       }
       if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed while waiting for ${what}`)
       const remaining = deadline - Date.now()
