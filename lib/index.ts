@@ -1,4 +1,6 @@
 // Plugin entry: option checking, the `fastify.rooms` decorator, the /ws route and its hooks, shutdown.
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
 import fastifyJwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
@@ -45,9 +47,23 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
     clearInterval(heartbeat)
     await registry.shutdown(options.closeTimeoutMs)
   }
+  // Fastify answers 503 by itself to requests that arrive while it closes, but on an upgrade socket
+  // nothing ends the connection afterwards, and server.close() would wait for it forever. This listener
+  // runs after @fastify/websocket's, once routing has written that answer synchronously.
+  const endRefusedUpgrade = (_request: IncomingMessage, socket: Duplex & { bytesWritten?: number }) => {
+    if (closing && (socket.bytesWritten ?? 0) > 0) {
+      socket.end()
+      socket.resume()
+    }
+  }
+  fastify.addHook('preClose', async () => {
+    closing = true
+    fastify.server.on('upgrade', endRefusedUpgrade)
+  })
   // onClose hooks run after preClose (where the sockets are closed): the broker disconnects last.
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
+    fastify.server.off('upgrade', endRefusedUpgrade)
     await broker.close()
   })
 

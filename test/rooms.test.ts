@@ -2,7 +2,7 @@
 import t from 'tap'
 import Type from 'typebox'
 import { defineMessage } from '../lib/index.js'
-import { connect, startServer, type Frame } from './helpers/index.js'
+import { connect, startServer, until, type Frame } from './helpers/index.js'
 
 const chatMessages = {
   chat: defineMessage({
@@ -248,11 +248,6 @@ t.test('stats() counts connections, members and messages', async (t) => {
   t.equal(stats.handshakes.ok, 1)
   t.type(stats.maxBufferedBytes, 'number')
   await alice.close(1000)
-  await t.resolveMatch(waitUntilClosed(server.app), undefined)
+  await until(() => server.app.rooms.stats().connections === 0, 'server saw the close')
   t.equal(server.app.rooms.stats().closes['1000'], 1)
 })
-
-async function waitUntilClosed(app: Awaited<ReturnType<typeof startServer>>['app']): Promise<void> {
-  // The server sees the close a moment after the client; poll the public stats on the event loop.
-  while (app.rooms.stats().connections > 0) await new Promise((resolve) => setImmediate(resolve))
-}

@@ -214,10 +214,14 @@ export function rejectedUpgrade(server: TestServer | string, sub = 'alice', opti
       reject(new Error('upgrade was accepted (101) but should have been refused'))
     })
     ws.once('error', () => {})
-    ws.once('unexpected-response', (_req, res) => {
+    ws.once('unexpected-response', (req, res) => {
       let body = ''
       res.on('data', (chunk: Buffer) => (body += chunk.toString()))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      res.on('end', () => {
+        // As a browser does after a refused upgrade: drop the connection.
+        req.destroy()
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body })
+      })
       res.on('error', reject)
     })
   })
@@ -225,4 +229,16 @@ export function rejectedUpgrade(server: TestServer | string, sub = 'alice', opti
 
 export function waitFor<T>(emitter: { once(event: string, fn: (...args: any[]) => void): unknown }, event: string): Promise<T> {
   return new Promise((resolve) => emitter.once(event, (value: T) => resolve(value)))
+}
+
+/**
+ * Resolves once `condition()` holds, checking on every turn of the event loop (no fixed sleeps): for
+ * server-side effects a client cannot observe directly, such as the server's own close bookkeeping.
+ */
+export async function until(condition: () => boolean, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + NEXT_GUARD_MS
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not hold within ${NEXT_GUARD_MS} ms`)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
 }
