@@ -142,9 +142,12 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   const data: Record<string, unknown> = {}
   for (const key of Object.keys(DataOptions.properties)) if (options[key] !== undefined) data[key] = options[key]
   if (!dataOptionsValidator.Check(data)) {
-    const [first] = dataOptionsValidator.Errors(data)
-    const option = first === undefined ? '(options)' : first.instancePath.slice(1).replaceAll('/', '.')
-    fail(option || '(options)', first?.message ?? 'is invalid')
+    // A union (`false | { … }`) reports every branch: the deepest error is the one that names the real problem.
+    const errors = dataOptionsValidator.Errors(data).filter((error) => error.keyword !== 'anyOf' && error.keyword !== 'boolean')
+    const deepest = errors.reduce<(typeof errors)[number] | undefined>((best, error) =>
+      best === undefined || error.instancePath.length > best.instancePath.length ? error : best, undefined)
+    const option = deepest === undefined ? '' : deepest.instancePath.slice(1).replaceAll('/', '.')
+    fail(option || '(options)', deepest?.message ?? 'is invalid')
   }
   const checked = data as Static<typeof DataOptions>
 
