@@ -1,0 +1,81 @@
+// The example chat app, as a function so tests can build it on a free port.
+import { readFile } from 'node:fs/promises'
+import fastifyJwt from '@fastify/jwt'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Type from 'typebox'
+import rooms, { defineMessage, ErrorCode, FrameError } from '../lib/index.js'
+
+export interface ChatAppOptions {
+  jwtSecret: string
+  allowedOrigins: string[] | '*'
+  fastify?: FastifyServerOptions
+}
+
+const MAX_TEXT = 2000
+const Name = Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' })
+const RoomParam = Type.Object({ room: Type.String({ minLength: 1, maxLength: 128 }) })
+// The schema bounds the frame; the 1–2000 rule applies after trimming, in the handler.
+const Text = Type.String({ minLength: 1, maxLength: MAX_TEXT * 2 })
+
+function trimmedText(text: string): string {
+  const trimmed = text.trim()
+  if (trimmed.length === 0 || trimmed.length > MAX_TEXT) {
+    throw new FrameError(ErrorCode.invalidMessage, `text must be 1 to ${MAX_TEXT} characters after trimming`, {
+      errors: [{ path: '/payload/text', message: `must be 1 to ${MAX_TEXT} characters after trimming` }],
+    })
+  }
+  return trimmed
+}
+
+export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInstance> {
+  const app = Fastify(options.fastify ?? { logger: true })
+  // The app signs tokens at /login and checks them on its HTTP routes; fastify-rooms reuses this
+  // @fastify/jwt (jwt: false) so there is one secret and one set of verify options.
+  await app.register(fastifyJwt, { secret: options.jwtSecret, sign: { algorithm: 'HS256', expiresIn: '1h' } })
+  await app.register(rooms, {
+    jwt: false,
+    allowedOrigins: options.allowedOrigins,
+    messages: {
+      chat: defineMessage({
+        schema: Type.Object({ text: Text }, { additionalProperties: false }),
+        room: true,
+        handler: async (ctx, payload) => {
+          const text = trimmedText(payload.text)
+          return ctx.rooms.broadcast(ctx.room!, 'chat', { from: ctx.user.id, text })
+        },
+      }),
+    },
+  })
+
+  const page = await readFile(new URL('./public/index.html', import.meta.url), 'utf8')
+  app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+
+  // DEMO ONLY: anyone can log in as any name. A real app authenticates the user here.
+  app.post('/login', {
+    schema: { body: Type.Object({ name: Name }, { additionalProperties: false }) },
+  }, async (request) => {
+    const { name } = request.body as { name: string }
+    return { token: app.jwt.sign({ sub: name }) }
+  })
+
+  app.post('/rooms/:room/announce', {
+    schema: { params: RoomParam, body: Type.Object({ text: Text }, { additionalProperties: false }) },
+    onRequest: async (request) => {
+      await request.jwtVerify()
+    },
+  }, async (request, reply) => {
+    const { room } = request.params as { room: string }
+    const text = (request.body as { text: string }).text.trim()
+    if (text.length === 0 || text.length > MAX_TEXT) return reply.code(400).send({ message: `text must be 1 to ${MAX_TEXT} characters after trimming` })
+    const from = (request.user as { sub: string }).sub
+    return app.rooms.broadcast(room, 'announcement', { from, text }, { traceId: String(request.id) })
+  })
+
+  app.get('/rooms/:room/members', { schema: { params: RoomParam } }, async (request) => {
+    const { room } = request.params as { room: string }
+    const members = await app.rooms.members(room)
+    return { room, count: members.length, members }
+  })
+
+  return app
+}

@@ -1,0 +1,28 @@
+// `npm run example`: the chat server on the in-memory broker.
+import { buildChatApp } from './app.js'
+
+const host = process.env.HOST ?? '127.0.0.1'
+const port = Number(process.env.PORT ?? 3000)
+const DEV_SECRET = 'fastify-rooms-example-dev-secret-change-me'
+const jwtSecret = process.env.JWT_SECRET ?? DEV_SECRET
+const allowedOrigins = process.env.ALLOWED_ORIGINS
+  ? process.env.ALLOWED_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean)
+  : [`http://localhost:${port}`, `http://127.0.0.1:${port}`]
+
+const app = await buildChatApp({ jwtSecret, allowedOrigins })
+if (jwtSecret === DEV_SECRET) {
+  app.log.warn('*** JWT_SECRET is not set: using a built-in development secret. Anyone can forge tokens. Set JWT_SECRET outside development. ***')
+}
+
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    app.log.info({ signal }, 'closing')
+    app.close().catch((err: unknown) => {
+      app.log.error({ err }, 'close failed')
+      process.exitCode = 1
+    })
+  })
+}
+
+await app.listen({ host, port })
+app.log.info({ allowedOrigins }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)
