@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
+import type { HistoryEvent } from './brokers/broker.js'
 import { CloseCode, directFrame, ErrorCode, errorFrame, FrameError, type Frame } from './protocol.js'
 import type { Stats } from './metrics.js'
 import type { RoomsConnection, RoomsUser } from './types.js'
@@ -46,6 +47,8 @@ export class Connection implements RoomsConnection {
   private killTimer: NodeJS.Timeout | undefined
   private readonly inbox: Frame[] = []
   private busy = false
+  /** Rooms being resumed: their live events wait here until the replay from history has been sent. */
+  private replays: Map<string, { events: Array<{ seq: number; frame: Buffer }>; bytes: number }> | undefined
   readonly log: FastifyBaseLogger
 
   constructor(
@@ -110,13 +113,58 @@ export class Connection implements RoomsConnection {
    */
   sendFrame(frame: string | Buffer): boolean {
     if (!this.isOpen) return false
-    if (this.socket.bufferedAmount + frame.length > this.limits.maxBufferedBytes) {
-      this.stats.slowConsumerCloses++
-      this.close(CloseCode.tryAgainLater, 'slow consumer')
-      return false
-    }
+    if (this.socket.bufferedAmount + frame.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
     this.socket.send(frame, { binary: false })
     return true
+  }
+
+  private closeSlowConsumer(): false {
+    this.stats.slowConsumerCloses++
+    this.close(CloseCode.tryAgainLater, 'slow consumer')
+    return false
+  }
+
+  /** A live room event: sent now, or held while this room's history is being replayed. */
+  deliver(room: string, seq: number, frame: Buffer): boolean {
+    const replay = this.replays?.get(room)
+    if (replay === undefined) return this.sendFrame(frame)
+    if (!this.isOpen) return false
+    replay.events.push({ seq, frame })
+    replay.bytes += frame.length
+    return replay.bytes > this.limits.maxBufferedBytes ? this.closeSlowConsumer() : true
+  }
+
+  /** From now until finishReplay, live events of `room` are held back. */
+  startReplay(room: string): void {
+    ;(this.replays ??= new Map()).set(room, { events: [], bytes: 0 })
+  }
+
+  /**
+   * Sends the replayed events, then the live ones held back meanwhile, each seq once and in order, and
+   * goes live. Returns how many replayed events were sent.
+   */
+  finishReplay(room: string, history: readonly HistoryEvent[], after: number): number {
+    const held = this.replays?.get(room)
+    this.cancelReplay(room)
+    let last = after
+    let replayed = 0
+    for (const event of history) {
+      if (event.seq <= last) continue
+      this.sendFrame(event.frame)
+      last = event.seq
+      replayed++
+    }
+    for (const event of held?.events ?? []) {
+      if (event.seq <= last) continue
+      this.sendFrame(event.frame)
+      last = event.seq
+    }
+    return replayed
+  }
+
+  cancelReplay(room: string): void {
+    this.replays?.delete(room)
+    if (this.replays?.size === 0) this.replays = undefined
   }
 
   /** Starts the close handshake; a peer that does not answer within closeTimeoutMs is cut off. */

@@ -5,16 +5,20 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Connection, ConnectionEvents } from './connection.js'
 import type { Stats } from './metrics.js'
 import type { CompiledMessage } from './options.js'
+import { Compile } from 'typebox/compile'
+import { AckCache, frameFingerprint, type AckOutcome } from './acks.js'
 import {
-  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkPayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame, pongFrame,
-  type Frame, type FrameIdValue,
+  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
+  pongFrame, RoomName, type ErrorDetail, type Frame, type FrameIdValue,
 } from './protocol.js'
-import type { RoomRegistry } from './rooms.js'
+import type { ResumeOutcome, RoomRegistry } from './rooms.js'
 import type { BroadcastOptions, MessageContext, RoomsApi, RoomsUser } from './types.js'
 import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
 export interface DispatcherOptions {
   maxPayload: number
+  /** Exactly-once answers for retried frames; false keeps none (every frame runs). */
+  retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   messages: ReadonlyMap<string, CompiledMessage>
   userFromToken: (payload: Record<string, unknown>) => RoomsUser
 }
@@ -23,10 +27,12 @@ const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are
 const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slow down')
 const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
+const roomNameValidator = Compile(RoomName)
 
 export class Dispatcher implements ConnectionEvents {
   /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
   private readonly knownTypes: ReadonlySet<string>
+  readonly acks: AckCache | undefined
 
   constructor(
     private readonly options: DispatcherOptions,
@@ -35,6 +41,7 @@ export class Dispatcher implements ConnectionEvents {
     private readonly stats: Stats,
   ) {
     this.knownTypes = new Set([...BUILT_IN_CLIENT_TYPES, ...options.messages.keys()])
+    this.acks = options.retryWindow === false ? undefined : new AckCache(options.retryWindow)
   }
 
   message(connection: Connection, data: Buffer, isBinary: boolean): void {
@@ -77,6 +84,7 @@ export class Dispatcher implements ConnectionEvents {
         case 'join': return await this.join(connection, frame)
         case 'leave': return await this.leave(connection, frame)
         case 'auth': return await this.auth(connection, frame)
+        case 'resume': return await this.resume(connection, frame)
         default: return await this.hostMessage(connection, frame)
       }
     } catch (err) {
@@ -136,11 +144,75 @@ export class Dispatcher implements ConnectionEvents {
     if (definition.room && frame.room === undefined) throw new FrameError(ErrorCode.invalidMessage, `"${frame.type}" needs a room`, { errors: [{ path: '/room', message: 'is required' }] })
     if (frame.room !== undefined && !connection.rooms.has(frame.room)) throw notInRoom(frame.room)
     const payload = checkPayload(definition.validator, frame.payload, frame.type)
+    if (frame.id === undefined) {
+      await this.runHandler(connection, frame, definition, payload)
+      return
+    }
+    // A frame with an id runs once per user within the retry window: a retry gets the first answer.
+    const now = Date.now()
+    const fingerprint = frameFingerprint(frame.type, frame.room, frame.payload)
+    let outcome = this.acks?.lookup(connection.user.id, frame.id, fingerprint, now)
+    if (outcome === undefined) {
+      outcome = this.runHandler(connection, frame, definition, payload)
+      this.acks?.store(connection.user.id, frame.id, fingerprint, outcome, now)
+    }
+    const answer = await outcome
+    if (answer.ok) this.ack(connection, frame.id, answer.payload)
+    else connection.sendError(answer.error, frame.id)
+  }
+
+  /** Runs a host handler; never rejects. A failure that is not a FrameError is logged and becomes internal_error. */
+  private async runHandler(connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown): Promise<AckOutcome> {
     // Kept on the frame so that a failure is logged with the same traceId the handler saw.
     frame.traceId ??= randomUUID()
     const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api)
-    const result = await definition.handler(context, payload)
-    this.ack(connection, frame.id, result)
+    try {
+      return { ok: true, payload: await definition.handler(context, payload) }
+    } catch (err) {
+      if (err instanceof FrameError) return { ok: false, error: err }
+      connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
+      return { ok: false, error: INTERNAL_ERROR }
+    }
+  }
+
+  /**
+   * Re-joins rooms after a reconnect, replaying what was missed. Positions ahead of their room make the
+   * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
+   * (forbidden, too many rooms) is reported in the ack and does not stop the others.
+   */
+  private async resume(connection: Connection, frame: Frame): Promise<void> {
+    const { rooms } = checkResumePayload(frame.payload)
+    const entries = Object.entries(rooms)
+    const errors: ErrorDetail[] = []
+    for (const [room, from] of entries) {
+      const path = `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
+      if (!roomNameValidator.Check(room)) {
+        errors.push({ path, message: 'is not a room name (1 to 128 characters)' })
+        continue
+      }
+      const current = await this.registry.position(room)
+      if (current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${path}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
+    }
+    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
+
+    const outcomes: Record<string, ResumeOutcome> = {}
+    const announce: string[] = []
+    for (const [room, from] of entries) {
+      if (connection.rooms.has(room)) {
+        outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
+        continue
+      }
+      try {
+        const resumed = await this.registry.resume(connection, room, from)
+        outcomes[room] = resumed.outcome
+        if (resumed.announce) announce.push(room)
+      } catch (err) {
+        if (!(err instanceof FrameError)) throw err
+        outcomes[room] = { result: 'error', code: err.code, message: err.message }
+      }
+    }
+    this.ack(connection, frame.id, { rooms: outcomes })
+    for (const room of announce) await this.registry.announce(room, 'join', connection.user.id)
   }
 }
 
@@ -201,6 +273,10 @@ class TracedRooms implements RoomsApi {
 
   disconnectUser(userId: string, code?: number, reason?: string) {
     return this.api.disconnectUser(userId, code, reason)
+  }
+
+  history(room: string, options?: { after?: number }) {
+    return this.api.history(room, options)
   }
 
   stats() {

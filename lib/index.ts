@@ -35,7 +35,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
   }
 
   const stats = new Stats()
-  const broker = options.broker ?? memoryBroker({ idleRoomTtlMs: options.history.maxAgeMs })
+  const broker = options.broker ?? memoryBroker({ history: options.history })
   const registry = new RoomRegistry(options, broker, stats, fastify.log)
   await broker.start(registry)
   fastify.decorate('rooms', registry.api)
@@ -103,6 +103,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
 
     heartbeat = setInterval(() => {
       for (const connection of registry.connections) connection.heartbeat()
+      dispatcher.acks?.sweep(Date.now())
     }, options.heartbeatMs)
     heartbeat.unref()
 

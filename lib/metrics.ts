@@ -13,6 +13,7 @@ export class Stats {
   readonly errors: Record<string, number> = Object.create(null)
   readonly closes: Record<string, number> = Object.create(null)
   readonly handshakes: Record<string, number> = Object.create(null)
+  readonly resumes: Record<string, number> = Object.create(null)
   slowConsumerCloses = 0
 
   messageIn(type: string): void {
@@ -34,5 +35,9 @@ export class Stats {
 
   handshake(result: HandshakeResult): void {
     bump(this.handshakes, result)
+  }
+
+  resume(result: 'replayed' | 'reset'): void {
+    bump(this.resumes, result)
   }
 }

@@ -36,6 +36,10 @@ const DataOptions = Type.Object({
   maxBufferedBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
   history: Type.Optional(Type.Object({ maxEvents: Type.Integer({ minimum: 0 }), maxAgeMs: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })),
   closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  retryWindow: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
+  ])),
 })
 const dataOptionsValidator = Compile(DataOptions)
 
@@ -74,6 +78,7 @@ export interface RoomsOptions {
   maxBufferedBytes?: number
   history?: { maxEvents: number; maxAgeMs: number }
   closeTimeoutMs?: number
+  retryWindow?: { maxIdsPerUser: number; windowMs: number } | false
   broker?: Broker
   metrics?: false
 }
@@ -106,6 +111,7 @@ export interface ResolvedOptions {
   maxBufferedBytes: number
   history: { maxEvents: number; maxAgeMs: number }
   closeTimeoutMs: number
+  retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   broker: Broker | undefined
 }
 
@@ -122,6 +128,7 @@ export const defaults = {
   maxBufferedBytes: 1_048_576,
   history: { maxEvents: 1000, maxAgeMs: 300_000 },
   closeTimeoutMs: 5000,
+  retryWindow: { maxIdsPerUser: 256, windowMs: 300_000 },
 } as const
 
 export function defaultUserFromToken(payload: Record<string, unknown>): RoomsUser {
@@ -179,6 +186,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     maxBufferedBytes: checked.maxBufferedBytes ?? defaults.maxBufferedBytes,
     history: checked.history ?? defaults.history,
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
+    retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),
     ...checkMetrics(options.metrics),
   }

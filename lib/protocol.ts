@@ -55,9 +55,16 @@ export type Frame = Static<typeof Envelope>
 export type FrameIdValue = Static<typeof FrameId>
 
 export const AuthPayload = Type.Object({ token: Type.String({ minLength: 1, maxLength: 8192 }) })
+export const ResumePayload = Type.Object({
+  rooms: Type.Record(Type.String(), Type.Object({
+    seq: Type.Integer({ minimum: 0 }),
+    epoch: Type.String({ minLength: 1, maxLength: 64 }),
+  }, { additionalProperties: false })),
+}, { additionalProperties: false })
 
 const envelopeValidator = Compile(Envelope)
 const authValidator = Compile(AuthPayload)
+const resumeValidator = Compile(ResumePayload)
 
 export interface ErrorDetail {
   path: string
@@ -105,6 +112,10 @@ export function checkPayload<S extends TSchema>(validator: Validator<any, S>, pa
 
 export function checkAuthPayload(payload: unknown): Static<typeof AuthPayload> {
   return checkPayload(authValidator, payload, 'auth')
+}
+
+export function checkResumePayload(payload: unknown): Static<typeof ResumePayload> {
+  return checkPayload(resumeValidator, payload, 'resume')
 }
 
 export type ParseResult = { frame: Frame; error?: undefined } | { frame?: undefined; error: FrameError; id?: FrameIdValue }
@@ -162,6 +173,11 @@ export function errorFrame(error: FrameError, id?: FrameIdValue): string {
     ? { code: error.code, message: error.message }
     : { code: error.code, message: error.message, details: error.details }
   return directFrame('error', payload, id)
+}
+
+/** A server frame about one room that is not a room event (no seq of its own): `reset`. */
+export function directRoomFrame(type: string, room: string, payload: unknown): string {
+  return JSON.stringify({ type, room, payload, time: Date.now() })
 }
 
 export function pongFrame(id?: FrameIdValue): string {

@@ -7,8 +7,8 @@ import type { Broker, BrokerDelivery, RoomPosition } from './brokers/broker.js'
 import type { Connection } from './connection.js'
 import { InvalidArgumentError } from './errors.js'
 import type { Stats } from './metrics.js'
-import { CloseCode, directFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
-import type { BroadcastOptions, RoomMember, RoomsApi, RoomsStats } from './types.js'
+import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
+import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, RoomsStats } from './types.js'
 
 export interface RegistryOptions {
   presence: boolean
@@ -20,6 +20,11 @@ export interface JoinAck extends RoomPosition {
   room: string
   members?: RoomMember[]
 }
+
+export type ResumeOutcome =
+  | { result: 'replayed'; seq: number; epoch: string; replayed: number }
+  | { result: 'reset'; seq: number; epoch: string }
+  | { result: 'error'; code: string; message: string }
 
 const roomNameValidator = Compile(RoomName)
 const messageTypeValidator = Compile(MessageType)
@@ -46,6 +51,7 @@ export class RoomRegistry implements BrokerDelivery {
       rooms: () => this.broker.rooms(),
       disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') =>
         this.broker.disconnectUser(checkUserId(userId), code, reason),
+      history: async (room, options = {}) => this.history(checkRoom(room), options.after ?? 0),
       stats: () => this.snapshot(),
     }
   }
@@ -82,6 +88,51 @@ export class RoomRegistry implements BrokerDelivery {
    */
   async join(connection: Connection, room: string): Promise<{ ack: JoinAck; announce: boolean }> {
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room), announce: false }
+    await this.admit(connection, room)
+    const announce = await this.attach(connection, room)
+    try {
+      return { ack: await this.joinAck(room), announce }
+    } catch (err) {
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  /**
+   * Joins a room and sends what the socket missed since `from`: the retained events after from.seq, then
+   * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
+   * history no longer reaches back to from.seq + 1.
+   */
+  async resume(connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announce: boolean }> {
+    await this.admit(connection, room)
+    // Hold live events back from before membership starts until the replay is out.
+    connection.startReplay(room)
+    try {
+      const announce = await this.attach(connection, room)
+      const slice = await this.broker.history(room, from.seq)
+      const { seq, epoch } = slice.position
+      if (epoch === from.epoch && slice.complete) {
+        const replayed = connection.finishReplay(room, slice.events, from.seq)
+        this.stats.resume('replayed')
+        return { outcome: { result: 'replayed', seq, epoch, replayed }, announce }
+      }
+      connection.sendFrame(directRoomFrame('reset', room, slice.position))
+      connection.finishReplay(room, [], seq)
+      this.stats.resume('reset')
+      return { outcome: { result: 'reset', seq, epoch }, announce }
+    } catch (err) {
+      connection.cancelReplay(room)
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  position(room: string): Promise<RoomPosition> {
+    return this.broker.position(room)
+  }
+
+  /** Limits and authorizeJoin; throws the FrameError to answer with. */
+  private async admit(connection: Connection, room: string): Promise<void> {
     if (connection.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
     if (connection.rooms.size + connection.pendingJoins.size >= this.options.maxRoomsPerConnection) {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
@@ -94,6 +145,10 @@ export class RoomRegistry implements BrokerDelivery {
       connection.pendingJoins.delete(room)
     }
     if (!connection.isOpen) throw new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
+  }
+
+  /** Local membership, the broker subscription and presence; true when presence `join` is to be announced. */
+  private async attach(connection: Connection, room: string): Promise<boolean> {
     connection.rooms.add(room)
     try {
       let local = this.localRooms.get(room)
@@ -105,8 +160,8 @@ export class RoomRegistry implements BrokerDelivery {
       } else {
         local.add(connection)
       }
-      const announce = await this.broker.presenceJoin(room, connection.user.id, connection.id)
-      return { ack: await this.joinAck(room), announce: announce && this.options.presence }
+      const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
+      return first && this.options.presence
     } catch (err) {
       // Undo what was done, so a failed join leaves no half-member behind.
       await this.leave(connection, room).catch(() => {})
@@ -147,6 +202,17 @@ export class RoomRegistry implements BrokerDelivery {
     await this.broker.sendToUser(userId, directFrame(type, payload))
   }
 
+  async history(room: string, after: number): Promise<RoomHistory> {
+    if (!Number.isInteger(after) || after < 0) throw new InvalidArgumentError('after', 'must be an integer >= 0')
+    const slice = await this.broker.history(room, after)
+    return {
+      seq: slice.position.seq,
+      epoch: slice.position.epoch,
+      complete: slice.complete,
+      events: slice.events.map((event) => JSON.parse(event.frame) as RoomEvent),
+    }
+  }
+
   async members(room: string): Promise<RoomMember[]> {
     const ids = await this.broker.presence(room)
     return ids.map((id) => ({ id }))
@@ -154,13 +220,13 @@ export class RoomRegistry implements BrokerDelivery {
 
   // BrokerDelivery: what every process receives. The frame was serialized once by the publisher; it is
   // turned into bytes once here, and each member costs a state check, a buffer check and one write.
-  roomEvent(room: string, type: string, frame: string, except: string | undefined): void {
+  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined): void {
     const local = this.localRooms.get(room)
     if (local === undefined) return
     const bytes = Buffer.from(frame)
     let recipients = 0
     for (const connection of local) {
-      if (connection.id !== except && connection.sendFrame(bytes)) recipients++
+      if (connection.id !== except && connection.deliver(room, seq, bytes)) recipients++
     }
     this.stats.messageOut(type, recipients)
   }
@@ -217,6 +283,7 @@ export class RoomRegistry implements BrokerDelivery {
       errors: { ...this.stats.errors },
       closes: { ...this.stats.closes },
       handshakes: { ...this.stats.handshakes },
+      resumes: { ...this.stats.resumes },
       slowConsumerCloses: this.stats.slowConsumerCloses,
       maxBufferedBytes,
     }

@@ -54,6 +54,26 @@ export interface RoomMember {
   id: string
 }
 
+/** A room event as clients receive it. */
+export interface RoomEvent {
+  type: string
+  room: string
+  seq: number
+  payload: unknown
+  traceId: string
+  time: number
+}
+
+export interface RoomHistory {
+  /** The room's current position. */
+  seq: number
+  epoch: string
+  /** False when events after `after` were already dropped (history is bounded by count and age). */
+  complete: boolean
+  /** Retained events with seq > after, oldest first. */
+  events: RoomEvent[]
+}
+
 export interface RoomsStats {
   connections: number
   rooms: number
@@ -63,6 +83,8 @@ export interface RoomsStats {
   errors: Record<string, number>
   closes: Record<string, number>
   handshakes: Record<string, number>
+  /** Resumes by result: `replayed` or `reset`. */
+  resumes: Record<string, number>
   slowConsumerCloses: number
   /** The largest send buffer of any open socket right now, in bytes. */
   maxBufferedBytes: number
@@ -76,5 +98,7 @@ export interface RoomsApi {
   count(room: string): Promise<number>
   rooms(): Promise<string[]>
   disconnectUser(userId: string, code?: number, reason?: string): Promise<void>
+  /** The room's retained events after `after` (default 0: all that are retained). */
+  history(room: string, options?: { after?: number }): Promise<RoomHistory>
   stats(): RoomsStats
 }

@@ -3,7 +3,7 @@
 /** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
 export interface BrokerDelivery {
   /** A serialized room event of `type` for local members of `room`, except the connection `except`. */
-  roomEvent(room: string, type: string, frame: string, except: string | undefined): void
+  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined): void
   /** A serialized direct frame for every local connection of `userId`. */
   userMessage(userId: string, frame: string): void
   userDisconnect(userId: string, code: number, reason: string): void
@@ -24,12 +24,28 @@ export interface RoomPosition {
   epoch: string
 }
 
+export interface HistoryEvent {
+  seq: number
+  /** The event exactly as it was delivered live. */
+  frame: string
+}
+
+export interface HistorySlice {
+  position: RoomPosition
+  /** Retained events with seq > after, oldest first. */
+  events: HistoryEvent[]
+  /** False when some event after `after` is no longer retained (count or age): the reader must reset. */
+  complete: boolean
+}
+
 export interface Broker {
   readonly name: string
   start(delivery: BrokerDelivery): Promise<void>
   /** Assigns the next `seq` of the room, records the event and fans it out to every process. */
   publish(request: PublishRequest): Promise<RoomPosition>
   position(room: string): Promise<RoomPosition>
+  /** The room's retained events after `after`, read after this process subscribed to the room. */
+  history(room: string, after: number): Promise<HistorySlice>
   /** This process has local members in `room` and wants its events. */
   subscribe(room: string): Promise<void>
   unsubscribe(room: string): Promise<void>
@@ -48,6 +64,6 @@ export interface Broker {
 
 export function isBroker(value: unknown): value is Broker {
   if (typeof value !== 'object' || value === null) return false
-  const methods = ['start', 'publish', 'position', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  const methods = ['start', 'publish', 'position', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
   return methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')
 }

@@ -1,7 +1,8 @@
 // The default broker: one process, everything in memory. A restart starts every room in a new epoch.
 import { randomUUID } from 'node:crypto'
 import { roomEventFrame } from '../protocol.js'
-import type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './broker.js'
+import type { Broker, BrokerDelivery, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import { EventHistory } from './history.js'
 
 interface RoomState {
   seq: number
@@ -10,30 +11,32 @@ interface RoomState {
   subscribed: boolean
   /** userId → that user's connection ids in the room */
   presence: Map<string, Set<string>>
+  history: EventHistory
 }
 
 export interface MemoryBrokerOptions {
-  /** How long an empty room keeps its sequence (and, later, its history) after its last event. */
-  idleRoomTtlMs?: number
+  /** Per-room history for resume: the last `maxEvents` events, none older than `maxAgeMs`. */
+  history?: { maxEvents: number; maxAgeMs: number }
 }
 
-const DEFAULT_IDLE_ROOM_TTL_MS = 300_000
+const DEFAULT_HISTORY = { maxEvents: 1000, maxAgeMs: 300_000 }
 
 class MemoryBroker implements Broker {
   readonly name = 'memory'
   private delivery: BrokerDelivery | undefined
   private readonly roomStates = new Map<string, RoomState>()
-  private readonly idleRoomTtlMs: number
+  private readonly historyLimits: { maxEvents: number; maxAgeMs: number }
   private sweepTimer: NodeJS.Timeout | undefined
 
   constructor(options: MemoryBrokerOptions) {
-    this.idleRoomTtlMs = options.idleRoomTtlMs ?? DEFAULT_IDLE_ROOM_TTL_MS
+    this.historyLimits = options.history ?? DEFAULT_HISTORY
   }
 
   async start(delivery: BrokerDelivery): Promise<void> {
     this.delivery = delivery
-    // One timer for all rooms; memory stays bounded by live rooms plus rooms idle for less than the TTL.
-    this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.idleRoomTtlMs, 60_000)))
+    // One timer for all rooms. Memory stays bounded: maxEvents per room, and a room with no members frees
+    // everything (its seq too, so its next event starts a new epoch) once its last event is maxAgeMs old.
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.historyLimits.maxAgeMs, 60_000)))
     this.sweepTimer.unref()
   }
 
@@ -43,13 +46,20 @@ class MemoryBroker implements Broker {
     const time = Date.now()
     state.lastEventAt = time
     const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time)
-    this.delivery?.roomEvent(request.room, request.type, frame, request.except)
+    state.history.append(seq, time, frame)
+    this.delivery?.roomEvent(request.room, request.type, seq, frame, request.except)
     return { seq, epoch: state.epoch }
   }
 
   async position(room: string): Promise<RoomPosition> {
     const state = this.state(room)
     return { seq: state.seq, epoch: state.epoch }
+  }
+
+  async history(room: string, after: number): Promise<HistorySlice> {
+    const state = this.state(room)
+    const { events, complete } = state.history.after(after, state.seq, Date.now())
+    return { position: { seq: state.seq, epoch: state.epoch }, events, complete }
   }
 
   async subscribe(room: string): Promise<void> {
@@ -110,16 +120,25 @@ class MemoryBroker implements Broker {
   private state(room: string): RoomState {
     let state = this.roomStates.get(room)
     if (state === undefined) {
-      state = { seq: 0, epoch: randomUUID(), lastEventAt: Date.now(), subscribed: false, presence: new Map() }
+      state = {
+        seq: 0,
+        epoch: randomUUID(),
+        lastEventAt: Date.now(),
+        subscribed: false,
+        presence: new Map(),
+        history: new EventHistory(this.historyLimits.maxEvents, this.historyLimits.maxAgeMs),
+      }
       this.roomStates.set(room, state)
     }
     return state
   }
 
   private sweep(): void {
-    const cutoff = Date.now() - this.idleRoomTtlMs
+    const now = Date.now()
+    const cutoff = now - this.historyLimits.maxAgeMs
     for (const [name, state] of this.roomStates) {
       if (!state.subscribed && state.presence.size === 0 && state.lastEventAt < cutoff) this.roomStates.delete(name)
+      else state.history.expire(now)
     }
   }
 }
