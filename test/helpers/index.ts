@@ -118,7 +118,8 @@ export class Client {
     const deadline = Date.now() + NEXT_GUARD_MS
     let scanned = this.firstUntaken
     for (;;) {
-      for (; scanned < this.frames.length; scanned++) {
+      // Another call may have taken frames meanwhile; everything before firstUntaken is taken.
+      for (scanned = Math.max(scanned, this.firstUntaken); scanned < this.frames.length; scanned++) {
         if (this.taken.has(scanned) || !match(this.frames[scanned]!)) continue
         this.taken.add(scanned)
         while (this.taken.has(this.firstUntaken)) this.taken.delete(this.firstUntaken++)
