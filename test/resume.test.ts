@@ -159,6 +159,9 @@ t.test('history overflow → reset with the current seq and epoch; live events f
 t.test('history older than maxAgeMs → reset', async (t) => {
   const maxAgeMs = 30
   const server = await startServer(t, { presence: false, history: { maxEvents: 100, maxAgeMs } })
+  // A member stays, so the room keeps its seq and epoch: only its events age out.
+  const stays = await connect(server, 'bob')
+  await stays.join('r')
   const a = await connect(server, 'alice')
   const { payload: joined } = await a.join('r')
   await a.close()
@@ -330,4 +333,23 @@ t.test('retained history stays at maxEvents per room, whatever the traffic', asy
   t.equal(old.complete, false, 'events 11..350 were dropped')
   t.equal(old.events.length, maxEvents)
   await t.rejects(server.app.rooms.history('room-3', { after: -1 }), { code: 'FST_ROOMS_INVALID_ARGUMENT' })
+})
+
+t.test('a room with no members frees its history (and seq) once its last event is maxAgeMs old', async (t) => {
+  const maxAgeMs = 30
+  const server = await startServer(t, { presence: false, history: { maxEvents: 100, maxAgeMs } })
+  const member = await connect(server, 'alice')
+  await member.join('kept')
+  await server.app.rooms.broadcast('kept', 'x', {})
+  await server.app.rooms.broadcast('empty', 'x', {})
+  const { epoch: emptyEpoch } = await server.app.rooms.history('empty')
+  const { epoch: keptEpoch } = await server.app.rooms.history('kept')
+  const publishedAt = Date.now()
+  // The sweep runs every maxAgeMs; wait on the clock for two of its periods past the event's age.
+  while (Date.now() - publishedAt <= 3 * maxAgeMs) await new Promise((resolve) => setTimeout(resolve, maxAgeMs))
+  const empty = await server.app.rooms.history('empty')
+  t.equal(empty.seq, 0, 'the empty room starts over')
+  t.not(empty.epoch, emptyEpoch, 'in a new epoch')
+  const kept = await server.app.rooms.history('kept')
+  t.same({ seq: kept.seq, epoch: kept.epoch, events: kept.events.length }, { seq: 1, epoch: keptEpoch, events: 0 }, 'a room with members keeps its seq; its old events expire')
 })

@@ -36,7 +36,7 @@ class MemoryBroker implements Broker {
     this.delivery = delivery
     // One timer for all rooms. Memory stays bounded: maxEvents per room, and a room with no members frees
     // everything (its seq too, so its next event starts a new epoch) once its last event is maxAgeMs old.
-    this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.historyLimits.maxAgeMs, 60_000)))
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))
     this.sweepTimer.unref()
   }
 
