@@ -30,6 +30,8 @@ export interface StartOptions {
   /** Called before the plugin is registered (e.g. to register @fastify/jwt yourself). */
   before?: (app: FastifyInstance) => void | Promise<void>
   fastify?: FastifyServerOptions
+  /** Listen on this port instead of a free one (e.g. to restart a server where clients expect it). */
+  listenPort?: number
 }
 
 export async function startServer(
@@ -52,7 +54,12 @@ export async function startServer(
     ...options,
   } as RoomsOptions)
   await start.setup?.(app)
-  await app.listen({ port: 0, host: '127.0.0.1' })
+  try {
+    await app.listen({ port: start.listenPort ?? 0, host: '127.0.0.1' })
+  } catch (err) {
+    await app.close()
+    throw err
+  }
   t.teardown(() => app.close())
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : 0

@@ -1,0 +1,62 @@
+// A TCP proxy on 127.0.0.1 that a test controls: it can cut every connection (a network drop) or stall
+// them (a dead peer that neither answers nor closes), to exercise reconnects through real sockets.
+import net from 'node:net'
+
+export interface TcpProxy {
+  port: number
+  /** Where new connections go; may change, e.g. after a server restart on another port. */
+  target: number
+  /** Destroys every open connection, as a network drop would. */
+  cut(): void
+  /** Stops forwarding on every open connection without closing it; new connections still work. */
+  stall(): void
+  close(): Promise<void>
+}
+
+export async function startProxy(target: number): Promise<TcpProxy> {
+  const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
+  const stalled = new Set<net.Socket>()
+  const server = net.createServer((client) => {
+    const upstream = net.connect(proxy.target, '127.0.0.1')
+    const pair = { client, upstream }
+    pairs.add(pair)
+    client.pipe(upstream)
+    upstream.pipe(client)
+    const drop = () => {
+      pairs.delete(pair)
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('error', drop).on('close', drop)
+    upstream.on('error', drop).on('close', drop)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const address = server.address() as net.AddressInfo
+  const proxy: TcpProxy = {
+    port: address.port,
+    target,
+    cut() {
+      for (const { client, upstream } of pairs) {
+        client.destroy()
+        upstream.destroy()
+      }
+      pairs.clear()
+    },
+    stall() {
+      for (const { client, upstream } of pairs) {
+        client.unpipe(upstream)
+        upstream.unpipe(client)
+        client.pause()
+        upstream.pause()
+        stalled.add(client).add(upstream)
+      }
+      pairs.clear()
+    },
+    async close() {
+      proxy.cut()
+      for (const socket of stalled) socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    },
+  }
+  return proxy
+}
