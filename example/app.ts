@@ -49,6 +49,11 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
 
   const page = await readFile(new URL('./public/index.html', import.meta.url), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
+  // The client, built by `npm run build` (run before `npm run example`): one dependency-free ESM file.
+  const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8').catch(() => {
+    throw new Error('dist/client/index.js is missing: run `npm run build` first')
+  })).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')
+  app.get('/client.js', async (_request, reply) => reply.type('text/javascript; charset=utf-8').send(client))
 
   // DEMO ONLY: anyone can log in as any name. A real app authenticates the user here.
   app.post('/login', {

@@ -241,3 +241,30 @@ t.test('a join refused by the server rejects and is not re-joined', async (t) =>
   await t.rejects(rooms.join('vip'), { code: 'forbidden' })
   t.same(rooms.rooms, [], 'a refused room is not re-joined later')
 })
+
+t.test('a token that expires anyway: the server closes 1008, the client reconnects with a fresh one and resumes', async (t) => {
+  const { server, proxy } = await setup(t)
+  const shortExp = Math.floor(Date.now() / 1000) + 2
+  let afterExpiry = false
+  const rooms = client(t, proxy, {
+    rooms: ['feed'],
+    // Until the server has closed the socket, every token (refreshes included) carries the short exp.
+    getToken: () => sign('alice', { exp: afterExpiry ? shortExp + 3600 : shortExp }),
+  })
+  rooms.on('state', (state) => {
+    if (state === 'reconnecting') afterExpiry = true
+  })
+  const items = collect(rooms, 'item')
+  await nextEvent(rooms, 'welcome')
+  await until(() => rooms.position('feed') !== undefined, 'joined')
+  await server.app.rooms.broadcast('feed', 'item', { i: 1 })
+  const reopened = nextEvent(rooms, 'welcome')
+  await until(() => afterExpiry, 'the server closed the expired connection')
+  await server.app.rooms.broadcast('feed', 'item', { i: 2 }) // published while the client is away
+  await reopened
+  await server.app.rooms.broadcast('feed', 'item', { i: 3 })
+  await until(() => items.length === 3, 'three items')
+  t.same(items.map((f) => f.seq), [1, 2, 3])
+  t.equal(server.app.rooms.stats().closes['1008'], 1, 'closed for the expired token')
+  t.equal(rooms.state, 'open')
+})

@@ -28,6 +28,17 @@ t.test('GET / serves the page', async (t) => {
   t.match(await response.text(), 'fastify-rooms chat')
 })
 
+t.test('GET /client.js serves the built client: one ESM file with no imports', async (t) => {
+  const server = await startExample(t)
+  const response = await fetch(`${server.http}/client.js`)
+  t.equal(response.status, 200)
+  t.match(response.headers.get('content-type'), 'text/javascript')
+  const source = await response.text()
+  t.match(source, 'export function createClient')
+  t.notMatch(source, /^\s*import\s/m, 'no imports')
+  t.notMatch(source, 'sourceMappingURL', 'no map reference the server cannot serve')
+})
+
 t.test('login → token; two users chat, see presence; announce over HTTP; members', async (t) => {
   const server = await startExample(t)
   const alice: Client = await connect(server, 'alice', { token: await login(server.http, 'alice'), via: 'protocol' })

@@ -1,0 +1,105 @@
+// The example page in real headless Chromium: two pages chat; HTTP announce reaches both; a cut connection
+// resumes with every message once and in order; a server restart shows a reset and chat carries on.
+import { mkdir } from 'node:fs/promises'
+import t from 'tap'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import type { FastifyInstance } from 'fastify'
+import { buildChatApp } from '../example/app.js'
+import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing, freePort } from './helpers/chromium.js'
+import { startProxy } from './helpers/proxy.js'
+
+const missing = chromiumMissing()
+if (missing !== undefined && process.env.CI === 'true') {
+  t.fail(`${missing}: browser tests are required under CI=true`)
+} else if (missing !== undefined) {
+  t.test('browser tests', { skip: `skipped: ${missing}` }, async () => {})
+} else {
+  t.test('two pages chat through drops and a restart', { timeout: 120_000 }, async (t) => {
+    const appPort = await freePort()
+    const proxy = await startProxy(appPort)
+    t.teardown(() => proxy.close())
+    const origins = [`http://127.0.0.1:${appPort}`, `http://127.0.0.1:${proxy.port}`]
+    const build = async () => {
+      const app = await buildChatApp({ jwtSecret: 'browser-test-secret', allowedOrigins: origins, fastify: { logger: false } })
+      await app.listen({ port: appPort, host: '127.0.0.1' })
+      return app
+    }
+    let app: FastifyInstance = await build()
+    t.teardown(() => app.close())
+
+    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+    t.teardown(() => browser.close())
+    const alice = await browser.newPage()
+    const bob = await browser.newPage() // bob's traffic goes through the proxy, so the test can cut it
+    const errors: string[] = []
+    for (const page of [alice, bob]) page.on('pageerror', (err) => errors.push(err.message))
+
+    const enter = async (page: Page, url: string, name: string) => {
+      await page.goto(url)
+      await page.fill('#name', name)
+      await page.click('#login button')
+      await page.waitForSelector('#state[data-state="open"]')
+      await page.fill('#room', 'lobby')
+      await page.click('#join button')
+      await page.waitForSelector('#rooms li.active')
+    }
+    await enter(alice, `http://127.0.0.1:${appPort}/`, 'alice')
+    await enter(bob, `http://127.0.0.1:${proxy.port}/`, 'bob')
+
+    const say = async (page: Page, text: string) => {
+      await page.fill('#text', text)
+      await page.click('#send button')
+    }
+    const shows = (page: Page, text: string) =>
+      page.waitForFunction((text) => [...document.querySelectorAll('#log div')].some((div) => div.textContent?.includes(text)), text, { timeout: 20_000 })
+    const seqs = (page: Page) => page.$$eval('#log div[data-seq]', (divs) => divs.map((div) => Number((div as HTMLElement).dataset.seq)))
+    const count = (page: Page, text: string) =>
+      page.$$eval('#log div', (divs, text) => divs.filter((div) => div.textContent?.includes(text)).length, text)
+    const announce = async (text: string) => {
+      const login = await fetch(`http://127.0.0.1:${appPort}/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'ops' }) })
+      const { token } = (await login.json()) as { token: string }
+      const response = await fetch(`http://127.0.0.1:${appPort}/rooms/lobby/announce`, {
+        method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ text }),
+      })
+      t.equal(response.status, 200, `announce "${text}"`)
+    }
+
+    // Chat both ways, and an HTTP announce on both pages.
+    await say(alice, 'hello bob')
+    await shows(bob, 'hello bob')
+    await say(bob, 'hi alice')
+    await shows(alice, 'hi alice')
+    await announce('maintenance at noon')
+    await shows(alice, 'maintenance at noon')
+    await shows(bob, 'maintenance at noon')
+    await alice.waitForFunction(() => document.querySelector('#members')?.textContent?.includes('bob'))
+
+    // Cut bob's connection while alice and HTTP keep publishing.
+    proxy.cut()
+    const during = ['while away 1', 'while away 2', 'while away 3']
+    for (const text of during) await say(alice, text)
+    await announce('announced while away')
+    await say(alice, 'while away 4')
+    await shows(bob, 'while away 4')
+    for (const text of [...during, 'while away 4', 'announced while away']) t.equal(await count(bob, text), 1, `bob shows "${text}" once`)
+    const bobSeqs = await seqs(bob)
+    t.same(bobSeqs, Array.from({ length: bobSeqs.length }, (_, i) => bobSeqs[0]! + i), 'bob saw consecutive seqs, no gap, no duplicate')
+    t.equal(bobSeqs[bobSeqs.length - 1], (await seqs(alice)).at(-1), 'and caught up with alice')
+
+    // Restart the memory-backed server: history is gone, so both pages show a reset and carry on.
+    await app.close()
+    app = await build()
+    await alice.waitForSelector('#log div.reset', { timeout: 30_000 })
+    await bob.waitForSelector('#log div.reset', { timeout: 30_000 })
+    await alice.waitForSelector('#state[data-state="open"]')
+    await say(alice, 'after the restart')
+    await shows(bob, 'after the restart')
+    await say(bob, 'still here')
+    await shows(alice, 'still here')
+
+    await mkdir('test-artifacts', { recursive: true })
+    await alice.screenshot({ path: 'test-artifacts/browser-alice.png', fullPage: true })
+    await bob.screenshot({ path: 'test-artifacts/browser-bob.png', fullPage: true })
+    t.same(errors, [], 'no page errors')
+  })
+}
