@@ -35,9 +35,9 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
   }
 
   const stats = new Stats()
-  const broker = options.broker ?? memoryBroker({ history: options.history })
+  const broker = options.broker ?? memoryBroker()
   const registry = new RoomRegistry(options, broker, stats, fastify.log)
-  await broker.start(registry)
+  await broker.start(registry, { history: options.history, log: fastify.log })
   fastify.decorate('rooms', registry.api)
 
   let closing = false
@@ -168,6 +168,7 @@ const plugin: FastifyPluginAsync<RoomsOptions> = fp(fastifyRooms, { fastify: '5.
 export default plugin
 export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
+export { redisBroker, type RedisBrokerOptions } from './brokers/redis.js'
 export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol.js'
 export { handleProtocols } from './upgrade.js'

@@ -34,6 +34,8 @@ export class RoomRegistry implements BrokerDelivery {
   readonly connections = new Set<Connection>()
   private readonly byUser = new Map<string, Set<Connection>>()
   private readonly localRooms = new Map<string, Set<Connection>>()
+  /** The broker subscription of each local room, settled or in flight. */
+  private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
   readonly api: RoomsApi
 
@@ -155,11 +157,11 @@ export class RoomRegistry implements BrokerDelivery {
       if (local === undefined) {
         local = new Set()
         this.localRooms.set(room, local)
-        local.add(connection)
-        await this.broker.subscribe(room)
-      } else {
-        local.add(connection)
+        this.subscriptions.set(room, this.broker.subscribe(room))
       }
+      local.add(connection)
+      // Every joiner waits for the subscription, not only the first: events must flow before the position is read.
+      await this.subscriptions.get(room)
       const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
       return first && this.options.presence
     } catch (err) {
@@ -177,6 +179,7 @@ export class RoomRegistry implements BrokerDelivery {
       local.delete(connection)
       if (local.size === 0) {
         this.localRooms.delete(room)
+        this.subscriptions.delete(room)
         await this.broker.unsubscribe(room)
       }
     }
@@ -235,6 +238,19 @@ export class RoomRegistry implements BrokerDelivery {
     const own = this.byUser.get(userId)
     if (own === undefined) return
     for (const connection of own) connection.sendFrame(frame)
+  }
+
+  roomReset(room: string, position: RoomPosition): void {
+    const local = this.localRooms.get(room)
+    if (local === undefined) return
+    const frame = directRoomFrame('reset', room, position)
+    for (const connection of local) connection.sendFrame(frame)
+    this.stats.messageOut('reset', local.size)
+  }
+
+  presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void {
+    if (!this.options.presence) return
+    this.announce(room, action, userId).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: presence announcement failed'))
   }
 
   userDisconnect(userId: string, code: number, reason: string): void {

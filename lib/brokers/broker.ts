@@ -7,6 +7,20 @@ export interface BrokerDelivery {
   /** A serialized direct frame for every local connection of `userId`. */
   userMessage(userId: string, frame: string): void
   userDisconnect(userId: string, code: number, reason: string): void
+  /**
+   * Events of `room` may have been missed and cannot be replayed (the broker lost its connection and the
+   * room's history or epoch is gone): local members must be told, with the room's current position.
+   */
+  roomReset(room: string, position: RoomPosition): void
+  /** Presence changed without a local join or leave: a dead process's members were removed, or this process's were restored. */
+  presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void
+}
+
+/** What the plugin's options tell the broker when it starts. */
+export interface BrokerSettings {
+  history: { maxEvents: number; maxAgeMs: number }
+  /** The Fastify instance's logger. */
+  log?: { info(msg: string): void; error(obj: object, msg: string): void }
 }
 
 export interface PublishRequest {
@@ -40,7 +54,8 @@ export interface HistorySlice {
 
 export interface Broker {
   readonly name: string
-  start(delivery: BrokerDelivery): Promise<void>
+  /** Connects and starts delivering; rejects with a clear error when its backend cannot be reached. */
+  start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void>
   /** Assigns the next `seq` of the room, records the event and fans it out to every process. */
   publish(request: PublishRequest): Promise<RoomPosition>
   position(room: string): Promise<RoomPosition>

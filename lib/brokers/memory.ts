@@ -1,7 +1,7 @@
 // The default broker: one process, everything in memory. A restart starts every room in a new epoch.
 import { randomUUID } from 'node:crypto'
 import { roomEventFrame } from '../protocol.js'
-import type { Broker, BrokerDelivery, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { EventHistory } from './history.js'
 
 interface RoomState {
@@ -15,25 +15,24 @@ interface RoomState {
 }
 
 export interface MemoryBrokerOptions {
-  /** Per-room history for resume: the last `maxEvents` events, none older than `maxAgeMs`. */
+  /** Per-room history for resume; defaults to the plugin's `history` option. */
   history?: { maxEvents: number; maxAgeMs: number }
 }
-
-const DEFAULT_HISTORY = { maxEvents: 1000, maxAgeMs: 300_000 }
 
 class MemoryBroker implements Broker {
   readonly name = 'memory'
   private delivery: BrokerDelivery | undefined
   private readonly roomStates = new Map<string, RoomState>()
-  private readonly historyLimits: { maxEvents: number; maxAgeMs: number }
+  private historyLimits: { maxEvents: number; maxAgeMs: number }
   private sweepTimer: NodeJS.Timeout | undefined
 
-  constructor(options: MemoryBrokerOptions) {
-    this.historyLimits = options.history ?? DEFAULT_HISTORY
+  constructor(private readonly options: MemoryBrokerOptions) {
+    this.historyLimits = options.history ?? { maxEvents: 0, maxAgeMs: 0 }
   }
 
-  async start(delivery: BrokerDelivery): Promise<void> {
+  async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
+    this.historyLimits = this.options.history ?? settings.history
     // One timer for all rooms. Memory stays bounded: maxEvents per room, and a room with no members frees
     // everything (its seq too, so its next event starts a new epoch) once its last event is maxAgeMs old.
     this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))

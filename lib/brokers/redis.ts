@@ -1,0 +1,406 @@
+// The Redis broker: many processes share rooms through one Redis (>= 6.2). Publishing is one Lua script
+// (seq + history + fan-out); each process subscribes only to the rooms it has local members in; presence
+// entries belong to a process whose heartbeat key expires when it dies, and survivors remove them.
+import { createHash, randomUUID } from 'node:crypto'
+import { Redis, type RedisOptions } from 'ioredis'
+import { BrokerError } from '../errors.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import { HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH } from './redis-scripts.js'
+
+export interface RedisBrokerOptions {
+  /** `redis://host:port/db`; or pass `client`. */
+  url?: string
+  /** An ioredis client of yours; the broker duplicates it for its subscriber and never quits it. */
+  client?: Redis
+  /** Prefix of every key and channel (default `rooms:`). */
+  keyPrefix?: string
+  /** A process that stops refreshing its heartbeat for this long is dead; survivors remove its members (default 15000). */
+  processTtlMs?: number
+  /** A room's seq, epoch and history expire after this long without events (default 24 h). */
+  roomTtlMs?: number
+  /** How long `register` waits for Redis at start (default 5000). */
+  connectTimeoutMs?: number
+}
+
+interface Subscription {
+  epoch: string
+  /** The last seq delivered to this process's sockets. */
+  lastSeq: number
+  /** While catching up from history, live messages wait here. */
+  held: Array<{ seq: number; epoch: string; type: string; frame: string; except: string }> | undefined
+}
+
+type HistoryReply = [seq: string, epoch: string, entries: Array<[id: string, fields: string[]]>]
+
+class RedisBroker implements Broker {
+  readonly name = 'redis'
+  private readonly prefix: string
+  private readonly processId = randomUUID()
+  private readonly processTtlMs: number
+  private readonly roomTtlMs: number
+  private command!: Redis
+  private subscriber!: Redis
+  private ownsCommand = false
+  private delivery: BrokerDelivery | undefined
+  private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000 }
+  private readonly subscriptions = new Map<string, Subscription>()
+  /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
+  private readonly localPresence = new Map<string, Map<string, string>>()
+  private heartbeatTimer: NodeJS.Timeout | undefined
+  private closed = false
+  private everReady = false
+  private down = false
+  private log: BrokerSettings['log']
+  private readonly scriptHashes = new Map<string, string>()
+
+  constructor(private readonly options: RedisBrokerOptions) {
+    if (options.url === undefined && options.client === undefined) throw new TypeError('redisBroker: pass { url } or { client }')
+    this.prefix = options.keyPrefix ?? 'rooms:'
+    this.processTtlMs = options.processTtlMs ?? 15_000
+    this.roomTtlMs = options.roomTtlMs ?? 86_400_000
+  }
+
+  async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
+    this.delivery = delivery
+    this.historyLimits = settings.history
+    this.log = settings.log
+    // No offline queue: while Redis is away, commands fail at once (broadcast rejects, HTTP can answer 503)
+    // instead of piling up and hanging their callers.
+    const connection: RedisOptions = { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: this.options.connectTimeoutMs ?? 5000 }
+    if (this.options.client !== undefined) {
+      this.command = this.options.client
+      this.subscriber = this.options.client.duplicate(connection)
+    } else {
+      this.ownsCommand = true
+      this.command = new Redis(this.options.url!, connection)
+      this.subscriber = new Redis(this.options.url!, connection)
+    }
+    // ioredis reports every failed reconnect attempt; log the transitions only.
+    for (const client of [this.command, this.subscriber]) {
+      client.on('error', (err: Error) => this.onConnectionError(err))
+      client.on('ready', () => this.onConnectionReady())
+    }
+    try {
+      if (this.ownsCommand) await this.command.connect()
+      await this.subscriber.connect()
+      await this.command.ping()
+    } catch (err) {
+      this.disconnect()
+      throw new BrokerError(`cannot reach Redis${this.options.url ? ` at ${redactUrl(this.options.url)}` : ''}: ${(err as Error).message}`)
+    }
+    this.everReady = true
+    this.subscriber.on('message', (channel: string, message: string) => this.onMessage(channel, message))
+    // ioredis re-subscribes by itself after a reconnect; what was published meanwhile is caught up here.
+    this.subscriber.on('ready', () => void this.afterReconnect())
+    await this.subscriber.subscribe(this.channel('users'))
+    await this.beat()
+    this.heartbeatTimer = setInterval(() => void this.beat(), Math.max(50, Math.floor(this.processTtlMs / 3)))
+    this.heartbeatTimer.unref()
+  }
+
+  async publish(request: PublishRequest): Promise<RoomPosition> {
+    const time = Date.now()
+    const head = `{"type":${JSON.stringify(request.type)},"room":${JSON.stringify(request.room)},"seq":`
+    const tail = `,"payload":${request.payloadJson},"traceId":${JSON.stringify(request.traceId)},"time":${time}}`
+    const [seq, epoch] = await this.run<[number, string]>(PUBLISH, [this.key(request.room, 'meta'), this.key(request.room, 'history')], [
+      randomUUID(), head, tail, request.type, request.except ?? '', this.historyLimits.maxEvents, this.historyLimits.maxAgeMs,
+      this.channel(`ev:${request.room}`), this.roomTtlMs,
+    ])
+    return { seq: Number(seq), epoch }
+  }
+
+  async position(room: string): Promise<RoomPosition> {
+    const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.key(room, 'meta')], [randomUUID(), this.roomTtlMs])
+    return { seq: Number(seq), epoch }
+  }
+
+  async history(room: string, after: number): Promise<HistorySlice> {
+    const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
+      randomUUID(), this.roomTtlMs, this.historyLimits.maxAgeMs,
+    ])
+    const seq = Number(seqText)
+    const events: HistorySlice['events'] = []
+    // Entries are written as [s, seq, f, frame].
+    const oldest = entries.length > 0 ? Number(entries[0]![1][1]) : seq + 1
+    for (const [, fields] of entries) {
+      const eventSeq = Number(fields[1])
+      if (eventSeq > after) events.push({ seq: eventSeq, frame: fields[3]! })
+    }
+    return { position: { seq, epoch }, events, complete: after >= seq || oldest <= after + 1 }
+  }
+
+  async subscribe(room: string): Promise<void> {
+    const subscription: Subscription = { epoch: '', lastSeq: 0, held: [] }
+    this.subscriptions.set(room, subscription)
+    try {
+      await this.wrap(this.subscriber.subscribe(this.channel(`ev:${room}`)))
+      // Events up to this position happened before the first local member joined; the rest are live.
+      const { seq, epoch } = await this.position(room)
+      subscription.epoch = epoch
+      subscription.lastSeq = seq
+      this.release(room, subscription)
+    } catch (err) {
+      this.subscriptions.delete(room)
+      throw err
+    }
+  }
+
+  async unsubscribe(room: string): Promise<void> {
+    this.subscriptions.delete(room)
+    await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
+  }
+
+  async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
+    let local = this.localPresence.get(room)
+    if (local === undefined) {
+      local = new Map()
+      this.localPresence.set(room, local)
+    }
+    local.set(connectionId, userId)
+    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])) === 1
+  }
+
+  async presenceLeave(room: string, _userId: string, connectionId: string): Promise<boolean> {
+    const local = this.localPresence.get(room)
+    local?.delete(connectionId)
+    if (local?.size === 0) this.localPresence.delete(room)
+    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), [connectionId, room])) !== null
+  }
+
+  async presence(room: string): Promise<string[]> {
+    return this.wrap(this.command.hkeys(this.key(room, 'users')))
+  }
+
+  async rooms(): Promise<string[]> {
+    return this.wrap(this.command.smembers(this.prefix + 'rooms'))
+  }
+
+  async sendToUser(userId: string, frame: string): Promise<void> {
+    await this.wrap(this.command.publish(this.channel('users'), `m${KEY_SEPARATOR}${userId}${KEY_SEPARATOR}${frame}`))
+  }
+
+  async disconnectUser(userId: string, code: number, reason: string): Promise<void> {
+    await this.wrap(this.command.publish(this.channel('users'), `d${KEY_SEPARATOR}${userId}${KEY_SEPARATOR}${code}${KEY_SEPARATOR}${reason}`))
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    clearInterval(this.heartbeatTimer)
+    if (this.everReady) {
+      // Members were removed as their sockets closed; what remains of this process goes now.
+      await Promise.allSettled([
+        this.command.del(this.prefix + `proc:${this.processId}`, this.prefix + `member:${this.processId}`),
+        this.command.srem(this.prefix + 'procs', this.processId),
+      ])
+    }
+    this.disconnect()
+    this.delivery = undefined
+  }
+
+  private disconnect(): void {
+    this.subscriber?.disconnect()
+    if (this.ownsCommand) this.command?.disconnect()
+  }
+
+  private key(room: string, kind: 'meta' | 'history' | 'presence' | 'users'): string {
+    return `${this.prefix}{${room}}:${kind}`
+  }
+
+  private channel(name: string): string {
+    return this.prefix + name
+  }
+
+  private presenceKeys(room: string, processId: string): string[] {
+    return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`]
+  }
+
+  /** Runs a script by its hash (the text goes over the wire only when Redis does not know it yet). */
+  private async run<T>(script: string, keys: string[], args: Array<string | number>): Promise<T> {
+    let sha = this.scriptHashes.get(script)
+    if (sha === undefined) {
+      sha = createHash('sha1').update(script).digest('hex')
+      this.scriptHashes.set(script, sha)
+    }
+    try {
+      return await this.wrap(this.command.evalsha(sha, keys.length, ...keys, ...args) as Promise<T>)
+    } catch (err) {
+      if (!String((err as Error).message).includes('NOSCRIPT')) throw err
+      return this.wrap(this.command.eval(script, keys.length, ...keys, ...args) as Promise<T>)
+    }
+  }
+
+  private onConnectionError(err: Error): void {
+    if (this.down || this.closed || !this.everReady) return
+    this.down = true
+    this.log?.error({ err }, 'fastify-rooms: Redis connection lost; broadcasts fail until it is back, sockets stay open')
+  }
+
+  private onConnectionReady(): void {
+    if (!this.down || this.closed) return
+    this.down = false
+    this.log?.info('fastify-rooms: Redis connection restored')
+  }
+
+  private async wrap<T>(promise: Promise<T>): Promise<T> {
+    try {
+      return await promise
+    } catch (err) {
+      throw new BrokerError(`Redis unavailable: ${(err as Error).message}`)
+    }
+  }
+
+  private onMessage(channel: string, message: string): void {
+    if (channel === this.channel('users')) return this.onUserMessage(message)
+    const room = channel.slice(this.channel('ev:').length)
+    const subscription = this.subscriptions.get(room)
+    if (subscription === undefined) return
+    // except \n type \n seq \n epoch \n frame (the frame may contain newlines only inside JSON strings, escaped)
+    const a = message.indexOf('\n')
+    const b = message.indexOf('\n', a + 1)
+    const c = message.indexOf('\n', b + 1)
+    const d = message.indexOf('\n', c + 1)
+    const event = {
+      except: message.slice(0, a),
+      type: message.slice(a + 1, b),
+      seq: Number(message.slice(b + 1, c)),
+      epoch: message.slice(c + 1, d),
+      frame: message.slice(d + 1),
+    }
+    if (subscription.held !== undefined) subscription.held.push(event)
+    else this.deliver(room, subscription, event)
+  }
+
+  /** Delivers one event in order: duplicates are dropped, a gap is filled from history first. */
+  private deliver(room: string, subscription: Subscription, event: { seq: number; epoch: string; type: string; frame: string; except: string }): void {
+    if (event.epoch !== subscription.epoch) {
+      // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
+      subscription.epoch = event.epoch
+      subscription.lastSeq = event.seq - 1
+      this.delivery?.roomReset(room, { seq: event.seq - 1, epoch: event.epoch })
+    }
+    if (event.seq <= subscription.lastSeq) return
+    if (event.seq > subscription.lastSeq + 1) {
+      subscription.held = [event]
+      void this.catchUp(room, subscription)
+      return
+    }
+    subscription.lastSeq = event.seq
+    this.delivery?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except)
+  }
+
+  private release(room: string, subscription: Subscription): void {
+    const held = subscription.held ?? []
+    subscription.held = undefined
+    for (const event of held) {
+      // deliver() may have started another catch-up (a gap): the rest then waits for it.
+      const waiting = subscription.held as Subscription['held']
+      if (waiting !== undefined) waiting.push(event)
+      else this.deliver(room, subscription, event)
+    }
+  }
+
+  /** Sends local members what they missed since lastSeq, from history, or a reset when it is gone. */
+  private async catchUp(room: string, subscription: Subscription): Promise<void> {
+    subscription.held ??= []
+    try {
+      const slice = await this.history(room, subscription.lastSeq)
+      if (this.subscriptions.get(room) !== subscription) return
+      if (slice.position.epoch === subscription.epoch && slice.complete) {
+        for (const event of slice.events) {
+          if (event.seq <= subscription.lastSeq) continue
+          subscription.lastSeq = event.seq
+          this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
+        }
+      } else {
+        subscription.epoch = slice.position.epoch
+        subscription.lastSeq = slice.position.seq
+        this.delivery?.roomReset(room, slice.position)
+      }
+      this.release(room, subscription)
+    } catch {
+      // Redis is away again; the next 'ready' retries.
+    }
+  }
+
+  private onUserMessage(message: string): void {
+    const [kind, userId, ...rest] = message.split(KEY_SEPARATOR)
+    if (userId === undefined) return
+    if (kind === 'm') this.delivery?.userMessage(userId, rest.join(KEY_SEPARATOR))
+    else if (kind === 'd') this.delivery?.userDisconnect(userId, Number(rest[0]), rest.slice(1).join(KEY_SEPARATOR))
+  }
+
+  /** After the subscriber reconnects: presence back in Redis, then every room caught up. */
+  private async afterReconnect(): Promise<void> {
+    if (this.closed || !this.everReady) return
+    try {
+      // Commands on one connection run in order: once this answers, ioredis's re-subscriptions are active.
+      await this.subscriber.ping()
+    } catch {
+      return
+    }
+    await this.restorePresence()
+    for (const [room, subscription] of this.subscriptions) {
+      if (subscription.held === undefined) await this.catchUp(room, subscription)
+    }
+  }
+
+  /** Re-adds this process's presence entries (Redis may have lost them, or survivors removed them). */
+  private async restorePresence(): Promise<void> {
+    for (const [room, entries] of this.localPresence) {
+      for (const [connectionId, userId] of entries) {
+        try {
+          const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])
+          if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
+        } catch {
+          return
+        }
+      }
+    }
+  }
+
+  /** Refreshes this process's heartbeat and removes the members of processes whose heartbeat expired. */
+  private async beat(): Promise<void> {
+    if (this.closed) return
+    try {
+      const alive = await this.command.set(this.prefix + `proc:${this.processId}`, '1', 'PX', this.processTtlMs, 'GET')
+      await this.command.sadd(this.prefix + 'procs', this.processId)
+      if (alive === null && this.localPresence.size > 0 && this.heartbeatTimer !== undefined) {
+        // Our heartbeat had lapsed: survivors may have removed our members.
+        await this.restorePresence()
+      }
+      for (const processId of await this.command.smembers(this.prefix + 'procs')) {
+        if (processId !== this.processId) await this.reapIfDead(processId)
+      }
+    } catch {
+      // Redis is away; the next beat tries again.
+    }
+  }
+
+  private async reapIfDead(processId: string): Promise<void> {
+    if ((await this.command.exists(this.prefix + `proc:${processId}`)) === 1) return
+    // One survivor reaps a dead process.
+    const lock = await this.command.set(this.prefix + `reap:${processId}`, this.processId, 'PX', this.processTtlMs, 'NX')
+    if (lock === null) return
+    const members = await this.command.hgetall(this.prefix + `member:${processId}`)
+    for (const [entry, userId] of Object.entries(members)) {
+      const [room, connectionId] = entry.split(KEY_SEPARATOR) as [string, string]
+      const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), [connectionId, room])
+      if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
+    }
+    await this.command.del(this.prefix + `member:${processId}`, this.prefix + `reap:${processId}`)
+    await this.command.srem(this.prefix + 'procs', processId)
+  }
+}
+
+function eventType(frame: string): string {
+  return (JSON.parse(frame) as { type: string }).type
+}
+
+function redactUrl(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//***@')
+}
+
+/** A broker for many processes sharing one Redis (>= 6.2). */
+export function redisBroker(options: RedisBrokerOptions): Broker {
+  return new RedisBroker(options)
+}
