@@ -3,11 +3,13 @@ import { readFile } from 'node:fs/promises'
 import fastifyJwt from '@fastify/jwt'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import Type from 'typebox'
-import rooms, { defineMessage, ErrorCode, FrameError } from '../lib/index.js'
+import rooms, { defineMessage, ErrorCode, FrameError, redisBroker } from '../lib/index.js'
 
 export interface ChatAppOptions {
   jwtSecret: string
   allowedOrigins: string[] | '*'
+  /** Share rooms with other processes through this Redis; the in-memory broker when absent. */
+  redisUrl?: string
   fastify?: FastifyServerOptions
 }
 
@@ -35,6 +37,7 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
   await app.register(rooms, {
     jwt: false,
     allowedOrigins: options.allowedOrigins,
+    ...(options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
     messages: {
       chat: defineMessage({
         schema: Type.Object({ text: Text }, { additionalProperties: false }),

@@ -9,7 +9,8 @@ const allowedOrigins = process.env.ALLOWED_ORIGINS
   ? process.env.ALLOWED_ORIGINS.split(',').map((origin) => origin.trim()).filter(Boolean)
   : [`http://localhost:${port}`, `http://127.0.0.1:${port}`]
 
-const app = await buildChatApp({ jwtSecret, allowedOrigins })
+const redisUrl = process.env.REDIS_URL || undefined
+const app = await buildChatApp({ jwtSecret, allowedOrigins, ...(redisUrl === undefined ? {} : { redisUrl }) })
 if (jwtSecret === DEV_SECRET) {
   app.log.warn('*** JWT_SECRET is not set: using a built-in development secret. Anyone can forge tokens. Set JWT_SECRET outside development. ***')
 }
@@ -25,4 +26,4 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 await app.listen({ host, port })
-app.log.info({ allowedOrigins }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)
+app.log.info({ allowedOrigins, broker: redisUrl === undefined ? 'memory' : 'redis' }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)

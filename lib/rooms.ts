@@ -37,6 +37,7 @@ export class RoomRegistry implements BrokerDelivery {
   /** The broker subscription of each local room, settled or in flight. */
   private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
+  private readonly leaving = new Set<Promise<void>>()
   readonly api: RoomsApi
 
   constructor(
@@ -79,7 +80,10 @@ export class RoomRegistry implements BrokerDelivery {
     own?.delete(connection)
     if (own?.size === 0) this.byUser.delete(connection.user.id)
     for (const room of connection.rooms) {
-      this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
+      const leaving = this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
+      // Shutdown waits for these, so the broker is not closed under them.
+      this.leaving.add(leaving)
+      void leaving.finally(() => this.leaving.delete(leaving))
     }
     if (this.connections.size === 0) this.whenEmpty?.()
   }
@@ -261,6 +265,11 @@ export class RoomRegistry implements BrokerDelivery {
 
   /** Closes every socket with 1001 and resolves once all have closed; stragglers are cut after timeoutMs. */
   async shutdown(timeoutMs: number): Promise<void> {
+    await this.closeAll(timeoutMs)
+    await Promise.allSettled(this.leaving)
+  }
+
+  private async closeAll(timeoutMs: number): Promise<void> {
     if (this.connections.size === 0) return
     const empty = new Promise<void>((resolve) => {
       this.whenEmpty = resolve

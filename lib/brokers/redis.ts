@@ -299,26 +299,33 @@ class RedisBroker implements Broker {
     }
   }
 
-  /** Sends local members what they missed since lastSeq, from history, or a reset when it is gone. */
+  /**
+   * Sends local members what they missed since lastSeq, from history, or a reset when it is gone. Live
+   * messages wait meanwhile. Retried until Redis answers, so a catch-up never stalls a room for good.
+   */
   private async catchUp(room: string, subscription: Subscription): Promise<void> {
     subscription.held ??= []
-    try {
-      const slice = await this.history(room, subscription.lastSeq)
-      if (this.subscriptions.get(room) !== subscription) return
-      if (slice.position.epoch === subscription.epoch && slice.complete) {
-        for (const event of slice.events) {
-          if (event.seq <= subscription.lastSeq) continue
-          subscription.lastSeq = event.seq
-          this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
+    for (let attempt = 0; ; attempt++) {
+      if (this.closed || this.subscriptions.get(room) !== subscription) return
+      try {
+        const slice = await this.history(room, subscription.lastSeq)
+        if (this.subscriptions.get(room) !== subscription) return
+        if (slice.position.epoch === subscription.epoch && slice.complete) {
+          for (const event of slice.events) {
+            if (event.seq <= subscription.lastSeq) continue
+            subscription.lastSeq = event.seq
+            this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
+          }
+        } else {
+          subscription.epoch = slice.position.epoch
+          subscription.lastSeq = slice.position.seq
+          this.delivery?.roomReset(room, slice.position)
         }
-      } else {
-        subscription.epoch = slice.position.epoch
-        subscription.lastSeq = slice.position.seq
-        this.delivery?.roomReset(room, slice.position)
+        this.release(room, subscription)
+        return
+      } catch {
+        await backoff(attempt)
       }
-      this.release(room, subscription)
-    } catch {
-      // Redis is away again; the next 'ready' retries.
     }
   }
 
@@ -329,31 +336,35 @@ class RedisBroker implements Broker {
     else if (kind === 'd') this.delivery?.userDisconnect(userId, Number(rest[0]), rest.slice(1).join(KEY_SEPARATOR))
   }
 
-  /** After the subscriber reconnects: presence back in Redis, then every room caught up. */
+  /**
+   * After the subscriber reconnects: this process's presence back in Redis, then every room caught up
+   * from history (or reset). Retried until both connections answer.
+   */
   private async afterReconnect(): Promise<void> {
     if (this.closed || !this.everReady) return
-    try {
-      // Commands on one connection run in order: once this answers, ioredis's re-subscriptions are active.
-      await this.subscriber.ping()
-    } catch {
-      return
+    // Hold live messages from now on, so a room is reset at most once and replays come first.
+    for (const subscription of this.subscriptions.values()) subscription.held ??= []
+    // ioredis emits 'ready' before it writes its re-subscriptions: let it write them first.
+    await new Promise((resolve) => setImmediate(resolve))
+    for (let attempt = 0; !this.closed; attempt++) {
+      try {
+        // Commands on one connection run in order: once this answers, the re-subscriptions are active.
+        await this.subscriber.ping()
+        await this.restorePresence()
+        break
+      } catch {
+        await backoff(attempt)
+      }
     }
-    await this.restorePresence()
-    for (const [room, subscription] of this.subscriptions) {
-      if (subscription.held === undefined) await this.catchUp(room, subscription)
-    }
+    await Promise.all([...this.subscriptions].map(([room, subscription]) => this.catchUp(room, subscription)))
   }
 
   /** Re-adds this process's presence entries (Redis may have lost them, or survivors removed them). */
   private async restorePresence(): Promise<void> {
     for (const [room, entries] of this.localPresence) {
       for (const [connectionId, userId] of entries) {
-        try {
-          const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])
-          if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
-        } catch {
-          return
-        }
+        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])
+        if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
       }
     }
   }
@@ -390,6 +401,11 @@ class RedisBroker implements Broker {
     await this.command.del(this.prefix + `member:${processId}`, this.prefix + `reap:${processId}`)
     await this.command.srem(this.prefix + 'procs', processId)
   }
+}
+
+/** 50 ms doubling to 1 s between retries while Redis is away. */
+function backoff(attempt: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)).unref())
 }
 
 function eventType(frame: string): string {

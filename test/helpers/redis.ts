@@ -1,0 +1,60 @@
+// A real redis-server per test file: free loopback port, temp dir, no persistence; stopped by PID.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { freePort } from './chromium.js'
+
+export function redisMissing(): string | undefined {
+  const paths = ['/usr/bin/redis-server', '/usr/local/bin/redis-server']
+  return paths.some((path) => existsSync(path)) ? undefined : 'redis-server not found (apt-get install redis-server)'
+}
+
+export interface RedisServer {
+  port: number
+  url: string
+  /** Stops the server (SIGTERM) and waits for it to exit. */
+  stop(): Promise<void>
+  /** Starts it again on the same port, empty (as a Redis without persistence comes back after a crash). */
+  start(): Promise<void>
+}
+
+export async function startRedis(t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
+  const port = await freePort()
+  const dir = await mkdtemp(join(tmpdir(), 'rooms-redis-'))
+  let child: ChildProcess | undefined
+  const server: RedisServer = {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async start() {
+      const process = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      child = process
+      let output = ''
+      await new Promise<void>((resolve, reject) => {
+        process.stdout!.on('data', (chunk: Buffer) => {
+          output += chunk.toString()
+          if (output.includes('Ready to accept connections')) resolve()
+        })
+        process.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output.slice(-500)}`)))
+      })
+      process.stdout!.resume()
+    },
+    async stop() {
+      const process = child
+      child = undefined
+      if (process === undefined || process.exitCode !== null) return
+      const exited = new Promise((resolve) => process.once('exit', resolve))
+      process.kill('SIGTERM')
+      await exited
+    },
+  }
+  await server.start()
+  t.teardown(async () => {
+    await server.stop()
+    await rm(dir, { recursive: true, force: true })
+  })
+  return server
+}
