@@ -119,7 +119,7 @@ export class Connection implements RoomsConnection {
   }
 
   private closeSlowConsumer(): false {
-    this.stats.slowConsumerCloses++
+    this.stats.slowConsumerClose()
     this.close(CloseCode.tryAgainLater, 'slow consumer')
     return false
   }

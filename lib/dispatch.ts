@@ -8,11 +8,11 @@ import type { CompiledMessage } from './options.js'
 import { Compile } from 'typebox/compile'
 import { AckCache, frameFingerprint, type AckOutcome } from './acks.js'
 import {
-  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
+  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
   pongFrame, RoomName, type ErrorDetail, type Frame, type FrameIdValue,
 } from './protocol.js'
 import type { ResumeOutcome, RoomRegistry } from './rooms.js'
-import type { BroadcastOptions, MessageContext, RoomsApi, RoomsUser } from './types.js'
+import type { MessageContext, RoomsApi, RoomsUser } from './types.js'
 import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
 export interface DispatcherOptions {
@@ -28,6 +28,7 @@ const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slo
 const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
 const roomNameValidator = Compile(RoomName)
+const MAX_REPORTED_LATENCY_MS = 60_000
 
 export class Dispatcher implements ConnectionEvents {
   /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
@@ -85,6 +86,7 @@ export class Dispatcher implements ConnectionEvents {
         case 'leave': return await this.leave(connection, frame)
         case 'auth': return await this.auth(connection, frame)
         case 'resume': return await this.resume(connection, frame)
+        case 'latency': return this.latency(connection, frame)
         default: return await this.hostMessage(connection, frame)
       }
     } catch (err) {
@@ -120,6 +122,17 @@ export class Dispatcher implements ConnectionEvents {
     if (!connection.rooms.has(room)) throw notInRoom(room)
     await this.registry.leave(connection, room)
     this.ack(connection, frame.id, { room })
+  }
+
+  /** A client reports the `time` of an event it received: publish → client, plus the report's way back. */
+  private latency(connection: Connection, frame: Frame): void {
+    const { time } = checkLatencyPayload(frame.payload)
+    const elapsedMs = Date.now() - time
+    if (elapsedMs < 0 || elapsedMs > MAX_REPORTED_LATENCY_MS) {
+      throw new FrameError(ErrorCode.invalidMessage, 'time is not the time of a recent event', { errors: [{ path: '/payload/time', message: 'must be a server time from the last minute' }] })
+    }
+    this.stats.clientLatencyReport(elapsedMs / 1000)
+    this.ack(connection, frame.id, null)
   }
 
   /** Token refresh: a valid token for the same user moves the connection's expiry. */
@@ -239,7 +252,7 @@ class HandlerContext implements MessageContext {
     this.id = frame.id
     this.traceId = traceId
     this.log = connection.log
-    this.rooms = new TracedRooms(api, this.traceId)
+    this.rooms = tracedRooms(api, traceId)
   }
 
   reply(type: string, payload: unknown): void {
@@ -248,38 +261,9 @@ class HandlerContext implements MessageContext {
 }
 
 /** `ctx.rooms`: the same API, with the frame's traceId carried into broadcasts. */
-class TracedRooms implements RoomsApi {
-  constructor(private readonly api: RoomsApi, private readonly traceId: string) {}
-
-  broadcast(room: string, type: string, payload: unknown, options?: BroadcastOptions): Promise<{ seq: number }> {
-    return this.api.broadcast(room, type, payload, options?.traceId === undefined ? { ...options, traceId: this.traceId } : options)
-  }
-
-  sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
-    return this.api.sendToUser(userId, type, payload)
-  }
-
-  members(room: string) {
-    return this.api.members(room)
-  }
-
-  count(room: string) {
-    return this.api.count(room)
-  }
-
-  rooms() {
-    return this.api.rooms()
-  }
-
-  disconnectUser(userId: string, code?: number, reason?: string) {
-    return this.api.disconnectUser(userId, code, reason)
-  }
-
-  history(room: string, options?: { after?: number }) {
-    return this.api.history(room, options)
-  }
-
-  stats() {
-    return this.api.stats()
-  }
+function tracedRooms(api: RoomsApi, traceId: string): RoomsApi {
+  const traced: RoomsApi = Object.create(api)
+  traced.broadcast = (room, type, payload, options) =>
+    api.broadcast(room, type, payload, options?.traceId === undefined ? { ...options, traceId } : options)
+  return traced
 }

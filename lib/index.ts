@@ -34,9 +34,10 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
     throw new InvalidOptionError('jwt', 'is false, but no @fastify/jwt was registered before fastify-rooms')
   }
 
-  const stats = new Stats()
+  const stats = new Stats(options.metrics)
   const broker = options.broker ?? memoryBroker()
   const registry = new RoomRegistry(options, broker, stats, fastify.log)
+  stats.gauges = registry
   await broker.start(registry, { history: options.history, log: fastify.log })
   fastify.decorate('rooms', registry.api)
 
@@ -118,7 +119,10 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
             rateLimit: {
               max: options.handshakeRateLimit.max,
               timeWindow: options.handshakeRateLimit.timeWindow,
-              onExceeded: () => stats.handshake('rate_limited'),
+              onExceeded: (request) => {
+                stats.handshake('rate_limited')
+                request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
+              },
             },
           },
       onRequest: gate.onRequest,

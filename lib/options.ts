@@ -3,6 +3,7 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import type { FastifyJWTOptions } from '@fastify/jwt'
+import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
 import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from './protocol.js'
 import { isBroker, type Broker } from './brokers/broker.js'
@@ -80,7 +81,8 @@ export interface RoomsOptions {
   closeTimeoutMs?: number
   retryWindow?: { maxIdsPerUser: number; windowMs: number } | false
   broker?: Broker
-  metrics?: false
+  /** `true` for a prom-client Registry of our own, or your Registry; Prometheus text from `fastify.rooms.metrics()`. */
+  metrics?: boolean | Registry
 }
 
 export interface CompiledMessage {
@@ -113,6 +115,7 @@ export interface ResolvedOptions {
   closeTimeoutMs: number
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   broker: Broker | undefined
+  metrics: boolean | Registry
 }
 
 export const defaults = {
@@ -188,7 +191,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
     retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),
-    ...checkMetrics(options.metrics),
+    metrics: checkMetrics(options.metrics),
   }
 }
 
@@ -251,7 +254,10 @@ function checkBroker(broker: unknown): Broker | undefined {
   return broker
 }
 
-function checkMetrics(metrics: unknown): Record<string, never> {
-  if (metrics !== undefined && metrics !== false) fail('metrics', 'is not available yet in this version; leave it unset')
-  return {}
+function checkMetrics(metrics: unknown): boolean | Registry {
+  if (metrics === undefined || typeof metrics === 'boolean') return metrics ?? false
+  // Duck-typed: the host's prom-client may be another copy than ours.
+  const registry = metrics as Partial<Registry>
+  if (typeof registry.registerMetric !== 'function' || typeof registry.metrics !== 'function') fail('metrics', 'must be true, false or a prom-client Registry')
+  return metrics as Registry
 }

@@ -33,7 +33,7 @@ export const CloseCode = {
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 
 /** Types the client sends that the plugin itself answers; host message types may not reuse them. */
-export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume'] as const
+export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume', 'latency'] as const
 /** Types the server sends on its own; neither host messages nor room events may use them. */
 export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence'] as const
 
@@ -63,6 +63,9 @@ export const ResumePayload = Type.Object({
 }, { additionalProperties: false })
 
 const envelopeValidator = Compile(Envelope)
+/** A client's report of a room event's `time`, as it received the event: feeds the client latency histogram. */
+export const LatencyPayload = Type.Object({ time: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })
+const latencyValidator = Compile(LatencyPayload)
 const authValidator = Compile(AuthPayload)
 const resumeValidator = Compile(ResumePayload)
 
@@ -112,6 +115,10 @@ export function checkPayload<S extends TSchema>(validator: Validator<any, S>, pa
 
 export function checkAuthPayload(payload: unknown): Static<typeof AuthPayload> {
   return checkPayload(authValidator, payload, 'auth')
+}
+
+export function checkLatencyPayload(payload: unknown): Static<typeof LatencyPayload> {
+  return checkPayload(latencyValidator, payload, 'latency')
 }
 
 export function checkResumePayload(payload: unknown): Static<typeof ResumePayload> {

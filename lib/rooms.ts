@@ -5,8 +5,8 @@ import type { FastifyBaseLogger } from 'fastify'
 import { Compile } from 'typebox/compile'
 import type { Broker, BrokerDelivery, RoomPosition } from './brokers/broker.js'
 import type { Connection } from './connection.js'
-import { InvalidArgumentError } from './errors.js'
-import type { Stats } from './metrics.js'
+import { InvalidArgumentError, MetricsDisabledError } from './errors.js'
+import { preciseNow, type Gauges, type Stats } from './metrics.js'
 import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
 import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, RoomsStats } from './types.js'
 
@@ -30,7 +30,7 @@ const roomNameValidator = Compile(RoomName)
 const messageTypeValidator = Compile(MessageType)
 const RESERVED_EVENT_TYPES = new Set<string>(SERVER_TYPES)
 
-export class RoomRegistry implements BrokerDelivery {
+export class RoomRegistry implements BrokerDelivery, Gauges {
   readonly connections = new Set<Connection>()
   private readonly byUser = new Map<string, Set<Connection>>()
   private readonly localRooms = new Map<string, Set<Connection>>()
@@ -56,7 +56,15 @@ export class RoomRegistry implements BrokerDelivery {
         this.broker.disconnectUser(checkUserId(userId), code, reason),
       history: async (room, options = {}) => this.history(checkRoom(room), options.after ?? 0),
       stats: () => this.snapshot(),
+      metrics: async () => {
+        if (this.stats.registry === undefined) throw new MetricsDisabledError()
+        return { contentType: this.stats.registry.contentType, body: await this.stats.registry.metrics() }
+      },
     }
+  }
+
+  connectionCount(): number {
+    return this.connections.size
   }
 
   connectionsOf(userId: string): number {
@@ -227,7 +235,7 @@ export class RoomRegistry implements BrokerDelivery {
 
   // BrokerDelivery: what every process receives. The frame was serialized once by the publisher; it is
   // turned into bytes once here, and each member costs a state check, a buffer check and one write.
-  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined): void {
+  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined, publishedAt?: number): void {
     const local = this.localRooms.get(room)
     if (local === undefined) return
     const bytes = Buffer.from(frame)
@@ -236,6 +244,24 @@ export class RoomRegistry implements BrokerDelivery {
       if (connection.id !== except && connection.deliver(room, seq, bytes)) recipients++
     }
     this.stats.messageOut(type, recipients)
+    if (publishedAt !== undefined) this.stats.broadcast(Math.max(0, preciseNow() - publishedAt) / 1000)
+  }
+
+  // Gauges, read by stats() and by Prometheus at scrape time.
+  roomCount(): number {
+    return this.localRooms.size
+  }
+
+  memberCount(): number {
+    let members = 0
+    for (const local of this.localRooms.values()) members += local.size
+    return members
+  }
+
+  maxBufferedBytes(): number {
+    let max = 0
+    for (const connection of this.connections) max = Math.max(max, connection.bufferedAmount)
+    return max
   }
 
   userMessage(userId: string, frame: string): void {
@@ -295,14 +321,10 @@ export class RoomRegistry implements BrokerDelivery {
   }
 
   private snapshot(): RoomsStats {
-    let members = 0
-    for (const local of this.localRooms.values()) members += local.size
-    let maxBufferedBytes = 0
-    for (const connection of this.connections) maxBufferedBytes = Math.max(maxBufferedBytes, connection.bufferedAmount)
     return {
       connections: this.connections.size,
-      rooms: this.localRooms.size,
-      members,
+      rooms: this.roomCount(),
+      members: this.memberCount(),
       messagesIn: { ...this.stats.messagesIn },
       messagesOut: { ...this.stats.messagesOut },
       errors: { ...this.stats.errors },
@@ -310,7 +332,9 @@ export class RoomRegistry implements BrokerDelivery {
       handshakes: { ...this.stats.handshakes },
       resumes: { ...this.stats.resumes },
       slowConsumerCloses: this.stats.slowConsumerCloses,
-      maxBufferedBytes,
+      maxBufferedBytes: this.maxBufferedBytes(),
+      broadcast: { ...this.stats.broadcastTiming },
+      clientLatency: { ...this.stats.clientLatency },
     }
   }
 }

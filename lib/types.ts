@@ -88,6 +88,10 @@ export interface RoomsStats {
   slowConsumerCloses: number
   /** The largest send buffer of any open socket right now, in bytes. */
   maxBufferedBytes: number
+  /** From publish to the last local send of each room event: count, sum and max, in seconds. */
+  broadcast: { count: number; sumSeconds: number; maxSeconds: number }
+  /** From publish to the clients' `latency` reports. */
+  clientLatency: { count: number; sumSeconds: number; maxSeconds: number }
 }
 
 /** `fastify.rooms` */
@@ -101,4 +105,6 @@ export interface RoomsApi {
   /** The room's retained events after `after` (default 0: all that are retained). */
   history(room: string, options?: { after?: number }): Promise<RoomHistory>
   stats(): RoomsStats
+  /** Prometheus text for a /metrics route; rejects with FST_ROOMS_METRICS_DISABLED unless `metrics` is on. */
+  metrics(): Promise<{ contentType: string; body: string }>
 }

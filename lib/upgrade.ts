@@ -3,7 +3,7 @@
 // no WebSocket is ever created.
 import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
 import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from './errors.js'
-import type { Stats } from './metrics.js'
+import type { HandshakeResult, Stats } from './metrics.js'
 import { BEARER_PROTOCOL_PREFIX, SUBPROTOCOL } from './protocol.js'
 import type { RoomsUser } from './types.js'
 
@@ -123,13 +123,16 @@ export interface UpgradeState {
 }
 
 export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
+  /** Counts and logs a refused handshake (one line, with the reason; never the token) and returns its error. */
+  function reject<E extends Error>(request: FastifyRequest, reason: HandshakeResult, error: E, details: Record<string, unknown> = {}): E {
+    stats.handshake(reason)
+    request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: handshake rejected: ${error.message}`)
+    return error
+  }
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
     async onRequest(request: FastifyRequest, reply: FastifyReply) {
-      if (state.isClosing()) {
-        stats.handshake('unavailable')
-        throw new UnavailableError('server is shutting down')
-      }
+      if (state.isClosing()) throw reject(request, 'unavailable', new UnavailableError('server is shutting down'))
       if (!request.ws) {
         reply.code(426).header('upgrade', 'websocket')
         return reply.send({ statusCode: 426, error: 'Upgrade Required', message: 'this route only accepts WebSocket upgrades' })
@@ -141,27 +144,21 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
       const originAllowed = origin === undefined
         ? options.allowMissingOrigin
         : options.allowedOrigins === null || options.allowedOrigins.has(origin)
-      if (!originAllowed) {
-        stats.handshake('forbidden_origin')
-        throw new ForbiddenOriginError()
-      }
+      if (!originAllowed) throw reject(request, 'forbidden_origin', new ForbiddenOriginError(), { origin: origin ?? null })
       const token = extractToken(request)
       let admission: Admission
       try {
         if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)
         admission = await verifyToken(token)
       } catch (err) {
-        stats.handshake('unauthorized')
-        if (err instanceof TokenRejectedError) throw new UnauthorizedError(err.message)
-        throw err
+        if (!(err instanceof TokenRejectedError)) throw err
+        throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })
       }
       if (state.openConnections() >= options.maxConnections) {
-        stats.handshake('unavailable')
-        throw new UnavailableError('connection limit reached')
+        throw reject(request, 'unavailable', new UnavailableError('connection limit reached'))
       }
       if (state.openConnectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
-        stats.handshake('unavailable')
-        throw new UnavailableError('connection limit for this user reached')
+        throw reject(request, 'unavailable', new UnavailableError('connection limit for this user reached'), { userId: admission.user.id })
       }
       request.roomsAdmission = admission
     },

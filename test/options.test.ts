@@ -51,7 +51,7 @@ const cases: Array<[string, Record<string, unknown>, string]> = [
   ['userFromToken', { ...base, userFromToken: 'sub' }, 'option "userFromToken" must be a function'],
   ['authorizeJoin', { ...base, authorizeJoin: true }, 'option "authorizeJoin" must be a function'],
   ['broker', { ...base, broker: {} }, 'option "broker" must be a Broker'],
-  ['metrics', { ...base, metrics: true }, 'option "metrics" is not available yet'],
+  ['metrics', { ...base, metrics: 'yes' }, 'option "metrics" must be true, false or a prom-client Registry'],
   ['messages not an object', { ...base, messages: [] }, 'option "messages"'],
   ['message reserved type', { ...base, messages: { join: message } }, 'option "messages.join" uses a type name the protocol reserves'],
   ['message bad type name', { ...base, messages: { 'has space': message } }, 'option "messages.has space"'],

@@ -2,8 +2,11 @@
 
 /** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
 export interface BrokerDelivery {
-  /** A serialized room event of `type` for local members of `room`, except the connection `except`. */
-  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined): void
+  /**
+   * A serialized room event of `type` for local members of `room`, except the connection `except`.
+   * `publishedAt` (ms since the epoch, sub-ms precision) is when publish began, for the broadcast latency.
+   */
+  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined, publishedAt?: number): void
   /** A serialized direct frame for every local connection of `userId`. */
   userMessage(userId: string, frame: string): void
   userDisconnect(userId: string, code: number, reason: string): void

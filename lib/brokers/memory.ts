@@ -1,5 +1,6 @@
 // The default broker: one process, everything in memory. A restart starts every room in a new epoch.
 import { randomUUID } from 'node:crypto'
+import { preciseNow } from '../metrics.js'
 import { roomEventFrame } from '../protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { EventHistory } from './history.js'
@@ -40,13 +41,14 @@ class MemoryBroker implements Broker {
   }
 
   async publish(request: PublishRequest): Promise<RoomPosition> {
+    const publishedAt = preciseNow()
     const state = this.state(request.room)
     const seq = ++state.seq
     const time = Date.now()
     state.lastEventAt = time
     const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time)
     state.history.append(seq, time, frame)
-    this.delivery?.roomEvent(request.room, request.type, seq, frame, request.except)
+    this.delivery?.roomEvent(request.room, request.type, seq, frame, request.except, publishedAt)
     return { seq, epoch: state.epoch }
   }
 

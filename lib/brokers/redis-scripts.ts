@@ -26,7 +26,8 @@ end
 
 /**
  * KEYS: meta, history. ARGV: candidate epoch, frame head, frame tail, type, except, maxEvents, maxAgeMs,
- * channel, roomTtlMs. The frame is assembled here (head .. seq .. tail): serialized once, by the publisher.
+ * channel, roomTtlMs, publishedAt. The frame is assembled here (head .. seq .. tail): serialized once, by
+ * the publisher. The message is: except \n type \n seq \n epoch \n publishedAt \n frame.
  */
 export const PUBLISH = `${ENSURE_ROOM}
 local meta, history = KEYS[1], KEYS[2]
@@ -42,7 +43,7 @@ if tonumber(ARGV[6]) > 0 then
   redis.call('PEXPIRE', history, ARGV[9])
 end
 redis.call('PEXPIRE', meta, ARGV[9])
-redis.call('PUBLISH', ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. frame)
+redis.call('PUBLISH', ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. frame)
 return { seq, epoch }
 `
 

@@ -4,6 +4,7 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { BrokerError } from '../errors.js'
+import { preciseNow } from '../metrics.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH } from './redis-scripts.js'
 
@@ -27,7 +28,16 @@ interface Subscription {
   /** The last seq delivered to this process's sockets. */
   lastSeq: number
   /** While catching up from history, live messages wait here. */
-  held: Array<{ seq: number; epoch: string; type: string; frame: string; except: string }> | undefined
+  held: LiveEvent[] | undefined
+}
+
+interface LiveEvent {
+  seq: number
+  epoch: string
+  type: string
+  frame: string
+  except: string
+  publishedAt: number
 }
 
 type HistoryReply = [seq: string, epoch: string, entries: Array<[id: string, fields: string[]]>]
@@ -99,12 +109,13 @@ class RedisBroker implements Broker {
   }
 
   async publish(request: PublishRequest): Promise<RoomPosition> {
-    const time = Date.now()
+    const publishedAt = preciseNow()
+    const time = Math.floor(publishedAt)
     const head = `{"type":${JSON.stringify(request.type)},"room":${JSON.stringify(request.room)},"seq":`
     const tail = `,"payload":${request.payloadJson},"traceId":${JSON.stringify(request.traceId)},"time":${time}}`
     const [seq, epoch] = await this.run<[number, string]>(PUBLISH, [this.key(request.room, 'meta'), this.key(request.room, 'history')], [
       randomUUID(), head, tail, request.type, request.except ?? '', this.historyLimits.maxEvents, this.historyLimits.maxAgeMs,
-      this.channel(`ev:${request.room}`), this.roomTtlMs,
+      this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt,
     ])
     return { seq: Number(seq), epoch }
   }
@@ -254,24 +265,26 @@ class RedisBroker implements Broker {
     const room = channel.slice(this.channel('ev:').length)
     const subscription = this.subscriptions.get(room)
     if (subscription === undefined) return
-    // except \n type \n seq \n epoch \n frame (the frame may contain newlines only inside JSON strings, escaped)
+    // except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw newline, so the frame is the rest)
     const a = message.indexOf('\n')
     const b = message.indexOf('\n', a + 1)
     const c = message.indexOf('\n', b + 1)
     const d = message.indexOf('\n', c + 1)
+    const e = message.indexOf('\n', d + 1)
     const event = {
       except: message.slice(0, a),
       type: message.slice(a + 1, b),
       seq: Number(message.slice(b + 1, c)),
       epoch: message.slice(c + 1, d),
-      frame: message.slice(d + 1),
+      publishedAt: Number(message.slice(d + 1, e)),
+      frame: message.slice(e + 1),
     }
     if (subscription.held !== undefined) subscription.held.push(event)
     else this.deliver(room, subscription, event)
   }
 
   /** Delivers one event in order: duplicates are dropped, a gap is filled from history first. */
-  private deliver(room: string, subscription: Subscription, event: { seq: number; epoch: string; type: string; frame: string; except: string }): void {
+  private deliver(room: string, subscription: Subscription, event: LiveEvent): void {
     if (event.epoch !== subscription.epoch) {
       // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
       subscription.epoch = event.epoch
@@ -285,7 +298,7 @@ class RedisBroker implements Broker {
       return
     }
     subscription.lastSeq = event.seq
-    this.delivery?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except)
+    this.delivery?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except, event.publishedAt)
   }
 
   private release(room: string, subscription: Subscription): void {
