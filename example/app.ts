@@ -10,6 +10,8 @@ export interface ChatAppOptions {
   allowedOrigins: string[] | '*'
   /** Share rooms with other processes through this Redis; the in-memory broker when absent. */
   redisUrl?: string
+  /** How often the dashboard stream sends stats (default 1000 ms). */
+  dashboardIntervalMs?: number
   fastify?: FastifyServerOptions
 }
 
@@ -36,6 +38,7 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
   await app.register(fastifyJwt, { secret: options.jwtSecret, sign: { algorithm: 'HS256', expiresIn: '1h' } })
   await app.register(rooms, {
     jwt: false,
+    metrics: true,
     allowedOrigins: options.allowedOrigins,
     ...(options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
     messages: {
@@ -77,6 +80,34 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
     if (text.length === 0 || text.length > MAX_TEXT) return reply.code(400).send({ message: `text must be 1 to ${MAX_TEXT} characters after trimming` })
     const from = (request.user as { sub: string }).sub
     return app.rooms.broadcast(room, 'announcement', { from, text }, { traceId: String(request.id) })
+  })
+
+  // Prometheus scrapes this. DEMO: a real deployment keeps it off the public listener.
+  app.get('/metrics', async (_request, reply) => {
+    const { contentType, body } = await app.rooms.metrics()
+    return reply.type(contentType).send(body)
+  })
+
+  // The dashboard page, and stats() once a second over Server-Sent Events.
+  const dashboard = await readFile(new URL('./public/dashboard.html', import.meta.url), 'utf8')
+  app.get('/dashboard', async (_request, reply) => reply.type('text/html; charset=utf-8').send(dashboard))
+  const streams = new Set<import('node:http').ServerResponse>()
+  app.get('/dashboard/stats', (request, reply) => {
+    reply.hijack()
+    const stream = reply.raw
+    stream.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' })
+    const send = () => stream.write(`data: ${JSON.stringify({ time: Date.now(), ...app.rooms.stats() })}\n\n`)
+    send()
+    const timer = setInterval(send, options.dashboardIntervalMs ?? 1000)
+    streams.add(stream)
+    request.raw.once('close', () => {
+      clearInterval(timer)
+      streams.delete(stream)
+    })
+  })
+  // Open event streams would hold fastify.close() forever: end them first.
+  app.addHook('preClose', async () => {
+    for (const stream of streams) stream.end()
   })
 
   app.get('/rooms/:room/members', { schema: { params: RoomParam } }, async (request) => {

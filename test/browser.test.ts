@@ -102,4 +102,39 @@ if (missing !== undefined && process.env.CI === 'true') {
     await bob.screenshot({ path: 'test-artifacts/browser-bob.png', fullPage: true })
     t.same(errors, [], 'no page errors')
   })
+
+  t.test('the dashboard charts live connections, message rate and broadcast latency', { timeout: 60_000 }, async (t) => {
+    const app = await buildChatApp({ jwtSecret: 'dashboard-secret', allowedOrigins: '*', dashboardIntervalMs: 200, fastify: { logger: false } })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(() => app.close())
+    const port = (app.server.address() as import('node:net').AddressInfo).port
+    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+    t.teardown(() => browser.close())
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${port}/dashboard`)
+    await page.waitForSelector('#status[data-live="true"]')
+    // Traffic from two chat pages.
+    const chatters = [await browser.newPage(), await browser.newPage()]
+    for (const [i, chatter] of chatters.entries()) {
+      await chatter.goto(`http://127.0.0.1:${port}/`)
+      await chatter.fill('#name', `user${i}`)
+      await chatter.click('#login button')
+      await chatter.waitForSelector('#state[data-state="open"]')
+      await chatter.fill('#room', 'lobby')
+      await chatter.click('#join button')
+      await chatter.waitForSelector('#rooms li.active')
+    }
+    for (let i = 0; i < 10; i++) {
+      await chatters[i % 2]!.fill('#text', `message ${i}`)
+      await chatters[i % 2]!.click('#send button')
+    }
+    await page.waitForFunction(() => document.getElementById('connections')?.textContent === '2', undefined, { timeout: 20_000 })
+    await page.waitForFunction(() => Number(document.getElementById('latency-chart')?.dataset.points) >= 5, undefined, { timeout: 20_000 })
+    await page.waitForFunction(() => [...document.querySelectorAll('#handshakes td')].some((td) => td.textContent === 'ok'))
+    const latencyShown = await page.textContent('#latency')
+    t.ok(latencyShown !== null, `latency shown: ${latencyShown}`)
+    await mkdir('test-artifacts', { recursive: true })
+    await page.screenshot({ path: 'test-artifacts/dashboard.png', fullPage: true })
+    t.pass('dashboard rendered with live data')
+  })
 }

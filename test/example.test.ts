@@ -79,6 +79,26 @@ t.test('login → token; two users chat, see presence; announce over HTTP; membe
   t.same(members, { room: 'lobby', count: 2, members: [{ id: 'alice' }, { id: 'bob' }] })
 })
 
+t.test('GET /metrics is Prometheus text; /dashboard/stats streams stats() as Server-Sent Events', async (t) => {
+  const server = await startExample(t)
+  await connect(server, 'alice', { token: await login(server.http, 'alice') })
+  const metrics = await fetch(`${server.http}/metrics`)
+  t.equal(metrics.status, 200)
+  t.match(metrics.headers.get('content-type'), 'text/plain')
+  t.match(await metrics.text(), /^rooms_connections 1$/m)
+  const dashboard = await fetch(`${server.http}/dashboard`)
+  t.match(await dashboard.text(), 'fastify-rooms dashboard')
+  const stream = await fetch(`${server.http}/dashboard/stats`)
+  t.equal(stream.headers.get('content-type'), 'text/event-stream')
+  const reader = stream.body!.getReader()
+  let text = ''
+  while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value)
+  const first = JSON.parse(text.slice('data: '.length, text.indexOf('\n\n')))
+  t.equal(first.connections, 1)
+  t.same(first.handshakes, { ok: 1 })
+  await reader.cancel()
+})
+
 t.test('announce without a valid token → 401; a bad name at login → 400', async (t) => {
   const server = await startExample(t)
   const anonymous = await fetch(`${server.http}/rooms/lobby/announce`, {

@@ -42,6 +42,11 @@ export interface ClientOptions {
   tokenIn?: 'protocol' | 'query'
   /** Connect at once (default true); otherwise call connect(). */
   autoConnect?: boolean
+  /**
+   * Fraction of room events (0 to 1, default 0) whose `time` is sent back in a `latency` frame, feeding the
+   * server's client-latency histogram (publish → received here, plus the report's way back).
+   */
+  reportLatency?: number
 }
 
 export interface RoomPosition {
@@ -296,6 +301,7 @@ export class RoomsClient {
       if (position === undefined) return // a room we left
       if (position !== null && frame.seq <= position.seq) return // already seen: replay and live overlap
       this.positions.set(frame.room, { seq: frame.seq, epoch: position?.epoch ?? '' })
+      if (typeof frame.time === 'number' && Math.random() < (this.options.reportLatency ?? 0)) this.send('latency', { time: frame.time })
     }
     this.emit(frame.type, frame)
   }
