@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
 import type { HistoryEvent } from './brokers/broker.js'
+import { canWriteFramed, writeFramed, type FramedEvent } from './framing.js'
 import { CloseCode, directFrame, ErrorCode, errorFrame, FrameError, type Frame } from './protocol.js'
 import type { Stats } from './metrics.js'
 import type { RoomsConnection, RoomsUser } from './types.js'
@@ -48,7 +49,9 @@ export class Connection implements RoomsConnection {
   private readonly inbox: Frame[] = []
   private busy = false
   /** Rooms being resumed: their live events wait here until the replay from history has been sent. */
-  private replays: Map<string, { events: Array<{ seq: number; frame: Buffer }>; bytes: number }> | undefined
+  private replays: Map<string, { events: Array<{ seq: number; event: FramedEvent }>; bytes: number }> | undefined
+  /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
+  private readonly framedWrites: boolean
   readonly log: FastifyBaseLogger
 
   constructor(
@@ -61,6 +64,7 @@ export class Connection implements RoomsConnection {
     parentLog: FastifyBaseLogger,
   ) {
     this.log = parentLog.child({ connectionId: this.id })
+    this.framedWrites = canWriteFramed(socket)
     this.tokens = limits.rateLimit === false ? 0 : limits.rateLimit.burst
     // Listeners are attached synchronously, before any await, so no early frame is missed; each one is
     // guarded because a throw inside a ws listener would take the whole process down.
@@ -118,6 +122,14 @@ export class Connection implements RoomsConnection {
     return true
   }
 
+  /** A room event framed once per publish: per socket, a state check, a buffer check and one write. */
+  private sendEvent(event: FramedEvent): boolean {
+    if (!this.isOpen) return false
+    if (this.socket.bufferedAmount + event.framed.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
+    if (!this.framedWrites || !writeFramed(this.socket, event)) this.socket.send(event.payload, { binary: false })
+    return true
+  }
+
   private closeSlowConsumer(): false {
     this.stats.slowConsumerClose()
     this.close(CloseCode.tryAgainLater, 'slow consumer')
@@ -125,12 +137,12 @@ export class Connection implements RoomsConnection {
   }
 
   /** A live room event: sent now, or held while this room's history is being replayed. */
-  deliver(room: string, seq: number, frame: Buffer): boolean {
+  deliver(room: string, seq: number, event: FramedEvent): boolean {
     const replay = this.replays?.get(room)
-    if (replay === undefined) return this.sendFrame(frame)
+    if (replay === undefined) return this.sendEvent(event)
     if (!this.isOpen) return false
-    replay.events.push({ seq, frame })
-    replay.bytes += frame.length
+    replay.events.push({ seq, event })
+    replay.bytes += event.framed.length
     return replay.bytes > this.limits.maxBufferedBytes ? this.closeSlowConsumer() : true
   }
 
@@ -154,10 +166,10 @@ export class Connection implements RoomsConnection {
       last = event.seq
       replayed++
     }
-    for (const event of held?.events ?? []) {
-      if (event.seq <= last) continue
-      this.sendFrame(event.frame)
-      last = event.seq
+    for (const { seq, event } of held?.events ?? []) {
+      if (seq <= last) continue
+      this.sendEvent(event)
+      last = seq
     }
     return replayed
   }

@@ -6,6 +6,7 @@ import { Compile } from 'typebox/compile'
 import type { Broker, BrokerDelivery, RoomPosition } from './brokers/broker.js'
 import type { Connection } from './connection.js'
 import { InvalidArgumentError, MetricsDisabledError } from './errors.js'
+import { frameText } from './framing.js'
 import { preciseNow, type Gauges, type Stats } from './metrics.js'
 import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
 import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, RoomsStats } from './types.js'
@@ -238,10 +239,10 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined, publishedAt?: number): void {
     const local = this.localRooms.get(room)
     if (local === undefined) return
-    const bytes = Buffer.from(frame)
+    const event = frameText(frame)
     let recipients = 0
     for (const connection of local) {
-      if (connection.id !== except && connection.deliver(room, seq, bytes)) recipients++
+      if (connection.id !== except && connection.deliver(room, seq, event)) recipients++
     }
     this.stats.messageOut(type, recipients)
     if (publishedAt !== undefined) this.stats.broadcast(Math.max(0, preciseNow() - publishedAt) / 1000)

@@ -321,18 +321,25 @@ class RedisBroker implements Broker {
     for (let attempt = 0; ; attempt++) {
       if (this.closed || this.subscriptions.get(room) !== subscription) return
       try {
-        const slice = await this.history(room, subscription.lastSeq)
-        if (this.subscriptions.get(room) !== subscription) return
-        if (slice.position.epoch === subscription.epoch && slice.complete) {
-          for (const event of slice.events) {
-            if (event.seq <= subscription.lastSeq) continue
-            subscription.lastSeq = event.seq
-            this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
-          }
-        } else {
+        let slice = await this.history(room, subscription.lastSeq)
+        if (slice.position.epoch !== subscription.epoch) {
+          // A new epoch: members are reset to its start and get all of it, when history still holds it all.
+          slice = await this.history(room, 0)
+          const from = slice.complete ? 0 : slice.position.seq
+          if (this.subscriptions.get(room) !== subscription) return
           subscription.epoch = slice.position.epoch
+          subscription.lastSeq = from
+          this.delivery?.roomReset(room, { seq: from, epoch: slice.position.epoch })
+        } else if (!slice.complete) {
+          if (this.subscriptions.get(room) !== subscription) return
           subscription.lastSeq = slice.position.seq
           this.delivery?.roomReset(room, slice.position)
+        }
+        if (this.subscriptions.get(room) !== subscription) return
+        for (const event of slice.events) {
+          if (event.seq <= subscription.lastSeq) continue
+          subscription.lastSeq = event.seq
+          this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
         }
         this.release(room, subscription)
         return

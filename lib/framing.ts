@@ -1,0 +1,49 @@
+// Framing a room event once per publish. ws frames every send() itself (a header per socket, and for a
+// string a Buffer copy per socket); a broadcast instead frames once — header and payload in one Buffer —
+// and writes the same bytes to every socket where that is safe.
+import WebSocketClass, { type WebSocket } from 'ws'
+
+// ws exports its Sender (WebSocket.Sender); @types/ws does not declare it.
+const { Sender } = WebSocketClass as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }
+
+const TEXT_FRAME = { fin: true, opcode: 1, mask: false, readOnly: false, rsv1: false }
+
+/** One room event, framed once: `framed` for direct writes, `payload` (a view into it) for ws's own send. */
+export interface FramedEvent {
+  framed: Buffer
+  payload: Buffer
+}
+
+export function frameText(text: string): FramedEvent {
+  const payload = Buffer.from(text)
+  const [header] = Sender.frame(payload, TEXT_FRAME)
+  const framed = Buffer.allocUnsafe(header!.length + payload.length)
+  header!.copy(framed, 0)
+  payload.copy(framed, header!.length)
+  return { framed, payload: framed.subarray(header!.length) }
+}
+
+// The ws internals the direct write relies on, checked before each use.
+interface WebSocketInternals {
+  _socket?: { write(chunk: Buffer): boolean }
+  _sender?: { _state: number; _queue: unknown[] }
+}
+const SENDER_IDLE = 0
+
+/** True when the socket negotiated no extension (no permessage-deflate): a framed text frame can be written as is. */
+export function canWriteFramed(socket: WebSocket): boolean {
+  const internals = socket as unknown as WebSocketInternals
+  return socket.extensions === '' && internals._sender !== undefined && internals._socket !== undefined
+}
+
+/**
+ * Writes a pre-framed event straight to the TCP socket, unless ws's sender is busy (a send still queued,
+ * e.g. a Blob being read): then false, and the caller uses ws's send, which keeps the order.
+ */
+export function writeFramed(socket: WebSocket, event: FramedEvent): boolean {
+  const internals = socket as unknown as WebSocketInternals
+  const sender = internals._sender!
+  if (sender._state !== SENDER_IDLE || sender._queue.length !== 0) return false
+  internals._socket!.write(event.framed)
+  return true
+}
