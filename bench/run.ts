@@ -1,0 +1,300 @@
+// Side-by-side benchmark: fastify-rooms vs a naive raw ws server vs Socket.IO 4, same load clients, same run.
+// `npm run bench` (full, several minutes) or `npm run bench -- --quick` (a smoke run under a minute).
+// Servers run pinned to core 0, load clients and this orchestrator to core 1 (when taskset exists).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import type { ConnectCommand, Target } from './client.js'
+import { emptyHistogram, merge, quantile, type HistogramData } from './histogram.js'
+
+const quick = process.argv.includes('--quick')
+const only = process.argv.find((arg) => arg.startsWith('--targets='))?.slice('--targets='.length).split(',') as Target[] | undefined
+const TARGETS: Target[] = only ?? ['plugin', 'ws', 'socketio']
+const CONFIG = quick
+  ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2 }
+  : { fanout: [1000, 5000, 10000], repeats: 3, durationMs: 4000, drainMs: 4000, rooms: { count: 1000, members: 10 }, handshakes: 3000, idle: 5000, clients: 2 }
+/** Sub-saturation: 50k deliveries/s whatever C (50 msg/s at C = 1000, the rate the issue's figures use). */
+const SUB_SATURATION_DELIVERIES_PER_SECOND = 50_000
+const PAYLOAD_PAD = 'x'.repeat(100)
+
+const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
+const pinned = spawnSync('taskset', ['--version']).status === 0 && cpus().length >= 2
+if (pinned) spawnSync('taskset', ['-p', '-c', '1', String(process.pid)])
+const node = (core: number, script: string, extra: string[] = []) =>
+  pinned ? ['taskset', ['-c', String(core), process.execPath, ...extra, '--import=tsx', script]] as const : [process.execPath, [...extra, '--import=tsx', script]] as const
+
+interface Server {
+  port: number
+  stats(gc?: boolean): Promise<{ cpuMicros: number; rss: number; heapUsed: number; connections: number }>
+  stop(): Promise<void>
+}
+
+async function startServer(target: Target): Promise<Server> {
+  const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc'])
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  let output = ''
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('\n')) resolve()
+    })
+    child.once('exit', (code) => reject(new Error(`${target} server exited with ${code}`)))
+  })
+  const port = Number(output.trim())
+  return {
+    port,
+    stats: async (gc = false) => (await fetch(`http://127.0.0.1:${port}/stats${gc ? '?gc=1' : ''}`)).json() as never,
+    stop: async () => {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGKILL')
+      await exited
+    },
+  }
+}
+
+class Clients {
+  private readonly children: ChildProcess[] = []
+  constructor(count: number) {
+    for (let i = 0; i < count; i++) {
+      const [command, args] = node(1, here('./client.ts'))
+      this.children.push(spawn(command, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+    }
+  }
+
+  private ask<T>(child: ChildProcess, message: object, reply: string): Promise<T> {
+    return new Promise((resolve) => {
+      const listener = (answer: { cmd: string }) => {
+        if (answer.cmd !== reply) return
+        child.off('message', listener)
+        resolve(answer as T)
+      }
+      child.on('message', listener)
+      child.send(message)
+    })
+  }
+
+  /** Opens the connections, spread over the client processes; resolves with the time taken and failures. */
+  async connect(target: Target, port: number, connections: Array<[number, string]>, concurrency = 50): Promise<{ ms: number; failed: number }> {
+    const shares = this.children.map((_, i) => connections.filter((_, j) => j % this.children.length === i))
+    const started = performance.now()
+    const answers = await Promise.all(this.children.map((child, i) =>
+      this.ask<{ failed: number }>(child, { cmd: 'connect', target, port, connections: shares[i]!, concurrency } satisfies ConnectCommand, 'connected')))
+    return { ms: performance.now() - started, failed: answers.reduce((sum, answer) => sum + answer.failed, 0) }
+  }
+
+  async reset(): Promise<void> {
+    await Promise.all(this.children.map((child) => this.ask(child, { cmd: 'reset' }, 'reset')))
+  }
+
+  async histogram(): Promise<HistogramData> {
+    const total = emptyHistogram()
+    for (const child of this.children) merge(total, (await this.ask<{ histogram: HistogramData }>(child, { cmd: 'report' }, 'report')).histogram)
+    return total
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.children.map((child) => {
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.send({ cmd: 'close' })
+      return exited
+    }))
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+function publish(port: number, room: string, n: number): Promise<unknown> {
+  const payload = { n, sentAt: performance.timeOrigin + performance.now(), pad: PAYLOAD_PAD }
+  return fetch(`http://127.0.0.1:${port}/publish`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ room, payload }) })
+    .then((response) => response.arrayBuffer())
+}
+
+/**
+ * Publishes for durationMs, at `rate` per second (open loop, at most 64 in flight) or, with rate Infinity,
+ * back to back with 8 in flight (saturation). Returns how many were published.
+ */
+async function publishFor(port: number, rooms: () => string, rate: number, durationMs: number): Promise<number> {
+  const inFlight = new Set<Promise<unknown>>()
+  const limit = rate === Infinity ? 8 : 64
+  const started = performance.now()
+  let published = 0
+  while (performance.now() - started < durationMs) {
+    if (rate !== Infinity) {
+      const due = started + (published * 1000) / rate
+      const wait = due - performance.now()
+      if (wait > 0) await sleep(wait)
+    }
+    while (inFlight.size >= limit) await Promise.race(inFlight)
+    const request = publish(port, rooms(), published++).catch(() => {})
+    inFlight.add(request)
+    void request.finally(() => inFlight.delete(request))
+  }
+  await Promise.all(inFlight)
+  return published
+}
+
+/** Waits until `expected` deliveries arrived or drainMs passed without all of them. */
+async function drain(clients: Clients, expected: number): Promise<HistogramData> {
+  const deadline = performance.now() + CONFIG.drainMs
+  let histogram = await clients.histogram()
+  while (histogram.count < expected && performance.now() < deadline) {
+    await sleep(100)
+    histogram = await clients.histogram()
+  }
+  return histogram
+}
+
+interface Row {
+  scenario: string
+  target: Target
+  connections: number
+  [metric: string]: number | string
+}
+
+const rows: Row[] = []
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
+
+function summarize(scenario: string, target: Target, connections: number, runs: Array<Record<string, number>>): Row {
+  const row: Row = { scenario, target, connections, repeats: runs.length }
+  for (const key of Object.keys(runs[0]!)) row[key] = median(runs.map((run) => run[key]!))
+  rows.push(row)
+  console.log(JSON.stringify(row))
+  return row
+}
+
+async function measure(server: Server, clients: Clients, members: number, rooms: () => string, rate: number): Promise<Record<string, number>> {
+  await clients.reset()
+  const before = await server.stats()
+  const started = performance.now()
+  const published = await publishFor(server.port, rooms, rate, CONFIG.durationMs)
+  const publishMs = performance.now() - started
+  const atEnd = await clients.histogram()
+  const histogram = await drain(clients, published * members)
+  const after = await server.stats()
+  const expected = published * members
+  return {
+    publishedPerSecond: published / (publishMs / 1000),
+    deliveriesPerSecond: atEnd.count / (publishMs / 1000),
+    deliveredPct: (100 * histogram.count) / expected,
+    p50ms: quantile(histogram, 0.5),
+    p99ms: quantile(histogram, 0.99),
+    maxMs: histogram.max,
+    cpuUsPerDelivery: (after.cpuMicros - before.cpuMicros) / Math.max(1, histogram.count),
+    rssMB: after.rss / 1_048_576,
+  }
+}
+
+async function fanout(target: Target, connections: number): Promise<void> {
+  const server = await startServer(target)
+  const clients = new Clients(CONFIG.clients)
+  try {
+    const opened = await clients.connect(target, server.port, Array.from({ length: connections }, (_, i) => [i, 'fan'] as [number, string]))
+    if (opened.failed > 0) console.warn(`${target}: ${opened.failed} of ${connections} connections failed`)
+    const rate = SUB_SATURATION_DELIVERIES_PER_SECOND / connections
+    const sub: Array<Record<string, number>> = []
+    const saturated: Array<Record<string, number>> = []
+    for (let i = 0; i < CONFIG.repeats; i++) {
+      sub.push(await measure(server, clients, connections, () => 'fan', rate))
+      saturated.push(await measure(server, clients, connections, () => 'fan', Infinity))
+    }
+    summarize(`fanout ${rate.toFixed(1)} msg/s`, target, connections, sub)
+    const saturation = summarize('fanout saturation', target, connections, saturated)
+    if (connections === CONFIG.fanout[0]) {
+      // Overload: half and 1.5× the saturation publish rate; memory must stay bounded.
+      const satRate = Number(saturation.publishedPerSecond)
+      const half = await measure(server, clients, connections, () => 'fan', satRate / 2)
+      const over = await measure(server, clients, connections, () => 'fan', satRate * 1.5)
+      summarize('overload 0.5× saturation', target, connections, [half])
+      summarize('overload 1.5× saturation', target, connections, [{ ...over, rssVsHalf: over.rssMB! / half.rssMB! }])
+    }
+  } finally {
+    await clients.close()
+    await server.stop()
+  }
+}
+
+async function manyRooms(target: Target): Promise<void> {
+  const { count, members } = CONFIG.rooms
+  const server = await startServer(target)
+  const clients = new Clients(CONFIG.clients)
+  try {
+    await clients.connect(target, server.port, Array.from({ length: count * members }, (_, i) => [i, `room-${i % count}`] as [number, string]))
+    let next = 0
+    const runs: Array<Record<string, number>> = []
+    for (let i = 0; i < CONFIG.repeats; i++) {
+      runs.push(await measure(server, clients, members, () => `room-${next++ % count}`, SUB_SATURATION_DELIVERIES_PER_SECOND / members))
+    }
+    summarize(`${count} rooms × ${members}`, target, count * members, runs)
+  } finally {
+    await clients.close()
+    await server.stop()
+  }
+}
+
+async function handshakesAndMemory(target: Target): Promise<void> {
+  const runs: Array<Record<string, number>> = []
+  for (let i = 0; i < CONFIG.repeats; i++) {
+    const server = await startServer(target)
+    const clients = new Clients(CONFIG.clients)
+    try {
+      // Room '' = no join: the handshake alone (for the plugin: Origin check, JWT verify, welcome).
+      const { ms, failed } = await clients.connect(target, server.port, Array.from({ length: CONFIG.handshakes }, (_, j) => [j, ''] as [number, string]), 25)
+      runs.push({ handshakesPerSecond: (CONFIG.handshakes - failed) / (ms / 1000), failed })
+    } finally {
+      await clients.close()
+      await server.stop()
+    }
+  }
+  summarize('handshakes', target, CONFIG.handshakes, runs)
+
+  const memory: Array<Record<string, number>> = []
+  for (let i = 0; i < CONFIG.repeats; i++) {
+    const server = await startServer(target)
+    const clients = new Clients(CONFIG.clients)
+    try {
+      const before = await server.stats(true)
+      await clients.connect(target, server.port, Array.from({ length: CONFIG.idle }, (_, j) => [j, 'idle'] as [number, string]))
+      await sleep(500)
+      const after = await server.stats(true)
+      memory.push({ kbPerConnection: (after.rss - before.rss) / 1024 / CONFIG.idle, heapKbPerConnection: (after.heapUsed - before.heapUsed) / 1024 / CONFIG.idle })
+    } finally {
+      await clients.close()
+      await server.stop()
+    }
+  }
+  summarize('idle memory', target, CONFIG.idle, memory)
+}
+
+function ratio(scenario: string, connections: number, metric: string, against: Target): string {
+  const plugin = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === 'plugin')?.[metric]
+  const other = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === against)?.[metric]
+  return typeof plugin === 'number' && typeof other === 'number' ? (plugin / other).toFixed(2) : '–'
+}
+
+function printTable(): void {
+  const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'rssMB', 'handshakesPerSecond', 'kbPerConnection']
+  const format = (value: unknown) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : '')
+  console.log(`\n| scenario | C | target | ${columns.join(' | ')} |`)
+  console.log(`|${' --- |'.repeat(columns.length + 3)}`)
+  for (const row of rows) console.log(`| ${row.scenario} | ${row.connections} | ${row.target} | ${columns.map((c) => format(row[c])).join(' | ')} |`)
+  console.log('\nRatios plugin / raw ws and plugin / Socket.IO (same run):')
+  for (const connections of CONFIG.fanout) {
+    const sub = rows.find((row) => row.scenario.startsWith('fanout ') && row.scenario !== 'fanout saturation' && row.connections === connections)?.scenario ?? ''
+    console.log(`  C=${connections}: CPU per delivery ${ratio(sub, connections, 'cpuUsPerDelivery', 'ws')} / ${ratio(sub, connections, 'cpuUsPerDelivery', 'socketio')}; ` +
+      `saturation deliveries/s ${ratio('fanout saturation', connections, 'deliveriesPerSecond', 'ws')} / ${ratio('fanout saturation', connections, 'deliveriesPerSecond', 'socketio')}`)
+  }
+  console.log(`  handshakes/s ${ratio('handshakes', CONFIG.handshakes, 'handshakesPerSecond', 'ws')} / ${ratio('handshakes', CONFIG.handshakes, 'handshakesPerSecond', 'socketio')}; ` +
+    `memory per idle connection ${ratio('idle memory', CONFIG.idle, 'kbPerConnection', 'ws')} / ${ratio('idle memory', CONFIG.idle, 'kbPerConnection', 'socketio')}`)
+}
+
+const started = performance.now()
+console.log(`fastify-rooms benchmark (${quick ? 'quick' : 'full'}), ${cpus().length} × ${cpus()[0]?.model}, node ${process.version}, pinned: ${pinned}`)
+for (const connections of CONFIG.fanout) for (const target of TARGETS) await fanout(target, connections)
+for (const target of TARGETS) await manyRooms(target)
+for (const target of TARGETS) await handshakesAndMemory(target)
+printTable()
+mkdirSync(here('./results'), { recursive: true })
+const file = here(`./results/${new Date().toISOString().replaceAll(':', '-')}${quick ? '-quick' : ''}.jsonl`)
+writeFileSync(file, rows.map((row) => JSON.stringify({ ...row, quick, node: process.version, cpus: cpus().length })).join('\n') + '\n')
+console.log(`\nresults: ${file} (${((performance.now() - started) / 1000).toFixed(0)} s)`)

@@ -1,0 +1,22 @@
+// fastify-rooms, as an app would use it: JWT + Origin check at the upgrade, rooms, broadcast over HTTP.
+import Fastify from 'fastify'
+import rooms from '../../lib/index.js'
+import { BENCH_ORIGIN, BENCH_SECRET, handleStats, ready } from './common.js'
+
+const app = Fastify({ logger: false })
+await app.register(rooms, {
+  jwt: { secret: BENCH_SECRET },
+  allowedOrigins: [BENCH_ORIGIN],
+  // The load comes from one IP and joins are setup, not the measured traffic.
+  handshakeRateLimit: false,
+  presence: false,
+  maxBufferedBytes: 1_048_576,
+})
+app.addHook('onRequest', async (request, reply) => {
+  if (handleStats(request.raw, reply.raw, () => app.rooms.stats().connections)) reply.hijack()
+})
+app.post<{ Body: { room: string; payload: unknown } }>('/publish', async (request) => {
+  return app.rooms.broadcast(request.body.room, 'event', request.body.payload)
+})
+await app.listen({ port: 0, host: '127.0.0.1' })
+ready((app.server.address() as import('node:net').AddressInfo).port)

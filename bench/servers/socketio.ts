@@ -1,0 +1,23 @@
+// Socket.IO 4 with a room: websocket transport only, io.to(room).emit per publish.
+import http from 'node:http'
+import { Server } from 'socket.io'
+import { handleStats, readJson, ready } from './common.js'
+
+const server = http.createServer()
+const io = new Server(server, { transports: ['websocket'], serveClient: false })
+// Socket.IO answers its own path; everything else is ours.
+server.prependListener('request', async (request, response) => {
+  if (request.url?.startsWith('/socket.io')) return
+  if (handleStats(request, response, () => io.engine.clientsCount)) return
+  if (request.method === 'POST' && request.url === '/publish') {
+    const { room, payload } = await readJson(request)
+    io.to(room).emit('event', payload)
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.end('{}')
+  }
+})
+io.on('connection', (socket) => {
+  void socket.join(String(socket.handshake.query.room ?? 'default'))
+  socket.emit('welcome')
+})
+server.listen(0, '127.0.0.1', () => ready((server.address() as import('node:net').AddressInfo).port))

@@ -1,0 +1,29 @@
+// The naive raw ws baseline: no auth, stringify once per publish, loop send() over the room.
+import http from 'node:http'
+import { WebSocketServer, type WebSocket } from 'ws'
+import { handleStats, readJson, ready } from './common.js'
+
+const rooms = new Map<string, Set<WebSocket>>()
+const server = http.createServer(async (request, response) => {
+  if (handleStats(request, response, () => wss.clients.size)) return
+  if (request.method === 'POST' && request.url === '/publish') {
+    const { room, payload } = await readJson(request)
+    const frame = JSON.stringify({ type: 'event', room, payload })
+    for (const socket of rooms.get(room) ?? []) socket.send(frame)
+    response.writeHead(200, { 'content-type': 'application/json' })
+    response.end('{}')
+    return
+  }
+  response.writeHead(404).end()
+})
+const wss = new WebSocketServer({ server, maxPayload: 65536 })
+wss.on('connection', (socket, request) => {
+  const room = new URL(request.url ?? '/', 'http://x').searchParams.get('room') ?? 'default'
+  let members = rooms.get(room)
+  if (members === undefined) rooms.set(room, (members = new Set()))
+  members.add(socket)
+  socket.on('close', () => members.delete(socket))
+  socket.on('error', () => socket.terminate())
+  socket.send(JSON.stringify({ type: 'welcome' }))
+})
+server.listen(0, '127.0.0.1', () => ready((server.address() as import('node:net').AddressInfo).port))
