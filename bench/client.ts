@@ -1,7 +1,9 @@
 // A load client process: opens its share of the connections to one target, records the latency of every
 // event (publish time carried in the payload; same machine clock), and reports when asked (IPC).
+// The three targets get the same client: ws, no UTF-8 validation, no JSON.parse per event (the publish
+// time is read straight from the bytes), so the clients stay far cheaper than the servers they load.
+// Socket.IO is spoken at the engine.io level (`0{…}` open, `40` connect, `2`/`3` ping/pong, `42[…]` events).
 import { createSigner } from 'fast-jwt'
-import { io as socketIoClient, type Socket } from 'socket.io-client'
 import WebSocket from 'ws'
 import { emptyHistogram, record } from './histogram.js'
 import { BENCH_ORIGIN, BENCH_SECRET } from './servers/common.js'
@@ -12,7 +14,7 @@ export interface ConnectCommand {
   cmd: 'connect'
   target: Target
   port: number
-  /** [userIndex, room] for each connection this process opens. */
+  /** [userIndex, room] for each connection this process opens; room '' means no join. */
   connections: Array<[number, string]>
   concurrency: number
 }
@@ -21,50 +23,53 @@ type Command = ConnectCommand | { cmd: 'reset' } | { cmd: 'report' } | { cmd: 'c
 
 const now = () => performance.timeOrigin + performance.now()
 const sign = createSigner({ key: BENCH_SECRET, expiresIn: 3_600_000 })
+const SENT_AT = Buffer.from('"sentAt":')
 let histogram = emptyHistogram()
-const sockets: Array<{ close(): void }> = []
+const sockets: WebSocket[] = []
 let failed = 0
 
-function onEvent(sentAt: number): void {
-  record(histogram, now() - sentAt)
+/** Records the latency of an event frame; false when the frame carries no publish time. */
+function onFrame(data: Buffer): boolean {
+  const at = data.indexOf(SENT_AT)
+  if (at < 0) return false
+  record(histogram, now() - Number.parseFloat(data.toString('latin1', at + SENT_AT.length, at + SENT_AT.length + 24)))
+  return true
 }
 
-function openPlugin(port: number, user: number, room: string): Promise<void> {
+function open(target: Target, port: number, user: number, room: string): Promise<void> {
+  const options = { skipUTF8Validation: true, origin: BENCH_ORIGIN, maxPayload: 1 << 20 }
+  const query = room === '' ? '' : `room=${encodeURIComponent(room)}`
+  const socket = target === 'plugin'
+    ? new WebSocket(`ws://127.0.0.1:${port}/ws`, ['rooms.v1', `bearer.${sign({ sub: `u${user}` })}`], options)
+    : target === 'ws'
+      ? new WebSocket(`ws://127.0.0.1:${port}/?${query}`, options)
+      : new WebSocket(`ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket&${query}`, options)
+  sockets.push(socket)
   return new Promise((resolve, reject) => {
-    const socket = new WebSocket(`ws://127.0.0.1:${port}/ws`, ['rooms.v1', `bearer.${sign({ sub: `u${user}` })}`], { origin: BENCH_ORIGIN })
-    sockets.push({ close: () => socket.terminate() })
     socket.on('error', reject)
-    socket.on('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)))
-    socket.on('message', (data) => {
-      const frame = JSON.parse(data.toString())
-      if (frame.type === 'event') onEvent(frame.payload.sentAt)
-      else if (frame.type === 'welcome' && room === '') resolve()
-      else if (frame.type === 'welcome') socket.send(JSON.stringify({ type: 'join', id: 1, room }))
-      else if (frame.type === 'ack') resolve()
+    socket.on('unexpected-response', (_request, response) => reject(new Error(`HTTP ${response.statusCode}`)))
+    let ready = false
+    socket.on('message', (data: Buffer) => {
+      if (ready && onFrame(data)) return
+      const text = data.toString()
+      if (target === 'socketio') {
+        if (text.startsWith('0')) socket.send('40')
+        else if (text === '2') socket.send('3')
+        else if (text.startsWith('42["welcome"')) {
+          ready = true
+          resolve()
+        }
+      } else if (text.includes('"type":"welcome"')) {
+        if (target === 'plugin' && room !== '') socket.send(JSON.stringify({ type: 'join', id: 1, room }))
+        else {
+          ready = true
+          resolve()
+        }
+      } else if (text.includes('"type":"ack"')) {
+        ready = true
+        resolve()
+      }
     })
-  })
-}
-
-function openWs(port: number, room: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const socket = new WebSocket(`ws://127.0.0.1:${port}/?room=${encodeURIComponent(room)}`)
-    sockets.push({ close: () => socket.terminate() })
-    socket.on('error', reject)
-    socket.on('message', (data) => {
-      const frame = JSON.parse(data.toString())
-      if (frame.type === 'event') onEvent(frame.payload.sentAt)
-      else if (frame.type === 'welcome') resolve()
-    })
-  })
-}
-
-function openSocketIo(port: number, room: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const socket: Socket = socketIoClient(`http://127.0.0.1:${port}`, { transports: ['websocket'], query: { room }, reconnection: false, forceNew: true })
-    sockets.push({ close: () => socket.disconnect() })
-    socket.on('connect_error', reject)
-    socket.on('event', (payload: { sentAt: number }) => onEvent(payload.sentAt))
-    socket.on('welcome', () => resolve())
   })
 }
 
@@ -75,9 +80,7 @@ async function connectAll(command: ConnectCommand): Promise<number> {
     while (next < command.connections.length) {
       const [user, room] = command.connections[next++]!
       try {
-        if (command.target === 'plugin') await openPlugin(command.port, user, room)
-        else if (command.target === 'ws') await openWs(command.port, room)
-        else await openSocketIo(command.port, room)
+        await open(command.target, command.port, user, room)
       } catch {
         failed++
       }
@@ -98,7 +101,7 @@ process.on('message', (message: Command) => {
     } else if (message.cmd === 'report') {
       process.send!({ cmd: 'report', histogram })
     } else {
-      for (const socket of sockets) socket.close()
+      for (const socket of sockets) socket.terminate()
       process.send!({ cmd: 'closed' })
       setTimeout(() => process.exit(0), 50)
     }

@@ -55,34 +55,22 @@ export class Stats {
 
   constructor(metrics: boolean | Registry) {
     if (metrics === false) return
-    const gauges = () => this.gauges
+    const currentGauges = () => this.gauges
     const registry = metrics === true ? new Registry() : metrics
     this.registry = registry
     const registers = [registry]
-    new Gauge({
-      name: 'rooms_connections', help: 'Open WebSocket connections on this process', registers,
-      collect() {
-        this.set(gauges()?.connectionCount() ?? 0)
-      },
-    })
-    new Gauge({
-      name: 'rooms_rooms', help: 'Rooms with members on this process', registers,
-      collect() {
-        this.set(gauges()?.roomCount() ?? 0)
-      },
-    })
-    new Gauge({
-      name: 'rooms_members', help: 'Room memberships (socket × room) on this process', registers,
-      collect() {
-        this.set(gauges()?.memberCount() ?? 0)
-      },
-    })
-    new Gauge({
-      name: 'rooms_max_send_buffer_bytes', help: 'The largest send buffer of any open socket', registers,
-      collect() {
-        this.set(gauges()?.maxBufferedBytes() ?? 0)
-      },
-    })
+    const gauge = (name: string, help: string, read: (gauges: Gauges) => number) =>
+      new Gauge({
+        name, help, registers,
+        collect() {
+          const gauges = currentGauges()
+          this.set(gauges === undefined ? 0 : read(gauges))
+        },
+      })
+    gauge('rooms_connections', 'Open WebSocket connections on this process', (g) => g.connectionCount())
+    gauge('rooms_rooms', 'Rooms with members on this process', (g) => g.roomCount())
+    gauge('rooms_members', 'Room memberships (socket × room) on this process', (g) => g.memberCount())
+    gauge('rooms_max_send_buffer_bytes', 'The largest send buffer of any open socket', (g) => g.maxBufferedBytes())
     this.prom = {
       handshakes: new Counter({ name: 'rooms_handshakes_total', help: 'Upgrade attempts by result', labelNames: ['result'], registers }),
       messages: new Counter({ name: 'rooms_messages_total', help: 'Frames in and out by type (out counts each recipient)', labelNames: ['direction', 'type'], registers }),

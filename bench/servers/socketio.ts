@@ -17,7 +17,9 @@ server.prependListener('request', async (request, response) => {
   }
 })
 io.on('connection', (socket) => {
-  void socket.join(String(socket.handshake.query.room ?? 'default'))
+  // The engine.io query carries the room (the load clients speak engine.io directly).
+  const room = socket.handshake.query.room
+  if (typeof room === 'string' && room !== '') void socket.join(room)
   socket.emit('welcome')
 })
 server.listen(0, '127.0.0.1', () => ready((server.address() as import('node:net').AddressInfo).port))
