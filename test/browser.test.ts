@@ -5,15 +5,11 @@ import t from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import type { FastifyInstance } from 'fastify'
 import { buildChatApp } from '../example/app.js'
-import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing, freePort } from './helpers/chromium.js'
+import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing } from './helpers/chromium.js'
+import { componentAvailable, freePort } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
 
-const missing = chromiumMissing()
-if (missing !== undefined && process.env.CI === 'true') {
-  t.fail(`${missing}: browser tests are required under CI=true`)
-} else if (missing !== undefined) {
-  t.test('browser tests', { skip: `skipped: ${missing}` }, async () => {})
-} else {
+if (componentAvailable(t, chromiumMissing(), 'browser')) {
   t.test('two pages chat through drops and a restart', { timeout: 120_000 }, async (t) => {
     const appPort = await freePort()
     const proxy = await startProxy(appPort)

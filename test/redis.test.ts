@@ -7,6 +7,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import rooms, { redisBroker, type RoomsOptions } from '../lib/index.js'
 import { Client, connect, ORIGIN, SECRET, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
@@ -34,12 +35,7 @@ async function retry<T>(attempt: () => Promise<T>, what: string): Promise<T> {
   }
 }
 
-const missing = redisMissing()
-if (missing !== undefined && process.env.CI === 'true') {
-  t.fail(`${missing}: Redis tests are required under CI=true`)
-} else if (missing !== undefined) {
-  t.test('Redis broker', { skip: `skipped: ${missing}` }, async () => {})
-} else {
+if (componentAvailable(t, redisMissing(), 'Redis broker')) {
   t.test('register fails with a clear error when Redis cannot be reached', async (t) => {
     const redis = await startRedis(t)
     await redis.stop()

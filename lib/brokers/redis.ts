@@ -6,6 +6,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import { BrokerError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH } from './redis-scripts.js'
 
 export interface RedisBrokerOptions {
@@ -23,23 +24,6 @@ export interface RedisBrokerOptions {
   connectTimeoutMs?: number
 }
 
-interface Subscription {
-  epoch: string
-  /** The last seq delivered to this process's sockets. */
-  lastSeq: number
-  /** While catching up from history, live messages wait here. */
-  held: LiveEvent[] | undefined
-}
-
-interface LiveEvent {
-  seq: number
-  epoch: string
-  type: string
-  frame: string
-  except: string
-  publishedAt: number
-}
-
 type HistoryReply = [seq: string, epoch: string, entries: Array<[id: string, fields: string[]]>]
 
 class RedisBroker implements Broker {
@@ -53,7 +37,7 @@ class RedisBroker implements Broker {
   private ownsCommand = false
   private delivery: BrokerDelivery | undefined
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000 }
-  private readonly subscriptions = new Map<string, Subscription>()
+  private readonly streams: OrderedStreams
   /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
   private readonly localPresence = new Map<string, Map<string, string>>()
   private heartbeatTimer: NodeJS.Timeout | undefined
@@ -68,6 +52,7 @@ class RedisBroker implements Broker {
     this.prefix = options.keyPrefix ?? 'rooms:'
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
+    this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed)
   }
 
   async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
@@ -141,23 +126,19 @@ class RedisBroker implements Broker {
   }
 
   async subscribe(room: string): Promise<void> {
-    const subscription: Subscription = { epoch: '', lastSeq: 0, held: [] }
-    this.subscriptions.set(room, subscription)
+    this.streams.open(room)
     try {
       await this.wrap(this.subscriber.subscribe(this.channel(`ev:${room}`)))
       // Events up to this position happened before the first local member joined; the rest are live.
-      const { seq, epoch } = await this.position(room)
-      subscription.epoch = epoch
-      subscription.lastSeq = seq
-      this.release(room, subscription)
+      this.streams.start(room, await this.position(room))
     } catch (err) {
-      this.subscriptions.delete(room)
+      this.streams.close(room)
       throw err
     }
   }
 
   async unsubscribe(room: string): Promise<void> {
-    this.subscriptions.delete(room)
+    this.streams.close(room)
     await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
   }
 
@@ -262,91 +243,7 @@ class RedisBroker implements Broker {
 
   private onMessage(channel: string, message: string): void {
     if (channel === this.channel('users')) return this.onUserMessage(message)
-    const room = channel.slice(this.channel('ev:').length)
-    const subscription = this.subscriptions.get(room)
-    if (subscription === undefined) return
-    // except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw newline, so the frame is the rest)
-    const a = message.indexOf('\n')
-    const b = message.indexOf('\n', a + 1)
-    const c = message.indexOf('\n', b + 1)
-    const d = message.indexOf('\n', c + 1)
-    const e = message.indexOf('\n', d + 1)
-    const event = {
-      except: message.slice(0, a),
-      type: message.slice(a + 1, b),
-      seq: Number(message.slice(b + 1, c)),
-      epoch: message.slice(c + 1, d),
-      publishedAt: Number(message.slice(d + 1, e)),
-      frame: message.slice(e + 1),
-    }
-    if (subscription.held !== undefined) subscription.held.push(event)
-    else this.deliver(room, subscription, event)
-  }
-
-  /** Delivers one event in order: duplicates are dropped, a gap is filled from history first. */
-  private deliver(room: string, subscription: Subscription, event: LiveEvent): void {
-    if (event.epoch !== subscription.epoch) {
-      // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
-      subscription.epoch = event.epoch
-      subscription.lastSeq = event.seq - 1
-      this.delivery?.roomReset(room, { seq: event.seq - 1, epoch: event.epoch })
-    }
-    if (event.seq <= subscription.lastSeq) return
-    if (event.seq > subscription.lastSeq + 1) {
-      subscription.held = [event]
-      void this.catchUp(room, subscription)
-      return
-    }
-    subscription.lastSeq = event.seq
-    this.delivery?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except, event.publishedAt)
-  }
-
-  private release(room: string, subscription: Subscription): void {
-    const held = subscription.held ?? []
-    subscription.held = undefined
-    for (const event of held) {
-      // deliver() may have started another catch-up (a gap): the rest then waits for it.
-      const waiting = subscription.held as Subscription['held']
-      if (waiting !== undefined) waiting.push(event)
-      else this.deliver(room, subscription, event)
-    }
-  }
-
-  /**
-   * Sends local members what they missed since lastSeq, from history, or a reset when it is gone. Live
-   * messages wait meanwhile. Retried until Redis answers, so a catch-up never stalls a room for good.
-   */
-  private async catchUp(room: string, subscription: Subscription): Promise<void> {
-    subscription.held ??= []
-    for (let attempt = 0; ; attempt++) {
-      if (this.closed || this.subscriptions.get(room) !== subscription) return
-      try {
-        let slice = await this.history(room, subscription.lastSeq)
-        if (slice.position.epoch !== subscription.epoch) {
-          // A new epoch: members are reset to its start and get all of it, when history still holds it all.
-          slice = await this.history(room, 0)
-          const from = slice.complete ? 0 : slice.position.seq
-          if (this.subscriptions.get(room) !== subscription) return
-          subscription.epoch = slice.position.epoch
-          subscription.lastSeq = from
-          this.delivery?.roomReset(room, { seq: from, epoch: slice.position.epoch })
-        } else if (!slice.complete) {
-          if (this.subscriptions.get(room) !== subscription) return
-          subscription.lastSeq = slice.position.seq
-          this.delivery?.roomReset(room, slice.position)
-        }
-        if (this.subscriptions.get(room) !== subscription) return
-        for (const event of slice.events) {
-          if (event.seq <= subscription.lastSeq) continue
-          subscription.lastSeq = event.seq
-          this.delivery?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
-        }
-        this.release(room, subscription)
-        return
-      } catch {
-        await backoff(attempt)
-      }
-    }
+    this.streams.receive(channel.slice(this.channel('ev:').length), parseLiveEvent(message))
   }
 
   private onUserMessage(message: string): void {
@@ -363,7 +260,7 @@ class RedisBroker implements Broker {
   private async afterReconnect(): Promise<void> {
     if (this.closed || !this.everReady) return
     // Hold live messages from now on, so a room is reset at most once and replays come first.
-    for (const subscription of this.subscriptions.values()) subscription.held ??= []
+    this.streams.holdAll()
     // ioredis emits 'ready' before it writes its re-subscriptions: let it write them first.
     await new Promise((resolve) => setImmediate(resolve))
     for (let attempt = 0; !this.closed; attempt++) {
@@ -376,7 +273,7 @@ class RedisBroker implements Broker {
         await backoff(attempt)
       }
     }
-    await Promise.all([...this.subscriptions].map(([room, subscription]) => this.catchUp(room, subscription)))
+    await this.streams.catchUpAll()
   }
 
   /** Re-adds this process's presence entries (Redis may have lost them, or survivors removed them). */
@@ -423,13 +320,21 @@ class RedisBroker implements Broker {
   }
 }
 
-/** 50 ms doubling to 1 s between retries while Redis is away. */
-function backoff(attempt: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)).unref())
-}
-
-function eventType(frame: string): string {
-  return (JSON.parse(frame) as { type: string }).type
+/** The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw newline, so the frame is the rest). */
+function parseLiveEvent(message: string): LiveEvent {
+  const a = message.indexOf('\n')
+  const b = message.indexOf('\n', a + 1)
+  const c = message.indexOf('\n', b + 1)
+  const d = message.indexOf('\n', c + 1)
+  const e = message.indexOf('\n', d + 1)
+  return {
+    except: message.slice(0, a),
+    type: message.slice(a + 1, b),
+    seq: Number(message.slice(b + 1, c)),
+    epoch: message.slice(c + 1, d),
+    publishedAt: Number(message.slice(d + 1, e)),
+    frame: message.slice(e + 1),
+  }
 }
 
 function redactUrl(url: string): string {

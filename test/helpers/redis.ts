@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { freePort } from './chromium.js'
+import { freePort } from './components.js'
 
 export function redisMissing(): string | undefined {
   const paths = ['/usr/bin/redis-server', '/usr/local/bin/redis-server']

@@ -1,0 +1,137 @@
+// Each subscribed room's fan-out stream, delivered to this process in seq order: duplicates dropped, a gap
+// (a message lost while a connection was down) filled from history first, an epoch change announced as a
+// reset. Used by the Redis broker, whose pub/sub gives no delivery guarantee across reconnects.
+import type { BrokerDelivery, HistorySlice } from './broker.js'
+
+export interface LiveEvent {
+  seq: number
+  epoch: string
+  type: string
+  frame: string
+  except: string
+  publishedAt: number
+}
+
+interface Stream {
+  epoch: string
+  /** The last seq delivered to this process's sockets. */
+  lastSeq: number
+  /** While catching up from history, live messages wait here. */
+  held: LiveEvent[] | undefined
+}
+
+export class OrderedStreams {
+  private readonly streams = new Map<string, Stream>()
+
+  constructor(
+    private readonly readHistory: (room: string, after: number) => Promise<HistorySlice>,
+    private readonly delivery: () => BrokerDelivery | undefined,
+    private readonly isClosed: () => boolean,
+  ) {}
+
+  /** Subscribing: messages are held until start() gives the position the room's members start from. */
+  open(room: string): void {
+    this.streams.set(room, { epoch: '', lastSeq: 0, held: [] })
+  }
+
+  start(room: string, position: { seq: number; epoch: string }): void {
+    const stream = this.streams.get(room)
+    if (stream === undefined) return
+    stream.epoch = position.epoch
+    stream.lastSeq = position.seq
+    this.release(room, stream)
+  }
+
+  close(room: string): void {
+    this.streams.delete(room)
+  }
+
+  receive(room: string, event: LiveEvent): void {
+    const stream = this.streams.get(room)
+    if (stream === undefined) return
+    if (stream.held !== undefined) stream.held.push(event)
+    else this.deliver(room, stream, event)
+  }
+
+  /** After a reconnect: hold every room's live messages until catchUpAll() has run. */
+  holdAll(): void {
+    for (const stream of this.streams.values()) stream.held ??= []
+  }
+
+  async catchUpAll(): Promise<void> {
+    await Promise.all([...this.streams].map(([room, stream]) => this.catchUp(room, stream)))
+  }
+
+  private deliver(room: string, stream: Stream, event: LiveEvent): void {
+    if (event.epoch !== stream.epoch) {
+      // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
+      stream.epoch = event.epoch
+      stream.lastSeq = event.seq - 1
+      this.delivery()?.roomReset(room, { seq: event.seq - 1, epoch: event.epoch })
+    }
+    if (event.seq <= stream.lastSeq) return
+    if (event.seq > stream.lastSeq + 1) {
+      stream.held = [event]
+      void this.catchUp(room, stream)
+      return
+    }
+    stream.lastSeq = event.seq
+    this.delivery()?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except, event.publishedAt)
+  }
+
+  private release(room: string, stream: Stream): void {
+    const held = stream.held ?? []
+    stream.held = undefined
+    for (const event of held) {
+      // deliver() may have started another catch-up (a gap): the rest then waits for it.
+      const waiting = stream.held as Stream['held']
+      if (waiting !== undefined) waiting.push(event)
+      else this.deliver(room, stream, event)
+    }
+  }
+
+  /**
+   * Sends local members what they missed since lastSeq, from history, or a reset when it is gone. Live
+   * messages wait meanwhile. Retried until the backend answers, so a catch-up never stalls a room for good.
+   */
+  private async catchUp(room: string, stream: Stream): Promise<void> {
+    stream.held ??= []
+    const current = () => !this.isClosed() && this.streams.get(room) === stream
+    for (let attempt = 0; current(); attempt++) {
+      try {
+        let slice = await this.readHistory(room, stream.lastSeq)
+        if (!current()) return
+        if (slice.position.epoch !== stream.epoch) {
+          // A new epoch: members are reset to its start and get all of it, when history still holds it all.
+          slice = await this.readHistory(room, 0)
+          if (!current()) return
+          const from = slice.complete ? 0 : slice.position.seq
+          stream.epoch = slice.position.epoch
+          stream.lastSeq = from
+          this.delivery()?.roomReset(room, { seq: from, epoch: slice.position.epoch })
+        } else if (!slice.complete) {
+          stream.lastSeq = slice.position.seq
+          this.delivery()?.roomReset(room, slice.position)
+        }
+        for (const event of slice.events) {
+          if (event.seq <= stream.lastSeq) continue
+          stream.lastSeq = event.seq
+          this.delivery()?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
+        }
+        this.release(room, stream)
+        return
+      } catch {
+        await backoff(attempt)
+      }
+    }
+  }
+}
+
+function eventType(frame: string): string {
+  return (JSON.parse(frame) as { type: string }).type
+}
+
+/** 50 ms doubling to 1 s between retries while the backend is away. */
+export function backoff(attempt: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)).unref())
+}
