@@ -12,13 +12,18 @@ import { emptyHistogram, merge, quantile, type HistogramData } from './histogram
 const quick = process.argv.includes('--quick')
 const only = process.argv.find((arg) => arg.startsWith('--targets='))?.slice('--targets='.length).split(',') as Target[] | undefined
 const TARGETS: Target[] = only ?? ['plugin', 'ws', 'socketio']
-const CONFIG = quick
+/** --scenarios=fanout,rooms,handshakes (default all); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
+const argument = (name: string) => process.argv.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3)
+const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes']
+const PROFILE = process.argv.includes('--profile')
+const CONFIG: { fanout: number[]; repeats: number; durationMs: number; drainMs: number; rooms: { count: number; members: number }; handshakes: number; idle: number; clients: number } = quick
   ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2 }
   : { fanout: [1000, 5000, 10000], repeats: 3, durationMs: 4000, drainMs: 4000, rooms: { count: 1000, members: 10 }, handshakes: 3000, idle: 5000, clients: 2 }
 /** Sub-saturation: 50k deliveries/s whatever C (50 msg/s at C = 1000, the rate the issue's figures use). */
 const SUB_SATURATION_DELIVERIES_PER_SECOND = 50_000
 const PAYLOAD_PAD = 'x'.repeat(100)
 
+if (argument('fanout') !== undefined) CONFIG.fanout = argument('fanout')!.split(',').map(Number)
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
 const pinned = spawnSync('taskset', ['--version']).status === 0 && cpus().length >= 2
 if (pinned) spawnSync('taskset', ['-p', '-c', '1', String(process.pid)])
@@ -32,7 +37,8 @@ interface Server {
 }
 
 async function startServer(target: Target): Promise<Server> {
-  const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc'])
+  const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${here(`./results/profiles/${target}`)}`] : []
+  const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc', ...profile])
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] })
   let output = ''
   await new Promise<void>((resolve, reject) => {
@@ -48,7 +54,8 @@ async function startServer(target: Target): Promise<Server> {
     stats: async (gc = false) => (await fetch(`http://127.0.0.1:${port}/stats${gc ? '?gc=1' : ''}`)).json() as never,
     stop: async () => {
       const exited = new Promise((resolve) => child.once('exit', resolve))
-      child.kill('SIGKILL')
+      // SIGTERM lets a profiled server write its profile on the way out.
+      child.kill(PROFILE ? 'SIGTERM' : 'SIGKILL')
       await exited
     },
   }
@@ -300,9 +307,9 @@ function printTable(): void {
 
 const started = performance.now()
 console.log(`fastify-rooms benchmark (${quick ? 'quick' : 'full'}), ${cpus().length} × ${cpus()[0]?.model}, node ${process.version}, pinned: ${pinned}`)
-for (const connections of CONFIG.fanout) for (const target of TARGETS) await fanout(target, connections)
-for (const target of TARGETS) await manyRooms(target)
-for (const target of TARGETS) await handshakesAndMemory(target)
+if (SCENARIOS.includes('fanout')) for (const connections of CONFIG.fanout) for (const target of TARGETS) await fanout(target, connections)
+if (SCENARIOS.includes('rooms')) for (const target of TARGETS) await manyRooms(target)
+if (SCENARIOS.includes('handshakes')) for (const target of TARGETS) await handshakesAndMemory(target)
 printTable()
 mkdirSync(here('./results'), { recursive: true })
 const file = here(`./results/${new Date().toISOString().replaceAll(':', '-')}${quick ? '-quick' : ''}.jsonl`)

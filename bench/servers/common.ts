@@ -29,6 +29,8 @@ export async function readJson(request: IncomingMessage): Promise<any> {
 }
 
 export function ready(port: number): void {
+  // Exit on SIGTERM so that `node --cpu-prof` writes its profile.
+  process.once('SIGTERM', () => process.exit(0))
   process.stdout.write(`${port}\n`)
 }
 
