@@ -98,7 +98,6 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>
 }
 
-const OPEN = 1
 type Listener = (...args: any[]) => void
 
 export class RoomsClient {
