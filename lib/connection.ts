@@ -52,7 +52,7 @@ export class Connection implements RoomsConnection {
   private replays: Map<string, { events: Array<{ seq: number; event: FramedEvent }>; bytes: number }> | undefined
   /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
   private readonly framedWrites: boolean
-  readonly log: FastifyBaseLogger
+  private childLog: FastifyBaseLogger | undefined
 
   constructor(
     readonly socket: WebSocket,
@@ -61,9 +61,9 @@ export class Connection implements RoomsConnection {
     private readonly limits: ConnectionLimits,
     private readonly events: ConnectionEvents,
     private readonly stats: Stats,
-    parentLog: FastifyBaseLogger,
+    /** The upgrade request's logger; lines about this socket add its connectionId. */
+    readonly requestLog: FastifyBaseLogger,
   ) {
-    this.log = parentLog.child({ connectionId: this.id })
     this.framedWrites = canWriteFramed(socket)
     this.tokens = limits.rateLimit === false ? 0 : limits.rateLimit.burst
     // Listeners are attached synchronously, before any await, so no early frame is missed; each one is
@@ -90,6 +90,11 @@ export class Connection implements RoomsConnection {
       }
     })
     this.setTokenExpiry(tokenExp)
+  }
+
+  /** A logger bound to this connection's id, made on first use: most sockets log only their open and close. */
+  get log(): FastifyBaseLogger {
+    return (this.childLog ??= this.requestLog.child({ connectionId: this.id }))
   }
 
   get isOpen(): boolean {

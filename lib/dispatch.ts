@@ -98,8 +98,8 @@ export class Dispatcher implements ConnectionEvents {
 
   close(connection: Connection, code: number, reason: string): void {
     this.stats.close(code)
-    connection.log.info(
-      { userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
+    connection.requestLog.info(
+      { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
       'fastify-rooms: connection closed',
     )
     this.registry.remove(connection)
@@ -243,7 +243,6 @@ class HandlerContext implements MessageContext {
   readonly room: string | undefined
   readonly id: FrameIdValue | undefined
   readonly traceId: string
-  readonly log: FastifyBaseLogger
   readonly rooms: RoomsApi
 
   constructor(readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi) {
@@ -251,8 +250,11 @@ class HandlerContext implements MessageContext {
     this.room = frame.room
     this.id = frame.id
     this.traceId = traceId
-    this.log = connection.log
     this.rooms = tracedRooms(api, traceId)
+  }
+
+  get log(): FastifyBaseLogger {
+    return this.connection.log
   }
 
   reply(type: string, payload: unknown): void {

@@ -144,7 +144,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
           maxPayload: options.maxPayload,
           protocol: PROTOCOL_VERSION,
         }))
-        connection.log.info({ userId: admission.user.id }, 'fastify-rooms: connection opened')
+        request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
       },
     })
   })

@@ -4,6 +4,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { createSigner } from 'fast-jwt'
 import WebSocket from 'ws'
 import rooms, { type RoomsOptions } from '../../lib/index.js'
+import type { ServerFrame } from '../../lib/client/index.js'
 
 export const SECRET = 'test-secret-0123456789'
 export const ORIGIN = 'http://app.test'
@@ -66,15 +67,8 @@ export async function startServer(
   return { app, url: `ws://127.0.0.1:${port}`, port, logs }
 }
 
-export interface Frame {
-  type: string
-  id?: string | number
-  room?: string
-  seq?: number
-  payload?: any
-  traceId?: string
-  time?: number
-}
+/** What the server sends, as the client library types it. */
+export type Frame = ServerFrame
 
 export interface ConnectOptions {
   token?: string | null
