@@ -5,7 +5,7 @@ import { connect, sign, startServer, until } from './helpers/index.js'
 const nowSeconds = () => Math.floor(Date.now() / 1000)
 
 t.test('a peer that stops answering pings is terminated and leaves its rooms', async (t) => {
-  const server = await startServer(t, { heartbeatMs: 40 })
+  const server = await startServer(t, { heartbeatMs: 100 })
   const watcher = await connect(server, 'watcher')
   await watcher.join('lobby')
   // ws answers pings by itself; autoPong: false makes this client a dead peer.
