@@ -17,6 +17,7 @@ import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
 export interface DispatcherOptions {
   maxPayload: number
+  maxRoomsPerConnection: number
   /** Exactly-once answers for retried frames; false keeps none (every frame runs). */
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   messages: ReadonlyMap<string, CompiledMessage>
@@ -196,6 +197,9 @@ export class Dispatcher implements ConnectionEvents {
   private async resume(connection: Connection, frame: Frame): Promise<void> {
     const { rooms } = checkResumePayload(frame.payload)
     const entries = Object.entries(rooms)
+    if (entries.length > this.options.maxRoomsPerConnection) {
+      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
+    }
     const errors: ErrorDetail[] = []
     for (const [room, from] of entries) {
       const path = `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
@@ -203,8 +207,8 @@ export class Dispatcher implements ConnectionEvents {
         errors.push({ path, message: 'is not a room name (1 to 128 characters)' })
         continue
       }
-      const current = await this.registry.position(room)
-      if (current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${path}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
+      const current = await this.registry.peekPosition(room)
+      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${path}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
     }
     if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
 

@@ -142,8 +142,9 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     }
   }
 
-  position(room: string): Promise<RoomPosition> {
-    return this.broker.position(room)
+  /** A room's position when it exists; never creates one (a client's resume must not create rooms it may not join). */
+  peekPosition(room: string): Promise<RoomPosition | undefined> {
+    return this.broker.peekPosition(room)
   }
 
   /** Limits and authorizeJoin; throws the FrameError to answer with. */

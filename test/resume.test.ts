@@ -353,3 +353,21 @@ t.test('a room with no members frees its history (and seq) once its last event i
   const kept = await server.app.rooms.history('kept')
   t.same({ seq: kept.seq, epoch: kept.epoch, events: kept.events.length }, { seq: 1, epoch: keptEpoch, events: 0 }, 'a room with members keeps its seq; its old events expire')
 })
+
+t.test('a resume naming more rooms than maxRoomsPerConnection → too_many_rooms; refused rooms are not created', async (t) => {
+  // A memoryBroker that notes every room whose state is created or read in full (position, history).
+  const inner = memoryBroker()
+  const created: string[] = []
+  const broker: Broker = Object.assign(Object.create(inner) as Broker, {
+    position: (room: string) => (created.push(room), inner.position(room)),
+    history: (room: string, after: number) => (created.push(room), inner.history(room, after)),
+  })
+  const server = await startServer(t, { presence: false, broker, maxRoomsPerConnection: 3, authorizeJoin: (_user, room) => room !== 'vault' })
+  const a = await connect(server, 'alice')
+  const rooms = Object.fromEntries(['a', 'b', 'c', 'd'].map((room) => [room, { seq: 0, epoch: 'x' }]))
+  const tooMany = await a.request({ type: 'resume', payload: { rooms } })
+  t.same(tooMany.payload, { code: 'too_many_rooms', message: 'a connection may join at most 3 rooms' })
+  const refused = await a.request({ type: 'resume', payload: { rooms: { vault: { seq: 7, epoch: 'old' } } } })
+  t.equal(refused.payload.rooms.vault.code, 'forbidden')
+  t.notOk(created.includes('vault'), 'a room the client may not join is never created by its resume')
+})

@@ -62,6 +62,8 @@ export interface Broker {
   /** Assigns the next `seq` of the room, records the event and fans it out to every process. */
   publish(request: PublishRequest): Promise<RoomPosition>
   position(room: string): Promise<RoomPosition>
+  /** The position of a room that exists, without creating it (undefined otherwise). */
+  peekPosition(room: string): Promise<RoomPosition | undefined>
   /** The room's retained events after `after`, read after this process subscribed to the room. */
   history(room: string, after: number): Promise<HistorySlice>
   /** This process has local members in `room` and wants its events. */
@@ -82,6 +84,6 @@ export interface Broker {
 
 export function isBroker(value: unknown): value is Broker {
   if (typeof value !== 'object' || value === null) return false
-  const methods = ['start', 'publish', 'position', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  const methods = ['start', 'publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
   return methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')
 }

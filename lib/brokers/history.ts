@@ -6,13 +6,12 @@ interface StoredEvent extends HistoryEvent {
 }
 
 export class EventHistory {
-  private readonly ring: Array<StoredEvent | undefined>
+  // Grows with the events it holds, up to maxEvents: an empty room costs next to nothing.
+  private readonly ring: Array<StoredEvent | undefined> = []
   private start = 0
   private size = 0
 
-  constructor(private readonly maxEvents: number, private readonly maxAgeMs: number) {
-    this.ring = new Array(maxEvents)
-  }
+  constructor(private readonly maxEvents: number, private readonly maxAgeMs: number) {}
 
   get length(): number {
     return this.size

@@ -57,6 +57,11 @@ class MemoryBroker implements Broker {
     return { seq: state.seq, epoch: state.epoch }
   }
 
+  async peekPosition(room: string): Promise<RoomPosition | undefined> {
+    const state = this.roomStates.get(room)
+    return state === undefined ? undefined : { seq: state.seq, epoch: state.epoch }
+  }
+
   async history(room: string, after: number): Promise<HistorySlice> {
     const state = this.state(room)
     const { events, complete } = state.history.after(after, state.seq, Date.now())

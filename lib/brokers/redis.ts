@@ -110,6 +110,11 @@ class RedisBroker implements Broker {
     return { seq: Number(seq), epoch }
   }
 
+  async peekPosition(room: string): Promise<RoomPosition | undefined> {
+    const [seq, epoch] = await this.wrap(this.command.hmget(this.key(room, 'meta'), 'seq', 'epoch'))
+    return epoch === null || epoch === undefined ? undefined : { seq: Number(seq ?? 0), epoch }
+  }
+
   async history(room: string, after: number): Promise<HistorySlice> {
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
       randomUUID(), this.roomTtlMs, this.historyLimits.maxAgeMs,
