@@ -2,7 +2,8 @@
 // the first answer again, and the handler does not run twice. Kept per user (a retry arrives on a new
 // connection), bounded by count per user and by age.
 import { createHash } from 'node:crypto'
-import type { FrameError, FrameIdValue } from './protocol.js'
+import type { SharedAnswers } from './brokers/broker.js'
+import { ErrorCode, FrameError, type FrameIdValue } from './protocol.js'
 
 export type AckOutcome = { ok: true; payload: unknown } | { ok: false; error: FrameError }
 
@@ -63,6 +64,48 @@ export class AckCache {
     for (const entries of this.users.values()) size += entries.size
     return size
   }
+}
+
+/** How long a retry waits for the first attempt still running on another process. */
+const PENDING_WAIT_MS = 10_000
+const PENDING_POLL_MS = 50
+
+/**
+ * Across processes (a retry may reach another one): claims the (user, id) in the broker before running,
+ * or returns the answer the first attempt stored. While the broker is unreachable it runs locally.
+ */
+export async function answerOnce(shared: SharedAnswers, userId: string, id: FrameIdValue, fingerprint: string, windowMs: number, run: () => Promise<AckOutcome>): Promise<AckOutcome> {
+  const key = `${userId}\n${idKey(id)}`
+  const deadline = Date.now() + PENDING_WAIT_MS
+  for (;;) {
+    let claim
+    try {
+      claim = await shared.claimAnswer(key, fingerprint, windowMs)
+    } catch {
+      return run()
+    }
+    if (claim.state === 'done') return parseOutcome(claim.outcome)
+    if (claim.state === 'new') {
+      const outcome = await run()
+      await shared.storeAnswer(key, fingerprint, serializeOutcome(outcome), windowMs).catch(() => {})
+      return outcome
+    }
+    if (Date.now() > deadline) {
+      return { ok: false, error: new FrameError(ErrorCode.internalError, 'the first attempt of this frame is still running; retry later') }
+    }
+    await new Promise((resolve) => setTimeout(resolve, PENDING_POLL_MS))
+  }
+}
+
+function serializeOutcome(outcome: AckOutcome): string {
+  return JSON.stringify(outcome.ok
+    ? { ok: true, payload: outcome.payload ?? null }
+    : { ok: false, code: outcome.error.code, message: outcome.error.message, details: outcome.error.details })
+}
+
+function parseOutcome(json: string): AckOutcome {
+  const outcome = JSON.parse(json) as { ok: boolean; payload?: unknown; code?: string; message?: string; details?: FrameError['details'] }
+  return outcome.ok ? { ok: true, payload: outcome.payload } : { ok: false, error: new FrameError(outcome.code ?? ErrorCode.internalError, outcome.message ?? 'error', outcome.details) }
 }
 
 function idKey(id: FrameIdValue): string {

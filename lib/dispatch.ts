@@ -6,7 +6,7 @@ import type { Connection, ConnectionEvents } from './connection.js'
 import type { Stats } from './metrics.js'
 import type { CompiledMessage } from './options.js'
 import { Compile } from 'typebox/compile'
-import { AckCache, frameFingerprint, type AckOutcome } from './acks.js'
+import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
   BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
   pongFrame, RoomName, type ErrorDetail, type Frame, type FrameIdValue,
@@ -167,7 +167,11 @@ export class Dispatcher implements ConnectionEvents {
     const fingerprint = frameFingerprint(frame.type, frame.room, frame.payload)
     let outcome = this.acks?.lookup(connection.user.id, frame.id, fingerprint, now)
     if (outcome === undefined) {
-      outcome = this.runHandler(connection, frame, definition, payload)
+      const run = () => this.runHandler(connection, frame, definition, payload)
+      const shared = this.acks === undefined ? undefined : this.registry.sharedAnswers()
+      outcome = shared === undefined || this.options.retryWindow === false
+        ? run()
+        : answerOnce(shared, connection.user.id, frame.id, fingerprint, this.options.retryWindow.windowMs, run)
       this.acks?.store(connection.user.id, frame.id, fingerprint, outcome, now)
     }
     const answer = await outcome

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { Compile } from 'typebox/compile'
-import type { Broker, BrokerDelivery, RoomPosition } from './brokers/broker.js'
+import type { Broker, BrokerDelivery, RoomPosition, SharedAnswers } from './brokers/broker.js'
 import type { Connection } from './connection.js'
 import { InvalidArgumentError, MetricsDisabledError } from './errors.js'
 import { frameText } from './framing.js'
@@ -140,6 +140,12 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       await this.leave(connection, room).catch(() => {})
       throw err
     }
+  }
+
+  /** The broker's shared answers, when it spans processes (Redis); one process needs only the local cache. */
+  sharedAnswers(): SharedAnswers | undefined {
+    const { claimAnswer, storeAnswer } = this.broker
+    return claimAnswer === undefined || storeAnswer === undefined ? undefined : (this.broker as SharedAnswers)
   }
 
   /** A room's position when it exists; never creates one (a client's resume must not create rooms it may not join). */

@@ -5,7 +5,8 @@ import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import Fastify from 'fastify'
-import rooms, { redisBroker, type RoomsOptions } from '../lib/index.js'
+import Type from 'typebox'
+import rooms, { defineMessage, redisBroker, type RoomsOptions } from '../lib/index.js'
 import { Client, connect, ORIGIN, SECRET, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
@@ -175,6 +176,48 @@ if (componentAvailable(t, redisMissing(), 'Redis broker')) {
       if (members.length === 0) throw new Error('presence not restored yet')
       return members
     }, 'presence restored'), [{ id: 'alice' }])
+  })
+
+  t.test('a retried id is answered once across processes, even while the first attempt still runs', async (t) => {
+    const redis = await startRedis(t)
+    let runs = 0
+    let release: () => void = () => {}
+    const gate = { wait: Promise.resolve() }
+    const messages = {
+      order: defineMessage({
+        schema: Type.Object({ item: Type.String() }),
+        handler: async (_ctx, payload) => {
+          runs++
+          await gate.wait
+          return { item: payload.item, run: runs }
+        },
+      }),
+    }
+    const a = await instance(t, redis, { messages })
+    const b = await instance(t, redis, { messages })
+    const onA = await connect(a, 'alice')
+    t.same((await onA.request({ type: 'order', payload: { item: 'tea' } }, 'o-1')).payload, { item: 'tea', run: 1 })
+    await onA.close()
+    const onB = await connect(b, 'alice')
+    t.same((await onB.request({ type: 'order', payload: { item: 'tea' } }, 'o-1')).payload, { item: 'tea', run: 1 }, 'the answer stored by process A')
+    t.equal(runs, 1)
+    // The first attempt is still running on B when the retry reaches A: A waits for B's answer.
+    gate.wait = new Promise<void>((resolve) => (release = resolve))
+    onB.send({ type: 'order', id: 'o-2', payload: { item: 'cake' } })
+    await until(() => runs === 2, 'the first attempt started')
+    const retry = await connect(a, 'alice')
+    const inspect = inspector(t, redis)
+    const scriptCalls = async () => Number(/cmdstat_evalsha:calls=(\d+)/.exec(await inspect.info('commandstats'))?.[1] ?? 0)
+    const before = await scriptCalls()
+    const retried = retry.request({ type: 'order', payload: { item: 'cake' } }, 'o-2')
+    // A has claimed (found it pending) and polled at least once before the first attempt finishes.
+    while ((await scriptCalls()) < before + 2) await new Promise((resolve) => setImmediate(resolve))
+    release()
+    t.same((await retried).payload, { item: 'cake', run: 2 })
+    t.same((await onB.next((f) => f.id === 'o-2')).payload, { item: 'cake', run: 2 })
+    t.equal(runs, 2, 'the handler ran once for o-2')
+    // Another payload under the same id is a new frame.
+    t.same((await retry.request({ type: 'order', payload: { item: 'pie' } }, 'o-2')).payload, { item: 'pie', run: 3 })
   })
 
   t.test('close() leaves no connection and no key of its own behind', async (t) => {

@@ -55,7 +55,14 @@ export interface HistorySlice {
   complete: boolean
 }
 
-export interface Broker {
+/** Answers to frames with an id, shared by every process (a retry may reach another process). */
+export interface SharedAnswers {
+  /** Claims (key, fingerprint) for a first run, or reports it running ('pending') or answered ('done'). */
+  claimAnswer(key: string, fingerprint: string, ttlMs: number): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }>
+  storeAnswer(key: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void>
+}
+
+export interface Broker extends Partial<SharedAnswers> {
   readonly name: string
   /** Connects and starts delivering; rejects with a clear error when its backend cannot be reached. */
   start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void>

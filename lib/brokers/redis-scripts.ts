@@ -9,6 +9,7 @@
 //   Pproc:<id>     string, the process heartbeat (expires after processTtlMs)
 //   Pprocs         set   process ids
 //   Pmember:<id>   hash  "room\nconnectionId" → userId, a process's presence entries (for cleanup by survivors)
+//   Panswer:<user>\n<id>  hash fp, outcome: answers to frames with an id (expire after retryWindow)
 // Channels: Pev:R (room events, subscribed only where the room has local members), Pusers (user messages).
 
 export const KEY_SEPARATOR = '\n'
@@ -62,6 +63,31 @@ local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
 local entries = redis.call('XRANGE', KEYS[2], oldest, '+')
 return { position[1], position[2], entries }
+`
+
+/**
+ * KEYS: answer. ARGV: fingerprint, ttlMs. Returns {'done', outcome}, {'pending'} or {'new'} (claimed now).
+ * Another fingerprint under the same key is a new frame: the claim replaces it.
+ */
+export const CLAIM_ANSWER = `
+local fingerprint = redis.call('HGET', KEYS[1], 'fp')
+if fingerprint == ARGV[1] then
+  local outcome = redis.call('HGET', KEYS[1], 'outcome')
+  if outcome then return { 'done', outcome } end
+  return { 'pending' }
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'fp', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return { 'new' }
+`
+
+/** KEYS: answer. ARGV: fingerprint, outcome, ttlMs. Stores the outcome if the claim is still this frame's. */
+export const STORE_ANSWER = `
+if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 `
 
 /**

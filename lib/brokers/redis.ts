@@ -7,7 +7,7 @@ import { BrokerError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
-import { HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH } from './redis-scripts.js'
+import { CLAIM_ANSWER, HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
 
 export interface RedisBrokerOptions {
   /** `redis://host:port/db`; or pass `client`. */
@@ -145,6 +145,16 @@ class RedisBroker implements Broker {
   async unsubscribe(room: string): Promise<void> {
     this.streams.close(room)
     await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
+  }
+
+  async claimAnswer(key: string, fingerprint: string, ttlMs: number): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
+    const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [this.prefix + `answer:${key}`], [fingerprint, ttlMs])
+    if (state === 'done') return { state, outcome: outcome! }
+    return { state: state === 'pending' ? 'pending' : 'new' }
+  }
+
+  async storeAnswer(key: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
+    await this.run(STORE_ANSWER, [this.prefix + `answer:${key}`], [fingerprint, outcome, ttlMs])
   }
 
   async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
