@@ -5,11 +5,10 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Connection, ConnectionEvents } from './connection.js'
 import type { Stats } from './metrics.js'
 import type { CompiledMessage } from './options.js'
-import { Compile } from 'typebox/compile'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
   BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
-  pongFrame, RoomName, type ErrorDetail, type Frame, type FrameIdValue,
+  isRoomName, pongFrame, type ErrorDetail, type Frame, type FrameIdValue,
 } from './protocol.js'
 import type { ResumeOutcome, RoomRegistry } from './rooms.js'
 import type { MessageContext, RoomsApi, RoomsUser } from './types.js'
@@ -28,7 +27,6 @@ const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are
 const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slow down')
 const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
-const roomNameValidator = Compile(RoomName)
 const MAX_REPORTED_LATENCY_MS = 60_000
 
 export class Dispatcher implements ConnectionEvents {
@@ -155,7 +153,7 @@ export class Dispatcher implements ConnectionEvents {
   private async hostMessage(connection: Connection, frame: Frame): Promise<void> {
     const definition = this.options.messages.get(frame.type)
     if (definition === undefined) throw new FrameError(ErrorCode.unknownType, `unknown message type "${frame.type}"`)
-    if (definition.room && frame.room === undefined) throw new FrameError(ErrorCode.invalidMessage, `"${frame.type}" needs a room`, { errors: [{ path: '/room', message: 'is required' }] })
+    if (definition.room) requireRoom(frame)
     if (frame.room !== undefined && !connection.rooms.has(frame.room)) throw notInRoom(frame.room)
     const payload = checkPayload(definition.validator, frame.payload, frame.type)
     if (frame.id === undefined) {
@@ -207,7 +205,7 @@ export class Dispatcher implements ConnectionEvents {
     const errors: ErrorDetail[] = []
     for (const [room, from] of entries) {
       const path = `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
-      if (!roomNameValidator.Check(room)) {
+      if (!isRoomName(room)) {
         errors.push({ path, message: 'is not a room name (1 to 128 characters)' })
         continue
       }

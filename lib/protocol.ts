@@ -63,6 +63,11 @@ export const ResumePayload = Type.Object({
 }, { additionalProperties: false })
 
 const envelopeValidator = Compile(Envelope)
+const roomNameValidator = Compile(RoomName)
+
+export function isRoomName(value: unknown): value is string {
+  return roomNameValidator.Check(value)
+}
 /** A client's report of a room event's `time`, as it received the event: feeds the client latency histogram. */
 export const LatencyPayload = Type.Object({ time: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })
 const latencyValidator = Compile(LatencyPayload)
@@ -196,5 +201,14 @@ export function pongFrame(id?: FrameIdValue): string {
  * are validated names, but still go through JSON.stringify so no value can break out of its string.
  */
 export function roomEventFrame(type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number): string {
-  return `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":${seq},"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`
+  const [head, tail] = roomEventFrameParts(type, room, payloadJson, traceId, time)
+  return head + seq + tail
+}
+
+/** The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script). */
+export function roomEventFrameParts(type: string, room: string, payloadJson: string, traceId: string, time: number): [head: string, tail: string] {
+  return [
+    `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
+    `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`,
+  ]
 }

@@ -8,7 +8,7 @@ import type { Connection } from './connection.js'
 import { InvalidArgumentError, MetricsDisabledError } from './errors.js'
 import { frameText } from './framing.js'
 import { preciseNow, type Gauges, type Stats } from './metrics.js'
-import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, MessageType, RoomName, SERVER_TYPES } from './protocol.js'
+import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, isRoomName, MessageType, SERVER_TYPES } from './protocol.js'
 import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, RoomsStats } from './types.js'
 
 export interface RegistryOptions {
@@ -27,7 +27,6 @@ export type ResumeOutcome =
   | { result: 'reset'; seq: number; epoch: string }
   | { result: 'error'; code: string; message: string }
 
-const roomNameValidator = Compile(RoomName)
 const messageTypeValidator = Compile(MessageType)
 const RESERVED_EVENT_TYPES = new Set<string>(SERVER_TYPES)
 
@@ -213,15 +212,14 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
 
   async broadcast(room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
     checkRoom(room)
-    if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
-    if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
+    checkEventType(type)
     const { seq } = await this.publish(room, type, payload, options.traceId ?? randomUUID(), options.except)
     return { seq }
   }
 
   async sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
     checkUserId(userId)
-    if (!messageTypeValidator.Check(type) || RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is not a valid, unreserved message type`)
+    checkEventType(type)
     await this.broker.sendToUser(userId, directFrame(type, payload))
   }
 
@@ -348,8 +346,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
 }
 
 function checkRoom(room: string): string {
-  if (!roomNameValidator.Check(room)) throw new InvalidArgumentError('room', 'must be a string of 1 to 128 characters')
+  if (!isRoomName(room)) throw new InvalidArgumentError('room', 'must be a string of 1 to 128 characters')
   return room
+}
+
+function checkEventType(type: string): void {
+  if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
+  if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
 }
 
 function checkUserId(userId: string): string {

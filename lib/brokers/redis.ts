@@ -5,6 +5,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import { BrokerError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
+import { roomEventFrameParts } from '../protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { CLAIM_ANSWER, HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
@@ -96,8 +97,7 @@ class RedisBroker implements Broker {
   async publish(request: PublishRequest): Promise<RoomPosition> {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
-    const head = `{"type":${JSON.stringify(request.type)},"room":${JSON.stringify(request.room)},"seq":`
-    const tail = `,"payload":${request.payloadJson},"traceId":${JSON.stringify(request.traceId)},"time":${time}}`
+    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
     const [seq, epoch] = await this.run<[number, string]>(PUBLISH, [this.key(request.room, 'meta'), this.key(request.room, 'history')], [
       randomUUID(), head, tail, request.type, request.except ?? '', this.historyLimits.maxEvents, this.historyLimits.maxAgeMs,
       this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt,

@@ -317,16 +317,21 @@ export class RoomsClient {
     const ws = this.ws!
     // Rooms seen before: resume from the last seq. Rooms never acked: join, unless a join is already waiting.
     const resume: Record<string, RoomPosition> = {}
+    const toJoin: string[] = []
+    const joining = new Set<string>()
+    for (const pending of this.pending.values()) if (pending.frame.type === 'join' && pending.frame.room !== undefined) joining.add(pending.frame.room)
     for (const [room, position] of this.positions) {
       if (position !== null && position.epoch !== '') resume[room] = position
-      else if (![...this.pending.values()].some((p) => p.frame.type === 'join' && p.frame.room === room)) void this.join(room).catch((err: RoomsClientError) => this.emit('error', err))
+      else if (!joining.has(room)) toJoin.push(room)
     }
     if (Object.keys(resume).length > 0) {
       const id = `${this.idPrefix}-${++this.nextId}`
       this.resumeId = id
       ws.send(JSON.stringify({ type: 'resume', id, payload: { rooms: resume } }))
     }
+    // Unanswered requests go again with their ids, then joins for rooms never acked (each sent once).
     for (const pending of this.pending.values()) ws.send(JSON.stringify(pending.frame))
+    for (const room of toJoin) void this.join(room).catch((err: RoomsClientError) => this.emit('error', err))
   }
 
   private onAnswer(frame: ServerFrame): void {
