@@ -74,24 +74,24 @@ const PENDING_POLL_MS = 50
  * Across processes (a retry may reach another one): claims the (user, id) in the broker before running,
  * or returns the answer the first attempt stored. While the broker is unreachable it runs locally.
  */
-export async function answerOnce(shared: SharedAnswers, userId: string, id: FrameIdValue, fingerprint: string, windowMs: number, run: () => Promise<AckOutcome>): Promise<AckOutcome> {
-  const key = `${userId}\n${idKey(id)}`
+export async function answerOnce(shared: SharedAnswers, userId: string, id: FrameIdValue, fingerprint: string, limits: AckCacheLimits, run: () => Promise<AckOutcome>): Promise<AckOutcome> {
+  const answerId = idKey(id)
   const deadline = Date.now() + PENDING_WAIT_MS
   for (;;) {
     let claim
     try {
-      claim = await shared.claimAnswer(key, fingerprint, windowMs)
+      claim = await shared.claimAnswer(userId, answerId, fingerprint, limits)
     } catch {
       return run()
     }
     if (claim.state === 'done') return parseOutcome(claim.outcome)
     if (claim.state === 'new') {
       const outcome = await run()
-      await shared.storeAnswer(key, fingerprint, serializeOutcome(outcome), windowMs).catch(() => {})
+      await shared.storeAnswer(userId, answerId, fingerprint, serializeOutcome(outcome), limits.windowMs).catch(() => {})
       return outcome
     }
     if (Date.now() > deadline) {
-      return { ok: false, error: new FrameError(ErrorCode.internalError, 'the first attempt of this frame is still running; retry later') }
+      return { ok: false, error: new FrameError(ErrorCode.unavailable, 'the first attempt of this frame is still running; retry later') }
     }
     await new Promise((resolve) => setTimeout(resolve, PENDING_POLL_MS))
   }
@@ -104,7 +104,12 @@ function serializeOutcome(outcome: AckOutcome): string {
 }
 
 function parseOutcome(json: string): AckOutcome {
-  const outcome = JSON.parse(json) as { ok: boolean; payload?: unknown; code?: string; message?: string; details?: FrameError['details'] }
+  let outcome
+  try {
+    outcome = JSON.parse(json) as { ok: boolean; payload?: unknown; code?: string; message?: string; details?: FrameError['details'] }
+  } catch {
+    return { ok: false, error: new FrameError(ErrorCode.internalError, 'the stored answer to this frame is unreadable') }
+  }
   return outcome.ok ? { ok: true, payload: outcome.payload } : { ok: false, error: new FrameError(outcome.code ?? ErrorCode.internalError, outcome.message ?? 'error', outcome.details) }
 }
 

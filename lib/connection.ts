@@ -1,19 +1,24 @@
-// One socket: sending with backpressure, the per-connection rate bucket and abuse window, liveness for the
-// heartbeat, token expiry, and the serial inbox that runs this socket's frames in the order they arrived.
+// One socket: sending with backpressure (bytes), the per-connection rate buckets (frames and bytes) and
+// abuse window, liveness for the heartbeat, token expiry, the serial inbox that runs this socket's frames
+// in the order they arrived (bounded in frames and bytes), and the per-room seq fence.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
 import type { HistoryEvent } from './brokers/broker.js'
 import { canWriteFramed, writeFramed, type FramedEvent } from './framing.js'
-import { CloseCode, directFrame, ErrorCode, errorFrame, FrameError, type Frame } from './protocol.js'
+import { InvalidArgumentError, PayloadTooLargeError } from './errors.js'
+import { CLOSE_CODE_PROBLEM, CloseCode, directFrame, ErrorCode, errorFrame, FrameError, isSendableCloseCode, truncateCloseReason, type Frame } from './protocol.js'
 import type { Stats } from './metrics.js'
+import { TokenBucket } from './token-bucket.js'
 import type { RoomsConnection, RoomsUser } from './types.js'
 
 export interface ConnectionLimits {
   maxBufferedBytes: number
-  rateLimit: { messagesPerSecond: number; burst: number } | false
+  rateLimit: { messagesPerSecond: number; burst: number; bytesPerSecond: number; burstBytes: number } | false
   abuseLimit: { rateLimited: number; windowMs: number } | false
   closeTimeoutMs: number
+  /** Bytes of frames that may wait behind a running one (besides the frame count below). */
+  maxInboxBytes: number
 }
 
 export interface ConnectionEvents {
@@ -21,7 +26,8 @@ export interface ConnectionEvents {
   message(connection: Connection, data: Buffer, isBinary: boolean): void
   /** Runs one parsed frame; frames of one connection run one at a time, in arrival order. */
   process(connection: Connection, frame: Frame): Promise<void>
-  close(connection: Connection, code: number, reason: string): void
+  /** `byServer`: the server chose the code (the peer's own codes are not trusted as metric labels). */
+  close(connection: Connection, code: number, reason: string, byServer: boolean): void
 }
 
 // setTimeout fires at once for delays above 2^31-1 ms; longer waits re-arm.
@@ -40,14 +46,21 @@ export class Connection implements RoomsConnection {
   tokenExp: number | undefined
 
   private closeCode: number | undefined
-  private tokens: number
-  private lastRefill = Date.now()
+  private readonly frameBucket: TokenBucket | undefined
+  private readonly byteBucket: TokenBucket | undefined
   private rateLimitedInWindow = 0
   private abuseWindowStart = 0
   private expiryTimer: NodeJS.Timeout | undefined
   private killTimer: NodeJS.Timeout | undefined
-  private readonly inbox: Frame[] = []
+  private readonly inbox: Array<{ frame: Frame; bytes: number }> = []
+  private inboxBytes = 0
   private busy = false
+  /**
+   * room → the highest seq this socket is known to have (from a join ack or a replay). Live events at or
+   * below it are not sent again: on Redis, a replay read from history can run ahead of this process's live
+   * stream. Removed once a live event passes it, and on leave and reset.
+   */
+  private fences: Map<string, number> | undefined
   /** Rooms being resumed: their live events wait here until the replay from history has been sent. */
   private replays: Map<string, { events: Array<{ seq: number; event: FramedEvent }>; bytes: number }> | undefined
   /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
@@ -65,7 +78,10 @@ export class Connection implements RoomsConnection {
     readonly requestLog: FastifyBaseLogger,
   ) {
     this.framedWrites = canWriteFramed(socket)
-    this.tokens = limits.rateLimit === false ? 0 : limits.rateLimit.burst
+    if (limits.rateLimit !== false) {
+      this.frameBucket = new TokenBucket(limits.rateLimit.messagesPerSecond, limits.rateLimit.burst)
+      this.byteBucket = new TokenBucket(limits.rateLimit.bytesPerSecond, limits.rateLimit.burstBytes)
+    }
     // Listeners are attached synchronously, before any await, so no early frame is missed; each one is
     // guarded because a throw inside a ws listener would take the whole process down.
     socket.on('message', (data, isBinary) => {
@@ -83,8 +99,9 @@ export class Connection implements RoomsConnection {
       clearTimeout(this.expiryTimer)
       clearTimeout(this.killTimer)
       this.inbox.length = 0
+      this.inboxBytes = 0
       try {
-        events.close(this, this.closeCode ?? code, this.closeCode === undefined ? reason.toString() : '')
+        events.close(this, this.closeCode ?? code, this.closeCode === undefined ? reason.toString() : '', this.closeCode !== undefined)
       } catch (err) {
         this.log.error({ err }, 'fastify-rooms: close listener failed')
       }
@@ -106,7 +123,9 @@ export class Connection implements RoomsConnection {
   }
 
   send(type: string, payload: unknown): boolean {
-    const sent = this.sendFrame(directFrame(type, payload))
+    const frame = Buffer.from(directFrame(type, payload))
+    if (frame.length > this.limits.maxBufferedBytes) throw new PayloadTooLargeError(frame.length, this.limits.maxBufferedBytes)
+    const sent = this.sendFrame(frame)
     if (sent) this.stats.messageOut(type)
     return sent
   }
@@ -122,8 +141,10 @@ export class Connection implements RoomsConnection {
    */
   sendFrame(frame: string | Buffer): boolean {
     if (!this.isOpen) return false
-    if (this.socket.bufferedAmount + frame.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
-    this.socket.send(frame, { binary: false })
+    // Counted in bytes: a string's length undercounts non-ASCII text up to 3×. ws would make the Buffer anyway.
+    const data = typeof frame === 'string' ? Buffer.from(frame) : frame
+    if (this.socket.bufferedAmount + data.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
+    this.socket.send(data, { binary: false })
     return true
   }
 
@@ -143,12 +164,30 @@ export class Connection implements RoomsConnection {
 
   /** A live room event: sent now, or held while this room's history is being replayed. */
   deliver(room: string, seq: number, event: FramedEvent): boolean {
+    if (this.fences !== undefined) {
+      const fence = this.fences.get(room)
+      if (fence !== undefined) {
+        if (seq <= fence) return false
+        this.clearFence(room)
+      }
+    }
     const replay = this.replays?.get(room)
     if (replay === undefined) return this.sendEvent(event)
     if (!this.isOpen) return false
     replay.events.push({ seq, event })
     replay.bytes += event.framed.length
     return replay.bytes > this.limits.maxBufferedBytes ? this.closeSlowConsumer() : true
+  }
+
+  /** This socket has every event of `room` up to `seq`: live events at or below it are dropped. */
+  setFence(room: string, seq: number): void {
+    ;(this.fences ??= new Map()).set(room, seq)
+  }
+
+  /** The room was left, or its sequence restarted (reset): no fence applies any more. */
+  clearFence(room: string): void {
+    this.fences?.delete(room)
+    if (this.fences?.size === 0) this.fences = undefined
   }
 
   /** From now until finishReplay, live events of `room` are held back. */
@@ -176,6 +215,7 @@ export class Connection implements RoomsConnection {
       this.sendEvent(event)
       last = seq
     }
+    this.setFence(room, last)
     return replayed
   }
 
@@ -186,10 +226,19 @@ export class Connection implements RoomsConnection {
 
   /** Starts the close handshake; a peer that does not answer within closeTimeoutMs is cut off. */
   close(code: number = CloseCode.normal, reason = ''): void {
+    if (!isSendableCloseCode(code)) throw new InvalidArgumentError('code', CLOSE_CODE_PROBLEM)
     if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
     this.closeCode = code
     clearTimeout(this.expiryTimer)
-    this.socket.close(code, reason)
+    try {
+      this.socket.close(code, truncateCloseReason(reason))
+    } catch (err) {
+      // ws refuses codes it may not send. Never leave a half-closed socket behind: cut it (its close
+      // event still runs, so it leaves its rooms and presence).
+      this.log.warn({ err, code }, 'fastify-rooms: close refused by ws, terminating')
+      this.socket.terminate()
+      return
+    }
     this.killTimer = setTimeout(() => this.socket.terminate(), this.limits.closeTimeoutMs)
     this.killTimer.unref()
   }
@@ -210,15 +259,10 @@ export class Connection implements RoomsConnection {
     return true
   }
 
-  /** Takes one token from the bucket, refilled lazily (no timer). */
-  takeToken(now: number): boolean {
-    const rate = this.limits.rateLimit
-    if (rate === false) return true
-    this.tokens = Math.min(rate.burst, this.tokens + ((now - this.lastRefill) * rate.messagesPerSecond) / 1000)
-    this.lastRefill = now
-    if (this.tokens < 1) return false
-    this.tokens -= 1
-    return true
+  /** Takes a frame and its bytes from the rate buckets; false when either is empty. */
+  takeToken(now: number, bytes: number): boolean {
+    if (this.byteBucket === undefined || this.frameBucket === undefined) return true
+    return this.byteBucket.take(now, bytes) && this.frameBucket.take(now)
   }
 
   /** Counts a rate-limited frame; true when the abuse limit is crossed and the socket was closed 1008. */
@@ -234,11 +278,12 @@ export class Connection implements RoomsConnection {
     return true
   }
 
-  /** Queues a parsed frame behind the ones still running; false when too many wait already. */
-  enqueue(frame: Frame): boolean {
+  /** Queues a parsed frame (of `bytes` on the wire) behind the ones still running; false when too many wait already. */
+  enqueue(frame: Frame, bytes: number): boolean {
     if (this.busy) {
-      if (this.inbox.length >= MAX_INBOX) return false
-      this.inbox.push(frame)
+      if (this.inbox.length >= MAX_INBOX || this.inboxBytes + bytes > this.limits.maxInboxBytes) return false
+      this.inbox.push({ frame, bytes })
+      this.inboxBytes += bytes
       return true
     }
     void this.drain(frame)
@@ -251,7 +296,9 @@ export class Connection implements RoomsConnection {
     while (frame !== undefined) {
       // process() answers every failure itself; the catch only keeps a bug from stalling the inbox.
       await this.events.process(this, frame).catch((err: unknown) => this.log.error({ err }, 'fastify-rooms: frame processing failed'))
-      frame = this.isOpen ? this.inbox.shift() : undefined
+      const next = this.isOpen ? this.inbox.shift() : undefined
+      if (next !== undefined) this.inboxBytes -= next.bytes
+      frame = next?.frame
     }
     this.busy = false
   }

@@ -3,6 +3,8 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Connection, ConnectionEvents } from './connection.js'
+import { isBrokerError } from './errors.js'
+import { frameShapeProblem, type FrameShapeLimits } from './frame-shape.js'
 import type { Stats } from './metrics.js'
 import type { CompiledMessage } from './options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
@@ -16,6 +18,8 @@ import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
 export interface DispatcherOptions {
   maxPayload: number
+  maxFrameDepth: number
+  maxFrameKeys: number
   maxRoomsPerConnection: number
   /** Exactly-once answers for retried frames; false keeps none (every frame runs). */
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
@@ -27,11 +31,13 @@ const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are
 const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slow down')
 const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
+const UNAVAILABLE = new FrameError(ErrorCode.unavailable, 'a dependency of the server did not answer in time; send the frame again later')
 const MAX_REPORTED_LATENCY_MS = 60_000
 
 export class Dispatcher implements ConnectionEvents {
   /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
   private readonly knownTypes: ReadonlySet<string>
+  private readonly shapeLimits: FrameShapeLimits
   readonly acks: AckCache | undefined
 
   constructor(
@@ -41,6 +47,7 @@ export class Dispatcher implements ConnectionEvents {
     private readonly stats: Stats,
   ) {
     this.knownTypes = new Set([...BUILT_IN_CLIENT_TYPES, ...options.messages.keys()])
+    this.shapeLimits = { maxDepth: options.maxFrameDepth, maxKeys: options.maxFrameKeys }
     this.acks = options.retryWindow === false ? undefined : new AckCache(options.retryWindow)
   }
 
@@ -48,31 +55,40 @@ export class Dispatcher implements ConnectionEvents {
     // ws enforces maxPayload itself; this covers an @fastify/websocket the host registered with a larger one.
     if (data.length > this.options.maxPayload) return connection.close(CloseCode.messageTooBig, 'message too big')
     const now = Date.now()
+    const bytes = data.length
     if (isBinary) {
       this.stats.messageIn('(binary)')
-      if (this.admit(connection, now, undefined)) connection.sendError(BINARY_FRAME)
+      if (this.admit(connection, now, bytes, undefined)) connection.sendError(BINARY_FRAME)
+      return
+    }
+    // The shape is bounded before JSON.parse or any schema runs (one cheap pass over the bytes); the
+    // rate after the parse, so that a rate_limited answer can carry the frame's id.
+    const shapeProblem = frameShapeProblem(data, this.shapeLimits)
+    if (shapeProblem !== undefined) {
+      this.stats.messageIn('(invalid)')
+      if (this.admit(connection, now, bytes, undefined)) connection.sendError(new FrameError(ErrorCode.invalidMessage, `frame ${shapeProblem}`))
       return
     }
     const parsed = parseFrame(data.toString())
     if (parsed.error !== undefined) {
       this.stats.messageIn('(invalid)')
-      if (this.admit(connection, now, parsed.id)) connection.sendError(parsed.error, parsed.id)
+      if (this.admit(connection, now, bytes, parsed.id)) connection.sendError(parsed.error, parsed.id)
       return
     }
     const frame = parsed.frame
     this.stats.messageIn(this.knownTypes.has(frame.type) ? frame.type : '(unknown)')
-    if (!this.admit(connection, now, frame.id)) return
+    if (!this.admit(connection, now, bytes, frame.id)) return
     // Liveness must not wait behind a slow handler.
     if (frame.type === 'ping') {
       if (connection.sendFrame(pongFrame(frame.id))) this.stats.messageOut('pong')
       return
     }
-    if (!connection.enqueue(frame)) connection.sendError(INBOX_FULL, frame.id)
+    if (!connection.enqueue(frame, bytes)) connection.sendError(INBOX_FULL, frame.id)
   }
 
-  /** Takes a token from the connection's bucket; answers `rate_limited` (or closes 1008) when there is none. */
-  private admit(connection: Connection, now: number, id: FrameIdValue | undefined): boolean {
-    if (connection.takeToken(now)) return true
+  /** Takes a frame and its bytes from the connection's buckets; answers `rate_limited` (or closes 1008) when either is empty. */
+  private admit(connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
+    if (connection.takeToken(now, bytes)) return true
     if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
     else this.stats.error(ErrorCode.rateLimited)
     return false
@@ -89,14 +105,26 @@ export class Dispatcher implements ConnectionEvents {
         default: return await this.hostMessage(connection, frame)
       }
     } catch (err) {
-      if (err instanceof FrameError) return connection.sendError(err, frame.id)
-      connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
-      connection.sendError(INTERNAL_ERROR, frame.id)
+      connection.sendError(this.frameErrorOf(err, connection, frame), frame.id)
     }
   }
 
-  close(connection: Connection, code: number, reason: string): void {
-    this.stats.close(code)
+  /**
+   * What a failure becomes on the wire: a FrameError as it is; the broker away or too slow → the retryable
+   * `unavailable` (logged at warn: not a bug of ours or the host's); anything else is a bug, logged at error.
+   */
+  private frameErrorOf(err: unknown, connection: Connection, frame: Frame): FrameError {
+    if (err instanceof FrameError) return err
+    if (isBrokerError(err)) {
+      connection.log.warn({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: broker unavailable')
+      return UNAVAILABLE
+    }
+    connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
+    return INTERNAL_ERROR
+  }
+
+  close(connection: Connection, code: number, reason: string, byServer: boolean): void {
+    this.stats.close(code, byServer)
     connection.requestLog.info(
       { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
       'fastify-rooms: connection closed',
@@ -111,9 +139,9 @@ export class Dispatcher implements ConnectionEvents {
 
   private async join(connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
-    const { ack, announce } = await this.registry.join(connection, room)
+    const { ack, announced } = await this.registry.join(connection, room)
     this.ack(connection, frame.id, ack)
-    if (announce) await this.registry.announce(room, 'join', connection.user.id)
+    announced?.()
   }
 
   private async leave(connection: Connection, frame: Frame): Promise<void> {
@@ -134,7 +162,10 @@ export class Dispatcher implements ConnectionEvents {
     this.ack(connection, frame.id, null)
   }
 
-  /** Token refresh: a valid token for the same user moves the connection's expiry. */
+  /**
+   * Token refresh: a valid token for the same user moves the connection's expiry (within the same token
+   * policy as the upgrade), and every joined room is authorized again for the new claims.
+   */
   private async auth(connection: Connection, frame: Frame): Promise<void> {
     const { token } = checkAuthPayload(frame.payload)
     let admission
@@ -147,7 +178,8 @@ export class Dispatcher implements ConnectionEvents {
     if (admission.user.id !== connection.user.id) throw new FrameError(ErrorCode.forbidden, 'token is for a different user')
     connection.user = admission.user
     connection.setTokenExpiry(admission.exp)
-    this.ack(connection, frame.id, { exp: admission.exp ?? null })
+    await this.registry.reauthorize(connection)
+    this.ack(connection, frame.id, { exp: admission.exp })
   }
 
   private async hostMessage(connection: Connection, frame: Frame): Promise<void> {
@@ -169,7 +201,7 @@ export class Dispatcher implements ConnectionEvents {
       const shared = this.acks === undefined ? undefined : this.registry.sharedAnswers()
       outcome = shared === undefined || this.options.retryWindow === false
         ? run()
-        : answerOnce(shared, connection.user.id, frame.id, fingerprint, this.options.retryWindow.windowMs, run)
+        : answerOnce(shared, connection.user.id, frame.id, fingerprint, this.options.retryWindow, run)
       this.acks?.store(connection.user.id, frame.id, fingerprint, outcome, now)
     }
     const answer = await outcome
@@ -185,14 +217,13 @@ export class Dispatcher implements ConnectionEvents {
     try {
       return { ok: true, payload: await definition.handler(context, payload) }
     } catch (err) {
-      if (err instanceof FrameError) return { ok: false, error: err }
-      connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
-      return { ok: false, error: INTERNAL_ERROR }
+      return { ok: false, error: this.frameErrorOf(err, connection, frame) }
     }
   }
 
   /**
-   * Re-joins rooms after a reconnect, replaying what was missed. Positions ahead of their room make the
+   * Re-joins rooms after a reconnect, replaying what was missed. Each room is authorized before anything
+   * about it is read, so a refused room reveals nothing. Positions ahead of an authorized room make the
    * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
    * (forbidden, too many rooms) is reported in the ack and does not stop the others.
    */
@@ -203,36 +234,53 @@ export class Dispatcher implements ConnectionEvents {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
     }
     const errors: ErrorDetail[] = []
-    for (const [room, from] of entries) {
-      const path = `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
-      if (!isRoomName(room)) {
-        errors.push({ path, message: 'is not a room name (1 to 128 characters)' })
-        continue
-      }
-      const current = await this.registry.peekPosition(room)
-      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${path}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
+    for (const [room] of entries) {
+      if (!isRoomName(room)) errors.push({ path: resumePath(room), message: 'is not a room name (1 to 128 characters of well-formed text without control characters)' })
     }
     if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
 
     const outcomes: Record<string, ResumeOutcome> = {}
-    const announce: string[] = []
+    const authorized: typeof entries = []
     for (const [room, from] of entries) {
       if (connection.rooms.has(room)) {
         outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
         continue
       }
       try {
-        const resumed = await this.registry.resume(connection, room, from)
-        outcomes[room] = resumed.outcome
-        if (resumed.announce) announce.push(room)
+        await this.registry.authorize(connection, room)
+        authorized.push([room, from])
       } catch (err) {
         if (!(err instanceof FrameError)) throw err
         outcomes[room] = { result: 'error', code: err.code, message: err.message }
       }
     }
+    for (const [room, from] of authorized) {
+      const current = await this.registry.peekPosition(room)
+      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${resumePath(room)}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
+    }
+    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
+
+    const announced: Array<() => void> = []
+    for (const [room, from] of authorized) {
+      try {
+        const resumed = await this.registry.resume(connection, room, from)
+        outcomes[room] = resumed.outcome
+        if (resumed.announced !== undefined) announced.push(resumed.announced)
+      } catch (err) {
+        if (!(err instanceof FrameError)) {
+          for (const release of announced) release()
+          throw err
+        }
+        outcomes[room] = { result: 'error', code: err.code, message: err.message }
+      }
+    }
     this.ack(connection, frame.id, { rooms: outcomes })
-    for (const room of announce) await this.registry.announce(room, 'join', connection.user.id)
+    for (const release of announced) release()
   }
+}
+
+function resumePath(room: string): string {
+  return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
 }
 
 function requireRoom(frame: Frame): string {

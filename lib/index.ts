@@ -12,7 +12,7 @@ import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
 import { Stats } from './metrics.js'
-import { resolveOptions, type ResolvedOptions, type RoomsOptions } from './options.js'
+import { defaults, resolveOptions, type ResolvedOptions, type RoomsOptions } from './options.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
 import { RoomRegistry } from './rooms.js'
 import type { MessageDefinition, RoomsApi } from './types.js'
@@ -38,7 +38,11 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
   const broker = options.broker ?? memoryBroker()
   const registry = new RoomRegistry(options, broker, stats, fastify.log)
   stats.gauges = registry
-  await broker.start(registry, { history: options.history, log: fastify.log })
+  await broker.start(registry, {
+    history: options.history,
+    idempotencyWindowMs: options.retryWindow === false ? defaults.retryWindow.windowMs : options.retryWindow.windowMs,
+    log: fastify.log,
+  })
   fastify.decorate('rooms', registry.api)
 
   let closing = false
@@ -89,7 +93,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
   }
 
   await fastify.register(async function roomsRoute(scope) {
-    const verifyToken = createTokenVerifier(await jwtVerifier(scope, options), options.userFromToken)
+    const verifyToken = createTokenVerifier(await jwtVerifier(scope, options), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, registry, verifyToken, stats)
     const gate = createUpgradeGate(options, verifyToken, {
       isClosing: () => closing,
@@ -102,8 +106,16 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
     }
     scope.decorateRequest('roomsAdmission', null)
 
+    // A throw inside a timer callback is uncaught: each socket's tick is guarded on its own.
     heartbeat = setInterval(() => {
-      for (const connection of registry.connections) connection.heartbeat()
+      for (const connection of registry.connections) {
+        try {
+          connection.heartbeat()
+        } catch (err) {
+          connection.log.warn({ err }, 'fastify-rooms: heartbeat failed, terminating')
+          connection.terminate()
+        }
+      }
       dispatcher.acks?.sweep(Date.now())
     }, options.heartbeatMs)
     heartbeat.unref()
@@ -175,6 +187,6 @@ export { memoryBroker } from './brokers/memory.js'
 export { redisBroker, type RedisBrokerOptions } from './brokers/redis.js'
 export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol.js'
-export { handleProtocols } from './upgrade.js'
+export { handleProtocols, redactedRequest as requestSerializer } from './upgrade.js'
 export type { RoomsOptions, JwtOptions } from './options.js'
 export type * from './types.js'

@@ -27,6 +27,9 @@ interface PromMetrics {
   clientLatencySeconds: Histogram
 }
 
+/** Close codes a peer's close is counted under; the rest count as `other`. */
+const PEER_CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009, 1011, 1013])
+
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 
 /** A running count, sum and maximum, for stats() (the histogram is Prometheus's business). */
@@ -100,9 +103,14 @@ export class Stats {
     this.prom?.errors.inc({ code })
   }
 
-  close(code: number): void {
-    bump(this.closes, code)
-    this.prom?.closes.inc({ code: String(code) })
+  /**
+   * A closed socket. A code the server chose is counted as is; a code the peer chose only when it is one
+   * of the documented ones, else as `other`, so a client cannot mint label values.
+   */
+  close(code: number, byServer: boolean): void {
+    const label = byServer || PEER_CLOSE_CODES.has(code) ? String(code) : 'other'
+    bump(this.closes, label)
+    this.prom?.closes.inc({ code: label })
   }
 
   handshake(result: HandshakeResult): void {

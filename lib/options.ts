@@ -21,7 +21,12 @@ const DataOptions = Type.Object({
   maxPayload: Type.Optional(Type.Integer({ minimum: 128, maximum: 104_857_600 })),
   rateLimit: Type.Optional(Type.Union([
     Type.Literal(false),
-    Type.Object({ messagesPerSecond: Type.Number({ exclusiveMinimum: 0 }), burst: PositiveInteger }, { additionalProperties: false }),
+    Type.Object({
+      messagesPerSecond: Type.Number({ exclusiveMinimum: 0 }),
+      burst: PositiveInteger,
+      bytesPerSecond: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+      burstBytes: Type.Optional(PositiveInteger),
+    }, { additionalProperties: false }),
   ])),
   abuseLimit: Type.Optional(Type.Union([
     Type.Literal(false),
@@ -35,7 +40,19 @@ const DataOptions = Type.Object({
   maxConnections: Type.Optional(PositiveInteger),
   maxConnectionsPerUser: Type.Optional(PositiveInteger),
   maxBufferedBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
-  history: Type.Optional(Type.Object({ maxEvents: Type.Integer({ minimum: 0 }), maxAgeMs: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })),
+  maxInboxBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
+  maxFrameDepth: Type.Optional(Type.Integer({ minimum: 2, maximum: 1000 })),
+  maxFrameKeys: Type.Optional(PositiveInteger),
+  history: Type.Optional(Type.Object({
+    maxEvents: Type.Integer({ minimum: 0 }),
+    maxAgeMs: Type.Integer({ minimum: 0 }),
+    maxBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+  }, { additionalProperties: false })),
+  token: Type.Optional(Type.Object({
+    requireExp: Type.Optional(Type.Boolean()),
+    maxLifetimeMs: Type.Optional(PositiveInteger),
+    fromQuery: Type.Optional(Type.Boolean()),
+  }, { additionalProperties: false })),
   closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
@@ -70,19 +87,43 @@ export interface RoomsOptions {
   presence?: boolean
   heartbeatMs?: number
   maxPayload?: number
-  rateLimit?: { messagesPerSecond: number; burst: number } | false
+  /** Per connection: frames per second (`burst` at once) and bytes per second (`burstBytes` at once). */
+  rateLimit?: { messagesPerSecond: number; burst: number; bytesPerSecond?: number; burstBytes?: number } | false
   abuseLimit?: { rateLimited: number; windowMs: number } | false
   handshakeRateLimit?: { max: number; timeWindow: number | string } | false
   maxRoomsPerConnection?: number
   maxConnections?: number
   maxConnectionsPerUser?: number
   maxBufferedBytes?: number
-  history?: { maxEvents: number; maxAgeMs: number }
+  /** Bytes of frames that may wait for this socket's running frame (default 1 MiB). */
+  maxInboxBytes?: number
+  /** Frames nested deeper are refused before they are parsed (default 32). */
+  maxFrameDepth?: number
+  /** Frames with more object keys plus array elements are refused before they are parsed (default 1000). */
+  maxFrameKeys?: number
+  /** `maxBytes`: the memory broker's history budget for all rooms of this process (default 64 MiB). */
+  history?: { maxEvents: number; maxAgeMs: number; maxBytes?: number }
+  token?: TokenPolicyOptions
   closeTimeoutMs?: number
   retryWindow?: { maxIdsPerUser: number; windowMs: number } | false
   broker?: Broker
   /** `true` for a prom-client Registry of our own, or your Registry; Prometheus text from `fastify.rooms.metrics()`. */
   metrics?: boolean | Registry
+}
+
+export interface TokenPolicyOptions {
+  /** Refuse tokens without `exp` (default true). */
+  requireExp?: boolean
+  /** Refuse tokens whose `exp` is further away than this; a token without `exp` (when allowed) lives this long (default 24 h). */
+  maxLifetimeMs?: number
+  /** Also read the token from `?token=` (default false: URLs end up in logs and proxies). */
+  fromQuery?: boolean
+}
+
+export interface TokenPolicy {
+  requireExp: boolean
+  maxLifetimeMs: number
+  fromQuery: boolean
 }
 
 export interface CompiledMessage {
@@ -104,14 +145,18 @@ export interface ResolvedOptions {
   presence: boolean
   heartbeatMs: number
   maxPayload: number
-  rateLimit: { messagesPerSecond: number; burst: number } | false
+  rateLimit: { messagesPerSecond: number; burst: number; bytesPerSecond: number; burstBytes: number } | false
   abuseLimit: { rateLimited: number; windowMs: number } | false
   handshakeRateLimit: { max: number; timeWindow: number | string } | false
   maxRoomsPerConnection: number
   maxConnections: number
   maxConnectionsPerUser: number
   maxBufferedBytes: number
-  history: { maxEvents: number; maxAgeMs: number }
+  maxInboxBytes: number
+  maxFrameDepth: number
+  maxFrameKeys: number
+  history: { maxEvents: number; maxAgeMs: number; maxBytes: number }
+  token: TokenPolicy
   closeTimeoutMs: number
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   broker: Broker | undefined
@@ -124,12 +169,17 @@ export const defaults = {
   presence: true,
   heartbeatMs: 30_000,
   maxPayload: 65_536,
-  rateLimit: { messagesPerSecond: 20, burst: 40 },
+  rateLimit: { messagesPerSecond: 20, burst: 40, bytesPerSecond: 131_072, burstBytes: 262_144 },
   abuseLimit: { rateLimited: 100, windowMs: 10_000 },
   handshakeRateLimit: { max: 60, timeWindow: '1 minute' },
   maxRoomsPerConnection: 100,
+  maxConnectionsPerUser: 16,
   maxBufferedBytes: 1_048_576,
-  history: { maxEvents: 1000, maxAgeMs: 300_000 },
+  maxInboxBytes: 1_048_576,
+  maxFrameDepth: 32,
+  maxFrameKeys: 1000,
+  history: { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: 67_108_864 },
+  token: { requireExp: true, maxLifetimeMs: 86_400_000, fromQuery: false },
   closeTimeoutMs: 5000,
   retryWindow: { maxIdsPerUser: 256, windowMs: 300_000 },
 } as const
@@ -169,6 +219,15 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     }
   }
 
+  const maxPayload = checked.maxPayload ?? defaults.maxPayload
+  // A larger maxPayload raises the default byte burst with it: one frame of maxPayload bytes must always pass.
+  const rateLimit = checked.rateLimit === false
+    ? false
+    : { ...defaults.rateLimit, burstBytes: Math.max(defaults.rateLimit.burstBytes, maxPayload), ...checked.rateLimit }
+  if (rateLimit !== false && rateLimit.burstBytes < maxPayload) {
+    fail('rateLimit.burstBytes', `must be >= maxPayload (${maxPayload}), or frames of maxPayload bytes could never pass`)
+  }
+
   return {
     path: checked.path ?? defaults.path,
     jwt: checkJwt(options.jwt),
@@ -179,15 +238,19 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
     authorizeJoin: checkFunction(options, 'authorizeJoin'),
     presence: checked.presence ?? defaults.presence,
     heartbeatMs: checked.heartbeatMs ?? defaults.heartbeatMs,
-    maxPayload: checked.maxPayload ?? defaults.maxPayload,
-    rateLimit: checked.rateLimit ?? defaults.rateLimit,
+    maxPayload,
+    rateLimit,
     abuseLimit: checked.abuseLimit ?? defaults.abuseLimit,
     handshakeRateLimit: checked.handshakeRateLimit ?? defaults.handshakeRateLimit,
     maxRoomsPerConnection: checked.maxRoomsPerConnection ?? defaults.maxRoomsPerConnection,
     maxConnections: checked.maxConnections ?? Infinity,
-    maxConnectionsPerUser: checked.maxConnectionsPerUser ?? Infinity,
+    maxConnectionsPerUser: checked.maxConnectionsPerUser ?? defaults.maxConnectionsPerUser,
     maxBufferedBytes: checked.maxBufferedBytes ?? defaults.maxBufferedBytes,
-    history: checked.history ?? defaults.history,
+    maxInboxBytes: checked.maxInboxBytes ?? defaults.maxInboxBytes,
+    maxFrameDepth: checked.maxFrameDepth ?? defaults.maxFrameDepth,
+    maxFrameKeys: checked.maxFrameKeys ?? defaults.maxFrameKeys,
+    history: { ...defaults.history, ...checked.history },
+    token: { ...defaults.token, ...checked.token },
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
     retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),

@@ -19,6 +19,8 @@ export const ErrorCode = {
   tooManyRooms: 'too_many_rooms',
   tokenExpired: 'token_expired',
   internalError: 'internal_error',
+  /** Retryable: a dependency (Redis) did not answer in time, or is away. Send the frame again later. */
+  unavailable: 'unavailable',
 } as const
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
 
@@ -32,10 +34,34 @@ export const CloseCode = {
 } as const
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 
+/** ws refuses (throws) a close reason over 123 UTF-8 bytes. */
+const MAX_CLOSE_REASON_BYTES = 123
+
+/** Close codes an endpoint may send (RFC 6455 §7.4; 1004–1006 and 1015 are never sent): what ws accepts. */
+export function isSendableCloseCode(code: unknown): code is number {
+  return typeof code === 'number' && Number.isInteger(code) &&
+    ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) || (code >= 3000 && code <= 4999))
+}
+
+export const CLOSE_CODE_PROBLEM = 'must be an integer close code an endpoint may send: 1000–1003, 1007–1014 or 3000–4999'
+
+/** The reason cut to 123 UTF-8 bytes on a character boundary. */
+export function truncateCloseReason(reason: string): string {
+  if (reason.length <= MAX_CLOSE_REASON_BYTES / 3 || Buffer.byteLength(reason) <= MAX_CLOSE_REASON_BYTES) return reason
+  let bytes = 0
+  let end = 0
+  for (const character of reason) {
+    bytes += Buffer.byteLength(character)
+    if (bytes > MAX_CLOSE_REASON_BYTES) break
+    end += character.length
+  }
+  return reason.slice(0, end)
+}
+
 /** Types the client sends that the plugin itself answers; host message types may not reuse them. */
 export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume', 'latency'] as const
 /** Types the server sends on its own; neither host messages nor room events may use them. */
-export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence'] as const
+export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left'] as const
 
 export const RoomName = Type.String({ minLength: 1, maxLength: 128 })
 export const MessageType = Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.:-]{0,63}$' })
@@ -65,9 +91,20 @@ export const ResumePayload = Type.Object({
 const envelopeValidator = Compile(Envelope)
 const roomNameValidator = Compile(RoomName)
 
-export function isRoomName(value: unknown): value is string {
-  return roomNameValidator.Check(value)
+// Control characters and lone surrogates: the first can split internal messages and logs, the second
+// turn into U+FFFD on their way to Redis (UTF-8), so two names would share one room.
+const UNSAFE_TEXT = /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
+/** Well-formed UTF-16 without control characters: safe as a room name, user id or key, on every broker. */
+export function isSafeText(value: string): boolean {
+  return !UNSAFE_TEXT.test(value)
 }
+
+export function isRoomName(value: unknown): value is string {
+  return roomNameValidator.Check(value) && isSafeText(value as string)
+}
+
+export const SAFE_TEXT_MESSAGE = 'must be well-formed text without control characters'
 /** A client's report of a room event's `time`, as it received the event: feeds the client latency histogram. */
 export const LatencyPayload = Type.Object({ time: Type.Integer({ minimum: 0 }) }, { additionalProperties: false })
 const latencyValidator = Compile(LatencyPayload)
@@ -154,10 +191,19 @@ export function parseFrame(text: string): ParseResult {
       return withId(value, new FrameError(ErrorCode.invalidMessage, 'frame contains a forbidden key (__proto__ or constructor.prototype)'))
     }
   }
-  if (envelopeValidator.Check(value)) return { frame: value }
+  if (envelopeValidator.Check(value)) {
+    const frame = value
+    if (frame.room !== undefined && !isSafeText(frame.room)) return withId(value, unsafeField('room'))
+    if (frame.traceId !== undefined && !isSafeText(frame.traceId)) return withId(value, unsafeField('traceId'))
+    return { frame }
+  }
   return withId(value, new FrameError(ErrorCode.invalidMessage, 'frame does not match the protocol envelope', {
     errors: validationErrors(envelopeValidator, value),
   }))
+}
+
+function unsafeField(field: 'room' | 'traceId'): FrameError {
+  return new FrameError(ErrorCode.invalidMessage, `${field} ${SAFE_TEXT_MESSAGE}`, { errors: [{ path: `/${field}`, message: SAFE_TEXT_MESSAGE }] })
 }
 
 function withId(value: unknown, error: FrameError): ParseResult {

@@ -5,15 +5,21 @@ import type { FastifyBaseLogger } from 'fastify'
 import { Compile } from 'typebox/compile'
 import type { Broker, BrokerDelivery, RoomPosition, SharedAnswers } from './brokers/broker.js'
 import type { Connection } from './connection.js'
-import { InvalidArgumentError, MetricsDisabledError } from './errors.js'
+import { InvalidArgumentError, isBrokerError, MetricsDisabledError, PayloadTooLargeError } from './errors.js'
 import { frameText } from './framing.js'
 import { preciseNow, type Gauges, type Stats } from './metrics.js'
-import { CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, isRoomName, MessageType, SERVER_TYPES } from './protocol.js'
+import {
+  CLOSE_CODE_PROBLEM, CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, isRoomName, isSafeText, isSendableCloseCode, MessageType,
+  SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
+} from './protocol.js'
+import { isUserId } from './upgrade.js'
 import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, RoomsStats } from './types.js'
 
 export interface RegistryOptions {
   presence: boolean
   maxRoomsPerConnection: number
+  /** No frame larger than a socket's send buffer is published: no socket could receive it. */
+  maxBufferedBytes: number
   authorizeJoin: ((user: Connection['user'], room: string) => boolean | Promise<boolean>) | undefined
 }
 
@@ -29,6 +35,8 @@ export type ResumeOutcome =
 
 const messageTypeValidator = Compile(MessageType)
 const RESERVED_EVENT_TYPES = new Set<string>(SERVER_TYPES)
+// Keys, the seq digits, the time and a WebSocket header around a room event's payload, type, room and traceId.
+const ROOM_EVENT_OVERHEAD_BYTES = 96
 
 export class RoomRegistry implements BrokerDelivery, Gauges {
   readonly connections = new Set<Connection>()
@@ -38,6 +46,8 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
   private readonly leaving = new Set<Promise<void>>()
+  /** (room, user) → the last of that user's presence announcements there: they are published in the order they happened. */
+  private readonly presenceTails = new Map<string, Promise<void>>()
   readonly api: RoomsApi
 
   constructor(
@@ -52,8 +62,12 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       members: async (room) => this.members(checkRoom(room)),
       count: async (room) => (await this.broker.presence(checkRoom(room))).length,
       rooms: () => this.broker.rooms(),
-      disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') =>
-        this.broker.disconnectUser(checkUserId(userId), code, reason),
+      disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') => {
+        checkUserId(userId)
+        if (!isSendableCloseCode(code)) throw new InvalidArgumentError('code', CLOSE_CODE_PROBLEM)
+        if (typeof reason !== 'string') throw new InvalidArgumentError('reason', 'must be a string')
+        await this.broker.disconnectUser(userId, code, truncateCloseReason(reason))
+      },
       history: async (room, options = {}) => this.history(checkRoom(room), options.after ?? 0),
       stats: () => this.snapshot(),
       metrics: async () => {
@@ -100,13 +114,17 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * Joins a room. Local membership starts before the position is read, so every event with
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
-  async join(connection: Connection, room: string): Promise<{ ack: JoinAck; announce: boolean }> {
-    if (connection.rooms.has(room)) return { ack: await this.joinAck(room), announce: false }
-    await this.admit(connection, room)
-    const announce = await this.attach(connection, room)
+  async join(connection: Connection, room: string): Promise<{ ack: JoinAck; announced?: (() => void) | undefined }> {
+    if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
+    await this.admit(connection, room, false)
+    const announced = await this.attach(connection, room)
     try {
-      return { ack: await this.joinAck(room), announce }
+      const ack = await this.joinAck(room)
+      // On Redis this process's live stream may still bring events at or below ack.seq: not again.
+      connection.setFence(room, ack.seq)
+      return { ack, announced }
     } catch (err) {
+      announced?.()
       await this.leave(connection, room).catch(() => {})
       throw err
     }
@@ -117,24 +135,27 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
    * history no longer reaches back to from.seq + 1.
    */
-  async resume(connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announce: boolean }> {
-    await this.admit(connection, room)
+  async resume(connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+    // The caller authorized the room before reading anything about it.
+    await this.admit(connection, room, true)
     // Hold live events back from before membership starts until the replay is out.
     connection.startReplay(room)
+    let announced: (() => void) | undefined
     try {
-      const announce = await this.attach(connection, room)
+      announced = await this.attach(connection, room)
       const slice = await this.broker.history(room, from.seq)
       const { seq, epoch } = slice.position
       if (epoch === from.epoch && slice.complete) {
         const replayed = connection.finishReplay(room, slice.events, from.seq)
         this.stats.resume('replayed')
-        return { outcome: { result: 'replayed', seq, epoch, replayed }, announce }
+        return { outcome: { result: 'replayed', seq, epoch, replayed }, announced }
       }
       connection.sendFrame(directRoomFrame('reset', room, slice.position))
       connection.finishReplay(room, [], seq)
       this.stats.resume('reset')
-      return { outcome: { result: 'reset', seq, epoch }, announce }
+      return { outcome: { result: 'reset', seq, epoch }, announced }
     } catch (err) {
+      announced?.()
       connection.cancelReplay(room)
       await this.leave(connection, room).catch(() => {})
       throw err
@@ -152,24 +173,35 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     return this.broker.peekPosition(room)
   }
 
-  /** Limits and authorizeJoin; throws the FrameError to answer with. */
-  private async admit(connection: Connection, room: string): Promise<void> {
+  /** authorizeJoin for this user and room; throws `forbidden` when it does not answer true. */
+  async authorize(connection: Connection, room: string): Promise<void> {
+    const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
+    if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
+  }
+
+  /** Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with. */
+  private async admit(connection: Connection, room: string, authorized: boolean): Promise<void> {
     if (connection.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
     if (connection.rooms.size + connection.pendingJoins.size >= this.options.maxRoomsPerConnection) {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
     }
-    connection.pendingJoins.add(room)
-    try {
-      const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
-      if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
-    } finally {
-      connection.pendingJoins.delete(room)
+    if (!authorized) {
+      connection.pendingJoins.add(room)
+      try {
+        await this.authorize(connection, room)
+      } finally {
+        connection.pendingJoins.delete(room)
+      }
     }
-    if (!connection.isOpen) throw new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
+    if (!connection.isOpen) throw closedDuringJoin()
   }
 
-  /** Local membership, the broker subscription and presence; true when presence `join` is to be announced. */
-  private async attach(connection: Connection, room: string): Promise<boolean> {
+  /**
+   * Local membership, the broker subscription and presence. When this is the user's first connection in
+   * the room, its presence `join` is queued now (so it stays ahead of any later `leave`) and published
+   * once the caller calls the returned function, after its ack.
+   */
+  private async attach(connection: Connection, room: string): Promise<(() => void) | undefined> {
     connection.rooms.add(room)
     try {
       let local = this.localRooms.get(room)
@@ -181,8 +213,15 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       local.add(connection)
       // Every joiner waits for the subscription, not only the first: events must flow before the position is read.
       await this.subscriptions.get(room)
+      // Left (the socket closed) meanwhile: recording presence now would leave a ghost nobody removes.
+      if (!connection.rooms.has(room)) throw closedDuringJoin()
+      // A leave that starts from here on reaches the broker after this join, and is queued after it.
       const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
-      return first && this.options.presence
+      if (!first || !this.options.presence) return undefined
+      let release!: () => void
+      const acked = new Promise<void>((resolve) => (release = resolve))
+      void this.queueAnnouncement(room, connection.user.id, 'join', acked)
+      return release
     } catch (err) {
       // Undo what was done, so a failed join leaves no half-member behind.
       await this.leave(connection, room).catch(() => {})
@@ -190,9 +229,30 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     }
   }
 
+  /**
+   * After an `auth` refresh: every joined room is authorized again for the new claims; the rooms now
+   * refused are left, each named in a `left` frame (`payload.reason: 'forbidden'`).
+   */
+  async reauthorize(connection: Connection): Promise<void> {
+    if (this.options.authorizeJoin === undefined) return
+    for (const room of [...connection.rooms]) {
+      try {
+        await this.authorize(connection, room)
+        continue
+      } catch (err) {
+        // A throwing authorizeJoin fails closed: the room is left, like a refusal.
+        if (!(err instanceof FrameError)) connection.log.error({ err, room }, 'fastify-rooms: authorizeJoin failed during a token refresh; leaving the room')
+      }
+      if (!connection.rooms.has(room)) continue
+      if (connection.sendFrame(directRoomFrame('left', room, { reason: 'forbidden' }))) this.stats.messageOut('left')
+      await this.leave(connection, room)
+    }
+  }
+
   /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
   async leave(connection: Connection, room: string): Promise<void> {
     if (!connection.rooms.delete(room)) return
+    connection.clearFence(room)
     const local = this.localRooms.get(room)
     if (local !== undefined) {
       local.delete(connection)
@@ -203,24 +263,57 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       }
     }
     const last = await this.broker.presenceLeave(room, connection.user.id, connection.id)
-    if (last && this.options.presence) await this.announce(room, 'leave', connection.user.id)
+    if (last && this.options.presence) await this.queueAnnouncement(room, connection.user.id, 'leave')
   }
 
-  announce(room: string, action: 'join' | 'leave', userId: string): Promise<RoomPosition> {
-    return this.publish(room, 'presence', { action, user: { id: userId } }, randomUUID(), undefined)
+  /**
+   * Publishes a presence change after the user's earlier ones in that room (and, for a join, after
+   * `after`: the joiner's ack). Never rejects: a failure is logged.
+   */
+  private queueAnnouncement(room: string, userId: string, action: 'join' | 'leave', after?: Promise<void>): Promise<void> {
+    // Room names and user ids hold no control characters: NUL cannot be part of either.
+    const key = `${room}\u0000${userId}`
+    const previous = this.presenceTails.get(key)
+    const tail = (async () => {
+      await previous
+      await after
+      await this.publish(room, 'presence', { action, user: { id: userId } }, randomUUID(), undefined)
+    })().catch((err: unknown) => {
+      if (isBrokerError(err)) this.log.warn({ err, room, action }, 'fastify-rooms: presence announcement failed: broker unavailable')
+      else this.log.error({ err, room, action }, 'fastify-rooms: presence announcement failed')
+    })
+    this.presenceTails.set(key, tail)
+    void tail.finally(() => {
+      if (this.presenceTails.get(key) === tail) this.presenceTails.delete(key)
+    })
+    return tail
   }
 
   async broadcast(room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
     checkRoom(room)
     checkEventType(type)
-    const { seq } = await this.publish(room, type, payload, options.traceId ?? randomUUID(), options.except)
+    checkBroadcastOptions(options)
+    const traceId = options.traceId ?? randomUUID()
+    const payloadJson = toJson(payload)
+    const bytes = Buffer.byteLength(payloadJson) + Buffer.byteLength(type) + Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES
+    if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
+    const { seq } = await this.broker.publish({ room, type, payloadJson, traceId, except: options.except, idempotencyKey: options.idempotencyKey })
     return { seq }
   }
 
   async sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
     checkUserId(userId)
     checkEventType(type)
-    await this.broker.sendToUser(userId, directFrame(type, payload))
+    await this.broker.sendToUser(userId, this.directFrameWithin(type, payload))
+  }
+
+  /** A direct frame, refused up front (not by closing the socket) when no send buffer could hold it. */
+  directFrameWithin(type: string, payload: unknown): string {
+    toJson(payload)
+    const frame = directFrame(type, payload)
+    const bytes = Buffer.byteLength(frame)
+    if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
+    return frame
   }
 
   async history(room: string, after: number): Promise<RoomHistory> {
@@ -280,13 +373,16 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const local = this.localRooms.get(room)
     if (local === undefined) return
     const frame = directRoomFrame('reset', room, position)
-    for (const connection of local) connection.sendFrame(frame)
+    for (const connection of local) {
+      connection.clearFence(room)
+      connection.sendFrame(frame)
+    }
     this.stats.messageOut('reset', local.size)
   }
 
   presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void {
     if (!this.options.presence) return
-    this.announce(room, action, userId).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: presence announcement failed'))
+    void this.queueAnnouncement(room, userId, action)
   }
 
   userDisconnect(userId: string, code: number, reason: string): void {
@@ -316,8 +412,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   private async publish(room: string, type: string, payload: unknown, traceId: string, except: string | undefined): Promise<RoomPosition> {
-    const payloadJson = JSON.stringify(payload) ?? 'null'
-    return this.broker.publish({ room, type, payloadJson, traceId, except })
+    return this.broker.publish({ room, type, payloadJson: toJson(payload), traceId, except })
   }
 
   private async joinAck(room: string): Promise<JoinAck> {
@@ -346,8 +441,36 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
 }
 
 function checkRoom(room: string): string {
-  if (!isRoomName(room)) throw new InvalidArgumentError('room', 'must be a string of 1 to 128 characters')
+  if (!isRoomName(room)) throw new InvalidArgumentError('room', `must be a string of 1 to 128 characters (${SAFE_TEXT_MESSAGE})`)
   return room
+}
+
+function closedDuringJoin(): FrameError {
+  return new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
+}
+
+/** JSON of a payload; a value JSON cannot carry (a BigInt, a cycle) is the caller's error, said so. */
+function toJson(payload: unknown): string {
+  try {
+    return JSON.stringify(payload) ?? 'null'
+  } catch (err) {
+    throw new InvalidArgumentError('payload', `must be serializable as JSON (${(err as Error).message})`)
+  }
+}
+
+function checkOptionalText(options: BroadcastOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
+  const value = options[name]
+  if (value === undefined) return
+  if (typeof value !== 'string' || value.length === 0 || value.length > maxLength || !isSafeText(value)) {
+    throw new InvalidArgumentError(name, `must be a string of 1 to ${maxLength} characters (${SAFE_TEXT_MESSAGE})`)
+  }
+}
+
+function checkBroadcastOptions(options: BroadcastOptions): void {
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
+  checkOptionalText(options, 'except', 64)
+  checkOptionalText(options, 'traceId', 64)
+  checkOptionalText(options, 'idempotencyKey', 128)
 }
 
 function checkEventType(type: string): void {
@@ -356,6 +479,6 @@ function checkEventType(type: string): void {
 }
 
 function checkUserId(userId: string): string {
-  if (typeof userId !== 'string' || userId.length === 0) throw new InvalidArgumentError('userId', 'must be a non-empty string')
+  if (!isUserId(userId)) throw new InvalidArgumentError('userId', `must be a string of 1 to 256 characters (${SAFE_TEXT_MESSAGE})`)
   return userId
 }

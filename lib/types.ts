@@ -48,6 +48,11 @@ export interface BroadcastOptions {
   except?: string
   /** Defaults to a new id (or, through `ctx.rooms`, the frame's traceId). */
   traceId?: string
+  /**
+   * A publisher's retry key: the same key for the same room within the retry window (`retryWindow.windowMs`,
+   * or 5 minutes) publishes once, on every process, and resolves the first `seq`.
+   */
+  idempotencyKey?: string
 }
 
 export interface RoomMember {

@@ -4,17 +4,21 @@
 import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
 import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from './errors.js'
 import type { HandshakeResult, Stats } from './metrics.js'
-import { BEARER_PROTOCOL_PREFIX, SUBPROTOCOL } from './protocol.js'
+import type { TokenPolicy } from './options.js'
+import { BEARER_PROTOCOL_PREFIX, isSafeText, SUBPROTOCOL } from './protocol.js'
 import type { RoomsUser } from './types.js'
 
 /** What a verified upgrade hands to the connection. */
 export interface Admission {
   user: RoomsUser
-  /** The token's `exp` in seconds, when it has one. */
-  exp: number | undefined
+  /**
+   * When the socket must be re-authenticated, in seconds: the token's `exp`, or for a token without one
+   * (allowed only by `token.requireExp: false`) now + `token.maxLifetimeMs`. Never unbounded.
+   */
+  exp: number
 }
 
-export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed' | 'invalid' | 'no_user'
+export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed' | 'invalid' | 'no_user' | 'no_exp' | 'too_long_lived'
 
 export class TokenRejectedError extends Error {
   constructor(readonly problem: TokenProblem, message: string) {
@@ -38,15 +42,24 @@ const FAST_JWT_PROBLEMS: Record<string, TokenProblem> = {
   FAST_JWT_INVALID_TYPE: 'malformed',
 }
 const PROBLEM_MESSAGES: Record<TokenProblem, string> = {
-  missing: 'no token (send Authorization: Bearer, the bearer.<jwt> subprotocol, or ?token=)',
+  missing: 'no token (send Authorization: Bearer or the bearer.<jwt> subprotocol)',
   expired: 'token expired',
   not_yet_valid: 'token not yet valid',
   malformed: 'token malformed',
   invalid: 'token rejected',
-  no_user: 'token does not name a user',
+  no_user: 'token does not name a user (a well-formed id of 1 to 256 characters without control characters)',
+  no_exp: 'token has no exp',
+  too_long_lived: 'token exp is further away than the server allows',
 }
 
-export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: Record<string, unknown>) => RoomsUser): TokenVerifier {
+const MAX_USER_ID_LENGTH = 256
+
+/** A user id that can name a user everywhere (presence, Redis keys, logs) without colliding with another. */
+export function isUserId(id: unknown): id is string {
+  return typeof id === 'string' && id.length > 0 && id.length <= MAX_USER_ID_LENGTH && isSafeText(id)
+}
+
+export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: Record<string, unknown>) => RoomsUser, policy: TokenPolicy): TokenVerifier {
   return async (token) => {
     let payload: unknown
     try {
@@ -59,13 +72,20 @@ export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: R
     if (typeof payload !== 'object' || payload === null) throw new TokenRejectedError('malformed', PROBLEM_MESSAGES.malformed)
     const claims = payload as Record<string, unknown>
     const user = userFromToken(claims)
-    if (typeof user?.id !== 'string' || user.id.length === 0) throw new TokenRejectedError('no_user', PROBLEM_MESSAGES.no_user)
-    return { user, exp: typeof claims.exp === 'number' ? claims.exp : undefined }
+    if (!isUserId(user?.id)) throw new TokenRejectedError('no_user', PROBLEM_MESSAGES.no_user)
+    const nowSeconds = Date.now() / 1000
+    const maxExp = nowSeconds + policy.maxLifetimeMs / 1000
+    if (typeof claims.exp !== 'number') {
+      if (policy.requireExp) throw new TokenRejectedError('no_exp', PROBLEM_MESSAGES.no_exp)
+      return { user, exp: Math.floor(maxExp) }
+    }
+    if (claims.exp > maxExp) throw new TokenRejectedError('too_long_lived', PROBLEM_MESSAGES.too_long_lived)
+    return { user, exp: claims.exp }
   }
 }
 
-/** First found wins: `Authorization: Bearer`, then the `bearer.<jwt>` subprotocol entry, then `?token=`. */
-export function extractToken(request: FastifyRequest): string | undefined {
+/** First found wins: `Authorization: Bearer`, then the `bearer.<jwt>` subprotocol entry, then `?token=` when enabled. */
+export function extractToken(request: FastifyRequest, fromQuery: boolean): string | undefined {
   const authorization = request.headers.authorization
   if (authorization !== undefined) {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization)
@@ -80,6 +100,7 @@ export function extractToken(request: FastifyRequest): string | undefined {
       }
     }
   }
+  if (!fromQuery) return undefined
   const token = (request.query as Record<string, unknown> | undefined)?.token
   return typeof token === 'string' && token.length > 0 ? token : undefined
 }
@@ -89,7 +110,11 @@ export function handleProtocols(protocols: Set<string>): string | false {
   return protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false
 }
 
-/** Fastify's request serializer for the route, with the `token` query parameter redacted. */
+/**
+ * A request serializer with every query parameter whose name contains "token" redacted, judged on the
+ * decoded name (`?%74oken=` is `token` to Fastify's parser). The plugin's route uses it; a host installs
+ * it as its logger's `req` serializer to cover every other route (404s for near-miss paths included).
+ */
 export function redactedRequest(request: FastifyRequest): Record<string, unknown> {
   return {
     method: request.method,
@@ -101,7 +126,23 @@ export function redactedRequest(request: FastifyRequest): Record<string, unknown
 }
 
 export function redactUrl(url: string): string {
-  return url.includes('token=') ? url.replace(/([?&]token=)[^&#]*/g, '$1[REDACTED]') : url
+  const query = url.indexOf('?')
+  if (query === -1) return url
+  const parameters = url.slice(query + 1).split('&').map((parameter) => {
+    const equals = parameter.indexOf('=')
+    const name = equals === -1 ? parameter : parameter.slice(0, equals)
+    return /token/i.test(decodeName(name)) ? `${name}=[REDACTED]` : parameter
+  })
+  return url.slice(0, query + 1) + parameters.join('&')
+}
+
+function decodeName(name: string): string {
+  try {
+    return decodeURIComponent(name.replaceAll('+', ' '))
+  } catch {
+    // Not valid percent-encoding: judged as written.
+    return name
+  }
 }
 
 export interface UpgradeGate {
@@ -110,6 +151,7 @@ export interface UpgradeGate {
 }
 
 export interface UpgradeGateOptions {
+  token: TokenPolicy
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
   maxConnections: number
@@ -145,7 +187,7 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
         ? options.allowMissingOrigin
         : options.allowedOrigins === null || options.allowedOrigins.has(origin)
       if (!originAllowed) throw reject(request, 'forbidden_origin', new ForbiddenOriginError(), { origin: origin ?? null })
-      const token = extractToken(request)
+      const token = extractToken(request, options.token.fromQuery)
       let admission: Admission
       try {
         if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)

@@ -162,7 +162,7 @@ if (componentAvailable(t, redisMissing(), 'Redis broker')) {
     alice.send({ type: 'ping', id: 'during-outage' })
     t.equal((await alice.nextOfType('pong')).id, 'during-outage', 'the socket is still served')
     const during = await alice.request({ type: 'join', room: 'other' })
-    t.equal(during.payload.code, 'internal_error', 'a join that needs Redis fails cleanly')
+    t.equal(during.payload.code, 'unavailable', 'a join that needs Redis fails cleanly, with the retryable code')
     await redis.start() // empty: the room's seq and epoch are gone
     const { seq } = await retry(() => a.app.rooms.broadcast('lobby', 'note', { after: true }), 'broadcast after restart')
     const reset = await alice.nextOfType('reset')

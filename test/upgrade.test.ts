@@ -75,8 +75,41 @@ t.test('token from the bearer.<jwt> subprotocol: server answers rooms.v1 and nev
   t.equal(client.frames[0]!.payload.user.id, 'bob')
 })
 
-t.test('token from ?token= is accepted and redacted from every log line', async (t) => {
+t.test('?token= is not read unless token.fromQuery is on (401: no token)', async (t) => {
   const server = await startServer(t)
+  const token = sign('carol')
+  const refused = await rejectedUpgrade(server, 'carol', { token, via: 'query' })
+  t.equal(refused.status, 401)
+  t.match(JSON.parse(refused.body), { code: 'FST_ROOMS_UNAUTHORIZED', message: 'Unauthorized: no token (send Authorization: Bearer or the bearer.<jwt> subprotocol)' })
+  t.notOk(server.logs.join('').includes(token.split('.')[2]!), 'the refused token is not logged')
+})
+
+t.test('#10: a token under an encoded parameter name (?%74oken=) is redacted too', async (t) => {
+  const server = await startServer(t, { token: { fromQuery: true } })
+  const token = sign('carol')
+  const client = await connect(server, 'carol', { token: null, path: `/ws?%74oken=${token}` })
+  await client.close()
+  const logs = server.logs.join('')
+  t.ok(logs.includes('%74oken=[REDACTED]'), 'logged with the name as sent, the value redacted')
+  t.notOk(logs.includes(token.split('.')[2]!), 'the token never reaches a log line')
+})
+
+t.test('#10: near-miss paths (/ws/, /WS, POST /ws) log no token when the host installs requestSerializer', async (t) => {
+  const { requestSerializer } = await import('../lib/index.js')
+  const server = await startServer(t, {}, { serializers: { req: requestSerializer } })
+  const token = sign('carol')
+  for (const [method, path] of [['GET', '/ws/'], ['GET', '/WS'], ['POST', '/ws'], ['GET', '/nowhere']] as const) {
+    const response = await fetch(`http://127.0.0.1:${server.port}${path}?token=${token}&access_token=${token}`, { method })
+    t.equal(response.status, 404, `${method} ${path}`)
+    await response.arrayBuffer()
+  }
+  const logs = server.logs.join('')
+  t.ok(logs.includes('token=[REDACTED]&access_token=[REDACTED]'))
+  t.notOk(logs.includes(token.split('.')[2]!), 'no token in any log line')
+})
+
+t.test('token from ?token= (token.fromQuery) is accepted and redacted from every log line', async (t) => {
+  const server = await startServer(t, { token: { fromQuery: true } })
   const token = sign('carol')
   const client = await connect(server, 'carol', { token, via: 'query' })
   await client.close()

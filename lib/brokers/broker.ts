@@ -21,9 +21,12 @@ export interface BrokerDelivery {
 
 /** What the plugin's options tell the broker when it starts. */
 export interface BrokerSettings {
-  history: { maxEvents: number; maxAgeMs: number }
+  /** `maxBytes`: the budget of all rooms' history on this process (memory broker). */
+  history: { maxEvents: number; maxAgeMs: number; maxBytes: number }
+  /** How long a publish's idempotencyKey is remembered. */
+  idempotencyWindowMs: number
   /** The Fastify instance's logger. */
-  log?: { info(msg: string): void; error(obj: object, msg: string): void }
+  log?: { info(msg: string): void; warn(obj: object, msg: string): void; error(obj: object, msg: string): void }
 }
 
 export interface PublishRequest {
@@ -33,6 +36,8 @@ export interface PublishRequest {
   payloadJson: string
   traceId: string
   except?: string | undefined
+  /** The same key for the same room within the idempotency window publishes once: the first position is returned. */
+  idempotencyKey?: string | undefined
 }
 
 /** Where a room's sequence stands: `seq` of its last event, in the run named by `epoch`. */
@@ -57,9 +62,12 @@ export interface HistorySlice {
 
 /** Answers to frames with an id, shared by every process (a retry may reach another process). */
 export interface SharedAnswers {
-  /** Claims (key, fingerprint) for a first run, or reports it running ('pending') or answered ('done'). */
-  claimAnswer(key: string, fingerprint: string, ttlMs: number): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }>
-  storeAnswer(key: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void>
+  /**
+   * Claims (user, answerId, fingerprint) for a first run, or reports it running ('pending') or answered
+   * ('done'). A user holds at most `limits.maxIdsPerUser` answers, across processes: the oldest go first.
+   */
+  claimAnswer(userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }>
+  storeAnswer(userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void>
 }
 
 export interface Broker extends Partial<SharedAnswers> {

@@ -1,4 +1,7 @@
 // The default broker: one process, everything in memory. A restart starts every room in a new epoch.
+// All rooms' history shares one budget in bytes (history.maxBytes): past it, the oldest events of the
+// room that published least recently go first, so their resumers get a `reset` instead of the process
+// growing without bound.
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrame } from '../protocol.js'
@@ -17,39 +20,62 @@ interface RoomState {
 
 export interface MemoryBrokerOptions {
   /** Per-room history for resume; defaults to the plugin's `history` option. */
-  history?: { maxEvents: number; maxAgeMs: number }
+  history?: { maxEvents: number; maxAgeMs: number; maxBytes?: number }
 }
+
+// What a room costs besides its events (state, maps, ring), counted toward the history budget.
+const ROOM_STATE_BYTES = 512
+// Idempotency keys remembered at most, whatever the window: the oldest go first.
+const MAX_IDEMPOTENCY_KEYS = 100_000
 
 class MemoryBroker implements Broker {
   readonly name = 'memory'
   private delivery: BrokerDelivery | undefined
+  /** In order of creation or last publish: the least recently published room first. */
   private readonly roomStates = new Map<string, RoomState>()
-  private historyLimits: { maxEvents: number; maxAgeMs: number }
+  private historyLimits: { maxEvents: number; maxAgeMs: number; maxBytes: number }
+  /** Bytes held by all rooms: their events and ROOM_STATE_BYTES each. */
+  private heldBytes = 0
+  private idempotencyWindowMs = 300_000
+  /** `room NUL key` → the first publish's position; in insertion order, so the oldest are at the front. */
+  private readonly idempotency = new Map<string, { position: RoomPosition; at: number }>()
   private sweepTimer: NodeJS.Timeout | undefined
 
   constructor(private readonly options: MemoryBrokerOptions) {
-    this.historyLimits = options.history ?? { maxEvents: 0, maxAgeMs: 0 }
+    this.historyLimits = { maxEvents: 0, maxAgeMs: 0, maxBytes: Infinity, ...options.history }
   }
 
   async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
-    this.historyLimits = this.options.history ?? settings.history
-    // One timer for all rooms. Memory stays bounded: maxEvents per room, and a room with no members frees
-    // everything (its seq too, so its next event starts a new epoch) once its last event is maxAgeMs old.
+    this.historyLimits = { ...settings.history, ...this.options.history }
+    this.idempotencyWindowMs = settings.idempotencyWindowMs
+    // One timer for all rooms. A room with no members frees everything (its seq too, so its next event
+    // starts a new epoch) once its last event is maxAgeMs old.
     this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))
     this.sweepTimer.unref()
   }
 
   async publish(request: PublishRequest): Promise<RoomPosition> {
     const publishedAt = preciseNow()
+    const time = Date.now()
+    const idempotencyKey = request.idempotencyKey === undefined ? undefined : `${request.room}\u0000${request.idempotencyKey}`
+    if (idempotencyKey !== undefined) {
+      const first = this.idempotency.get(idempotencyKey)
+      if (first !== undefined && time - first.at <= this.idempotencyWindowMs) return first.position
+    }
     const state = this.state(request.room)
     const seq = ++state.seq
-    const time = Date.now()
     state.lastEventAt = time
+    // Most recently published last: the budget takes from the front.
+    this.roomStates.delete(request.room)
+    this.roomStates.set(request.room, state)
     const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time)
-    state.history.append(seq, time, frame)
+    this.heldBytes += state.history.append(seq, time, frame)
+    this.enforceBudget()
+    const position = { seq, epoch: state.epoch }
+    if (idempotencyKey !== undefined) this.remember(idempotencyKey, position, time)
     this.delivery?.roomEvent(request.room, request.type, seq, frame, request.except, publishedAt)
-    return { seq, epoch: state.epoch }
+    return position
   }
 
   async position(room: string): Promise<RoomPosition> {
@@ -64,7 +90,8 @@ class MemoryBroker implements Broker {
 
   async history(room: string, after: number): Promise<HistorySlice> {
     const state = this.state(room)
-    const { events, complete } = state.history.after(after, state.seq, Date.now())
+    this.heldBytes -= state.history.expire(Date.now())
+    const { events, complete } = state.history.after(after, state.seq)
     return { position: { seq: state.seq, epoch: state.epoch }, events, complete }
   }
 
@@ -120,7 +147,14 @@ class MemoryBroker implements Broker {
   async close(): Promise<void> {
     clearInterval(this.sweepTimer)
     this.roomStates.clear()
+    this.idempotency.clear()
+    this.heldBytes = 0
     this.delivery = undefined
+  }
+
+  /** Bytes held by rooms (events and state), for tests and stats. */
+  get historyBytes(): number {
+    return this.heldBytes
   }
 
   private state(room: string): RoomState {
@@ -135,16 +169,57 @@ class MemoryBroker implements Broker {
         history: new EventHistory(this.historyLimits.maxEvents, this.historyLimits.maxAgeMs),
       }
       this.roomStates.set(room, state)
+      this.heldBytes += ROOM_STATE_BYTES
+      this.enforceBudget()
     }
     return state
+  }
+
+  /**
+   * Over budget: the oldest events of the least recently published room go first, and a room nobody is
+   * in goes once it has nothing left to replay. Rooms with members keep their seq and epoch.
+   */
+  private enforceBudget(): void {
+    const { maxBytes } = this.historyLimits
+    if (this.heldBytes <= maxBytes) return
+    for (const [name, state] of this.roomStates) {
+      while (state.history.length > 0 && this.heldBytes > maxBytes) this.heldBytes -= state.history.dropOldest()
+      if (this.heldBytes <= maxBytes) return
+      // Nothing left to replay and nobody in it: the room itself goes (its next event starts a new epoch).
+      if (this.isIdle(state)) this.forget(name)
+    }
+  }
+
+  private isIdle(state: RoomState): boolean {
+    return !state.subscribed && state.presence.size === 0
+  }
+
+  private forget(room: string): void {
+    const state = this.roomStates.get(room)
+    if (state === undefined) return
+    this.heldBytes -= ROOM_STATE_BYTES + state.history.bytes
+    this.roomStates.delete(room)
+  }
+
+  private remember(key: string, position: RoomPosition, now: number): void {
+    this.idempotency.delete(key)
+    this.idempotency.set(key, { position, at: now })
+    for (const [oldest, entry] of this.idempotency) {
+      if (this.idempotency.size <= MAX_IDEMPOTENCY_KEYS && now - entry.at <= this.idempotencyWindowMs) break
+      this.idempotency.delete(oldest)
+    }
   }
 
   private sweep(): void {
     const now = Date.now()
     const cutoff = now - this.historyLimits.maxAgeMs
     for (const [name, state] of this.roomStates) {
-      if (!state.subscribed && state.presence.size === 0 && state.lastEventAt < cutoff) this.roomStates.delete(name)
-      else state.history.expire(now)
+      if (this.isIdle(state) && state.lastEventAt < cutoff) this.forget(name)
+      else this.heldBytes -= state.history.expire(now)
+    }
+    for (const [key, entry] of this.idempotency) {
+      if (now - entry.at <= this.idempotencyWindowMs) break
+      this.idempotency.delete(key)
     }
   }
 }

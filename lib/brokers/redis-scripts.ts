@@ -1,18 +1,22 @@
 // The Lua scripts of the Redis broker. Each runs atomically, so seq, history and fan-out always agree.
 //
-// Keys (P = keyPrefix, R = room):
-//   P{R}:meta      hash  seq, epoch                    (outlives processes; expires after roomTtlMs without events)
-//   P{R}:history   stream entries { s: seq, f: frame } (capped by maxEvents, trimmed by age)
+// Keys (P = keyPrefix, R = room, U = user id as `<length>:<id>`, so no id can spell another's key):
+//   P{R}:meta      hash  seq, epoch, hosted      (outlives processes; expires roomTtlMs after the last event
+//                                                once a host event was published, idleRoomTtlMs after it
+//                                                while the room only ever carried presence)
+//   P{R}:history   stream entries { s: seq, f: frame } (capped by maxEvents, trimmed by age; expires with
+//                                                meta, or maxAgeMs after the last event if that is sooner)
+//   P{R}:idem:<k>  string "seq epoch" of the publish with idempotencyKey k (expires after the retry window)
 //   P{R}:presence  hash  connectionId → userId
 //   P{R}:users     hash  userId → connections in the room
 //   Prooms         set   rooms with at least one member
 //   Pproc:<id>     string, the process heartbeat (expires after processTtlMs)
 //   Pprocs         set   process ids
-//   Pmember:<id>   hash  "room\nconnectionId" → userId, a process's presence entries (for cleanup by survivors)
-//   Panswer:<user>\n<id>  hash fp, outcome: answers to frames with an id (expire after retryWindow)
-// Channels: Pev:R (room events, subscribed only where the room has local members), Pusers (user messages).
-
-export const KEY_SEPARATOR = '\n'
+//   Pmember:<id>   hash  JSON [room, connectionId] → userId, a process's presence entries (for cleanup by survivors)
+//   P{answer:U}:<id>  hash fp, outcome: answers to frames with an id (expire after retryWindow)
+//   P{answer:U}:ids   sorted set of that user's answer ids by time: at most maxIdsPerUser, across processes
+// Channels: Pev:R (room events, subscribed only where the room has local members), Pusers (user messages,
+// JSON arrays).
 
 /** Ensures the room has an epoch (the candidate when new) and returns { seq, epoch }. */
 const ENSURE_ROOM = `
@@ -26,35 +30,53 @@ end
 `
 
 /**
- * KEYS: meta, history. ARGV: candidate epoch, frame head, frame tail, type, except, maxEvents, maxAgeMs,
- * channel, roomTtlMs, publishedAt. The frame is assembled here (head .. seq .. tail): serialized once, by
- * the publisher. The message is: except \n type \n seq \n epoch \n publishedAt \n frame.
+ * KEYS: meta, history, [idempotency key]. ARGV: candidate epoch, frame head, frame tail, type, except,
+ * maxEvents, maxAgeMs, channel, roomTtlMs, publishedAt, idleRoomTtlMs, idempotency window ms. The frame
+ * is assembled here (head .. seq .. tail): serialized once, by the publisher. The message is:
+ * except \n type \n seq \n epoch \n publishedAt \n frame (every part but the frame is a checked name
+ * without newlines, and JSON has no raw newline). With an idempotency key already used: its first
+ * { seq, epoch }, and nothing is published.
  */
 export const PUBLISH = `${ENSURE_ROOM}
-local meta, history = KEYS[1], KEYS[2]
-ensure_room(meta, ARGV[1], ARGV[9])
+local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
+if idempotency then
+  local first = redis.call('GET', idempotency)
+  if first then
+    local space = string.find(first, ' ', 1, true)
+    return { tonumber(string.sub(first, 1, space - 1)), string.sub(first, space + 1) }
+  end
+end
+ensure_room(meta, ARGV[1], ARGV[11])
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 local epoch = redis.call('HGET', meta, 'epoch')
 local frame = ARGV[2] .. seq .. ARGV[3]
+-- Presence alone keeps a room for idleRoomTtlMs only: join/leave churn of fresh names cannot fill Redis.
+local ttl = tonumber(ARGV[9])
+if ARGV[4] == 'presence' then
+  if redis.call('HGET', meta, 'hosted') ~= '1' then ttl = tonumber(ARGV[11]) end
+else
+  redis.call('HSETNX', meta, 'hosted', '1')
+end
 if tonumber(ARGV[6]) > 0 then
   redis.call('XADD', history, 'MAXLEN', ARGV[6], '*', 's', seq, 'f', frame)
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[7])
   redis.call('XTRIM', history, 'MINID', oldest)
-  redis.call('PEXPIRE', history, ARGV[9])
+  redis.call('PEXPIRE', history, math.min(ttl, tonumber(ARGV[7]) + 1000))
 end
-redis.call('PEXPIRE', meta, ARGV[9])
+redis.call('PEXPIRE', meta, ttl)
+if idempotency then redis.call('SET', idempotency, seq .. ' ' .. epoch, 'PX', ARGV[12]) end
 redis.call('PUBLISH', ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. frame)
 return { seq, epoch }
 `
 
-/** KEYS: meta. ARGV: candidate epoch, roomTtlMs. */
+/** KEYS: meta. ARGV: candidate epoch, idleRoomTtlMs (a room made by a read holds keys this long). */
 export const POSITION = `${ENSURE_ROOM}
 return ensure_room(KEYS[1], ARGV[1], ARGV[2])
 `
 
 /**
- * KEYS: meta, history. ARGV: candidate epoch, roomTtlMs, maxAgeMs. Returns { seq, epoch, entries } read
+ * KEYS: meta, history. ARGV: candidate epoch, idleRoomTtlMs, maxAgeMs. Returns { seq, epoch, entries } read
  * together, so "complete" is judged against the same seq the entries end at.
  */
 export const HISTORY = `${ENSURE_ROOM}
@@ -66,8 +88,10 @@ return { position[1], position[2], entries }
 `
 
 /**
- * KEYS: answer. ARGV: fingerprint, ttlMs. Returns {'done', outcome}, {'pending'} or {'new'} (claimed now).
- * Another fingerprint under the same key is a new frame: the claim replaces it.
+ * KEYS: answer, the user's answer index. ARGV: fingerprint, ttlMs, maxIdsPerUser, answer id, the user's
+ * answer key prefix. Returns {'done', outcome}, {'pending'} or {'new'} (claimed now). Another fingerprint
+ * under the same key is a new frame: the claim replaces it. Past maxIdsPerUser the user's oldest answers
+ * are deleted (they share the hash tag of KEYS, so the slot).
  */
 export const CLAIM_ANSWER = `
 local fingerprint = redis.call('HGET', KEYS[1], 'fp')
@@ -79,6 +103,16 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'fp', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, excess - 1)) do redis.call('DEL', ARGV[5] .. id) end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return { 'new' }
 `
 
@@ -91,26 +125,26 @@ return 1
 `
 
 /**
- * KEYS: presence, users, rooms set, process members. ARGV: connectionId, userId, room.
+ * KEYS: presence, users, rooms set, process members. ARGV: connectionId, userId, room, member field.
  * Returns 1 when the user was not present before.
  */
 export const PRESENCE_JOIN = `
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[4], ARGV[3] .. '\\n' .. ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then return 1 end
 return 0
 `
 
 /**
- * KEYS: presence, users, rooms set, process members. ARGV: connectionId, room.
+ * KEYS: presence, users, rooms set, process members. ARGV: connectionId, room, member field.
  * Returns the user id when it was that user's last connection in the room, false otherwise.
  */
 export const PRESENCE_LEAVE = `
 local user = redis.call('HGET', KEYS[1], ARGV[1])
 if not user then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[2] .. '\\n' .. ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[3])
 local left = redis.call('HINCRBY', KEYS[2], user, -1)
 if left > 0 then return false end
 redis.call('HDEL', KEYS[2], user)

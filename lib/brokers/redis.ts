@@ -3,12 +3,12 @@
 // entries belong to a process whose heartbeat key expires when it dies, and survivors remove them.
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
-import { BrokerError } from '../errors.js'
+import { BrokerError, BrokerTimeoutError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrameParts } from '../protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
-import { CLAIM_ANSWER, HISTORY, KEY_SEPARATOR, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
+import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
 
 export interface RedisBrokerOptions {
   /** `redis://host:port/db`; or pass `client`. */
@@ -19,10 +19,17 @@ export interface RedisBrokerOptions {
   keyPrefix?: string
   /** A process that stops refreshing its heartbeat for this long is dead; survivors remove its members (default 15000). */
   processTtlMs?: number
-  /** A room's seq, epoch and history expire after this long without events (default 24 h). */
+  /** A room's seq and epoch expire after this long without events (default 24 h), once it carried a host event. */
   roomTtlMs?: number
+  /** A room that only ever carried presence (or was only read) expires after this long without events (default 120000). */
+  idleRoomTtlMs?: number
   /** How long `register` waits for Redis at start (default 5000). */
   connectTimeoutMs?: number
+  /**
+   * A command Redis has not answered by then fails (default 2000): frames answer `unavailable`,
+   * `broadcast` rejects with FST_ROOMS_BROKER_TIMEOUT, and nothing piles up while Redis hangs.
+   */
+  commandTimeoutMs?: number
 }
 
 type HistoryReply = [seq: string, epoch: string, entries: Array<[id: string, fields: string[]]>]
@@ -33,11 +40,13 @@ class RedisBroker implements Broker {
   private readonly processId = randomUUID()
   private readonly processTtlMs: number
   private readonly roomTtlMs: number
+  private readonly idleRoomTtlMs: number
+  private idempotencyWindowMs = 300_000
   private command!: Redis
   private subscriber!: Redis
   private ownsCommand = false
   private delivery: BrokerDelivery | undefined
-  private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000 }
+  private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
   private readonly streams: OrderedStreams
   /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
   private readonly localPresence = new Map<string, Map<string, string>>()
@@ -53,16 +62,24 @@ class RedisBroker implements Broker {
     this.prefix = options.keyPrefix ?? 'rooms:'
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
+    this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
     this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed)
   }
 
   async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
     this.historyLimits = settings.history
+    this.idempotencyWindowMs = settings.idempotencyWindowMs
     this.log = settings.log
     // No offline queue: while Redis is away, commands fail at once (broadcast rejects, HTTP can answer 503)
-    // instead of piling up and hanging their callers.
-    const connection: RedisOptions = { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: this.options.connectTimeoutMs ?? 5000 }
+    // instead of piling up and hanging their callers. A command timeout does the same while Redis hangs.
+    const connection: RedisOptions = {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: this.options.connectTimeoutMs ?? 5000,
+      commandTimeout: this.options.commandTimeoutMs ?? 2000,
+    }
     if (this.options.client !== undefined) {
       this.command = this.options.client
       this.subscriber = this.options.client.duplicate(connection)
@@ -85,9 +102,18 @@ class RedisBroker implements Broker {
       throw new BrokerError(`cannot reach Redis${this.options.url ? ` at ${redactUrl(this.options.url)}` : ''}: ${(err as Error).message}`)
     }
     this.everReady = true
-    this.subscriber.on('message', (channel: string, message: string) => this.onMessage(channel, message))
+    // A throw inside an ioredis listener is uncaught (the process would exit): a bad message is logged and dropped.
+    this.subscriber.on('message', (channel: string, message: string) => {
+      try {
+        this.onMessage(channel, message)
+      } catch (err) {
+        this.log?.warn({ err, channel }, 'fastify-rooms: dropped a Redis message that could not be handled')
+      }
+    })
     // ioredis re-subscribes by itself after a reconnect; what was published meanwhile is caught up here.
-    this.subscriber.on('ready', () => void this.afterReconnect())
+    this.subscriber.on('ready', () => {
+      this.afterReconnect().catch((err: unknown) => this.log?.error({ err }, 'fastify-rooms: catching up after a Redis reconnect failed'))
+    })
     await this.subscriber.subscribe(this.channel('users'))
     await this.beat()
     this.heartbeatTimer = setInterval(() => void this.beat(), Math.max(50, Math.floor(this.processTtlMs / 3)))
@@ -98,15 +124,17 @@ class RedisBroker implements Broker {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
     const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
-    const [seq, epoch] = await this.run<[number, string]>(PUBLISH, [this.key(request.room, 'meta'), this.key(request.room, 'history')], [
+    const keys = [this.key(request.room, 'meta'), this.key(request.room, 'history')]
+    if (request.idempotencyKey !== undefined) keys.push(`${this.key(request.room, 'idem')}:${request.idempotencyKey}`)
+    const [seq, epoch] = await this.run<[number, string]>(PUBLISH, keys, [
       randomUUID(), head, tail, request.type, request.except ?? '', this.historyLimits.maxEvents, this.historyLimits.maxAgeMs,
-      this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt,
+      this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
     ])
     return { seq: Number(seq), epoch }
   }
 
   async position(room: string): Promise<RoomPosition> {
-    const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.key(room, 'meta')], [randomUUID(), this.roomTtlMs])
+    const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.key(room, 'meta')], [randomUUID(), this.idleRoomTtlMs])
     return { seq: Number(seq), epoch }
   }
 
@@ -117,7 +145,7 @@ class RedisBroker implements Broker {
 
   async history(room: string, after: number): Promise<HistorySlice> {
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
-      randomUUID(), this.roomTtlMs, this.historyLimits.maxAgeMs,
+      randomUUID(), this.idleRoomTtlMs, this.historyLimits.maxAgeMs,
     ])
     const seq = Number(seqText)
     const events: HistorySlice['events'] = []
@@ -147,14 +175,22 @@ class RedisBroker implements Broker {
     await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
   }
 
-  async claimAnswer(key: string, fingerprint: string, ttlMs: number): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
-    const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [this.prefix + `answer:${key}`], [fingerprint, ttlMs])
+  async claimAnswer(userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
+    const prefix = this.answerPrefix(userId)
+    const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [prefix + answerId, prefix + 'ids'], [
+      fingerprint, limits.windowMs, limits.maxIdsPerUser, answerId, prefix,
+    ])
     if (state === 'done') return { state, outcome: outcome! }
     return { state: state === 'pending' ? 'pending' : 'new' }
   }
 
-  async storeAnswer(key: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
-    await this.run(STORE_ANSWER, [this.prefix + `answer:${key}`], [fingerprint, outcome, ttlMs])
+  async storeAnswer(userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
+    await this.run(STORE_ANSWER, [this.answerPrefix(userId) + answerId], [fingerprint, outcome, ttlMs])
+  }
+
+  /** One hash tag per user: the answers and their index share a slot. The length makes the tag unambiguous. */
+  private answerPrefix(userId: string): string {
+    return `${this.prefix}{answer:${userId.length}:${userId}}:`
   }
 
   async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
@@ -164,14 +200,14 @@ class RedisBroker implements Broker {
       this.localPresence.set(room, local)
     }
     local.set(connectionId, userId)
-    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])) === 1
+    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])) === 1
   }
 
   async presenceLeave(room: string, _userId: string, connectionId: string): Promise<boolean> {
     const local = this.localPresence.get(room)
     local?.delete(connectionId)
     if (local?.size === 0) this.localPresence.delete(room)
-    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), [connectionId, room])) !== null
+    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), [connectionId, room, memberField(room, connectionId)])) !== null
   }
 
   async presence(room: string): Promise<string[]> {
@@ -182,12 +218,13 @@ class RedisBroker implements Broker {
     return this.wrap(this.command.smembers(this.prefix + 'rooms'))
   }
 
+  // User messages are JSON arrays: no user id or reason can spell a separator and reach someone else.
   async sendToUser(userId: string, frame: string): Promise<void> {
-    await this.wrap(this.command.publish(this.channel('users'), `m${KEY_SEPARATOR}${userId}${KEY_SEPARATOR}${frame}`))
+    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['m', userId, frame])))
   }
 
   async disconnectUser(userId: string, code: number, reason: string): Promise<void> {
-    await this.wrap(this.command.publish(this.channel('users'), `d${KEY_SEPARATOR}${userId}${KEY_SEPARATOR}${code}${KEY_SEPARATOR}${reason}`))
+    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['d', userId, code, reason])))
   }
 
   async close(): Promise<void> {
@@ -209,7 +246,7 @@ class RedisBroker implements Broker {
     if (this.ownsCommand) this.command?.disconnect()
   }
 
-  private key(room: string, kind: 'meta' | 'history' | 'presence' | 'users'): string {
+  private key(room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'idem'): string {
     return `${this.prefix}{${room}}:${kind}`
   }
 
@@ -252,20 +289,27 @@ class RedisBroker implements Broker {
     try {
       return await promise
     } catch (err) {
-      throw new BrokerError(`Redis unavailable: ${(err as Error).message}`)
+      const message = String((err as Error).message)
+      // ioredis's commandTimeout rejects with "Command timed out".
+      if (/timed out/i.test(message)) throw new BrokerTimeoutError(`Redis did not answer in time: ${message}`)
+      throw new BrokerError(`Redis unavailable: ${message}`)
     }
   }
 
+  /** Throws on a malformed message; the listener logs and drops it. */
   private onMessage(channel: string, message: string): void {
     if (channel === this.channel('users')) return this.onUserMessage(message)
+    if (!channel.startsWith(this.channel('ev:'))) throw new Error('message on an unknown channel')
     this.streams.receive(channel.slice(this.channel('ev:').length), parseLiveEvent(message))
   }
 
   private onUserMessage(message: string): void {
-    const [kind, userId, ...rest] = message.split(KEY_SEPARATOR)
-    if (userId === undefined) return
-    if (kind === 'm') this.delivery?.userMessage(userId, rest.join(KEY_SEPARATOR))
-    else if (kind === 'd') this.delivery?.userDisconnect(userId, Number(rest[0]), rest.slice(1).join(KEY_SEPARATOR))
+    const parts = JSON.parse(message) as unknown
+    if (!Array.isArray(parts) || typeof parts[1] !== 'string') throw new Error('malformed user message')
+    const [kind, userId, ...rest] = parts as [unknown, string, ...unknown[]]
+    if (kind === 'm' && typeof rest[0] === 'string') return this.delivery?.userMessage(userId, rest[0])
+    if (kind === 'd' && typeof rest[0] === 'number' && typeof rest[1] === 'string') return this.delivery?.userDisconnect(userId, rest[0], rest[1])
+    throw new Error('malformed user message')
   }
 
   /**
@@ -295,7 +339,7 @@ class RedisBroker implements Broker {
   private async restorePresence(): Promise<void> {
     for (const [room, entries] of this.localPresence) {
       for (const [connectionId, userId] of entries) {
-        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room])
+        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])
         if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
       }
     }
@@ -326,8 +370,13 @@ class RedisBroker implements Broker {
     if (lock === null) return
     const members = await this.command.hgetall(this.prefix + `member:${processId}`)
     for (const [entry, userId] of Object.entries(members)) {
-      const [room, connectionId] = entry.split(KEY_SEPARATOR) as [string, string]
-      const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), [connectionId, room])
+      const member = parseMemberField(entry)
+      if (member === undefined) {
+        this.log?.warn({ entry }, 'fastify-rooms: dropped a malformed presence entry of a dead process')
+        continue
+      }
+      const [room, connectionId] = member
+      const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), [connectionId, room, entry])
       if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
     }
     await this.command.del(this.prefix + `member:${processId}`, this.prefix + `reap:${processId}`)
@@ -335,17 +384,37 @@ class RedisBroker implements Broker {
   }
 }
 
-/** The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw newline, so the frame is the rest). */
+/** A process's presence entry names its room and connection as a JSON pair: any room name round-trips. */
+function memberField(room: string, connectionId: string): string {
+  return JSON.stringify([room, connectionId])
+}
+
+function parseMemberField(entry: string): [room: string, connectionId: string] | undefined {
+  try {
+    const parsed = JSON.parse(entry) as unknown
+    if (Array.isArray(parsed) && parsed.length === 2 && typeof parsed[0] === 'string' && typeof parsed[1] === 'string') return [parsed[0], parsed[1]]
+  } catch {
+    // Not ours: reported by the caller.
+  }
+  return undefined
+}
+
+/**
+ * The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw
+ * newline, so the frame is the rest). Throws on anything else.
+ */
 function parseLiveEvent(message: string): LiveEvent {
   const a = message.indexOf('\n')
   const b = message.indexOf('\n', a + 1)
   const c = message.indexOf('\n', b + 1)
   const d = message.indexOf('\n', c + 1)
   const e = message.indexOf('\n', d + 1)
+  const seq = Number(message.slice(b + 1, c))
+  if (a === -1 || e === -1 || !Number.isInteger(seq) || seq < 1 || message.charCodeAt(e + 1) !== 0x7b) throw new Error('malformed room event message')
   return {
     except: message.slice(0, a),
     type: message.slice(a + 1, b),
-    seq: Number(message.slice(b + 1, c)),
+    seq,
     epoch: message.slice(c + 1, d),
     publishedAt: Number(message.slice(d + 1, e)),
     frame: message.slice(e + 1),

@@ -31,6 +31,8 @@ export interface StartOptions {
   /** Called before the plugin is registered (e.g. to register @fastify/jwt yourself). */
   before?: (app: FastifyInstance) => void | Promise<void>
   fastify?: FastifyServerOptions
+  /** Log serializers of the app's root logger (e.g. the plugin's requestSerializer). */
+  serializers?: Record<string, (value: any) => unknown>
   /** Listen on this port instead of a free one (e.g. to restart a server where clients expect it). */
   listenPort?: number
 }
@@ -47,7 +49,7 @@ export async function startServer(
       done()
     },
   })
-  const app = Fastify({ logger: { level: 'trace', stream }, ...start.fastify })
+  const app = Fastify({ logger: { level: 'trace', stream, ...(start.serializers === undefined ? {} : { serializers: start.serializers }) }, ...start.fastify })
   await start.before?.(app)
   await app.register(rooms, {
     jwt: { secret: SECRET },

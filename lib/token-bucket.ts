@@ -1,0 +1,19 @@
+// A token bucket refilled lazily from the clock: no timer per connection.
+
+export class TokenBucket {
+  private tokens: number
+  private lastRefill = Date.now()
+
+  constructor(private readonly perSecond: number, private readonly burst: number) {
+    this.tokens = burst
+  }
+
+  /** Takes `amount` tokens if the bucket holds them. */
+  take(now: number, amount = 1): boolean {
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.lastRefill) * this.perSecond) / 1000)
+    this.lastRefill = now
+    if (this.tokens < amount) return false
+    this.tokens -= amount
+    return true
+  }
+}
