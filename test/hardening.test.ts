@@ -3,7 +3,8 @@
 import t from 'tap'
 import Type from 'typebox'
 import WebSocket from 'ws'
-import { defineMessage, FrameError } from '../lib/index.js'
+import { defineMessage, FrameError, memoryBroker, type Broker } from '../lib/index.js'
+import type { BrokerDelivery, BrokerSettings } from '../lib/brokers/broker.js'
 import { connect, rejectedUpgrade, sign, startServer, until, type Frame } from './helpers/index.js'
 
 const cjk = (n: number) => '界'.repeat(n)
@@ -253,11 +254,12 @@ t.test('#10 broadcast idempotencyKey: the same key publishes once and resolves t
 
 t.test('#10 a handler that throws a FrameError or fails on input is answered without an error-level log', async (t) => {
   const server = await startServer(t, {
-    messages: { refuse: defineMessage({ schema: Type.Object({}), handler: () => { throw new FrameError('nope', 'refused') } }) },
+    messages: { refuse: defineMessage({ schema: Type.Unknown(), handler: () => { throw new FrameError('nope', 'refused') } }) },
   })
   const alice = await connect(server, 'alice')
   t.same((await alice.request({ type: 'refuse', payload: {} })).payload, { code: 'nope', message: 'refused' })
-  alice.send('{"type":"refuse","payload":' + '['.repeat(5000) + ']'.repeat(5000) + '}')
+  // Deep enough to overflow JSON.stringify in the retry fingerprint, had it been parsed.
+  alice.send('{"type":"refuse","id":"deep","payload":' + '['.repeat(20_000) + ']'.repeat(20_000) + '}')
   t.same((await alice.nextOfType('error')).payload.code, 'invalid_message')
   t.notOk(server.logs.some((line) => JSON.parse(line).level >= 50))
 })
@@ -280,4 +282,46 @@ t.test('#10 a raw socket that joins and is reset at once never leaves a ghost', 
   }, 'every join announced has its leave')
   presence.forEach((frame, i) => t.equal(frame.payload.action, i % 2 === 0 ? 'join' : 'leave', `presence ${i} in order`))
   t.same(await server.app.rooms.members('lobby'), [{ id: 'observer' }])
+})
+
+t.test('#10 a live stream that lags behind history (as Redis pub/sub can) never sends a resumed or joined socket a seq twice', async (t) => {
+  const inner = memoryBroker()
+  let lagging: Array<() => void> | undefined
+  const methods = ['publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  const broker = Object.fromEntries(methods.map((method) => [method, (...args: unknown[]) => (inner[method] as (...a: unknown[]) => unknown)(...args)])) as unknown as Broker
+  Object.assign(broker, {
+    name: 'lagging',
+    start: (delivery: BrokerDelivery, settings: BrokerSettings) => inner.start({
+      ...delivery,
+      roomEvent: (...args: Parameters<BrokerDelivery['roomEvent']>) => {
+        if (lagging === undefined) delivery.roomEvent(...args)
+        else lagging.push(() => delivery.roomEvent(...args))
+      },
+      userMessage: delivery.userMessage.bind(delivery),
+      userDisconnect: delivery.userDisconnect.bind(delivery),
+      roomReset: delivery.roomReset.bind(delivery),
+      presenceChanged: delivery.presenceChanged.bind(delivery),
+    }, settings),
+  })
+  const server = await startServer(t, { presence: false, broker })
+  const first = await connect(server, 'alice')
+  const { payload: joined } = await first.join('feed')
+  for (let i = 1; i <= 3; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  await until(() => first.frames.filter((frame) => frame.type === 'item').length === 3)
+  lagging = []
+  for (let i = 4; i <= 6; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const resumer = await connect(server, 'alice')
+  const resumed = await resumer.request({ type: 'resume', payload: { rooms: { feed: { seq: 3, epoch: joined.epoch } } } })
+  t.same(resumed.payload.rooms.feed, { result: 'replayed', seq: 6, epoch: joined.epoch, replayed: 3 })
+  const joiner = await connect(server, 'bob')
+  t.equal((await joiner.join('feed')).payload.seq, 6)
+  const late = lagging
+  lagging = undefined
+  for (const deliver of late) deliver()
+  await server.app.rooms.broadcast('feed', 'item', { i: 7 })
+  await resumer.next((frame) => frame.seq === 7)
+  await joiner.next((frame) => frame.seq === 7)
+  t.same(resumer.frames.filter((frame) => frame.type === 'item').map((frame) => frame.seq), [4, 5, 6, 7], 'the replay, then only newer live events')
+  t.same(joiner.frames.filter((frame) => frame.type === 'item').map((frame) => frame.seq), [7], 'after the ack, only seq > ack.seq')
+  t.same(first.frames.filter((frame) => frame.type === 'item').map((frame) => frame.seq), [1, 2, 3, 4, 5, 6, 7], 'a member without a fence gets the late events')
 })

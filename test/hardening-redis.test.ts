@@ -1,0 +1,273 @@
+// Issue #10 on a real redis-server: no message can crash a process, a client cannot fill Redis, a hung
+// Redis gets a bounded, retryable answer, and the wire promises hold across processes for raw clients.
+import { spawn } from 'node:child_process'
+import { Redis } from 'ioredis'
+import t from 'tap'
+import Type from 'typebox'
+import WebSocket from 'ws'
+import { defineMessage, redisBroker, type RoomsOptions } from '../lib/index.js'
+import { connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { componentAvailable } from './helpers/components.js'
+import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
+
+async function instance(t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
+  return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, ...broker }), ...options })
+}
+
+function inspector(t: { teardown(fn: () => unknown): void }, redis: RedisServer): Redis {
+  const client = new Redis(redis.url)
+  t.teardown(() => client.disconnect())
+  return client
+}
+
+/** A raw protocol client: records every room event's seq, with no dedupe of its own. */
+function rawClient(server: TestServer, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
+  const ws = new WebSocket(`${server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
+  const frames: Frame[] = []
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
+  return new Promise((resolve, reject) => {
+    ws.once('error', reject)
+    const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
+    ws.once('message', welcome)
+  })
+}
+
+if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
+  t.test('#10 disconnectUser with a 41+ character CJK reason closes the user everywhere and kills no process', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis)
+    const b = await instance(t, redis)
+    const onA = await connect(a, 'alice')
+    const onB = await connect(b, 'alice')
+    await a.app.rooms.disconnectUser('alice', 4000, '界'.repeat(60))
+    t.same(await onA.closed, { code: 4000, reason: '界'.repeat(41) })
+    t.same(await onB.closed, { code: 4000, reason: '界'.repeat(41) })
+    const bob = await connect(b, 'bob')
+    bob.send({ type: 'ping', id: 'alive' })
+    t.equal((await bob.nextOfType('pong')).id, 'alive', 'process B lives')
+    t.same(await a.app.rooms.broadcast('lobby', 'note', {}), { seq: 1 }, 'process A lives')
+  })
+
+  t.test('#10 malformed messages on the broker\'s channels are logged and dropped; the process lives', async (t) => {
+    const redis = await startRedis(t)
+    const inspect = inspector(t, redis)
+    const a = await instance(t, redis)
+    const alice = await connect(a, 'alice')
+    await alice.join('lobby')
+    await alice.nextOfType('presence')
+    for (const message of ['not json', '["m"]', '["d","alice","x","y"]', '{"k":1}', '[]']) await inspect.publish('rooms:users', message)
+    for (const message of ['garbage', '\n\n\n\n\n', 'x\nnote\nNaN\ne\n1\n{}', '']) await inspect.publish('rooms:ev:lobby', message)
+    await a.app.rooms.sendToUser('alice', 'notice', { ok: true })
+    t.same((await alice.nextOfType('notice')).payload, { ok: true }, 'user messages still flow')
+    t.equal((await a.app.rooms.broadcast('lobby', 'note', {})).seq, 2)
+    t.equal((await alice.nextOfType('note')).seq, 2, 'room events still flow')
+    const dropped = a.logs.filter((line) => line.includes('dropped a Redis message'))
+    t.equal(dropped.length, 9, 'each bad message logged once')
+    t.ok(dropped.every((line) => JSON.parse(line).level === 40), 'at warn')
+  })
+
+  t.test('#10 a room that only ever carried presence holds keys for idleRoomTtlMs; a host event keeps it roomTtlMs', async (t) => {
+    const redis = await startRedis(t)
+    const inspect = inspector(t, redis)
+    const a = await instance(t, redis, {}, { idleRoomTtlMs: 60_000, roomTtlMs: 3_600_000 })
+    const alice = await connect(a, 'alice')
+    for (let i = 0; i < 20; i++) {
+      await alice.join(`fresh-${i}`)
+      await alice.request({ type: 'leave', room: `fresh-${i}` })
+    }
+    // Each leave's presence event is published before its ack.
+    const keys = (await inspect.keys('rooms:{fresh-*')).sort()
+    t.equal(keys.length, 40, 'meta and history per churned room, nothing else')
+    for (const key of keys) {
+      const ttl = await inspect.pttl(key)
+      t.ok(ttl > 0 && ttl <= 60_000, `${key} expires within idleRoomTtlMs (${ttl} ms)`)
+    }
+    await alice.join('chat')
+    await a.app.rooms.broadcast('chat', 'note', { text: 'kept' })
+    t.ok(await inspect.pttl('rooms:{chat}:meta') > 3_000_000, 'a room with a host event keeps its seq for roomTtlMs')
+    t.ok(await inspect.pttl('rooms:{chat}:history') <= 301_000, 'its events for history.maxAgeMs at most')
+  })
+
+  t.test('#10 answers kept in Redis obey retryWindow.maxIdsPerUser across processes', async (t) => {
+    const redis = await startRedis(t)
+    const inspect = inspector(t, redis)
+    const options = {
+      rateLimit: false as const,
+      retryWindow: { maxIdsPerUser: 20, windowMs: 60_000 },
+      messages: { order: defineMessage({ schema: Type.Object({}), handler: () => 'ok' }) },
+    }
+    const a = await instance(t, redis, options)
+    const b = await instance(t, redis, options)
+    const onA = await connect(a, 'alice')
+    const onB = await connect(b, 'alice')
+    for (let i = 0; i < 60; i++) t.equal((await (i % 2 === 0 ? onA : onB).request({ type: 'order', payload: {} }, `id-${i}`)).payload, 'ok')
+    const answers = (await inspect.keys('rooms:{answer:*')).filter((key) => !key.endsWith(':ids'))
+    t.equal(answers.length, 20, 'the 20 newest answers, not 60')
+    t.equal(await inspect.zcard('rooms:{answer:5:alice}:ids'), 20)
+    t.ok(await inspect.exists('rooms:{answer:5:alice}:sid-59'), 'the newest is kept')
+    t.notOk(await inspect.exists('rooms:{answer:5:alice}:sid-0'), 'the oldest is gone')
+  })
+
+  t.test('#10 Redis hung (SIGSTOP): bounded, retryable answers; everything works again when it answers', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, {}, { commandTimeoutMs: 300 })
+    const alice = await connect(a, 'alice')
+    await alice.join('lobby')
+    await alice.nextOfType('presence')
+    const pid = Number((await inspector(t, redis).info('server')).match(/process_id:(\d+)/)![1])
+    process.kill(pid, 'SIGSTOP')
+    let resumed = false
+    const resume = () => {
+      if (!resumed) process.kill(pid, 'SIGCONT')
+      resumed = true
+    }
+    t.teardown(resume)
+    const started = Date.now()
+    await t.rejects(a.app.rooms.broadcast('lobby', 'note', {}), { code: 'FST_ROOMS_BROKER_TIMEOUT', statusCode: 503 })
+    t.ok(Date.now() - started < 5000, 'rejected after the command timeout, not when Redis wakes up')
+    const join = await alice.request({ type: 'join', room: 'other' })
+    t.same(join.payload.code, 'unavailable', 'a frame that needs Redis gets the retryable code')
+    alice.send({ type: 'ping', id: 'hung' })
+    t.equal((await alice.nextOfType('pong')).id, 'hung', 'frames that need no Redis are still served')
+    resume()
+    const again = await retryUntil(() => a.app.rooms.broadcast('lobby', 'note', { after: true }))
+    t.equal((await alice.next((frame) => frame.type === 'note' && frame.seq === again.seq)).payload.after, true)
+    t.equal((await alice.request({ type: 'join', room: 'other' })).type, 'ack')
+  })
+
+  t.test('#10 broadcast idempotencyKey publishes once across processes', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, { presence: false })
+    const b = await instance(t, redis, { presence: false })
+    const alice = await connect(a, 'alice')
+    await alice.join('orders')
+    const first = await a.app.rooms.broadcast('orders', 'paid', { order: 7 }, { idempotencyKey: 'pay-7' })
+    const retried = await b.app.rooms.broadcast('orders', 'paid', { order: 7 }, { idempotencyKey: 'pay-7' })
+    const next = await b.app.rooms.broadcast('orders', 'paid', { order: 8 })
+    t.same([first, retried, next], [{ seq: 1 }, { seq: 1 }, { seq: 2 }])
+    await alice.next((frame) => frame.type === 'paid' && frame.seq === 2)
+    t.same(alice.frames.filter((frame) => frame.type === 'paid').map((frame) => frame.seq), [1, 2])
+  })
+
+  t.test('#10 raw clients dropping and resuming on the other process while events flow: each seq at most once, no gap', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, { presence: false, rateLimit: false, handshakeRateLimit: false })
+    const b = await instance(t, redis, { presence: false, rateLimit: false, handshakeRateLimit: false })
+    const servers = [a, b]
+    let publishing = true
+    let published = 0
+    // Publishers on both processes, as fast as Redis answers (bounded in count): pub/sub always has events
+    // in flight, so a replay read from history runs ahead of the live stream.
+    const publisher = Promise.all([0, 1, 2, 3].map(async (lane) => {
+      while (publishing && published < 20_000) {
+        published++
+        await servers[lane % 2]!.app.rooms.broadcast('feed', 'item', { lane })
+      }
+    }))
+    let duplicates = 0
+    let gaps = 0
+    let resumes = 0
+    const deadline = Date.now() + 4000
+    for (let worker = 0; worker < 4; worker++) {
+      let position: { seq: number; epoch: string } | undefined
+      for (let hop = 0; Date.now() < deadline && hop < 200; hop++) {
+        const { ws, frames } = await rawClient(servers[(hop + worker) % 2]!, `u${worker}`)
+        ws.send(JSON.stringify(position === undefined
+          ? { type: 'join', id: 'j', room: 'feed' }
+          : { type: 'resume', id: 'r', payload: { rooms: { feed: position } } }))
+        if (position !== undefined) resumes++
+        // Stay for a few events, then cut the socket mid-stream.
+        await until(() => frames.filter((frame) => frame.type === 'item').length >= 3 || !publishing, 'events flow')
+        ws.terminate()
+        const seen = new Set<number>()
+        let epoch = position?.epoch
+        // After a resume the replay starts right after the position; after a join, right after the ack's seq
+        // (events before the ack may be older).
+        let last = position?.seq
+        for (const frame of frames) {
+          if (frame.type === 'ack' && frame.id === 'j') {
+            epoch = frame.payload.epoch
+            last = frame.payload.seq
+          } else if (frame.type === 'reset') {
+            epoch = frame.payload.epoch
+            last = frame.payload.seq
+          } else if (frame.type === 'item') {
+            if (seen.has(frame.seq!)) duplicates++
+            seen.add(frame.seq!)
+            if (last === undefined) continue
+            if (frame.seq !== last + 1) gaps++
+            last = frame.seq!
+          }
+        }
+        if (epoch !== undefined && last !== undefined) position = { seq: last, epoch }
+      }
+    }
+    publishing = false
+    await publisher
+    t.ok(resumes > 20, `${resumes} resumes on the other process while ${published} events were published`)
+    t.equal(duplicates, 0, 'no seq twice on one connection')
+    t.equal(gaps, 0, 'no seq skipped')
+  })
+
+  t.test('#10 presence on Redis: a join followed at once by a TCP reset is announced join, then leave', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, { handshakeRateLimit: false })
+    const observer = await connect(a, 'observer')
+    await observer.join('lobby')
+    await observer.nextOfType('presence')
+    for (let i = 0; i < 30; i++) {
+      const { ws } = await rawClient(a, `ghost${i}`)
+      ws.send(JSON.stringify({ type: 'join', id: 1, room: 'lobby' }))
+      ws.terminate()
+    }
+    await until(() => a.app.rooms.stats().connections === 1, 'the raw sockets are gone')
+    await until(() => observer.frames.filter((frame) => frame.type === 'presence' && frame.payload.user.id.startsWith('ghost')).length % 2 === 0, 'announcements settle')
+    const byUser = new Map<string, string[]>()
+    for (const frame of observer.frames) {
+      if (frame.type !== 'presence' || !frame.payload.user.id.startsWith('ghost')) continue
+      byUser.set(frame.payload.user.id, [...byUser.get(frame.payload.user.id) ?? [], frame.payload.action])
+    }
+    for (const [user, actions] of byUser) t.same(actions, ['join', 'leave'], user)
+    await until(() => true)
+    t.same(await a.app.rooms.members('lobby'), [{ id: 'observer' }], 'no ghost in members()')
+  })
+
+  t.test('#10 a SIGKILLed process whose members sat in rooms with odd names is reaped cleanly', async (t) => {
+    const redis = await startRedis(t)
+    const inspect = inspector(t, redis)
+    const survivor = await instance(t, redis)
+    const fixture = new URL('./fixtures/redis-server.ts', import.meta.url).pathname
+    const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600' } })
+    t.teardown(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    })
+    let output = ''
+    await new Promise<void>((resolve) => child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('\n')) resolve()
+    }))
+    const url = `ws://127.0.0.1:${Number(output.split('\n')[0])}`
+    const odd = 'room "with" {braces} and spaces'
+    const victim = await connect(url, 'victim')
+    await victim.join(odd)
+    t.same(await survivor.app.rooms.members(odd), [{ id: 'victim' }])
+    child.kill('SIGKILL')
+    await until(() => child.signalCode !== null, 'child killed')
+    await retryUntil(async () => {
+      if ((await survivor.app.rooms.members(odd)).length > 0) throw new Error('not reaped yet')
+    })
+    t.same(await inspect.keys('rooms:member:*'), [], 'the dead process\'s presence entries are gone')
+  })
+}
+
+async function retryUntil<T>(attempt: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    try {
+      return await attempt()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+}
