@@ -1,6 +1,7 @@
 // The example chat app, as a function so tests can build it on a free port.
 import { readFile } from 'node:fs/promises'
 import fastifyJwt from '@fastify/jwt'
+import rateLimit from '@fastify/rate-limit'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import Type from 'typebox'
 import rooms, { defineMessage, ErrorCode, FrameError, redisBroker } from '../lib/index.js'
@@ -13,6 +14,8 @@ export interface ChatAppOptions {
   /** How often the dashboard stream sends stats (default 1000 ms). */
   dashboardIntervalMs?: number
   fastify?: FastifyServerOptions
+  /** Announcements one user may post per minute (default 10). */
+  announcementsPerMinute?: number
 }
 
 const MAX_TEXT = 2000
@@ -36,6 +39,11 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
   // The app signs tokens at /login and checks them on its HTTP routes; fastify-rooms reuses this
   // @fastify/jwt (jwt: false) so there is one secret and one set of verify options.
   await app.register(fastifyJwt, { secret: options.jwtSecret, sign: { algorithm: 'HS256', expiresIn: '1h' } })
+  // Per-route limits only (the /ws route's handshake limit is the plugin's, on this same instance).
+  await app.register(rateLimit, { global: false })
+  const signedIn = async (request: import('fastify').FastifyRequest) => {
+    await request.jwtVerify()
+  }
   await app.register(rooms, {
     jwt: false,
     metrics: true,
@@ -69,10 +77,17 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
     return { token: app.jwt.sign({ sub: name }) }
   })
 
+  // DEMO ONLY: any signed-in user may announce to any room. A real app checks that this user may post
+  // there (e.g. the same rule as authorizeJoin, or an admin role). Limited per user, as any write route should be.
   app.post('/rooms/:room/announce', {
     schema: { params: RoomParam, body: Type.Object({ text: Text }, { additionalProperties: false }) },
-    onRequest: async (request) => {
-      await request.jwtVerify()
+    onRequest: signedIn,
+    config: {
+      rateLimit: {
+        max: options.announcementsPerMinute ?? 10,
+        timeWindow: '1 minute',
+        keyGenerator: (request) => (request.user as { sub?: string } | undefined)?.sub ?? request.ip,
+      },
     },
   }, async (request, reply) => {
     const { room } = request.params as { room: string }
@@ -110,7 +125,8 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
     for (const stream of streams) stream.end()
   })
 
-  app.get('/rooms/:room/members', { schema: { params: RoomParam } }, async (request) => {
+  // Presence is for signed-in users only.
+  app.get('/rooms/:room/members', { schema: { params: RoomParam }, onRequest: signedIn }, async (request) => {
     const { room } = request.params as { room: string }
     const members = await app.rooms.members(room)
     return { room, count: members.length, members }

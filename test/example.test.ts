@@ -75,7 +75,7 @@ t.test('login → token; two users chat, see presence; announce over HTTP; membe
     t.equal(event.seq, 5)
   }
 
-  const members = await (await fetch(`${server.http}/rooms/lobby/members`)).json()
+  const members = await (await fetch(`${server.http}/rooms/lobby/members`, { headers: { authorization: `Bearer ${await login(server.http, 'carol')}` } })).json()
   t.same(members, { room: 'lobby', count: 2, members: [{ id: 'alice' }, { id: 'bob' }] })
 })
 
@@ -97,6 +97,22 @@ t.test('GET /metrics is Prometheus text; /dashboard/stats streams stats() as Ser
   t.equal(first.connections, 1)
   t.same(first.handshakes, { ok: 1 })
   await reader.cancel()
+})
+
+t.test('#10 members needs a token; announce is limited per user (429)', async (t) => {
+  const server = await startExample(t)
+  t.equal((await fetch(`${server.http}/rooms/lobby/members`)).status, 401)
+  const token = await login(server.http, 'mallory')
+  const post = () => fetch(`${server.http}/rooms/lobby/announce`, {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ text: 'spam' }),
+  })
+  const statuses: number[] = []
+  for (let i = 0; i < 12; i++) statuses.push((await post()).status)
+  t.same(statuses, [...Array(10).fill(200), 429, 429], 'ten a minute, then 429')
+  const other = await fetch(`${server.http}/rooms/lobby/announce`, {
+    method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${await login(server.http, 'alice')}` }, body: JSON.stringify({ text: 'hi' }),
+  })
+  t.equal(other.status, 200, 'the limit is per user')
 })
 
 t.test('announce without a valid token → 401; a bad name at login → 400', async (t) => {

@@ -294,6 +294,8 @@ export class RoomsClient {
       case 'error': return this.onAnswer(frame)
       case 'pong': return this.onPong(frame)
       case 'reset': return this.onReset(frame)
+      // The server took the socket out of a room (e.g. authorizeJoin refused it after a token refresh): not re-joined.
+      case 'left': if (frame.room !== undefined) this.positions.delete(frame.room)
     }
     if (frame.room !== undefined && typeof frame.seq === 'number') {
       const position = this.positions.get(frame.room)
