@@ -313,9 +313,15 @@ export class Connection implements RoomsConnection {
     this.expiryTimer.unref()
   }
 
+  /** A timer callback: a throw here would be uncaught, so anything unexpected cuts the socket instead. */
   private onTokenExpiry(exp: number): void {
-    if (Date.now() < exp * 1000) return this.setTokenExpiry(exp)
-    this.sendError(new FrameError(ErrorCode.tokenExpired, 'token expired; send auth with a fresh token before exp'))
-    this.close(CloseCode.policyViolation, 'token expired')
+    try {
+      if (Date.now() < exp * 1000) return this.setTokenExpiry(exp)
+      this.sendError(new FrameError(ErrorCode.tokenExpired, 'token expired; send auth with a fresh token before exp'))
+      this.close(CloseCode.policyViolation, 'token expired')
+    } catch (err) {
+      this.log.warn({ err }, 'fastify-rooms: token expiry failed, terminating')
+      this.socket.terminate()
+    }
   }
 }

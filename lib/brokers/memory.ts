@@ -51,7 +51,14 @@ class MemoryBroker implements Broker {
     this.idempotencyWindowMs = settings.idempotencyWindowMs
     // One timer for all rooms. A room with no members frees everything (its seq too, so its next event
     // starts a new epoch) once its last event is maxAgeMs old.
-    this.sweepTimer = setInterval(() => this.sweep(), Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))
+    this.sweepTimer = setInterval(() => {
+      // A throw inside a timer callback is uncaught: the next sweep tries again.
+      try {
+        this.sweep()
+      } catch (err) {
+        settings.log?.error({ err }, 'fastify-rooms: memory broker sweep failed')
+      }
+    }, Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))
     this.sweepTimer.unref()
   }
 
