@@ -1,5 +1,7 @@
 // The RoomRegistry behind `fastify.rooms`: this process's connections and room membership, presence,
 // publishing through the Broker, and fan-out of what the Broker delivers to local sockets.
+// ~480 lines: membership, presence order, the API's argument checks and fan-out still share this file;
+// issue 13 splits membership and the connection lifecycle into a module of their own.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { Compile } from 'typebox/compile'
