@@ -6,8 +6,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
 import type { HistoryEvent } from './brokers/broker.js'
 import { canWriteFramed, writeFramed, type FramedEvent } from './framing.js'
-import { InvalidArgumentError, PayloadTooLargeError } from './errors.js'
-import { CLOSE_CODE_PROBLEM, CloseCode, directFrame, ErrorCode, errorFrame, FrameError, isSendableCloseCode, truncateCloseReason, type Frame } from './protocol.js'
+import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from './protocol.js'
 import type { Stats } from './metrics.js'
 import { TokenBucket } from './token-bucket.js'
 import type { RoomsConnection, RoomsUser } from './types.js'
@@ -123,9 +122,7 @@ export class Connection implements RoomsConnection {
   }
 
   send(type: string, payload: unknown): boolean {
-    const frame = Buffer.from(directFrame(type, payload))
-    if (frame.length > this.limits.maxBufferedBytes) throw new PayloadTooLargeError(frame.length, this.limits.maxBufferedBytes)
-    const sent = this.sendFrame(frame)
+    const sent = this.sendFrame(boundedDirectFrame(type, payload, this.limits.maxBufferedBytes))
     if (sent) this.stats.messageOut(type)
     return sent
   }
@@ -226,7 +223,7 @@ export class Connection implements RoomsConnection {
 
   /** Starts the close handshake; a peer that does not answer within closeTimeoutMs is cut off. */
   close(code: number = CloseCode.normal, reason = ''): void {
-    if (!isSendableCloseCode(code)) throw new InvalidArgumentError('code', CLOSE_CODE_PROBLEM)
+    checkCloseCode(code)
     if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
     this.closeCode = code
     clearTimeout(this.expiryTimer)

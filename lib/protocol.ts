@@ -3,6 +3,7 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import secureJson from 'secure-json-parse'
+import { InvalidArgumentError, PayloadTooLargeError } from './errors.js'
 
 export const PROTOCOL_VERSION = 1
 /** The subprotocol the server answers with; a token offered as `bearer.<jwt>` is never echoed. */
@@ -37,13 +38,16 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode]
 /** ws refuses (throws) a close reason over 123 UTF-8 bytes. */
 const MAX_CLOSE_REASON_BYTES = 123
 
-/** Close codes an endpoint may send (RFC 6455 §7.4; 1004–1006 and 1015 are never sent): what ws accepts. */
-export function isSendableCloseCode(code: unknown): code is number {
-  return typeof code === 'number' && Number.isInteger(code) &&
+/**
+ * A close code an endpoint may send (RFC 6455 §7.4; 1004–1006 and 1015 are never sent): what ws accepts.
+ * Anything else is the caller's error, thrown before ws could throw it somewhere worse.
+ */
+export function checkCloseCode(code: unknown): number {
+  const sendable = typeof code === 'number' && Number.isInteger(code) &&
     ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) || (code >= 3000 && code <= 4999))
+  if (!sendable) throw new InvalidArgumentError('code', 'must be an integer close code an endpoint may send: 1000–1003, 1007–1014 or 3000–4999')
+  return code as number
 }
-
-export const CLOSE_CODE_PROBLEM = 'must be an integer close code an endpoint may send: 1000–1003, 1007–1014 or 3000–4999'
 
 /** The reason cut to 123 UTF-8 bytes on a character boundary. */
 export function truncateCloseReason(reason: string): string {
@@ -224,6 +228,28 @@ function readId(value: unknown): FrameIdValue | undefined {
 
 export function directFrame(type: string, payload: unknown, id?: FrameIdValue): string {
   return JSON.stringify(id === undefined ? { type, payload, time: Date.now() } : { type, id, payload, time: Date.now() })
+}
+
+/** Runs a serialization of a host's payload; a value JSON cannot carry (a BigInt, a cycle) is the host's error, said so. */
+function serialized<T>(serialize: () => T): T {
+  try {
+    return serialize()
+  } catch (err) {
+    throw new InvalidArgumentError('payload', `must be serializable as JSON (${(err as Error).message})`)
+  }
+}
+
+/** A host payload as JSON, for a room event. */
+export function payloadJson(payload: unknown): string {
+  return serialized(() => JSON.stringify(payload) ?? 'null')
+}
+
+/** A direct frame from the host, refused up front when it is larger than any socket's send buffer may hold. */
+export function boundedDirectFrame(type: string, payload: unknown, maxBytes: number): string {
+  const frame = serialized(() => directFrame(type, payload))
+  const bytes = Buffer.byteLength(frame)
+  if (bytes > maxBytes) throw new PayloadTooLargeError(bytes, maxBytes)
+  return frame
 }
 
 export function errorFrame(error: FrameError, id?: FrameIdValue): string {

@@ -11,7 +11,7 @@ import { InvalidArgumentError, isBrokerError, MetricsDisabledError, PayloadTooLa
 import { frameText } from './framing.js'
 import { preciseNow, type Gauges, type Stats } from './metrics.js'
 import {
-  CLOSE_CODE_PROBLEM, CloseCode, directFrame, directRoomFrame, ErrorCode, FrameError, isRoomName, isSafeText, isSendableCloseCode, MessageType,
+  boundedDirectFrame, checkCloseCode, CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, isSafeText, MessageType, payloadJson,
   SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
 } from './protocol.js'
 import { isUserId } from './upgrade.js'
@@ -66,7 +66,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       rooms: () => this.broker.rooms(),
       disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') => {
         checkUserId(userId)
-        if (!isSendableCloseCode(code)) throw new InvalidArgumentError('code', CLOSE_CODE_PROBLEM)
+        checkCloseCode(code)
         if (typeof reason !== 'string') throw new InvalidArgumentError('reason', 'must be a string')
         await this.broker.disconnectUser(userId, code, truncateCloseReason(reason))
       },
@@ -296,26 +296,17 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     checkEventType(type)
     checkBroadcastOptions(options)
     const traceId = options.traceId ?? randomUUID()
-    const payloadJson = toJson(payload)
-    const bytes = Buffer.byteLength(payloadJson) + Buffer.byteLength(type) + Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES
+    const json = payloadJson(payload)
+    const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES
     if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
-    const { seq } = await this.broker.publish({ room, type, payloadJson, traceId, except: options.except, idempotencyKey: options.idempotencyKey })
+    const { seq } = await this.broker.publish({ room, type, payloadJson: json, traceId, except: options.except, idempotencyKey: options.idempotencyKey })
     return { seq }
   }
 
   async sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
     checkUserId(userId)
     checkEventType(type)
-    await this.broker.sendToUser(userId, this.directFrameWithin(type, payload))
-  }
-
-  /** A direct frame, refused up front (not by closing the socket) when no send buffer could hold it. */
-  directFrameWithin(type: string, payload: unknown): string {
-    toJson(payload)
-    const frame = directFrame(type, payload)
-    const bytes = Buffer.byteLength(frame)
-    if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
-    return frame
+    await this.broker.sendToUser(userId, boundedDirectFrame(type, payload, this.options.maxBufferedBytes))
   }
 
   async history(room: string, after: number): Promise<RoomHistory> {
@@ -414,7 +405,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   private async publish(room: string, type: string, payload: unknown, traceId: string, except: string | undefined): Promise<RoomPosition> {
-    return this.broker.publish({ room, type, payloadJson: toJson(payload), traceId, except })
+    return this.broker.publish({ room, type, payloadJson: payloadJson(payload), traceId, except })
   }
 
   private async joinAck(room: string): Promise<JoinAck> {
@@ -449,15 +440,6 @@ function checkRoom(room: string): string {
 
 function closedDuringJoin(): FrameError {
   return new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
-}
-
-/** JSON of a payload; a value JSON cannot carry (a BigInt, a cycle) is the caller's error, said so. */
-function toJson(payload: unknown): string {
-  try {
-    return JSON.stringify(payload) ?? 'null'
-  } catch (err) {
-    throw new InvalidArgumentError('payload', `must be serializable as JSON (${(err as Error).message})`)
-  }
 }
 
 function checkOptionalText(options: BroadcastOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {

@@ -159,11 +159,6 @@ class MemoryBroker implements Broker {
     this.delivery = undefined
   }
 
-  /** Bytes held by rooms (events and state), for tests and stats. */
-  get historyBytes(): number {
-    return this.heldBytes
-  }
-
   private state(room: string): RoomState {
     let state = this.roomStates.get(room)
     if (state === undefined) {
