@@ -4,7 +4,8 @@ import fastifyJwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import Type from 'typebox'
-import rooms, { defineMessage, ErrorCode, FrameError, redisBroker } from '../lib/index.js'
+import rooms, { defineMessage, ErrorCode, FrameError } from '../lib/index.js'
+import { redisBroker } from '../lib/brokers/redis.js'
 
 export interface ChatAppOptions {
   jwtSecret: string
@@ -63,7 +64,8 @@ export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInst
 
   const page = await readFile(new URL('./public/index.html', import.meta.url), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  // The client, built by `npm run build` (run before `npm run example`): one dependency-free ESM file.
+  // The client, built by `npm run build` (or by `npm run example`, which builds just this file): one
+  // dependency-free ESM file.
   const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8').catch(() => {
     throw new Error('dist/client/index.js is missing: run `npm run build` first')
   })).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')

@@ -1,10 +1,13 @@
 // Framing a room event once per publish. ws frames every send() itself (a header per socket, and for a
 // string a Buffer copy per socket); a broadcast instead frames once — header and payload in one Buffer —
 // and writes the same bytes to every socket where that is safe.
-import WebSocketClass, { type WebSocket } from 'ws'
+import * as ws from 'ws'
+import type { WebSocket } from 'ws'
 
-// ws exports its Sender (WebSocket.Sender); @types/ws does not declare it.
-const { Sender } = WebSocketClass as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }
+// ws's named export `Sender` (its ESM entry has it; @types/ws does not declare it). Not `WebSocket.Sender`
+// off the default export: that exists only once ws's CommonJS entry ran from the same copy, which is not
+// the case beside a host that has its own ws.
+const { Sender } = ws as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }
 
 const TEXT_FRAME = { fin: true, opcode: 1, mask: false, readOnly: false, rsv1: false }
 

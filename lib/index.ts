@@ -184,7 +184,6 @@ const plugin: FastifyPluginAsync<RoomsOptions> = fp(fastifyRooms, { fastify: '5.
 export default plugin
 export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
-export { redisBroker, type RedisBrokerOptions } from './brokers/redis.js'
 export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol.js'
 export { handleProtocols, redactedRequest as requestSerializer } from './upgrade.js'

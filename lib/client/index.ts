@@ -3,15 +3,19 @@
 
 export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
 
+// An event handler property whose parameter is checked like a method's (bivariantly), so a WebSocket whose
+// handlers take a richer event (ws's MessageEvent, the DOM's) still fits without a cast.
+type EventHandler<E> = { handle(event: E): void }['handle']
+
 /** The part of the WebSocket API the client uses; browsers' WebSocket and ws's both have it. */
 export interface WebSocketLike {
   readonly readyState: number
   send(data: string): void
   close(code?: number, reason?: string): void
   terminate?(): void
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number; reason: string }) => void) | null
-  onerror: ((event: unknown) => void) | null
+  onmessage: EventHandler<{ data: unknown }> | null
+  onclose: EventHandler<{ code: number; reason: string }> | null
+  onerror: EventHandler<unknown> | null
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
 
