@@ -12,11 +12,11 @@ import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
 import { InvalidOptionError } from './errors.js'
 import { Stats } from './metrics.js'
-import { defaults, resolveOptions, type ResolvedOptions, type RoomsOptions } from './options.js'
+import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './options.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
 import { RoomRegistry } from './rooms.js'
 import type { MessageDefinition, RoomsApi } from './types.js'
-import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, type Admission, type JwtVerifier } from './upgrade.js'
+import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -93,7 +93,9 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
   }
 
   await fastify.register(async function roomsRoute(scope) {
-    const verifyToken = createTokenVerifier(await jwtVerifier(scope, options), options.userFromToken, options.token)
+    const verifyToken = options.jwt === undefined
+      ? refuseTokens
+      : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, registry, verifyToken, stats)
     const gate = createUpgradeGate(options, verifyToken, {
       isClosing: () => closing,
@@ -163,9 +165,9 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
 }
 
 /** Our own @fastify/jwt, encapsulated in the route's scope, or the host's when `jwt: false`. */
-async function jwtVerifier(scope: FastifyInstance, options: ResolvedOptions): Promise<JwtVerifier> {
-  if (options.jwt === false) return scope.jwt
-  const jwtOptions = { secret: options.jwt.secret, ...(options.jwt.verify === undefined ? {} : { verify: options.jwt.verify }) }
+async function jwtVerifier(scope: FastifyInstance, jwt: JwtOptions | false): Promise<JwtVerifier> {
+  if (jwt === false) return scope.jwt
+  const jwtOptions = { secret: jwt.secret, ...(jwt.verify === undefined ? {} : { verify: jwt.verify }) }
   if (!scope.hasDecorator('jwt')) {
     await scope.register(fastifyJwt, jwtOptions)
     return scope.jwt

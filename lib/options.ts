@@ -3,6 +3,7 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import type { FastifyJWTOptions } from '@fastify/jwt'
+import type { FastifyRequest } from 'fastify'
 import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
 import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from './protocol.js'
@@ -61,7 +62,7 @@ const DataOptions = Type.Object({
 })
 const dataOptionsValidator = Compile(DataOptions)
 
-const HAND_CHECKED = ['jwt', 'userFromToken', 'messages', 'authorizeJoin', 'broker', 'metrics'] as const
+const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'authorizeJoin', 'broker', 'metrics'] as const
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
@@ -78,7 +79,12 @@ export interface JwtOptions {
 export interface RoomsOptions {
   path?: string
   /** `{ secret, verify? }` for a JWT verifier of our own; `false` to use the @fastify/jwt the host registered. */
-  jwt: JwtOptions | false
+  jwt?: JwtOptions | false
+  /**
+   * Instead of `jwt`: who the upgrade request is (e.g. from a cookie session), or null to refuse it with 401.
+   * Runs before the 101; a throw is logged and answered 401.
+   */
+  authenticate?: (request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>
   userFromToken?: (payload: Record<string, unknown>) => RoomsUser
   allowedOrigins: readonly string[] | '*'
   allowMissingOrigin?: boolean
@@ -135,7 +141,9 @@ export interface CompiledMessage {
 
 export interface ResolvedOptions {
   path: string
-  jwt: JwtOptions | false
+  /** Exactly one of `jwt` and `authenticate` is set. */
+  jwt: JwtOptions | false | undefined
+  authenticate: RoomsOptions['authenticate']
   userFromToken: (payload: Record<string, unknown>) => RoomsUser
   /** `null` means any origin (`'*'`). */
   allowedOrigins: ReadonlySet<string> | null
@@ -230,7 +238,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
 
   return {
     path: checked.path ?? defaults.path,
-    jwt: checkJwt(options.jwt),
+    ...checkAuthentication(options),
     userFromToken: checkFunction(options, 'userFromToken') ?? defaultUserFromToken,
     allowedOrigins: checked.allowedOrigins === '*' ? null : new Set(checked.allowedOrigins),
     allowMissingOrigin: checked.allowMissingOrigin ?? defaults.allowMissingOrigin,
@@ -266,9 +274,17 @@ function isExactOrigin(origin: string): boolean {
   }
 }
 
+function checkAuthentication(options: Record<string, unknown>): Pick<ResolvedOptions, 'jwt' | 'authenticate'> {
+  const authenticate = checkFunction(options, 'authenticate')
+  if (authenticate === undefined) return { jwt: checkJwt(options.jwt), authenticate: undefined }
+  if (options.jwt !== undefined) fail('authenticate', 'cannot be combined with jwt: pass one of them')
+  if (options.userFromToken !== undefined) fail('userFromToken', 'applies to JWTs; authenticate returns the user itself')
+  return { jwt: undefined, authenticate }
+}
+
 function checkJwt(jwt: unknown): JwtOptions | false {
   if (jwt === false) return false
-  if (jwt === undefined) fail('jwt', 'is required: { secret } to verify tokens, or false to use an @fastify/jwt you registered')
+  if (jwt === undefined) fail('jwt', 'is required: { secret } to verify tokens, false to use an @fastify/jwt you registered, or pass authenticate instead')
   if (typeof jwt !== 'object' || jwt === null) fail('jwt', 'must be { secret, verify? } or false')
   const { secret, verify, ...rest } = jwt as Record<string, unknown>
   const unknown = Object.keys(rest)
@@ -280,7 +296,7 @@ function checkJwt(jwt: unknown): JwtOptions | false {
   return jwt as JwtOptions
 }
 
-function checkFunction<K extends 'userFromToken' | 'authorizeJoin'>(options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
+function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate'>(options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
   const value = options[key]
   if (value === undefined) return undefined
   if (typeof value !== 'function') fail(key, 'must be a function')

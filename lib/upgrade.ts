@@ -13,12 +13,15 @@ export interface Admission {
   user: RoomsUser
   /**
    * When the socket must be re-authenticated, in seconds: the token's `exp`, or for a token without one
-   * (allowed only by `token.requireExp: false`) now + `token.maxLifetimeMs`. Never unbounded.
+   * (allowed only by `token.requireExp: false`) now + `token.maxLifetimeMs`. Never unbounded for a JWT.
+   * Undefined for a socket admitted by `authenticate`: a session has no exp the plugin can see, so the
+   * socket lives until it closes or the host ends it (`disconnectUser` when the session ends).
    */
-  exp: number
+  exp: number | undefined
 }
 
-export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed' | 'invalid' | 'no_user' | 'no_exp' | 'too_long_lived'
+export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed' | 'invalid' | 'no_user' | 'no_exp' | 'too_long_lived' |
+  'no_session' | 'authenticate_failed' | 'not_token_based'
 
 export class TokenRejectedError extends Error {
   constructor(readonly problem: TokenProblem, message: string) {
@@ -50,6 +53,9 @@ const PROBLEM_MESSAGES: Record<TokenProblem, string> = {
   no_user: 'token does not name a user (a well-formed id of 1 to 256 characters without control characters)',
   no_exp: 'token has no exp',
   too_long_lived: 'token exp is further away than the server allows',
+  no_session: 'not signed in',
+  authenticate_failed: 'not signed in',
+  not_token_based: 'this server signs sockets in with authenticate(), not tokens: auth frames are not accepted',
 }
 
 const MAX_USER_ID_LENGTH = 256
@@ -82,6 +88,11 @@ export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: R
     if (claims.exp > maxExp) throw new TokenRejectedError('too_long_lived', PROBLEM_MESSAGES.too_long_lived)
     return { user, exp: claims.exp }
   }
+}
+
+/** For a server that admits sockets with `authenticate`: there is no token to refresh. */
+export const refuseTokens: TokenVerifier = async () => {
+  throw new TokenRejectedError('not_token_based', PROBLEM_MESSAGES.not_token_based)
 }
 
 /** First found wins: `Authorization: Bearer`, then the `bearer.<jwt>` subprotocol entry, then `?token=` when enabled. */
@@ -152,6 +163,7 @@ export interface UpgradeGate {
 
 export interface UpgradeGateOptions {
   token: TokenPolicy
+  authenticate: ((request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>) | undefined
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
   maxConnections: number
@@ -171,6 +183,27 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
     request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: handshake rejected: ${error.message}`)
     return error
   }
+  async function admitByToken(request: FastifyRequest): Promise<Admission> {
+    const token = extractToken(request, options.token.fromQuery)
+    if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)
+    return verifyToken(token)
+  }
+  async function admitBySession(request: FastifyRequest, authenticate: NonNullable<UpgradeGateOptions['authenticate']>): Promise<Admission> {
+    let user: RoomsUser | null
+    try {
+      user = await authenticate(request)
+    } catch (err) {
+      // The host's code failed: its error is logged for the host, the client only learns it is not signed in.
+      request.log.warn({ err }, 'fastify-rooms: authenticate threw; answering 401')
+      throw new TokenRejectedError('authenticate_failed', PROBLEM_MESSAGES.authenticate_failed)
+    }
+    if (user === null || user === undefined) throw new TokenRejectedError('no_session', PROBLEM_MESSAGES.no_session)
+    if (typeof user !== 'object' || !isUserId(user.id)) {
+      request.log.warn('fastify-rooms: authenticate returned a user without a well-formed id; answering 401')
+      throw new TokenRejectedError('no_user', 'authenticate returned no well-formed user id')
+    }
+    return { user, exp: undefined }
+  }
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
     async onRequest(request: FastifyRequest, reply: FastifyReply) {
@@ -187,11 +220,9 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
         ? options.allowMissingOrigin
         : options.allowedOrigins === null || options.allowedOrigins.has(origin)
       if (!originAllowed) throw reject(request, 'forbidden_origin', new ForbiddenOriginError(), { origin: origin ?? null })
-      const token = extractToken(request, options.token.fromQuery)
       let admission: Admission
       try {
-        if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)
-        admission = await verifyToken(token)
+        admission = options.authenticate === undefined ? await admitByToken(request) : await admitBySession(request, options.authenticate)
       } catch (err) {
         if (!(err instanceof TokenRejectedError)) throw err
         throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })

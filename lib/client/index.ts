@@ -22,8 +22,11 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface ClientOptions {
   /** ws:// or wss:// URL of the plugin's route, e.g. `wss://chat.example.com/ws`. */
   url: string
-  /** Awaited before every connection attempt and shortly before the token's `exp`. */
-  getToken: () => string | Promise<string>
+  /**
+   * Awaited before every connection attempt and shortly before the token's `exp`. Omit it for a server
+   * that signs sockets in with `authenticate` (a cookie session): the browser sends the cookie itself.
+   */
+  getToken?: () => string | Promise<string>
   /** Defaults to the global WebSocket (browsers, Node 22+); in Node 20 pass `WebSocket` from ws. */
   WebSocket?: WebSocketConstructor
   /** Rooms to join on connect. */
@@ -254,18 +257,18 @@ export class RoomsClient {
   }
 
   private async openSocket(): Promise<void> {
-    let token: string
+    let token: string | undefined
     try {
-      token = await this.options.getToken()
+      token = await this.options.getToken?.()
     } catch (err) {
       this.emit('error', new RoomsClientError('token', `getToken failed: ${(err as Error)?.message}`, err))
       return this.scheduleReconnect()
     }
     if (this.closedByUser) return
-    const url = this.options.tokenIn === 'query'
+    const url = this.options.tokenIn === 'query' && token !== undefined
       ? `${this.options.url}${this.options.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
       : this.options.url
-    const protocols = this.options.tokenIn === 'query' ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
+    const protocols = this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
     let ws: WebSocketLike
     try {
       ws = new this.WebSocketImpl(url, protocols)
@@ -291,7 +294,7 @@ export class RoomsClient {
     ws.onerror = () => {}
   }
 
-  private onFrame(frame: ServerFrame, token: string): void {
+  private onFrame(frame: ServerFrame, token: string | undefined): void {
     switch (frame.type) {
       case 'welcome': return this.onWelcome(frame, token)
       case 'ack':
@@ -311,7 +314,7 @@ export class RoomsClient {
     this.emit(frame.type, frame)
   }
 
-  private onWelcome(frame: ServerFrame, token: string): void {
+  private onWelcome(frame: ServerFrame, token: string | undefined): void {
     this.online = true
     this.everOpened = true
     this.openedAt = Date.now()
@@ -422,8 +425,9 @@ export class RoomsClient {
     this.onDisconnect()
   }
 
-  private scheduleRefresh(token: string): void {
+  private scheduleRefresh(token: string | undefined): void {
     clearTimeout(this.refreshTimer)
+    if (token === undefined) return // a session socket: nothing to refresh
     const exp = tokenExp(token)
     if (exp === undefined) return
     const now = Date.now()
@@ -433,7 +437,7 @@ export class RoomsClient {
 
   private async refreshToken(): Promise<void> {
     try {
-      const token = await this.options.getToken()
+      const token = await this.options.getToken!()
       if (!this.online) return // the next connection takes a fresh token anyway
       await this.request('auth', { token })
       this.scheduleRefresh(token)
