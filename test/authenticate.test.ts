@@ -152,7 +152,7 @@ t.test('#11 authenticate: option errors name the option', async (t) => {
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
-    await t.rejects(app.register(rooms, { allowedOrigins: [ORIGIN], ...options } as never).ready(), { code: 'FST_ROOMS_INVALID_OPTION', message })
+    await t.rejects((async () => { await app.register(rooms, { allowedOrigins: [ORIGIN], ...options } as never) })(), { code: 'FST_ROOMS_INVALID_OPTION', message })
     await app.close()
   }
 })

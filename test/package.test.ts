@@ -1,31 +1,16 @@
 // Issue #11: what `npm pack` produces is the product. The tarball is installed into host apps that bring
 // their own fastify (another 5.x minor) and their own ws, type-checked under strict, and run.
-import { execFile } from 'node:child_process'
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
+import { run } from './helpers/exec.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 const tsc = path.join(root, 'node_modules', '.bin', 'tsc')
 const HOST_FASTIFY = '5.11.2' // the project itself develops against 5.12
 const OLD_WS = '8.17.1' // outside the plugin's ws range (^8.18.0): npm must keep two copies
-
-// Children run as a user's shell would: without tap's loaders (NODE_OPTIONS) and tap's own variables.
-const cleanEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== 'NODE_OPTIONS' && !/^_?TAP/i.test(name)))
-Object.assign(cleanEnv, { npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' })
-
-/** Runs a command with a bound; resolves stdout, rejects with stdout and stderr on failure. */
-function run(command: string, args: string[], cwd: string, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    // tap's process-info hook patches spawn to add its loaders to every child's NODE_OPTIONS: `env -u` drops them.
-    execFile('env', ['-u', 'NODE_OPTIONS', command, ...args], { cwd, timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024, env: cleanEnv }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${command} ${args.join(' ')} failed: ${err.message}\n${stdout}\n${stderr}`))
-      else resolve(stdout)
-    })
-  })
-}
 
 interface NpmLsNode { version?: string; dependencies?: Record<string, NpmLsNode> }
 function versionsOf(tree: NpmLsNode, name: string, found = new Set<string>()): Set<string> {

@@ -1,4 +1,4 @@
-// DESIGN §5: every malformed input gets its documented answer, and only the sender sees it.
+// Every malformed input gets its documented answer, and only the sender sees it.
 import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, type MessageContext } from '../lib/index.js'

@@ -1,4 +1,4 @@
-// DESIGN §6: no silent loss. Resume replays exactly what was missed, or says `reset`; retried ids run once.
+// No silent loss. Resume replays exactly what was missed, or says `reset`; retried ids run once.
 import type { Socket } from 'node:net'
 import t from 'tap'
 import Type from 'typebox'

@@ -1,4 +1,4 @@
-// DESIGN §4: every check before the 101, with the exact HTTP status, and the token sources.
+// Every check before the 101, with the exact HTTP status, and the token sources.
 import t from 'tap'
 import { connect, ORIGIN, rejectedUpgrade, sign, startServer } from './helpers/index.js'
 
