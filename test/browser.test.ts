@@ -99,6 +99,42 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     t.same(errors, [], 'no page errors')
   })
 
+  t.test('#11: the example page works at phone width (390 px) and at desktop widths', { timeout: 60_000 }, async (t) => {
+    const app = await buildChatApp({ jwtSecret: 'layout-secret', allowedOrigins: '*', fastify: { logger: false } })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(() => app.close())
+    const port = (app.server.address() as import('node:net').AddressInfo).port
+    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+    t.teardown(() => browser.close())
+    await mkdir('test-artifacts', { recursive: true })
+    for (const [width, height] of [[390, 844], [1280, 800], [1920, 1080]] as const) {
+      const page = await browser.newPage({ viewport: { width, height } })
+      await page.goto(`http://127.0.0.1:${port}/`)
+      await page.fill('#name', `w${width}`)
+      await page.click('#login button')
+      await page.waitForSelector('#state[data-state="open"]')
+      await page.fill('#room', 'lobby')
+      await page.click('#join button')
+      await page.waitForSelector('#rooms li.active')
+      await page.fill('#text', `hello from ${width} px`)
+      await page.click('#send button')
+      await page.waitForFunction((text) => [...document.querySelectorAll('#log div')].some((div) => div.textContent?.includes(text)), `hello from ${width} px`, { timeout: 20_000 })
+      // No named helper inside: tsx would wrap it in a __name() call the page does not have.
+      const layout = await page.evaluate(() => ({
+        chat: document.querySelector('#chat')!.getBoundingClientRect().width,
+        text: document.querySelector('#text')!.getBoundingClientRect().width,
+        send: document.querySelector('#send button')!.getBoundingClientRect().right,
+        scrollWidth: document.documentElement.scrollWidth,
+      }))
+      await page.screenshot({ path: `test-artifacts/example-${width}.png`, fullPage: true })
+      t.ok(layout.scrollWidth <= width, `${width} px: no horizontal scroll (content ${layout.scrollWidth} px)`)
+      t.ok(layout.chat >= Math.min(width * 0.8, 600), `${width} px: the chat column is ${Math.round(layout.chat)} px wide`)
+      t.ok(layout.text >= 200, `${width} px: the message box is ${Math.round(layout.text)} px wide`)
+      t.ok(layout.send <= width, `${width} px: the send button is on screen`)
+      await page.close()
+    }
+  })
+
   t.test('the dashboard charts live connections, message rate and broadcast latency', { timeout: 60_000 }, async (t) => {
     const app = await buildChatApp({ jwtSecret: 'dashboard-secret', allowedOrigins: '*', dashboardIntervalMs: 200, fastify: { logger: false } })
     await app.listen({ port: 0, host: '127.0.0.1' })
