@@ -29,14 +29,14 @@ const sockets: WebSocket[] = []
 let failed = 0
 
 /** Records the latency of an event frame; false when the frame carries no publish time. */
-function onFrame(data: Buffer): boolean {
+function onFrame (data: Buffer): boolean {
   const at = data.indexOf(SENT_AT)
   if (at < 0) return false
   record(histogram, now() - Number.parseFloat(data.toString('latin1', at + SENT_AT.length, at + SENT_AT.length + 24)))
   return true
 }
 
-function open(target: Target, port: number, user: number, room: string): Promise<void> {
+function open (target: Target, port: number, user: number, room: string): Promise<void> {
   const options = { skipUTF8Validation: true, origin: BENCH_ORIGIN, maxPayload: 1 << 20 }
   const query = room === '' ? '' : `room=${encodeURIComponent(room)}`
   const socket = target === 'plugin'
@@ -73,7 +73,7 @@ function open(target: Target, port: number, user: number, room: string): Promise
   })
 }
 
-async function connectAll(command: ConnectCommand): Promise<number> {
+async function connectAll (command: ConnectCommand): Promise<number> {
   const started = now()
   let next = 0
   const worker = async () => {

@@ -15,7 +15,7 @@ const PHASE_MS = 8000
 const PING_EVERY_MS = 100
 const sign = createSigner({ key: BENCH_SECRET, expiresIn: 3_600_000 })
 
-async function startServer(): Promise<{ port: number; stop(): void }> {
+async function startServer (): Promise<{ port: number; stop(): void }> {
   const child = spawn(process.execPath, ['--import=tsx', fileURLToPath(new URL('./servers/fairness.ts', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] })
   let output = ''
   await new Promise<void>((resolve) => child.stdout!.on('data', (chunk: Buffer) => {
@@ -25,7 +25,7 @@ async function startServer(): Promise<{ port: number; stop(): void }> {
   return { port: Number(output.trim()), stop: () => child.kill('SIGKILL') }
 }
 
-function open(port: number, user: string): Promise<WebSocket> {
+function open (port: number, user: string): Promise<WebSocket> {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { authorization: `Bearer ${sign({ sub: user })}` }, origin: BENCH_ORIGIN })
   return new Promise((resolve, reject) => {
     ws.once('message', () => resolve(ws))
@@ -34,13 +34,13 @@ function open(port: number, user: string): Promise<WebSocket> {
 }
 
 /** 999 unknown keys (just under maxFrameKeys): refused by the schema, after a parse and an error report. */
-function costlyFrame(): string {
+function costlyFrame (): string {
   const payload: Record<string, number> = { }
   for (let i = 0; i < 998; i++) payload[`key${i}`] = i
   return JSON.stringify({ type: 'chat', payload })
 }
 
-async function victimPings(port: number, durationMs: number) {
+async function victimPings (port: number, durationMs: number) {
   const victim = await open(port, 'victim')
   const histogram = emptyHistogram()
   const sent = new Map<string, number>()
@@ -59,16 +59,18 @@ async function victimPings(port: number, durationMs: number) {
   return { pings: histogram.count, p50: quantile(histogram, 0.5), p99: quantile(histogram, 0.99), max: histogram.max }
 }
 
-async function attack(port: number, durationMs: number) {
+async function attack (port: number, durationMs: number) {
   const frame = costlyFrame()
   const bytes = Buffer.byteLength(frame)
   // Just under both default budgets: 20 frames/s and 131072 bytes/s.
   const perSecond = Math.min(19, Math.floor(131_072 / bytes) - 0.5)
   const sockets = await Promise.all(Array.from({ length: ATTACKERS }, (_, i) => open(port, `attacker${i}`)))
   let refused = 0
-  for (const socket of sockets) socket.on('message', (data) => {
-    if (data.toString().includes('"rate_limited"')) refused++
-  })
+  for (const socket of sockets) {
+    socket.on('message', (data) => {
+      if (data.toString().includes('"rate_limited"')) refused++
+    })
+  }
   const timers = sockets.map((socket) => setInterval(() => socket.send(frame), 1000 / perSecond))
   return {
     frameBytes: bytes,

@@ -36,7 +36,7 @@ interface Server {
   stop(): Promise<void>
 }
 
-async function startServer(target: Target): Promise<Server> {
+async function startServer (target: Target): Promise<Server> {
   const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${here(`./results/profiles/${target}`)}`] : []
   const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc', ...profile])
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] })
@@ -63,7 +63,7 @@ async function startServer(target: Target): Promise<Server> {
 
 class Clients {
   private readonly children: ChildProcess[] = []
-  constructor(count: number) {
+  constructor (count: number) {
     for (let i = 0; i < count; i++) {
       const [command, args] = node(1, here('./client.ts'))
       this.children.push(spawn(command, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
@@ -83,7 +83,7 @@ class Clients {
   }
 
   /** Opens the connections, spread over the client processes; resolves with the time taken and failures. */
-  async connect(target: Target, port: number, connections: Array<[number, string]>, concurrency = 50): Promise<{ ms: number; failed: number }> {
+  async connect (target: Target, port: number, connections: Array<[number, string]>, concurrency = 50): Promise<{ ms: number; failed: number }> {
     const shares = this.children.map((_, i) => connections.filter((_, j) => j % this.children.length === i))
     // Each child times its own connecting (its boot does not count); the slowest one is the wall time.
     const answers = await Promise.all(this.children.map((child, i) =>
@@ -91,17 +91,17 @@ class Clients {
     return { ms: Math.max(...answers.map((answer) => answer.ms)), failed: answers.reduce((sum, answer) => sum + answer.failed, 0) }
   }
 
-  async reset(): Promise<void> {
+  async reset (): Promise<void> {
     await Promise.all(this.children.map((child) => this.ask(child, { cmd: 'reset' }, 'reset')))
   }
 
-  async histogram(): Promise<HistogramData> {
+  async histogram (): Promise<HistogramData> {
     const total = emptyHistogram()
     for (const child of this.children) merge(total, (await this.ask<{ histogram: HistogramData }>(child, { cmd: 'report' }, 'report')).histogram)
     return total
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     await Promise.all(this.children.map((child) => {
       const exited = new Promise((resolve) => child.once('exit', resolve))
       child.send({ cmd: 'close' })
@@ -115,7 +115,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 // http.request with a keep-alive agent: fetch costs the publisher more per request than the servers spend.
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
 
-function publish(port: number, room: string, n: number): Promise<void> {
+function publish (port: number, room: string, n: number): Promise<void> {
   const body = JSON.stringify({ room, payload: { n, sentAt: performance.timeOrigin + performance.now(), pad: PAYLOAD_PAD } })
   return new Promise((resolve, reject) => {
     const request = http.request({ host: '127.0.0.1', port, path: '/publish', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
@@ -131,7 +131,7 @@ function publish(port: number, room: string, n: number): Promise<void> {
  * Publishes for durationMs, at `rate` per second (open loop, at most 64 in flight) or, with rate Infinity,
  * back to back with 8 in flight (saturation). Returns how many were published.
  */
-async function publishFor(port: number, rooms: () => string, rate: number, durationMs: number): Promise<number> {
+async function publishFor (port: number, rooms: () => string, rate: number, durationMs: number): Promise<number> {
   const inFlight = new Set<Promise<unknown>>()
   const limit = rate === Infinity ? 8 : 64
   const started = performance.now()
@@ -152,7 +152,7 @@ async function publishFor(port: number, rooms: () => string, rate: number, durat
 }
 
 /** Waits until `expected` deliveries arrived or drainMs passed without all of them. */
-async function drain(clients: Clients, expected: number): Promise<HistogramData> {
+async function drain (clients: Clients, expected: number): Promise<HistogramData> {
   const deadline = performance.now() + CONFIG.drainMs
   let histogram = await clients.histogram()
   while (histogram.count < expected && performance.now() < deadline) {
@@ -172,7 +172,7 @@ interface Row {
 const rows: Row[] = []
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 
-function summarize(scenario: string, target: Target, connections: number, runs: Array<Record<string, number>>): Row {
+function summarize (scenario: string, target: Target, connections: number, runs: Array<Record<string, number>>): Row {
   const row: Row = { scenario, target, connections, repeats: runs.length }
   for (const key of Object.keys(runs[0]!)) row[key] = median(runs.map((run) => run[key]!))
   rows.push(row)
@@ -180,7 +180,7 @@ function summarize(scenario: string, target: Target, connections: number, runs: 
   return row
 }
 
-async function measure(server: Server, clients: Clients, members: number, rooms: () => string, rate: number): Promise<Record<string, number>> {
+async function measure (server: Server, clients: Clients, members: number, rooms: () => string, rate: number): Promise<Record<string, number>> {
   await clients.reset()
   const before = await server.stats()
   const started = performance.now()
@@ -202,7 +202,7 @@ async function measure(server: Server, clients: Clients, members: number, rooms:
   }
 }
 
-async function fanout(target: Target, connections: number): Promise<void> {
+async function fanout (target: Target, connections: number): Promise<void> {
   const server = await startServer(target)
   const clients = new Clients(CONFIG.clients)
   try {
@@ -231,7 +231,7 @@ async function fanout(target: Target, connections: number): Promise<void> {
   }
 }
 
-async function manyRooms(target: Target): Promise<void> {
+async function manyRooms (target: Target): Promise<void> {
   const { count, members } = CONFIG.rooms
   const server = await startServer(target)
   const clients = new Clients(CONFIG.clients)
@@ -249,7 +249,7 @@ async function manyRooms(target: Target): Promise<void> {
   }
 }
 
-async function handshakesAndMemory(target: Target): Promise<void> {
+async function handshakesAndMemory (target: Target): Promise<void> {
   const runs: Array<Record<string, number>> = []
   for (let i = 0; i < CONFIG.repeats; i++) {
     const server = await startServer(target)
@@ -283,13 +283,13 @@ async function handshakesAndMemory(target: Target): Promise<void> {
   summarize('idle memory', target, CONFIG.idle, memory)
 }
 
-function ratio(scenario: string, connections: number, metric: string, against: Target): string {
+function ratio (scenario: string, connections: number, metric: string, against: Target): string {
   const plugin = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === 'plugin')?.[metric]
   const other = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === against)?.[metric]
   return typeof plugin === 'number' && typeof other === 'number' ? (plugin / other).toFixed(2) : '–'
 }
 
-function printTable(): void {
+function printTable (): void {
   const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'rssMB', 'handshakesPerSecond', 'kbPerConnection']
   const format = (value: unknown) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : '')
   console.log(`\n| scenario | C | target | ${columns.join(' | ')} |`)

@@ -25,7 +25,7 @@ const RoomParam = Type.Object({ room: Type.String({ minLength: 1, maxLength: 128
 // The schema bounds the frame; the 1–2000 rule applies after trimming, in the handler.
 const Text = Type.String({ minLength: 1, maxLength: MAX_TEXT * 2 })
 
-function trimmedText(text: string): string {
+function trimmedText (text: string): string {
   const trimmed = text.trim()
   if (trimmed.length === 0 || trimmed.length > MAX_TEXT) {
     throw new FrameError(ErrorCode.invalidMessage, `text must be 1 to ${MAX_TEXT} characters after trimming`, {
@@ -35,7 +35,7 @@ function trimmedText(text: string): string {
   return trimmed
 }
 
-export async function buildChatApp(options: ChatAppOptions): Promise<FastifyInstance> {
+export async function buildChatApp (options: ChatAppOptions): Promise<FastifyInstance> {
   const app = Fastify(options.fastify ?? { logger: true })
   // The app signs tokens at /login and checks them on its HTTP routes; fastify-rooms reuses this
   // @fastify/jwt (jwt: false) so there is one secret and one set of verify options.

@@ -19,7 +19,7 @@ export interface AckCacheLimits {
   windowMs: number
 }
 
-export function frameFingerprint(type: string, room: string | undefined, payload: unknown): string {
+export function frameFingerprint (type: string, room: string | undefined, payload: unknown): string {
   return createHash('sha1').update(type).update('\n').update(room ?? '').update('\n').update(JSON.stringify(payload) ?? '').digest('base64')
 }
 
@@ -27,16 +27,16 @@ export class AckCache {
   /** userId → (id key → entry), each map in insertion order, i.e. oldest first. */
   private readonly users = new Map<string, Map<string, Entry>>()
 
-  constructor(private readonly limits: AckCacheLimits) {}
+  constructor (private readonly limits: AckCacheLimits) {}
 
   /** The answer already given (or being computed) for this frame, if it is a retry within the window. */
-  lookup(userId: string, id: FrameIdValue, fingerprint: string, now: number): Promise<AckOutcome> | undefined {
+  lookup (userId: string, id: FrameIdValue, fingerprint: string, now: number): Promise<AckOutcome> | undefined {
     const entry = this.users.get(userId)?.get(idKey(id))
     if (entry === undefined || entry.fingerprint !== fingerprint || now - entry.storedAt > this.limits.windowMs) return undefined
     return entry.outcome
   }
 
-  store(userId: string, id: FrameIdValue, fingerprint: string, outcome: Promise<AckOutcome>, now: number): void {
+  store (userId: string, id: FrameIdValue, fingerprint: string, outcome: Promise<AckOutcome>, now: number): void {
     let entries = this.users.get(userId)
     if (entries === undefined) {
       entries = new Map()
@@ -49,7 +49,7 @@ export class AckCache {
   }
 
   /** Drops entries older than the window; called from the heartbeat tick, so no timer of its own. */
-  sweep(now: number): void {
+  sweep (now: number): void {
     for (const [userId, entries] of this.users) {
       for (const [key, entry] of entries) {
         if (now - entry.storedAt <= this.limits.windowMs) break
@@ -59,7 +59,7 @@ export class AckCache {
     }
   }
 
-  get size(): number {
+  get size (): number {
     let size = 0
     for (const entries of this.users.values()) size += entries.size
     return size
@@ -74,7 +74,7 @@ const PENDING_POLL_MS = 50
  * Across processes (a retry may reach another one): claims the (user, id) in the broker before running,
  * or returns the answer the first attempt stored. While the broker is unreachable it runs locally.
  */
-export async function answerOnce(shared: SharedAnswers, userId: string, id: FrameIdValue, fingerprint: string, limits: AckCacheLimits, run: () => Promise<AckOutcome>): Promise<AckOutcome> {
+export async function answerOnce (shared: SharedAnswers, userId: string, id: FrameIdValue, fingerprint: string, limits: AckCacheLimits, run: () => Promise<AckOutcome>): Promise<AckOutcome> {
   const answerId = idKey(id)
   const deadline = Date.now() + PENDING_WAIT_MS
   for (;;) {
@@ -97,13 +97,13 @@ export async function answerOnce(shared: SharedAnswers, userId: string, id: Fram
   }
 }
 
-function serializeOutcome(outcome: AckOutcome): string {
+function serializeOutcome (outcome: AckOutcome): string {
   return JSON.stringify(outcome.ok
     ? { ok: true, payload: outcome.payload ?? null }
     : { ok: false, code: outcome.error.code, message: outcome.error.message, details: outcome.error.details })
 }
 
-function parseOutcome(json: string): AckOutcome {
+function parseOutcome (json: string): AckOutcome {
   let outcome
   try {
     outcome = JSON.parse(json) as { ok: boolean; payload?: unknown; code?: string; message?: string; details?: FrameError['details'] }
@@ -113,6 +113,6 @@ function parseOutcome(json: string): AckOutcome {
   return outcome.ok ? { ok: true, payload: outcome.payload } : { ok: false, error: new FrameError(outcome.code ?? ErrorCode.internalError, outcome.message ?? 'error', outcome.details) }
 }
 
-function idKey(id: FrameIdValue): string {
+function idKey (id: FrameIdValue): string {
   return typeof id === 'number' ? `n${id}` : `s${id}`
 }

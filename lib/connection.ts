@@ -66,7 +66,7 @@ export class Connection implements RoomsConnection {
   private readonly framedWrites: boolean
   private childLog: FastifyBaseLogger | undefined
 
-  constructor(
+  constructor (
     readonly socket: WebSocket,
     public user: RoomsUser,
     tokenExp: number | undefined,
@@ -74,7 +74,7 @@ export class Connection implements RoomsConnection {
     private readonly events: ConnectionEvents,
     private readonly stats: Stats,
     /** The upgrade request's logger; lines about this socket add its connectionId. */
-    readonly requestLog: FastifyBaseLogger,
+    readonly requestLog: FastifyBaseLogger
   ) {
     this.framedWrites = canWriteFramed(socket)
     if (limits.rateLimit !== false) {
@@ -109,25 +109,25 @@ export class Connection implements RoomsConnection {
   }
 
   /** A logger bound to this connection's id, made on first use: most sockets log only their open and close. */
-  get log(): FastifyBaseLogger {
+  get log (): FastifyBaseLogger {
     return (this.childLog ??= this.requestLog.child({ connectionId: this.id }))
   }
 
-  get isOpen(): boolean {
+  get isOpen (): boolean {
     return this.closeCode === undefined && this.socket.readyState === WebSocket.OPEN
   }
 
-  get bufferedAmount(): number {
+  get bufferedAmount (): number {
     return this.socket.bufferedAmount
   }
 
-  send(type: string, payload: unknown): boolean {
+  send (type: string, payload: unknown): boolean {
     const sent = this.sendFrame(boundedDirectFrame(type, payload, this.limits.maxBufferedBytes))
     if (sent) this.stats.messageOut(type)
     return sent
   }
 
-  sendError(error: FrameError, id?: Frame['id']): void {
+  sendError (error: FrameError, id?: Frame['id']): void {
     this.stats.error(error.code)
     this.sendFrame(errorFrame(error, id))
   }
@@ -136,7 +136,7 @@ export class Connection implements RoomsConnection {
    * Writes an already serialized frame. A socket whose unsent bytes would pass `maxBufferedBytes` is closed
    * 1013 instead: memory stays bounded and the client knows to reconnect and resume.
    */
-  sendFrame(frame: string | Buffer): boolean {
+  sendFrame (frame: string | Buffer): boolean {
     if (!this.isOpen) return false
     // Counted in bytes: a string's length undercounts non-ASCII text up to 3×. ws would make the Buffer anyway.
     const data = typeof frame === 'string' ? Buffer.from(frame) : frame
@@ -146,21 +146,21 @@ export class Connection implements RoomsConnection {
   }
 
   /** A room event framed once per publish: per socket, a state check, a buffer check and one write. */
-  private sendEvent(event: FramedEvent): boolean {
+  private sendEvent (event: FramedEvent): boolean {
     if (!this.isOpen) return false
     if (this.socket.bufferedAmount + event.framed.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
     if (!this.framedWrites || !writeFramed(this.socket, event)) this.socket.send(event.payload, { binary: false })
     return true
   }
 
-  private closeSlowConsumer(): false {
+  private closeSlowConsumer (): false {
     this.stats.slowConsumerClose()
     this.close(CloseCode.tryAgainLater, 'slow consumer')
     return false
   }
 
   /** A live room event: sent now, or held while this room's history is being replayed. */
-  deliver(room: string, seq: number, event: FramedEvent): boolean {
+  deliver (room: string, seq: number, event: FramedEvent): boolean {
     if (this.fences !== undefined) {
       const fence = this.fences.get(room)
       if (fence !== undefined) {
@@ -177,18 +177,18 @@ export class Connection implements RoomsConnection {
   }
 
   /** This socket has every event of `room` up to `seq`: live events at or below it are dropped. */
-  setFence(room: string, seq: number): void {
+  setFence (room: string, seq: number): void {
     ;(this.fences ??= new Map()).set(room, seq)
   }
 
   /** The room was left, or its sequence restarted (reset): no fence applies any more. */
-  clearFence(room: string): void {
+  clearFence (room: string): void {
     this.fences?.delete(room)
     if (this.fences?.size === 0) this.fences = undefined
   }
 
   /** From now until finishReplay, live events of `room` are held back. */
-  startReplay(room: string): void {
+  startReplay (room: string): void {
     ;(this.replays ??= new Map()).set(room, { events: [], bytes: 0 })
   }
 
@@ -196,7 +196,7 @@ export class Connection implements RoomsConnection {
    * Sends the replayed events, then the live ones held back meanwhile, each seq once and in order, and
    * goes live. Returns how many replayed events were sent.
    */
-  finishReplay(room: string, history: readonly HistoryEvent[], after: number): number {
+  finishReplay (room: string, history: readonly HistoryEvent[], after: number): number {
     const held = this.replays?.get(room)
     this.cancelReplay(room)
     let last = after
@@ -216,13 +216,13 @@ export class Connection implements RoomsConnection {
     return replayed
   }
 
-  cancelReplay(room: string): void {
+  cancelReplay (room: string): void {
     this.replays?.delete(room)
     if (this.replays?.size === 0) this.replays = undefined
   }
 
   /** Starts the close handshake; a peer that does not answer within closeTimeoutMs is cut off. */
-  close(code: number = CloseCode.normal, reason = ''): void {
+  close (code: number = CloseCode.normal, reason = ''): void {
     checkCloseCode(code)
     if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
     this.closeCode = code
@@ -240,12 +240,12 @@ export class Connection implements RoomsConnection {
     this.killTimer.unref()
   }
 
-  terminate(): void {
+  terminate (): void {
     this.socket.terminate()
   }
 
   /** One heartbeat tick; false when the peer missed the previous ping and was terminated. */
-  heartbeat(): boolean {
+  heartbeat (): boolean {
     if (!this.alive) {
       this.log.info('fastify-rooms: no pong since the last heartbeat, terminating')
       this.socket.terminate()
@@ -257,13 +257,13 @@ export class Connection implements RoomsConnection {
   }
 
   /** Takes a frame and its bytes from the rate buckets; false when either is empty. */
-  takeToken(now: number, bytes: number): boolean {
+  takeToken (now: number, bytes: number): boolean {
     if (this.byteBucket === undefined || this.frameBucket === undefined) return true
     return this.byteBucket.take(now, bytes) && this.frameBucket.take(now)
   }
 
   /** Counts a rate-limited frame; true when the abuse limit is crossed and the socket was closed 1008. */
-  recordRateLimited(now: number): boolean {
+  recordRateLimited (now: number): boolean {
     const abuse = this.limits.abuseLimit
     if (abuse === false) return false
     if (now - this.abuseWindowStart > abuse.windowMs) {
@@ -276,7 +276,7 @@ export class Connection implements RoomsConnection {
   }
 
   /** Queues a parsed frame (of `bytes` on the wire) behind the ones still running; false when too many wait already. */
-  enqueue(frame: Frame, bytes: number): boolean {
+  enqueue (frame: Frame, bytes: number): boolean {
     if (this.busy) {
       if (this.inbox.length >= MAX_INBOX || this.inboxBytes + bytes > this.limits.maxInboxBytes) return false
       this.inbox.push({ frame, bytes })
@@ -287,7 +287,7 @@ export class Connection implements RoomsConnection {
     return true
   }
 
-  private async drain(first: Frame): Promise<void> {
+  private async drain (first: Frame): Promise<void> {
     this.busy = true
     let frame: Frame | undefined = first
     while (frame !== undefined) {
@@ -301,7 +301,7 @@ export class Connection implements RoomsConnection {
   }
 
   /** Arms the close for the token's `exp` (seconds); an `auth` refresh calls it again with the new one. */
-  setTokenExpiry(exp: number | undefined): void {
+  setTokenExpiry (exp: number | undefined): void {
     clearTimeout(this.expiryTimer)
     this.tokenExp = exp
     if (exp === undefined) return
@@ -311,7 +311,7 @@ export class Connection implements RoomsConnection {
   }
 
   /** A timer callback: a throw here would be uncaught, so anything unexpected cuts the socket instead. */
-  private onTokenExpiry(exp: number): void {
+  private onTokenExpiry (exp: number): void {
     try {
       if (Date.now() < exp * 1000) return this.setTokenExpiry(exp)
       this.sendError(new FrameError(ErrorCode.tokenExpired, 'token expired; send auth with a fresh token before exp'))

@@ -40,18 +40,18 @@ export class Dispatcher implements ConnectionEvents {
   private readonly shapeLimits: FrameShapeLimits
   readonly acks: AckCache | undefined
 
-  constructor(
+  constructor (
     private readonly options: DispatcherOptions,
     private readonly registry: RoomRegistry,
     private readonly verifyToken: TokenVerifier,
-    private readonly stats: Stats,
+    private readonly stats: Stats
   ) {
     this.knownTypes = new Set([...BUILT_IN_CLIENT_TYPES, ...options.messages.keys()])
     this.shapeLimits = { maxDepth: options.maxFrameDepth, maxKeys: options.maxFrameKeys }
     this.acks = options.retryWindow === false ? undefined : new AckCache(options.retryWindow)
   }
 
-  message(connection: Connection, data: Buffer, isBinary: boolean): void {
+  message (connection: Connection, data: Buffer, isBinary: boolean): void {
     // ws enforces maxPayload itself; this covers an @fastify/websocket the host registered with a larger one.
     if (data.length > this.options.maxPayload) return connection.close(CloseCode.messageTooBig, 'message too big')
     const now = Date.now()
@@ -87,14 +87,14 @@ export class Dispatcher implements ConnectionEvents {
   }
 
   /** Takes a frame and its bytes from the connection's buckets; answers `rate_limited` (or closes 1008) when either is empty. */
-  private admit(connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
+  private admit (connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
     if (connection.takeToken(now, bytes)) return true
     if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
     else this.stats.error(ErrorCode.rateLimited)
     return false
   }
 
-  async process(connection: Connection, frame: Frame): Promise<void> {
+  async process (connection: Connection, frame: Frame): Promise<void> {
     try {
       switch (frame.type) {
         case 'join': return await this.join(connection, frame)
@@ -113,7 +113,7 @@ export class Dispatcher implements ConnectionEvents {
    * What a failure becomes on the wire: a FrameError as it is; the broker away or too slow → the retryable
    * `unavailable` (logged at warn: not a bug of ours or the host's); anything else is a bug, logged at error.
    */
-  private frameErrorOf(err: unknown, connection: Connection, frame: Frame): FrameError {
+  private frameErrorOf (err: unknown, connection: Connection, frame: Frame): FrameError {
     if (err instanceof FrameError) return err
     if (isBrokerError(err)) {
       connection.log.warn({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: broker unavailable')
@@ -123,28 +123,28 @@ export class Dispatcher implements ConnectionEvents {
     return INTERNAL_ERROR
   }
 
-  close(connection: Connection, code: number, reason: string, byServer: boolean): void {
+  close (connection: Connection, code: number, reason: string, byServer: boolean): void {
     this.stats.close(code, byServer)
     connection.requestLog.info(
       { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
-      'fastify-rooms: connection closed',
+      'fastify-rooms: connection closed'
     )
     this.registry.remove(connection)
   }
 
-  private ack(connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {
+  private ack (connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {
     if (id === undefined) return
     if (connection.sendFrame(directFrame('ack', payload ?? null, id))) this.stats.messageOut('ack')
   }
 
-  private async join(connection: Connection, frame: Frame): Promise<void> {
+  private async join (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
     const { ack, announced } = await this.registry.join(connection, room)
     this.ack(connection, frame.id, ack)
     announced?.()
   }
 
-  private async leave(connection: Connection, frame: Frame): Promise<void> {
+  private async leave (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
     if (!connection.rooms.has(room)) throw notInRoom(room)
     await this.registry.leave(connection, room)
@@ -152,7 +152,7 @@ export class Dispatcher implements ConnectionEvents {
   }
 
   /** A client reports the `time` of an event it received: publish → client, plus the report's way back. */
-  private latency(connection: Connection, frame: Frame): void {
+  private latency (connection: Connection, frame: Frame): void {
     const { time } = checkLatencyPayload(frame.payload)
     const elapsedMs = Date.now() - time
     if (elapsedMs < 0 || elapsedMs > MAX_REPORTED_LATENCY_MS) {
@@ -166,7 +166,7 @@ export class Dispatcher implements ConnectionEvents {
    * Token refresh: a valid token for the same user moves the connection's expiry (within the same token
    * policy as the upgrade), and every joined room is authorized again for the new claims.
    */
-  private async auth(connection: Connection, frame: Frame): Promise<void> {
+  private async auth (connection: Connection, frame: Frame): Promise<void> {
     const { token } = checkAuthPayload(frame.payload)
     let admission
     try {
@@ -182,7 +182,7 @@ export class Dispatcher implements ConnectionEvents {
     this.ack(connection, frame.id, { exp: admission.exp })
   }
 
-  private async hostMessage(connection: Connection, frame: Frame): Promise<void> {
+  private async hostMessage (connection: Connection, frame: Frame): Promise<void> {
     const definition = this.options.messages.get(frame.type)
     if (definition === undefined) throw new FrameError(ErrorCode.unknownType, `unknown message type "${frame.type}"`)
     if (definition.room) requireRoom(frame)
@@ -210,7 +210,7 @@ export class Dispatcher implements ConnectionEvents {
   }
 
   /** Runs a host handler; never rejects. A failure that is not a FrameError is logged and becomes internal_error. */
-  private async runHandler(connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown): Promise<AckOutcome> {
+  private async runHandler (connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown): Promise<AckOutcome> {
     // Kept on the frame so that a failure is logged with the same traceId the handler saw.
     frame.traceId ??= randomUUID()
     const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api)
@@ -227,7 +227,7 @@ export class Dispatcher implements ConnectionEvents {
    * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
    * (forbidden, too many rooms) is reported in the ack and does not stop the others.
    */
-  private async resume(connection: Connection, frame: Frame): Promise<void> {
+  private async resume (connection: Connection, frame: Frame): Promise<void> {
     const { rooms } = checkResumePayload(frame.payload)
     const entries = Object.entries(rooms)
     if (entries.length > this.options.maxRoomsPerConnection) {
@@ -279,16 +279,16 @@ export class Dispatcher implements ConnectionEvents {
   }
 }
 
-function resumePath(room: string): string {
+function resumePath (room: string): string {
   return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
 }
 
-function requireRoom(frame: Frame): string {
+function requireRoom (frame: Frame): string {
   if (frame.room === undefined) throw new FrameError(ErrorCode.invalidMessage, `"${frame.type}" needs a room`, { errors: [{ path: '/room', message: 'is required' }] })
   return frame.room
 }
 
-function notInRoom(room: string): FrameError {
+function notInRoom (room: string): FrameError {
   return new FrameError(ErrorCode.notInRoom, `join "${room}" first`)
 }
 
@@ -299,7 +299,7 @@ class HandlerContext implements MessageContext {
   readonly traceId: string
   readonly rooms: RoomsApi
 
-  constructor(readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi) {
+  constructor (readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi) {
     this.user = connection.user
     this.room = frame.room
     this.id = frame.id
@@ -307,17 +307,17 @@ class HandlerContext implements MessageContext {
     this.rooms = tracedRooms(api, traceId)
   }
 
-  get log(): FastifyBaseLogger {
+  get log (): FastifyBaseLogger {
     return this.connection.log
   }
 
-  reply(type: string, payload: unknown): void {
+  reply (type: string, payload: unknown): void {
     this.connection.send(type, payload)
   }
 }
 
 /** `ctx.rooms`: the same API, with the frame's traceId carried into broadcasts. */
-function tracedRooms(api: RoomsApi, traceId: string): RoomsApi {
+function tracedRooms (api: RoomsApi, traceId: string): RoomsApi {
   const traced: RoomsApi = Object.create(api)
   traced.broadcast = (room, type, payload, options) =>
     api.broadcast(room, type, payload, options?.traceId === undefined ? { ...options, traceId } : options)

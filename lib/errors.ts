@@ -3,7 +3,7 @@ import createError from '@fastify/error'
 
 export const InvalidOptionError = createError<[option: string, problem: string]>(
   'FST_ROOMS_INVALID_OPTION',
-  'fastify-rooms: option "%s" %s',
+  'fastify-rooms: option "%s" %s'
 )
 
 export const ForbiddenOriginError = createError('FST_ROOMS_FORBIDDEN_ORIGIN', 'Origin not allowed', 403)
@@ -15,11 +15,11 @@ export const BrokerTimeoutError = createError<[reason: string]>('FST_ROOMS_BROKE
 export const PayloadTooLargeError = createError<[bytes: number, limit: number]>(
   'FST_ROOMS_PAYLOAD_TOO_LARGE',
   'fastify-rooms: the frame would be %d bytes, more than maxBufferedBytes (%d): no socket could receive it',
-  413,
+  413
 )
 
 /** A broker failure (backend away or too slow): retryable, not a bug. */
-export function isBrokerError(err: unknown): boolean {
+export function isBrokerError (err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code
   return typeof code === 'string' && (code === 'FST_ROOMS_BROKER' || code === 'FST_ROOMS_BROKER_TIMEOUT')
 }
@@ -27,5 +27,5 @@ export const MetricsDisabledError = createError('FST_ROOMS_METRICS_DISABLED', 'f
 export const InvalidArgumentError = createError<[argument: string, problem: string]>(
   'FST_ROOMS_INVALID_ARGUMENT',
   'fastify-rooms: %s %s',
-  400,
+  400
 )

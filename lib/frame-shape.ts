@@ -21,7 +21,7 @@ const COMMA = 0x2c
  * Why the frame is refused, or undefined. Works on UTF-8 bytes: every byte of a multi-byte character is
  * >= 0x80, so none is mistaken for a quote or a bracket. Malformed JSON is left for JSON.parse to report.
  */
-export function frameShapeProblem(data: Uint8Array, limits: FrameShapeLimits): string | undefined {
+export function frameShapeProblem (data: Uint8Array, limits: FrameShapeLimits): string | undefined {
   // Cannot exceed either limit: not worth the scan.
   if (data.length <= Math.min(limits.maxDepth, limits.maxKeys)) return undefined
   let depth = 0
@@ -62,6 +62,6 @@ export function frameShapeProblem(data: Uint8Array, limits: FrameShapeLimits): s
   return undefined
 }
 
-function tooManyKeys(limits: FrameShapeLimits): string {
+function tooManyKeys (limits: FrameShapeLimits): string {
   return `has more than ${limits.maxKeys} keys and array elements`
 }

@@ -17,7 +17,7 @@ export interface FramedEvent {
   payload: Buffer
 }
 
-export function frameText(text: string): FramedEvent {
+export function frameText (text: string): FramedEvent {
   const payload = Buffer.from(text)
   const [header] = Sender.frame(payload, TEXT_FRAME)
   const framed = Buffer.allocUnsafe(header!.length + payload.length)
@@ -34,7 +34,7 @@ interface WebSocketInternals {
 const SENDER_IDLE = 0
 
 /** True when the socket negotiated no extension (no permessage-deflate): a framed text frame can be written as is. */
-export function canWriteFramed(socket: WebSocket): boolean {
+export function canWriteFramed (socket: WebSocket): boolean {
   const internals = socket as unknown as WebSocketInternals
   return socket.extensions === '' && internals._sender !== undefined && internals._socket !== undefined
 }
@@ -43,7 +43,7 @@ export function canWriteFramed(socket: WebSocket): boolean {
  * Writes a pre-framed event straight to the TCP socket, unless ws's sender is busy (a send still queued,
  * e.g. a Blob being read): then false, and the caller uses ws's send, which keeps the order.
  */
-export function writeFramed(socket: WebSocket, event: FramedEvent): boolean {
+export function writeFramed (socket: WebSocket, event: FramedEvent): boolean {
   const internals = socket as unknown as WebSocketInternals
   const sender = internals._sender!
   if (sender._state !== SENDER_IDLE || sender._queue.length !== 0) return false

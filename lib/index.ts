@@ -28,7 +28,7 @@ declare module 'fastify' {
   }
 }
 
-async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions): Promise<void> {
+async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions): Promise<void> {
   const options = resolveOptions(rawOptions)
   if (options.jwt === false && !fastify.hasDecorator('jwt')) {
     throw new InvalidOptionError('jwt', 'is false, but no @fastify/jwt was registered before fastify-rooms')
@@ -47,7 +47,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
 
   let closing = false
   let heartbeat: NodeJS.Timeout | undefined
-  async function shutdown(): Promise<void> {
+  async function shutdown (): Promise<void> {
     closing = true
     clearInterval(heartbeat)
     await registry.shutdown(options.closeTimeoutMs)
@@ -92,7 +92,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
     })
   }
 
-  await fastify.register(async function roomsRoute(scope) {
+  await fastify.register(async function roomsRoute (scope) {
     const verifyToken = options.jwt === undefined
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
@@ -165,7 +165,7 @@ async function fastifyRooms(fastify: FastifyInstance, rawOptions: RoomsOptions):
 }
 
 /** Our own @fastify/jwt, encapsulated in the route's scope, or the host's when `jwt: false`. */
-async function jwtVerifier(scope: FastifyInstance, jwt: JwtOptions | false): Promise<JwtVerifier> {
+async function jwtVerifier (scope: FastifyInstance, jwt: JwtOptions | false): Promise<JwtVerifier> {
   if (jwt === false) return scope.jwt
   const jwtOptions = { secret: jwt.secret, ...(jwt.verify === undefined ? {} : { verify: jwt.verify }) }
   if (!scope.hasDecorator('jwt')) {
@@ -178,7 +178,7 @@ async function jwtVerifier(scope: FastifyInstance, jwt: JwtOptions | false): Pro
 }
 
 /** Declares a host message type so that `payload` in the handler is typed from its TypeBox schema. */
-export function defineMessage<S extends TSchema>(definition: MessageDefinition<S>): MessageDefinition<S> {
+export function defineMessage<S extends TSchema> (definition: MessageDefinition<S>): MessageDefinition<S> {
   return definition
 }
 

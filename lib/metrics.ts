@@ -4,7 +4,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 
 export type HandshakeResult = 'ok' | 'unauthorized' | 'forbidden_origin' | 'rate_limited' | 'unavailable'
 
-function bump(counter: Record<string, number>, key: string | number, by = 1): void {
+function bump (counter: Record<string, number>, key: string | number, by = 1): void {
   counter[key] = (counter[key] ?? 0) + by
 }
 
@@ -56,7 +56,7 @@ export class Stats {
   /** Set once the registry exists; read at scrape time. */
   gauges: Gauges | undefined
 
-  constructor(metrics: boolean | Registry) {
+  constructor (metrics: boolean | Registry) {
     if (metrics === false) return
     const currentGauges = () => this.gauges
     const registry = metrics === true ? new Registry() : metrics
@@ -64,8 +64,10 @@ export class Stats {
     const registers = [registry]
     const gauge = (name: string, help: string, read: (gauges: Gauges) => number) =>
       new Gauge({
-        name, help, registers,
-        collect() {
+        name,
+        help,
+        registers,
+        collect () {
           const gauges = currentGauges()
           this.set(gauges === undefined ? 0 : read(gauges))
         },
@@ -86,19 +88,19 @@ export class Stats {
     }
   }
 
-  messageIn(type: string): void {
+  messageIn (type: string): void {
     bump(this.messagesIn, type)
     this.prom?.messages.inc({ direction: 'in', type })
   }
 
   /** One call per publish (or direct frame) with the number of sockets it went to. */
-  messageOut(type: string, recipients = 1): void {
+  messageOut (type: string, recipients = 1): void {
     if (recipients <= 0) return
     bump(this.messagesOut, type, recipients)
     this.prom?.messages.inc({ direction: 'out', type }, recipients)
   }
 
-  error(code: string): void {
+  error (code: string): void {
     bump(this.errors, code)
     this.prom?.errors.inc({ code })
   }
@@ -107,45 +109,45 @@ export class Stats {
    * A closed socket. A code the server chose is counted as is; a code the peer chose only when it is one
    * of the documented ones, else as `other`, so a client cannot mint label values.
    */
-  close(code: number, byServer: boolean): void {
+  close (code: number, byServer: boolean): void {
     const label = byServer || PEER_CLOSE_CODES.has(code) ? String(code) : 'other'
     bump(this.closes, label)
     this.prom?.closes.inc({ code: label })
   }
 
-  handshake(result: HandshakeResult): void {
+  handshake (result: HandshakeResult): void {
     bump(this.handshakes, result)
     this.prom?.handshakes.inc({ result })
   }
 
-  resume(result: 'replayed' | 'reset'): void {
+  resume (result: 'replayed' | 'reset'): void {
     bump(this.resumes, result)
     this.prom?.resumes.inc({ result })
   }
 
-  slowConsumerClose(): void {
+  slowConsumerClose (): void {
     this.slowConsumerCloses++
     this.prom?.slowConsumerCloses.inc()
   }
 
-  broadcast(seconds: number): void {
+  broadcast (seconds: number): void {
     observe(this.broadcastTiming, seconds)
     this.prom?.broadcastSeconds.observe(seconds)
   }
 
-  clientLatencyReport(seconds: number): void {
+  clientLatencyReport (seconds: number): void {
     observe(this.clientLatency, seconds)
     this.prom?.clientLatencySeconds.observe(seconds)
   }
 }
 
-function observe(timing: Timing, seconds: number): void {
+function observe (timing: Timing, seconds: number): void {
   timing.count++
   timing.sumSeconds += seconds
   if (seconds > timing.maxSeconds) timing.maxSeconds = seconds
 }
 
 /** Milliseconds since the epoch with sub-millisecond precision, comparable across processes on one clock. */
-export function preciseNow(): number {
+export function preciseNow (): number {
   return performance.timeOrigin + performance.now()
 }

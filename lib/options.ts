@@ -192,15 +192,15 @@ export const defaults = {
   retryWindow: { maxIdsPerUser: 256, windowMs: 300_000 },
 } as const
 
-export function defaultUserFromToken(payload: Record<string, unknown>): RoomsUser {
+export function defaultUserFromToken (payload: Record<string, unknown>): RoomsUser {
   return { id: payload.sub as string }
 }
 
-function fail(option: string, problem: string): never {
+function fail (option: string, problem: string): never {
   throw new InvalidOptionError(option, problem)
 }
 
-export function resolveOptions(raw: unknown): ResolvedOptions {
+export function resolveOptions (raw: unknown): ResolvedOptions {
   if (typeof raw !== 'object' || raw === null) fail('(options)', 'must be an object')
   const options = raw as Record<string, unknown>
   for (const key of Object.keys(options)) {
@@ -266,7 +266,7 @@ export function resolveOptions(raw: unknown): ResolvedOptions {
   }
 }
 
-function isExactOrigin(origin: string): boolean {
+function isExactOrigin (origin: string): boolean {
   try {
     return new URL(origin).origin === origin
   } catch {
@@ -274,7 +274,7 @@ function isExactOrigin(origin: string): boolean {
   }
 }
 
-function checkAuthentication(options: Record<string, unknown>): Pick<ResolvedOptions, 'jwt' | 'authenticate'> {
+function checkAuthentication (options: Record<string, unknown>): Pick<ResolvedOptions, 'jwt' | 'authenticate'> {
   const authenticate = checkFunction(options, 'authenticate')
   if (authenticate === undefined) return { jwt: checkJwt(options.jwt), authenticate: undefined }
   if (options.jwt !== undefined) fail('authenticate', 'cannot be combined with jwt: pass one of them')
@@ -282,7 +282,7 @@ function checkAuthentication(options: Record<string, unknown>): Pick<ResolvedOpt
   return { jwt: undefined, authenticate }
 }
 
-function checkJwt(jwt: unknown): JwtOptions | false {
+function checkJwt (jwt: unknown): JwtOptions | false {
   if (jwt === false) return false
   if (jwt === undefined) fail('jwt', 'is required: { secret } to verify tokens, false to use an @fastify/jwt you registered, or pass authenticate instead')
   if (typeof jwt !== 'object' || jwt === null) fail('jwt', 'must be { secret, verify? } or false')
@@ -296,14 +296,14 @@ function checkJwt(jwt: unknown): JwtOptions | false {
   return jwt as JwtOptions
 }
 
-function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate'>(options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
+function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate'> (options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
   const value = options[key]
   if (value === undefined) return undefined
   if (typeof value !== 'function') fail(key, 'must be a function')
   return value as NonNullable<RoomsOptions[K]>
 }
 
-function compileMessages(messages: unknown): Map<string, CompiledMessage> {
+function compileMessages (messages: unknown): Map<string, CompiledMessage> {
   const compiled = new Map<string, CompiledMessage>()
   if (messages === undefined) return compiled
   if (typeof messages !== 'object' || messages === null || Array.isArray(messages)) fail('messages', 'must be an object of { [type]: { schema, room?, handler } }')
@@ -327,13 +327,13 @@ function compileMessages(messages: unknown): Map<string, CompiledMessage> {
   return compiled
 }
 
-function checkBroker(broker: unknown): Broker | undefined {
+function checkBroker (broker: unknown): Broker | undefined {
   if (broker === undefined) return undefined
   if (!isBroker(broker)) fail('broker', 'must be a Broker (memoryBroker() or redisBroker({ url }))')
   return broker
 }
 
-function checkMetrics(metrics: unknown): boolean | Registry {
+function checkMetrics (metrics: unknown): boolean | Registry {
   if (metrics === undefined || typeof metrics === 'boolean') return metrics ?? false
   // Duck-typed: the host's prom-client may be another copy than ours.
   const registry = metrics as Partial<Registry>

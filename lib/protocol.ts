@@ -42,7 +42,7 @@ const MAX_CLOSE_REASON_BYTES = 123
  * A close code an endpoint may send (RFC 6455 §7.4; 1004–1006 and 1015 are never sent): what ws accepts.
  * Anything else is the caller's error, thrown before ws could throw it somewhere worse.
  */
-export function checkCloseCode(code: unknown): number {
+export function checkCloseCode (code: unknown): number {
   const sendable = typeof code === 'number' && Number.isInteger(code) &&
     ((code >= 1000 && code <= 1014 && code !== 1004 && code !== 1005 && code !== 1006) || (code >= 3000 && code <= 4999))
   if (!sendable) throw new InvalidArgumentError('code', 'must be an integer close code an endpoint may send: 1000–1003, 1007–1014 or 3000–4999')
@@ -50,7 +50,7 @@ export function checkCloseCode(code: unknown): number {
 }
 
 /** The reason cut to 123 UTF-8 bytes on a character boundary. */
-export function truncateCloseReason(reason: string): string {
+export function truncateCloseReason (reason: string): string {
   if (reason.length <= MAX_CLOSE_REASON_BYTES / 3 || Buffer.byteLength(reason) <= MAX_CLOSE_REASON_BYTES) return reason
   let bytes = 0
   let end = 0
@@ -79,7 +79,7 @@ const Envelope = Type.Object(
     payload: Type.Optional(Type.Unknown()),
     traceId: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false }
 )
 export type Frame = Static<typeof Envelope>
 export type FrameIdValue = Static<typeof FrameId>
@@ -97,14 +97,15 @@ const roomNameValidator = Compile(RoomName)
 
 // Control characters and lone surrogates: the first can split internal messages and logs, the second
 // turn into U+FFFD on their way to Redis (UTF-8), so two names would share one room.
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
 const UNSAFE_TEXT = /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
 
 /** Well-formed UTF-16 without control characters: safe as a room name, user id or key, on every broker. */
-export function isSafeText(value: string): boolean {
+export function isSafeText (value: string): boolean {
   return !UNSAFE_TEXT.test(value)
 }
 
-export function isRoomName(value: unknown): value is string {
+export function isRoomName (value: unknown): value is string {
   return roomNameValidator.Check(value) && isSafeText(value as string)
 }
 
@@ -122,10 +123,10 @@ export interface ErrorDetail {
 
 /** A frame the server must answer with an `error`; `id` echoes the client's when one could be read. */
 export class FrameError extends Error {
-  constructor(
+  constructor (
     readonly code: ErrorCode | (string & {}),
     message: string,
-    readonly details?: { errors: ErrorDetail[] },
+    readonly details?: { errors: ErrorDetail[] }
   ) {
     super(message)
     this.name = 'FrameError'
@@ -135,7 +136,7 @@ export class FrameError extends Error {
 const MAX_REPORTED_ERRORS = 10
 
 /** TypeBox errors as `{ path, message }`, at most ten, with paths relative to `prefix`. */
-export function validationErrors(validator: Validator<any, any>, value: unknown, prefix = ''): ErrorDetail[] {
+export function validationErrors (validator: Validator<any, any>, value: unknown, prefix = ''): ErrorDetail[] {
   const errors: ErrorDetail[] = []
   for (const error of validator.Errors(value)) {
     // additionalProperties reports twice (once as `schema is false` on the key); keep the readable one.
@@ -146,11 +147,11 @@ export function validationErrors(validator: Validator<any, any>, value: unknown,
   return errors
 }
 
-export function compileSchema<S extends TSchema>(schema: S): Validator<any, S> {
+export function compileSchema<S extends TSchema> (schema: S): Validator<any, S> {
   return Compile(schema) as Validator<any, S>
 }
 
-export function checkPayload<S extends TSchema>(validator: Validator<any, S>, payload: unknown, type: string): Static<S> {
+export function checkPayload<S extends TSchema> (validator: Validator<any, S>, payload: unknown, type: string): Static<S> {
   if (!validator.Check(payload)) {
     throw new FrameError(ErrorCode.invalidMessage, `invalid payload for "${type}"`, {
       errors: validationErrors(validator, payload, '/payload'),
@@ -159,15 +160,15 @@ export function checkPayload<S extends TSchema>(validator: Validator<any, S>, pa
   return payload as Static<S>
 }
 
-export function checkAuthPayload(payload: unknown): Static<typeof AuthPayload> {
+export function checkAuthPayload (payload: unknown): Static<typeof AuthPayload> {
   return checkPayload(authValidator, payload, 'auth')
 }
 
-export function checkLatencyPayload(payload: unknown): Static<typeof LatencyPayload> {
+export function checkLatencyPayload (payload: unknown): Static<typeof LatencyPayload> {
   return checkPayload(latencyValidator, payload, 'latency')
 }
 
-export function checkResumePayload(payload: unknown): Static<typeof ResumePayload> {
+export function checkResumePayload (payload: unknown): Static<typeof ResumePayload> {
   return checkPayload(resumeValidator, payload, 'resume')
 }
 
@@ -181,7 +182,7 @@ const SUSPECT_KEY = /__proto__|constructor|\\u00[0-9A-Fa-f]{2}/
  * rejected rather than stripped, as Fastify does for JSON bodies, so a handler never sees a frame that
  * differs from what was sent.
  */
-export function parseFrame(text: string): ParseResult {
+export function parseFrame (text: string): ParseResult {
   let value: unknown
   try {
     value = JSON.parse(text)
@@ -206,16 +207,16 @@ export function parseFrame(text: string): ParseResult {
   }))
 }
 
-function unsafeField(field: 'room' | 'traceId'): FrameError {
+function unsafeField (field: 'room' | 'traceId'): FrameError {
   return new FrameError(ErrorCode.invalidMessage, `${field} ${SAFE_TEXT_MESSAGE}`, { errors: [{ path: `/${field}`, message: SAFE_TEXT_MESSAGE }] })
 }
 
-function withId(value: unknown, error: FrameError): ParseResult {
+function withId (value: unknown, error: FrameError): ParseResult {
   const id = readId(value)
   return id === undefined ? { error } : { error, id }
 }
 
-function readId(value: unknown): FrameIdValue | undefined {
+function readId (value: unknown): FrameIdValue | undefined {
   if (typeof value !== 'object' || value === null) return undefined
   const id = (value as { id?: unknown }).id
   if (typeof id === 'string' && id.length > 0 && id.length <= 64) return id
@@ -226,12 +227,12 @@ function readId(value: unknown): FrameIdValue | undefined {
 // Server frames are assembled by hand where they are hot (room events) and by JSON.stringify elsewhere.
 // Key order is fixed so clients and tests can rely on it.
 
-export function directFrame(type: string, payload: unknown, id?: FrameIdValue): string {
+export function directFrame (type: string, payload: unknown, id?: FrameIdValue): string {
   return JSON.stringify(id === undefined ? { type, payload, time: Date.now() } : { type, id, payload, time: Date.now() })
 }
 
 /** Runs a serialization of a host's payload; a value JSON cannot carry (a BigInt, a cycle) is the host's error, said so. */
-function serialized<T>(serialize: () => T): T {
+function serialized<T> (serialize: () => T): T {
   try {
     return serialize()
   } catch (err) {
@@ -240,19 +241,19 @@ function serialized<T>(serialize: () => T): T {
 }
 
 /** A host payload as JSON, for a room event. */
-export function payloadJson(payload: unknown): string {
+export function payloadJson (payload: unknown): string {
   return serialized(() => JSON.stringify(payload) ?? 'null')
 }
 
 /** A direct frame from the host, refused up front when it is larger than any socket's send buffer may hold. */
-export function boundedDirectFrame(type: string, payload: unknown, maxBytes: number): string {
+export function boundedDirectFrame (type: string, payload: unknown, maxBytes: number): string {
   const frame = serialized(() => directFrame(type, payload))
   const bytes = Buffer.byteLength(frame)
   if (bytes > maxBytes) throw new PayloadTooLargeError(bytes, maxBytes)
   return frame
 }
 
-export function errorFrame(error: FrameError, id?: FrameIdValue): string {
+export function errorFrame (error: FrameError, id?: FrameIdValue): string {
   const payload = error.details === undefined
     ? { code: error.code, message: error.message }
     : { code: error.code, message: error.message, details: error.details }
@@ -260,11 +261,11 @@ export function errorFrame(error: FrameError, id?: FrameIdValue): string {
 }
 
 /** A server frame about one room that is not a room event (no seq of its own): `reset`. */
-export function directRoomFrame(type: string, room: string, payload: unknown): string {
+export function directRoomFrame (type: string, room: string, payload: unknown): string {
   return JSON.stringify({ type, room, payload, time: Date.now() })
 }
 
-export function pongFrame(id?: FrameIdValue): string {
+export function pongFrame (id?: FrameIdValue): string {
   return JSON.stringify(id === undefined ? { type: 'pong', time: Date.now() } : { type: 'pong', id, time: Date.now() })
 }
 
@@ -272,13 +273,13 @@ export function pongFrame(id?: FrameIdValue): string {
  * A room event, serialized once per publish. `payloadJson` is already JSON; `type`, `room` and `traceId`
  * are validated names, but still go through JSON.stringify so no value can break out of its string.
  */
-export function roomEventFrame(type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number): string {
+export function roomEventFrame (type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number): string {
   const [head, tail] = roomEventFrameParts(type, room, payloadJson, traceId, time)
   return head + seq + tail
 }
 
 /** The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script). */
-export function roomEventFrameParts(type: string, room: string, payloadJson: string, traceId: string, time: number): [head: string, tail: string] {
+export function roomEventFrameParts (type: string, room: string, payloadJson: string, traceId: string, time: number): [head: string, tail: string] {
   return [
     `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
     `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`,

@@ -52,11 +52,11 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   private readonly presenceTails = new Map<string, Promise<void>>()
   readonly api: RoomsApi
 
-  constructor(
+  constructor (
     private readonly options: RegistryOptions,
     private readonly broker: Broker,
     private readonly stats: Stats,
-    private readonly log: FastifyBaseLogger,
+    private readonly log: FastifyBaseLogger
   ) {
     this.api = {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
@@ -79,15 +79,15 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     }
   }
 
-  connectionCount(): number {
+  connectionCount (): number {
     return this.connections.size
   }
 
-  connectionsOf(userId: string): number {
+  connectionsOf (userId: string): number {
     return this.byUser.get(userId)?.size ?? 0
   }
 
-  add(connection: Connection): void {
+  add (connection: Connection): void {
     this.connections.add(connection)
     let own = this.byUser.get(connection.user.id)
     if (own === undefined) {
@@ -98,7 +98,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   /** A socket closed: it leaves every room (presence `leave` for its user's last socket there). */
-  remove(connection: Connection): void {
+  remove (connection: Connection): void {
     if (!this.connections.delete(connection)) return
     const own = this.byUser.get(connection.user.id)
     own?.delete(connection)
@@ -116,7 +116,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * Joins a room. Local membership starts before the position is read, so every event with
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
-  async join(connection: Connection, room: string): Promise<{ ack: JoinAck; announced?: (() => void) | undefined }> {
+  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; announced?: (() => void) | undefined }> {
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
     await this.admit(connection, room, false)
     const announced = await this.attach(connection, room)
@@ -137,7 +137,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
    * history no longer reaches back to from.seq + 1.
    */
-  async resume(connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+  async resume (connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
     // The caller authorized the room before reading anything about it.
     await this.admit(connection, room, true)
     // Hold live events back from before membership starts until the replay is out.
@@ -165,24 +165,24 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   /** The broker's shared answers, when it spans processes (Redis); one process needs only the local cache. */
-  sharedAnswers(): SharedAnswers | undefined {
+  sharedAnswers (): SharedAnswers | undefined {
     const { claimAnswer, storeAnswer } = this.broker
     return claimAnswer === undefined || storeAnswer === undefined ? undefined : (this.broker as SharedAnswers)
   }
 
   /** A room's position when it exists; never creates one (a client's resume must not create rooms it may not join). */
-  peekPosition(room: string): Promise<RoomPosition | undefined> {
+  peekPosition (room: string): Promise<RoomPosition | undefined> {
     return this.broker.peekPosition(room)
   }
 
   /** authorizeJoin for this user and room; throws `forbidden` when it does not answer true. */
-  async authorize(connection: Connection, room: string): Promise<void> {
+  async authorize (connection: Connection, room: string): Promise<void> {
     const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
     if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
   }
 
   /** Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with. */
-  private async admit(connection: Connection, room: string, authorized: boolean): Promise<void> {
+  private async admit (connection: Connection, room: string, authorized: boolean): Promise<void> {
     if (connection.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
     if (connection.rooms.size + connection.pendingJoins.size >= this.options.maxRoomsPerConnection) {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
@@ -203,7 +203,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * the room, its presence `join` is queued now (so it stays ahead of any later `leave`) and published
    * once the caller calls the returned function, after its ack.
    */
-  private async attach(connection: Connection, room: string): Promise<(() => void) | undefined> {
+  private async attach (connection: Connection, room: string): Promise<(() => void) | undefined> {
     connection.rooms.add(room)
     try {
       let local = this.localRooms.get(room)
@@ -235,7 +235,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * After an `auth` refresh: every joined room is authorized again for the new claims; the rooms now
    * refused are left, each named in a `left` frame (`payload.reason: 'forbidden'`).
    */
-  async reauthorize(connection: Connection): Promise<void> {
+  async reauthorize (connection: Connection): Promise<void> {
     if (this.options.authorizeJoin === undefined) return
     for (const room of [...connection.rooms]) {
       try {
@@ -252,7 +252,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
-  async leave(connection: Connection, room: string): Promise<void> {
+  async leave (connection: Connection, room: string): Promise<void> {
     if (!connection.rooms.delete(room)) return
     connection.clearFence(room)
     const local = this.localRooms.get(room)
@@ -272,7 +272,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
    * Publishes a presence change after the user's earlier ones in that room (and, for a join, after
    * `after`: the joiner's ack). Never rejects: a failure is logged.
    */
-  private queueAnnouncement(room: string, userId: string, action: 'join' | 'leave', after?: Promise<void>): Promise<void> {
+  private queueAnnouncement (room: string, userId: string, action: 'join' | 'leave', after?: Promise<void>): Promise<void> {
     // Room names and user ids hold no control characters: NUL cannot be part of either.
     const key = `${room}\u0000${userId}`
     const previous = this.presenceTails.get(key)
@@ -291,7 +291,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     return tail
   }
 
-  async broadcast(room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
+  async broadcast (room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
     checkRoom(room)
     checkEventType(type)
     checkBroadcastOptions(options)
@@ -303,13 +303,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     return { seq }
   }
 
-  async sendToUser(userId: string, type: string, payload: unknown): Promise<void> {
+  async sendToUser (userId: string, type: string, payload: unknown): Promise<void> {
     checkUserId(userId)
     checkEventType(type)
     await this.broker.sendToUser(userId, boundedDirectFrame(type, payload, this.options.maxBufferedBytes))
   }
 
-  async history(room: string, after: number): Promise<RoomHistory> {
+  async history (room: string, after: number): Promise<RoomHistory> {
     if (!Number.isInteger(after) || after < 0) throw new InvalidArgumentError('after', 'must be an integer >= 0')
     const slice = await this.broker.history(room, after)
     return {
@@ -320,14 +320,14 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     }
   }
 
-  async members(room: string): Promise<RoomMember[]> {
+  async members (room: string): Promise<RoomMember[]> {
     const ids = await this.broker.presence(room)
     return ids.map((id) => ({ id }))
   }
 
   // BrokerDelivery: what every process receives. The frame was serialized once by the publisher; it is
   // turned into bytes once here, and each member costs a state check, a buffer check and one write.
-  roomEvent(room: string, type: string, seq: number, frame: string, except: string | undefined, publishedAt?: number): void {
+  roomEvent (room: string, type: string, seq: number, frame: string, except: string | undefined, publishedAt?: number): void {
     const local = this.localRooms.get(room)
     if (local === undefined) return
     const event = frameText(frame)
@@ -340,29 +340,29 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 
   // Gauges, read by stats() and by Prometheus at scrape time.
-  roomCount(): number {
+  roomCount (): number {
     return this.localRooms.size
   }
 
-  memberCount(): number {
+  memberCount (): number {
     let members = 0
     for (const local of this.localRooms.values()) members += local.size
     return members
   }
 
-  maxBufferedBytes(): number {
+  maxBufferedBytes (): number {
     let max = 0
     for (const connection of this.connections) max = Math.max(max, connection.bufferedAmount)
     return max
   }
 
-  userMessage(userId: string, frame: string): void {
+  userMessage (userId: string, frame: string): void {
     const own = this.byUser.get(userId)
     if (own === undefined) return
     for (const connection of own) connection.sendFrame(frame)
   }
 
-  roomReset(room: string, position: RoomPosition): void {
+  roomReset (room: string, position: RoomPosition): void {
     const local = this.localRooms.get(room)
     if (local === undefined) return
     const frame = directRoomFrame('reset', room, position)
@@ -373,24 +373,24 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     this.stats.messageOut('reset', local.size)
   }
 
-  presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void {
+  presenceChanged (room: string, userId: string, action: 'join' | 'leave'): void {
     if (!this.options.presence) return
     void this.queueAnnouncement(room, userId, action)
   }
 
-  userDisconnect(userId: string, code: number, reason: string): void {
+  userDisconnect (userId: string, code: number, reason: string): void {
     const own = this.byUser.get(userId)
     if (own === undefined) return
     for (const connection of own) connection.close(code, reason)
   }
 
   /** Closes every socket with 1001 and resolves once all have closed; stragglers are cut after timeoutMs. */
-  async shutdown(timeoutMs: number): Promise<void> {
+  async shutdown (timeoutMs: number): Promise<void> {
     await this.closeAll(timeoutMs)
     await Promise.allSettled(this.leaving)
   }
 
-  private async closeAll(timeoutMs: number): Promise<void> {
+  private async closeAll (timeoutMs: number): Promise<void> {
     if (this.connections.size === 0) return
     const empty = new Promise<void>((resolve) => {
       this.whenEmpty = resolve
@@ -404,17 +404,17 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     clearTimeout(cutoff)
   }
 
-  private async publish(room: string, type: string, payload: unknown, traceId: string, except: string | undefined): Promise<RoomPosition> {
+  private async publish (room: string, type: string, payload: unknown, traceId: string, except: string | undefined): Promise<RoomPosition> {
     return this.broker.publish({ room, type, payloadJson: payloadJson(payload), traceId, except })
   }
 
-  private async joinAck(room: string): Promise<JoinAck> {
+  private async joinAck (room: string): Promise<JoinAck> {
     const position = await this.broker.position(room)
     if (!this.options.presence) return { room, ...position }
     return { room, ...position, members: await this.members(room) }
   }
 
-  private snapshot(): RoomsStats {
+  private snapshot (): RoomsStats {
     return {
       connections: this.connections.size,
       rooms: this.roomCount(),
@@ -433,16 +433,16 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   }
 }
 
-function checkRoom(room: string): string {
+function checkRoom (room: string): string {
   if (!isRoomName(room)) throw new InvalidArgumentError('room', `must be a string of 1 to 128 characters (${SAFE_TEXT_MESSAGE})`)
   return room
 }
 
-function closedDuringJoin(): FrameError {
+function closedDuringJoin (): FrameError {
   return new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
 }
 
-function checkOptionalText(options: BroadcastOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
+function checkOptionalText (options: BroadcastOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
   const value = options[name]
   if (value === undefined) return
   if (typeof value !== 'string' || value.length === 0 || value.length > maxLength || !isSafeText(value)) {
@@ -450,19 +450,19 @@ function checkOptionalText(options: BroadcastOptions, name: 'except' | 'traceId'
   }
 }
 
-function checkBroadcastOptions(options: BroadcastOptions): void {
+function checkBroadcastOptions (options: BroadcastOptions): void {
   if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
   checkOptionalText(options, 'except', 64)
   checkOptionalText(options, 'traceId', 64)
   checkOptionalText(options, 'idempotencyKey', 128)
 }
 
-function checkEventType(type: string): void {
+function checkEventType (type: string): void {
   if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
   if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
 }
 
-function checkUserId(userId: string): string {
+function checkUserId (userId: string): string {
   if (!isUserId(userId)) throw new InvalidArgumentError('userId', `must be a string of 1 to 256 characters (${SAFE_TEXT_MESSAGE})`)
   return userId
 }

@@ -4,12 +4,12 @@ export class TokenBucket {
   private tokens: number
   private lastRefill = Date.now()
 
-  constructor(private readonly perSecond: number, private readonly burst: number) {
+  constructor (private readonly perSecond: number, private readonly burst: number) {
     this.tokens = burst
   }
 
   /** Takes `amount` tokens if the bucket holds them. */
-  take(now: number, amount = 1): boolean {
+  take (now: number, amount = 1): boolean {
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.lastRefill) * this.perSecond) / 1000)
     this.lastRefill = now
     if (this.tokens < amount) return false

@@ -24,7 +24,7 @@ export type TokenProblem = 'missing' | 'expired' | 'not_yet_valid' | 'malformed'
   'no_session' | 'authenticate_failed' | 'not_token_based'
 
 export class TokenRejectedError extends Error {
-  constructor(readonly problem: TokenProblem, message: string) {
+  constructor (readonly problem: TokenProblem, message: string) {
     super(message)
     this.name = 'TokenRejectedError'
   }
@@ -61,11 +61,11 @@ const PROBLEM_MESSAGES: Record<TokenProblem, string> = {
 const MAX_USER_ID_LENGTH = 256
 
 /** A user id that can name a user everywhere (presence, Redis keys, logs) without colliding with another. */
-export function isUserId(id: unknown): id is string {
+export function isUserId (id: unknown): id is string {
   return typeof id === 'string' && id.length > 0 && id.length <= MAX_USER_ID_LENGTH && isSafeText(id)
 }
 
-export function createTokenVerifier(jwt: JwtVerifier, userFromToken: (payload: Record<string, unknown>) => RoomsUser, policy: TokenPolicy): TokenVerifier {
+export function createTokenVerifier (jwt: JwtVerifier, userFromToken: (payload: Record<string, unknown>) => RoomsUser, policy: TokenPolicy): TokenVerifier {
   return async (token) => {
     let payload: unknown
     try {
@@ -96,7 +96,7 @@ export const refuseTokens: TokenVerifier = async () => {
 }
 
 /** First found wins: `Authorization: Bearer`, then the `bearer.<jwt>` subprotocol entry, then `?token=` when enabled. */
-export function extractToken(request: FastifyRequest, fromQuery: boolean): string | undefined {
+export function extractToken (request: FastifyRequest, fromQuery: boolean): string | undefined {
   const authorization = request.headers.authorization
   if (authorization !== undefined) {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization)
@@ -117,7 +117,7 @@ export function extractToken(request: FastifyRequest, fromQuery: boolean): strin
 }
 
 /** ws `handleProtocols`: answer `rooms.v1` when offered; a `bearer.<jwt>` entry is never chosen, so never echoed. */
-export function handleProtocols(protocols: Set<string>): string | false {
+export function handleProtocols (protocols: Set<string>): string | false {
   return protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false
 }
 
@@ -126,7 +126,7 @@ export function handleProtocols(protocols: Set<string>): string | false {
  * decoded name (`?%74oken=` is `token` to Fastify's parser). The plugin's route uses it; a host installs
  * it as its logger's `req` serializer to cover every other route (404s for near-miss paths included).
  */
-export function redactedRequest(request: FastifyRequest): Record<string, unknown> {
+export function redactedRequest (request: FastifyRequest): Record<string, unknown> {
   return {
     method: request.method,
     url: redactUrl(request.url),
@@ -136,7 +136,7 @@ export function redactedRequest(request: FastifyRequest): Record<string, unknown
   }
 }
 
-export function redactUrl(url: string): string {
+export function redactUrl (url: string): string {
   const query = url.indexOf('?')
   if (query === -1) return url
   const parameters = url.slice(query + 1).split('&').map((parameter) => {
@@ -147,7 +147,7 @@ export function redactUrl(url: string): string {
   return url.slice(0, query + 1) + parameters.join('&')
 }
 
-function decodeName(name: string): string {
+function decodeName (name: string): string {
   try {
     return decodeURIComponent(name.replaceAll('+', ' '))
   } catch {
@@ -176,19 +176,19 @@ export interface UpgradeState {
   openConnectionsOf(userId: string): number
 }
 
-export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
+export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
   /** Counts and logs a refused handshake (one line, with the reason; never the token) and returns its error. */
-  function reject<E extends Error>(request: FastifyRequest, reason: HandshakeResult, error: E, details: Record<string, unknown> = {}): E {
+  function reject<E extends Error> (request: FastifyRequest, reason: HandshakeResult, error: E, details: Record<string, unknown> = {}): E {
     stats.handshake(reason)
     request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: handshake rejected: ${error.message}`)
     return error
   }
-  async function admitByToken(request: FastifyRequest): Promise<Admission> {
+  async function admitByToken (request: FastifyRequest): Promise<Admission> {
     const token = extractToken(request, options.token.fromQuery)
     if (token === undefined) throw new TokenRejectedError('missing', PROBLEM_MESSAGES.missing)
     return verifyToken(token)
   }
-  async function admitBySession(request: FastifyRequest, authenticate: NonNullable<UpgradeGateOptions['authenticate']>): Promise<Admission> {
+  async function admitBySession (request: FastifyRequest, authenticate: NonNullable<UpgradeGateOptions['authenticate']>): Promise<Admission> {
     let user: RoomsUser | null
     try {
       user = await authenticate(request)
@@ -206,7 +206,7 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
   }
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
-    async onRequest(request: FastifyRequest, reply: FastifyReply) {
+    async onRequest (request: FastifyRequest, reply: FastifyReply) {
       if (state.isClosing()) throw reject(request, 'unavailable', new UnavailableError('server is shutting down'))
       if (!request.ws) {
         reply.code(426).header('upgrade', 'websocket')
@@ -214,7 +214,7 @@ export function createUpgradeGate(options: UpgradeGateOptions, verifyToken: Toke
       }
     },
     // Checks that must be counted by the handshake rate limit run after it.
-    async preValidation(request: FastifyRequest) {
+    async preValidation (request: FastifyRequest) {
       const origin = request.headers.origin
       const originAllowed = origin === undefined
         ? options.allowMissingOrigin

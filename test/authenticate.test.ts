@@ -12,7 +12,7 @@ import { connect, ORIGIN, rejectedUpgrade, sign, startServer, until, type TestSe
 const COOKIE_SECRET = 'cookie-secret-0123456789abcdef'
 
 /** A host with signed session cookies: POST /login sets `sid`, POST /logout ends the session. */
-async function sessionServer(t: Parameters<typeof startServer>[0], authenticate?: (request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>) {
+async function sessionServer (t: Parameters<typeof startServer>[0], authenticate?: (request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>) {
   const sessions = new Map<string, RoomsUser>()
   const calls = { count: 0 }
   const server = await startServer(t, {
@@ -45,7 +45,7 @@ async function sessionServer(t: Parameters<typeof startServer>[0], authenticate?
   return { server, sessions, calls }
 }
 
-async function login(server: TestServer, name: string): Promise<string> {
+async function login (server: TestServer, name: string): Promise<string> {
   const response = await fetch(`http://127.0.0.1:${server.port}/login/${name}`, { method: 'POST' })
   const cookie = response.headers.get('set-cookie') ?? ''
   return cookie.split(';')[0]!
@@ -123,7 +123,7 @@ t.test('#11 authenticate: the client needs no getToken; it reconnects with the s
   const cookie = await login(server, 'carol')
   // In a browser the cookie travels by itself; in Node, a WebSocket that sends it.
   class CookieWebSocket extends WebSocket {
-    constructor(url: string, protocols?: string | string[]) {
+    constructor (url: string, protocols?: string | string[]) {
       super(url, protocols, { headers: { cookie, origin: ORIGIN } })
     }
   }

@@ -9,21 +9,21 @@ import { startProxy, type TcpProxy } from './helpers/proxy.js'
 
 /** ws with the Origin a browser would send (the server refuses a missing Origin by default). */
 class BrowserLikeWebSocket extends WebSocket {
-  constructor(url: string, protocols?: string | string[]) {
+  constructor (url: string, protocols?: string | string[]) {
     super(url, protocols, { origin: ORIGIN })
   }
 }
 
 const fast = { initialMs: 5, maxMs: 50 }
 
-async function setup(t: Parameters<typeof startServer>[0], serverOptions: Parameters<typeof startServer>[1] = {}) {
+async function setup (t: Parameters<typeof startServer>[0], serverOptions: Parameters<typeof startServer>[1] = {}) {
   const server = await startServer(t, { presence: false, ...serverOptions })
   const proxy = await startProxy(server.port)
   t.teardown(() => proxy.close())
   return { server, proxy }
 }
 
-function client(t: { teardown(fn: () => unknown): void }, proxy: TcpProxy, options: Partial<ClientOptions> = {}): RoomsClient {
+function client (t: { teardown(fn: () => unknown): void }, proxy: TcpProxy, options: Partial<ClientOptions> = {}): RoomsClient {
   const rooms = createClient({
     url: `ws://127.0.0.1:${proxy.port}/ws`,
     getToken: () => sign('alice'),
@@ -35,7 +35,7 @@ function client(t: { teardown(fn: () => unknown): void }, proxy: TcpProxy, optio
   return rooms
 }
 
-function nextEvent<T = unknown>(rooms: RoomsClient, event: string, match: (value: T) => boolean = () => true): Promise<T> {
+function nextEvent<T = unknown> (rooms: RoomsClient, event: string, match: (value: T) => boolean = () => true): Promise<T> {
   return new Promise((resolve) => {
     const off = rooms.on(event, ((value: T) => {
       if (!match(value)) return
@@ -45,7 +45,7 @@ function nextEvent<T = unknown>(rooms: RoomsClient, event: string, match: (value
   })
 }
 
-function collect(rooms: RoomsClient, type: string): ServerFrame[] {
+function collect (rooms: RoomsClient, type: string): ServerFrame[] {
   const frames: ServerFrame[] = []
   rooms.on(type, (frame) => frames.push(frame))
   return frames

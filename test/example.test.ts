@@ -5,7 +5,7 @@ import { Client, connect, rejectedUpgrade, type TestServer } from './helpers/ind
 
 const SECRET = 'example-test-secret'
 
-async function startExample(t: { teardown(fn: () => unknown): void }): Promise<TestServer & { http: string }> {
+async function startExample (t: { teardown(fn: () => unknown): void }): Promise<TestServer & { http: string }> {
   const app = await buildChatApp({ jwtSecret: SECRET, allowedOrigins: ['http://app.test'], fastify: { logger: false } })
   await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(() => app.close())
@@ -14,7 +14,7 @@ async function startExample(t: { teardown(fn: () => unknown): void }): Promise<T
   return { app, port, url: `ws://127.0.0.1:${port}`, http: `http://127.0.0.1:${port}`, logs: [] }
 }
 
-async function login(http: string, name: string): Promise<string> {
+async function login (http: string, name: string): Promise<string> {
   const response = await fetch(`${http}/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) })
   if (response.status !== 200) throw new Error(`login ${response.status}`)
   return ((await response.json()) as { token: string }).token

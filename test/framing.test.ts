@@ -28,8 +28,8 @@ for (const deflate of [false, true]) {
     const server = await startServer(t, { messages, presence: false, maxPayload: 1_000_000, maxBufferedBytes: 64 * 1024 * 1024 }, {
       before: deflate
         ? async (app) => {
-            await app.register(websocket, { options: { maxPayload: 1_000_000, handleProtocols, perMessageDeflate: true } })
-          }
+          await app.register(websocket, { options: { maxPayload: 1_000_000, handleProtocols, perMessageDeflate: true } })
+        }
         : undefined,
     })
     const sender = await connect(server, 'sender', { wsOptions: { perMessageDeflate: deflate, maxPayload: 1_000_000 } })

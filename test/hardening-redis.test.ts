@@ -11,18 +11,18 @@ import { connect, ORIGIN, sign, startServer, until, type Frame, type TestServer 
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 
-async function instance(t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
+async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, ...broker }), ...options })
 }
 
-function inspector(t: { teardown(fn: () => unknown): void }, redis: RedisServer): Redis {
+function inspector (t: { teardown(fn: () => unknown): void }, redis: RedisServer): Redis {
   const client = new Redis(redis.url)
   t.teardown(() => client.disconnect())
   return client
 }
 
 /** A raw protocol client: records every room event's seq, with no dedupe of its own. */
-function rawClient(server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
+function rawClient (server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
   const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
   const frames: Frame[] = []
   ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
@@ -262,7 +262,7 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
 }
 
 /** A server in its own process (test/fixtures/redis-server.ts); resolves with its ws:// base URL. */
-async function serverProcess(t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<string> {
+async function serverProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<string> {
   const fixture = new URL('./fixtures/redis-server.ts', import.meta.url).pathname
   const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env } })
   t.teardown(() => {
@@ -279,7 +279,7 @@ async function serverProcess(t: { teardown(fn: () => unknown): void }, redis: Re
   return `ws://127.0.0.1:${Number(output.split('\n')[0])}`
 }
 
-async function retryUntil<T>(attempt: () => Promise<T>): Promise<T> {
+async function retryUntil<T> (attempt: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + 10_000
   for (;;) {
     try {

@@ -158,7 +158,7 @@ t.test('#10 frames are bounded in depth and keys before they are parsed; the byt
   alice.send({ type: 'any', id: 'fits', payload: { value: 'a'.repeat(3000) } })
   const fits = await alice.next((frame) => frame.id === 'fits')
   t.equal(fits.type, 'ack')
-  alice.send({ type: 'any', id: 'over', payload: { value: "a".repeat(40_000) } })
+  alice.send({ type: 'any', id: 'over', payload: { value: 'a'.repeat(40_000) } })
   t.same((await alice.next((frame) => frame.id === 'over')).payload.code, 'rate_limited', 'the byte budget is spent')
   t.notOk(server.logs.some((line) => JSON.parse(line).level >= 50), 'client-caused failures are not logged as errors')
 })

@@ -6,7 +6,7 @@ import { defineMessage } from '../lib/index.js'
 import { connect, rejectedUpgrade, sign, startServer, until } from './helpers/index.js'
 
 /** The value of one sample in Prometheus text, e.g. metric(text, 'rooms_errors_total', { code: 'unknown_type' }). */
-function metric(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+function metric (text: string, name: string, labels: Record<string, string> = {}): number | undefined {
   const wanted = Object.entries(labels).map(([key, value]) => `${key}="${value}"`)
   for (const line of text.split('\n')) {
     if (line.startsWith('#')) continue

@@ -11,7 +11,7 @@ import { connect, ORIGIN, SECRET, sign, startServer } from './helpers/index.js'
 const base = { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN] }
 const message = { schema: Type.Object({}), handler: () => null }
 
-async function registerError(options: Record<string, unknown>): Promise<Error & { code?: string }> {
+async function registerError (options: Record<string, unknown>): Promise<Error & { code?: string }> {
   const app = Fastify()
   try {
     await app.register(rooms, options as unknown as RoomsOptions)

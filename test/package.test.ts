@@ -13,7 +13,7 @@ const HOST_FASTIFY = '5.11.2' // the project itself develops against 5.12
 const OLD_WS = '8.17.1' // outside the plugin's ws range (^8.18.0): npm must keep two copies
 
 interface NpmLsNode { version?: string; dependencies?: Record<string, NpmLsNode> }
-function versionsOf(tree: NpmLsNode, name: string, found = new Set<string>()): Set<string> {
+function versionsOf (tree: NpmLsNode, name: string, found = new Set<string>()): Set<string> {
   for (const [dependency, node] of Object.entries(tree.dependencies ?? {})) {
     if (dependency === name && node.version !== undefined) found.add(node.version)
     versionsOf(node, name, found)
@@ -56,7 +56,7 @@ t.test('#11: every shipped source map resolves (its sources are inlined)', async
   for (const [name, range] of Object.entries(manifest.dependencies ?? {})) t.match(range, /^\^/, `${name} uses a caret range`)
 })
 
-async function host(name: string, dependencies: Record<string, string>): Promise<string> {
+async function host (name: string, dependencies: Record<string, string>): Promise<string> {
   const dir = path.join(work, name)
   await cp(fileURLToPath(new URL('./fixtures/host', import.meta.url)), dir, { recursive: true })
   await writeFile(path.join(dir, 'package.json'), JSON.stringify({
@@ -82,7 +82,7 @@ interface HostReport {
   stats: number
 }
 
-async function typeCheckAndRun(t: Test, dir: string): Promise<HostReport> {
+async function typeCheckAndRun (t: Test, dir: string): Promise<HostReport> {
   // The host's own tsconfig (strict, skipLibCheck off: our .d.ts files are checked too) and its own node_modules.
   await run(tsc, ['-p', 'tsconfig.json'], dir, 120_000).then(() => t.pass('the host type-checks under strict'))
   const report = JSON.parse((await run(process.execPath, ['build/main.js'], dir, 30_000)).trim().split('\n').pop()!) as HostReport
@@ -90,7 +90,7 @@ async function typeCheckAndRun(t: Test, dir: string): Promise<HostReport> {
   return report
 }
 
-function checkReport(t: Test, report: HostReport): void {
+function checkReport (t: Test, report: HostReport): void {
   t.equal(report.joinedSeq, 0, 'joined lobby at seq 0')
   t.equal(report.refused, 'forbidden', 'authorizeJoin refuses the secret room')
   t.same(report.shouted, { from: 'alice', text: 'HI' }, 'a request answered by a host handler')

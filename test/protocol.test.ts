@@ -6,7 +6,7 @@ import { connect, startServer, type Frame } from './helpers/index.js'
 
 const Chat = Type.Object({ text: Type.String({ minLength: 1, maxLength: 20 }) }, { additionalProperties: false })
 
-function chatServer(t: Parameters<typeof startServer>[0], extra: Parameters<typeof startServer>[1] = {}) {
+function chatServer (t: Parameters<typeof startServer>[0], extra: Parameters<typeof startServer>[1] = {}) {
   const calls: unknown[] = []
   const server = startServer(t, {
     messages: {
@@ -41,7 +41,7 @@ function chatServer(t: Parameters<typeof startServer>[0], extra: Parameters<type
   return { server, calls }
 }
 
-function isAnswer(id: string | number) {
+function isAnswer (id: string | number) {
   return (frame: Frame) => (frame.type === 'ack' || frame.type === 'error') && frame.id === id
 }
 

@@ -11,7 +11,7 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const dir = path.join(root, '.readme-snippets')
 
 /** The fenced ```ts blocks of a Markdown text, with the line each starts on. */
-export function typeScriptBlocks(markdown: string): Array<{ line: number; code: string }> {
+export function typeScriptBlocks (markdown: string): Array<{ line: number; code: string }> {
   const blocks: Array<{ line: number; code: string }> = []
   const lines = markdown.split('\n')
   for (let i = 0; i < lines.length; i++) {
@@ -38,8 +38,14 @@ t.test('#11: every TypeScript block in the README type-checks under strict', asy
   }))
   await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify({
     compilerOptions: {
-      target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true,
-      skipLibCheck: true, types: ['node'], lib: ['ES2022', 'DOM'],
+      target: 'ES2022',
+      module: 'NodeNext',
+      moduleResolution: 'NodeNext',
+      strict: true,
+      noEmit: true,
+      skipLibCheck: true,
+      types: ['node'],
+      lib: ['ES2022', 'DOM'],
     },
     files,
   }))

@@ -15,17 +15,17 @@ import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 const seqsOf = (client: Client, type: string) => client.frames.filter((f) => f.type === type).map((f) => f.seq!)
 
-async function instance(t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
+async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600 }), ...options })
 }
 
-function inspector(t: { teardown(fn: () => unknown): void }, redis: RedisServer): Redis {
+function inspector (t: { teardown(fn: () => unknown): void }, redis: RedisServer): Redis {
   const client = new Redis(redis.url)
   t.teardown(() => client.disconnect())
   return client
 }
 
-async function retry<T>(attempt: () => Promise<T>, what: string): Promise<T> {
+async function retry<T> (attempt: () => Promise<T>, what: string): Promise<T> {
   const deadline = Date.now() + 10_000
   for (;;) {
     try {
@@ -48,7 +48,7 @@ if (componentAvailable(t, redisMissing(), 'Redis broker')) {
         await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], broker: redisBroker({ url: redis.url, connectTimeoutMs: 500 }) })
         await app.ready()
       })(),
-      { code: 'FST_ROOMS_BROKER', message: new RegExp(`cannot reach Redis at redis://127.0.0.1:${redis.port}`) },
+      { code: 'FST_ROOMS_BROKER', message: new RegExp(`cannot reach Redis at redis://127.0.0.1:${redis.port}`) }
     )
   })
 

@@ -10,7 +10,7 @@ const seqsOf = (frames: Frame[], type: string, room?: string) =>
 
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
-function lastPosition(client: Client, room: string, epoch: string): { seq: number; epoch: string } {
+function lastPosition (client: Client, room: string, epoch: string): { seq: number; epoch: string } {
   const seqs = client.frames.filter((f) => f.room === room && typeof f.seq === 'number').map((f) => f.seq!)
   return { seq: seqs.length === 0 ? 0 : Math.max(...seqs), epoch }
 }
@@ -52,7 +52,7 @@ t.test('join ack gives seq and epoch; resume from it with nothing missed replays
 })
 
 // Seeded, so a failing interleaving can be replayed exactly: the seed is in the test name.
-function mulberry32(seed: number): () => number {
+function mulberry32 (seed: number): () => number {
   let a = seed >>> 0
   return () => {
     a = (a + 0x6d2b79f5) >>> 0
@@ -67,9 +67,9 @@ function mulberry32(seed: number): () => number {
  * This wrapper (a real Broker, delegating to memoryBroker) lets a few turns of the event loop pass before
  * each history read, as a network round trip to Redis would, so live events do land mid-replay.
  */
-function withSlowHistory(inner: Broker, turns: () => number): Broker {
+function withSlowHistory (inner: Broker, turns: () => number): Broker {
   return Object.assign(Object.create(inner) as Broker, {
-    async history(room: string, after: number) {
+    async history (room: string, after: number) {
       for (let i = turns(); i > 0; i--) await new Promise((resolve) => setImmediate(resolve))
       return inner.history(room, after)
     },
@@ -359,8 +359,14 @@ t.test('a resume naming more rooms than maxRoomsPerConnection → too_many_rooms
   const inner = memoryBroker()
   const created: string[] = []
   const broker: Broker = Object.assign(Object.create(inner) as Broker, {
-    position: (room: string) => (created.push(room), inner.position(room)),
-    history: (room: string, after: number) => (created.push(room), inner.history(room, after)),
+    position: (room: string) => {
+      created.push(room)
+      return inner.position(room)
+    },
+    history: (room: string, after: number) => {
+      created.push(room)
+      return inner.history(room, after)
+    },
   })
   const server = await startServer(t, { presence: false, broker, maxRoomsPerConnection: 3, authorizeJoin: (_user, room) => room !== 'vault' })
   const a = await connect(server, 'alice')

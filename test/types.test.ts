@@ -21,7 +21,7 @@ const chat = defineMessage({
   },
 })
 
-async function typed(): Promise<void> {
+async function typed (): Promise<void> {
   const app = Fastify()
   await app.register(rooms, { jwt: { secret: 's' }, allowedOrigins: '*', messages: { chat } })
   const api: RoomsApi = app.rooms

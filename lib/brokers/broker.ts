@@ -97,7 +97,7 @@ export interface Broker extends Partial<SharedAnswers> {
   close(): Promise<void>
 }
 
-export function isBroker(value: unknown): value is Broker {
+export function isBroker (value: unknown): value is Broker {
   if (typeof value !== 'object' || value === null) return false
   const methods = ['start', 'publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
   return methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')

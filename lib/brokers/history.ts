@@ -15,14 +15,14 @@ export class EventHistory {
   /** UTF-8 bytes of the frames held. */
   bytes = 0
 
-  constructor(private readonly maxEvents: number, private readonly maxAgeMs: number) {}
+  constructor (private readonly maxEvents: number, private readonly maxAgeMs: number) {}
 
-  get length(): number {
+  get length (): number {
     return this.size
   }
 
   /** Appends an event; returns the change in bytes held (a full ring drops its oldest event). */
-  append(seq: number, time: number, frame: string): number {
+  append (seq: number, time: number, frame: string): number {
     if (this.maxEvents === 0) return 0
     const bytes = Buffer.byteLength(frame)
     const event = { seq, time, frame, bytes }
@@ -41,7 +41,7 @@ export class EventHistory {
   }
 
   /** Drops the oldest event; returns the bytes freed. */
-  dropOldest(): number {
+  dropOldest (): number {
     if (this.size === 0) return 0
     const freed = this.ring[this.start]!.bytes
     this.ring[this.start] = undefined
@@ -52,7 +52,7 @@ export class EventHistory {
   }
 
   /** Drops events older than maxAgeMs; returns the bytes freed. */
-  expire(now: number): number {
+  expire (now: number): number {
     const cutoff = now - this.maxAgeMs
     let freed = 0
     while (this.size > 0 && this.ring[this.start]!.time < cutoff) freed += this.dropOldest()
@@ -63,7 +63,7 @@ export class EventHistory {
    * Events with seq > after, oldest first, and whether they are all of them: false when the event right
    * after `after` is no longer held (`lastSeq` is the room's current seq).
    */
-  after(after: number, lastSeq: number): { events: HistoryEvent[]; complete: boolean } {
+  after (after: number, lastSeq: number): { events: HistoryEvent[]; complete: boolean } {
     if (after >= lastSeq) return { events: [], complete: true }
     const oldest = this.size === 0 ? lastSeq + 1 : this.ring[this.start]!.seq
     const events: HistoryEvent[] = []

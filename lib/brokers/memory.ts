@@ -41,11 +41,11 @@ class MemoryBroker implements Broker {
   private readonly idempotency = new Map<string, { position: RoomPosition; at: number }>()
   private sweepTimer: NodeJS.Timeout | undefined
 
-  constructor(private readonly options: MemoryBrokerOptions) {
+  constructor (private readonly options: MemoryBrokerOptions) {
     this.historyLimits = { maxEvents: 0, maxAgeMs: 0, maxBytes: Infinity, ...options.history }
   }
 
-  async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
+  async start (delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
     this.historyLimits = { ...settings.history, ...this.options.history }
     this.idempotencyWindowMs = settings.idempotencyWindowMs
@@ -62,7 +62,7 @@ class MemoryBroker implements Broker {
     this.sweepTimer.unref()
   }
 
-  async publish(request: PublishRequest): Promise<RoomPosition> {
+  async publish (request: PublishRequest): Promise<RoomPosition> {
     const publishedAt = preciseNow()
     const time = Date.now()
     const idempotencyKey = request.idempotencyKey === undefined ? undefined : `${request.room}\u0000${request.idempotencyKey}`
@@ -85,33 +85,33 @@ class MemoryBroker implements Broker {
     return position
   }
 
-  async position(room: string): Promise<RoomPosition> {
+  async position (room: string): Promise<RoomPosition> {
     const state = this.state(room)
     return { seq: state.seq, epoch: state.epoch }
   }
 
-  async peekPosition(room: string): Promise<RoomPosition | undefined> {
+  async peekPosition (room: string): Promise<RoomPosition | undefined> {
     const state = this.roomStates.get(room)
     return state === undefined ? undefined : { seq: state.seq, epoch: state.epoch }
   }
 
-  async history(room: string, after: number): Promise<HistorySlice> {
+  async history (room: string, after: number): Promise<HistorySlice> {
     const state = this.state(room)
     this.heldBytes -= state.history.expire(Date.now())
     const { events, complete } = state.history.after(after, state.seq)
     return { position: { seq: state.seq, epoch: state.epoch }, events, complete }
   }
 
-  async subscribe(room: string): Promise<void> {
+  async subscribe (room: string): Promise<void> {
     this.state(room).subscribed = true
   }
 
-  async unsubscribe(room: string): Promise<void> {
+  async unsubscribe (room: string): Promise<void> {
     const state = this.roomStates.get(room)
     if (state !== undefined) state.subscribed = false
   }
 
-  async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
+  async presenceJoin (room: string, userId: string, connectionId: string): Promise<boolean> {
     const presence = this.state(room).presence
     let connections = presence.get(userId)
     const first = connections === undefined
@@ -123,7 +123,7 @@ class MemoryBroker implements Broker {
     return first
   }
 
-  async presenceLeave(room: string, userId: string, connectionId: string): Promise<boolean> {
+  async presenceLeave (room: string, userId: string, connectionId: string): Promise<boolean> {
     const presence = this.roomStates.get(room)?.presence
     const connections = presence?.get(userId)
     if (presence === undefined || connections === undefined || !connections.delete(connectionId)) return false
@@ -132,26 +132,26 @@ class MemoryBroker implements Broker {
     return true
   }
 
-  async presence(room: string): Promise<string[]> {
+  async presence (room: string): Promise<string[]> {
     const presence = this.roomStates.get(room)?.presence
     return presence === undefined ? [] : [...presence.keys()]
   }
 
-  async rooms(): Promise<string[]> {
+  async rooms (): Promise<string[]> {
     const names: string[] = []
     for (const [name, state] of this.roomStates) if (state.presence.size > 0) names.push(name)
     return names
   }
 
-  async sendToUser(userId: string, frame: string): Promise<void> {
+  async sendToUser (userId: string, frame: string): Promise<void> {
     this.delivery?.userMessage(userId, frame)
   }
 
-  async disconnectUser(userId: string, code: number, reason: string): Promise<void> {
+  async disconnectUser (userId: string, code: number, reason: string): Promise<void> {
     this.delivery?.userDisconnect(userId, code, reason)
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     clearInterval(this.sweepTimer)
     this.roomStates.clear()
     this.idempotency.clear()
@@ -159,7 +159,7 @@ class MemoryBroker implements Broker {
     this.delivery = undefined
   }
 
-  private state(room: string): RoomState {
+  private state (room: string): RoomState {
     let state = this.roomStates.get(room)
     if (state === undefined) {
       state = {
@@ -181,7 +181,7 @@ class MemoryBroker implements Broker {
    * Over budget: the oldest events of the least recently published room go first, and a room nobody is
    * in goes once it has nothing left to replay. Rooms with members keep their seq and epoch.
    */
-  private enforceBudget(): void {
+  private enforceBudget (): void {
     const { maxBytes } = this.historyLimits
     if (this.heldBytes <= maxBytes) return
     for (const [name, state] of this.roomStates) {
@@ -192,18 +192,18 @@ class MemoryBroker implements Broker {
     }
   }
 
-  private isIdle(state: RoomState): boolean {
+  private isIdle (state: RoomState): boolean {
     return !state.subscribed && state.presence.size === 0
   }
 
-  private forget(room: string): void {
+  private forget (room: string): void {
     const state = this.roomStates.get(room)
     if (state === undefined) return
     this.heldBytes -= ROOM_STATE_BYTES + state.history.bytes
     this.roomStates.delete(room)
   }
 
-  private remember(key: string, position: RoomPosition, now: number): void {
+  private remember (key: string, position: RoomPosition, now: number): void {
     this.idempotency.delete(key)
     this.idempotency.set(key, { position, at: now })
     for (const [oldest, entry] of this.idempotency) {
@@ -212,7 +212,7 @@ class MemoryBroker implements Broker {
     }
   }
 
-  private sweep(): void {
+  private sweep (): void {
     const now = Date.now()
     const cutoff = now - this.historyLimits.maxAgeMs
     for (const [name, state] of this.roomStates) {
@@ -226,6 +226,6 @@ class MemoryBroker implements Broker {
   }
 }
 
-export function memoryBroker(options: MemoryBrokerOptions = {}): Broker {
+export function memoryBroker (options: MemoryBrokerOptions = {}): Broker {
   return new MemoryBroker(options)
 }

@@ -23,18 +23,18 @@ interface Stream {
 export class OrderedStreams {
   private readonly streams = new Map<string, Stream>()
 
-  constructor(
+  constructor (
     private readonly readHistory: (room: string, after: number) => Promise<HistorySlice>,
     private readonly delivery: () => BrokerDelivery | undefined,
-    private readonly isClosed: () => boolean,
+    private readonly isClosed: () => boolean
   ) {}
 
   /** Subscribing: messages are held until start() gives the position the room's members start from. */
-  open(room: string): void {
+  open (room: string): void {
     this.streams.set(room, { epoch: '', lastSeq: 0, held: [] })
   }
 
-  start(room: string, position: { seq: number; epoch: string }): void {
+  start (room: string, position: { seq: number; epoch: string }): void {
     const stream = this.streams.get(room)
     if (stream === undefined) return
     stream.epoch = position.epoch
@@ -42,11 +42,11 @@ export class OrderedStreams {
     this.release(room, stream)
   }
 
-  close(room: string): void {
+  close (room: string): void {
     this.streams.delete(room)
   }
 
-  receive(room: string, event: LiveEvent): void {
+  receive (room: string, event: LiveEvent): void {
     const stream = this.streams.get(room)
     if (stream === undefined) return
     if (stream.held !== undefined) stream.held.push(event)
@@ -54,15 +54,15 @@ export class OrderedStreams {
   }
 
   /** After a reconnect: hold every room's live messages until catchUpAll() has run. */
-  holdAll(): void {
+  holdAll (): void {
     for (const stream of this.streams.values()) stream.held ??= []
   }
 
-  async catchUpAll(): Promise<void> {
+  async catchUpAll (): Promise<void> {
     await Promise.all([...this.streams].map(([room, stream]) => this.catchUp(room, stream)))
   }
 
-  private deliver(room: string, stream: Stream, event: LiveEvent): void {
+  private deliver (room: string, stream: Stream, event: LiveEvent): void {
     if (event.epoch !== stream.epoch) {
       // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
       stream.epoch = event.epoch
@@ -79,7 +79,7 @@ export class OrderedStreams {
     this.delivery()?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except, event.publishedAt)
   }
 
-  private release(room: string, stream: Stream): void {
+  private release (room: string, stream: Stream): void {
     const held = stream.held ?? []
     stream.held = undefined
     for (const event of held) {
@@ -94,7 +94,7 @@ export class OrderedStreams {
    * Sends local members what they missed since lastSeq, from history, or a reset when it is gone. Live
    * messages wait meanwhile. Retried until the backend answers, so a catch-up never stalls a room for good.
    */
-  private async catchUp(room: string, stream: Stream): Promise<void> {
+  private async catchUp (room: string, stream: Stream): Promise<void> {
     stream.held ??= []
     const current = () => !this.isClosed() && this.streams.get(room) === stream
     for (let attempt = 0; current(); attempt++) {
@@ -127,11 +127,11 @@ export class OrderedStreams {
   }
 }
 
-function eventType(frame: string): string {
+function eventType (frame: string): string {
   return (JSON.parse(frame) as { type: string }).type
 }
 
 /** 50 ms doubling to 1 s between retries while the backend is away. */
-export function backoff(attempt: number): Promise<void> {
+export function backoff (attempt: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * 2 ** attempt)).unref())
 }

@@ -59,7 +59,7 @@ class RedisBroker implements Broker {
   private log: BrokerSettings['log']
   private readonly scriptHashes = new Map<string, string>()
 
-  constructor(private readonly options: RedisBrokerOptions) {
+  constructor (private readonly options: RedisBrokerOptions) {
     if (options.url === undefined && options.client === undefined) throw new TypeError('redisBroker: pass { url } or { client }')
     this.prefix = options.keyPrefix ?? 'rooms:'
     this.processTtlMs = options.processTtlMs ?? 15_000
@@ -68,7 +68,7 @@ class RedisBroker implements Broker {
     this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed)
   }
 
-  async start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
+  async start (delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
     this.historyLimits = settings.history
     this.idempotencyWindowMs = settings.idempotencyWindowMs
@@ -118,11 +118,11 @@ class RedisBroker implements Broker {
     })
     await this.subscriber.subscribe(this.channel('users'))
     await this.beat()
-    this.heartbeatTimer = setInterval(() => void this.beat(), Math.max(50, Math.floor(this.processTtlMs / 3)))
+    this.heartbeatTimer = setInterval(() => { void this.beat() }, Math.max(50, Math.floor(this.processTtlMs / 3)))
     this.heartbeatTimer.unref()
   }
 
-  async publish(request: PublishRequest): Promise<RoomPosition> {
+  async publish (request: PublishRequest): Promise<RoomPosition> {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
     const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
@@ -135,17 +135,17 @@ class RedisBroker implements Broker {
     return { seq: Number(seq), epoch }
   }
 
-  async position(room: string): Promise<RoomPosition> {
+  async position (room: string): Promise<RoomPosition> {
     const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.key(room, 'meta')], [randomUUID(), this.idleRoomTtlMs])
     return { seq: Number(seq), epoch }
   }
 
-  async peekPosition(room: string): Promise<RoomPosition | undefined> {
+  async peekPosition (room: string): Promise<RoomPosition | undefined> {
     const [seq, epoch] = await this.wrap(this.command.hmget(this.key(room, 'meta'), 'seq', 'epoch'))
     return epoch === null || epoch === undefined ? undefined : { seq: Number(seq ?? 0), epoch }
   }
 
-  async history(room: string, after: number): Promise<HistorySlice> {
+  async history (room: string, after: number): Promise<HistorySlice> {
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
       randomUUID(), this.idleRoomTtlMs, this.historyLimits.maxAgeMs,
     ])
@@ -160,7 +160,7 @@ class RedisBroker implements Broker {
     return { position: { seq, epoch }, events, complete: after >= seq || oldest <= after + 1 }
   }
 
-  async subscribe(room: string): Promise<void> {
+  async subscribe (room: string): Promise<void> {
     this.streams.open(room)
     try {
       await this.wrap(this.subscriber.subscribe(this.channel(`ev:${room}`)))
@@ -172,12 +172,12 @@ class RedisBroker implements Broker {
     }
   }
 
-  async unsubscribe(room: string): Promise<void> {
+  async unsubscribe (room: string): Promise<void> {
     this.streams.close(room)
     await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
   }
 
-  async claimAnswer(userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
+  async claimAnswer (userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
     const prefix = this.answerPrefix(userId)
     const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [prefix + answerId, prefix + 'ids'], [
       fingerprint, limits.windowMs, limits.maxIdsPerUser, answerId, prefix,
@@ -186,16 +186,16 @@ class RedisBroker implements Broker {
     return { state: state === 'pending' ? 'pending' : 'new' }
   }
 
-  async storeAnswer(userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
+  async storeAnswer (userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
     await this.run(STORE_ANSWER, [this.answerPrefix(userId) + answerId], [fingerprint, outcome, ttlMs])
   }
 
   /** One hash tag per user: the answers and their index share a slot. The length makes the tag unambiguous. */
-  private answerPrefix(userId: string): string {
+  private answerPrefix (userId: string): string {
     return `${this.prefix}{answer:${userId.length}:${userId}}:`
   }
 
-  async presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean> {
+  async presenceJoin (room: string, userId: string, connectionId: string): Promise<boolean> {
     let local = this.localPresence.get(room)
     if (local === undefined) {
       local = new Map()
@@ -205,31 +205,31 @@ class RedisBroker implements Broker {
     return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])) === 1
   }
 
-  async presenceLeave(room: string, _userId: string, connectionId: string): Promise<boolean> {
+  async presenceLeave (room: string, _userId: string, connectionId: string): Promise<boolean> {
     const local = this.localPresence.get(room)
     local?.delete(connectionId)
     if (local?.size === 0) this.localPresence.delete(room)
     return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), [connectionId, room, memberField(room, connectionId)])) !== null
   }
 
-  async presence(room: string): Promise<string[]> {
+  async presence (room: string): Promise<string[]> {
     return this.wrap(this.command.hkeys(this.key(room, 'users')))
   }
 
-  async rooms(): Promise<string[]> {
+  async rooms (): Promise<string[]> {
     return this.wrap(this.command.smembers(this.prefix + 'rooms'))
   }
 
   // User messages are JSON arrays: no user id or reason can spell a separator and reach someone else.
-  async sendToUser(userId: string, frame: string): Promise<void> {
+  async sendToUser (userId: string, frame: string): Promise<void> {
     await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['m', userId, frame])))
   }
 
-  async disconnectUser(userId: string, code: number, reason: string): Promise<void> {
+  async disconnectUser (userId: string, code: number, reason: string): Promise<void> {
     await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['d', userId, code, reason])))
   }
 
-  async close(): Promise<void> {
+  async close (): Promise<void> {
     this.closed = true
     clearInterval(this.heartbeatTimer)
     if (this.everReady) {
@@ -243,20 +243,20 @@ class RedisBroker implements Broker {
     this.delivery = undefined
   }
 
-  private disconnect(): void {
+  private disconnect (): void {
     this.subscriber?.disconnect()
     if (this.ownsCommand) this.command?.disconnect()
   }
 
-  private key(room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'idem'): string {
+  private key (room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'idem'): string {
     return `${this.prefix}{${room}}:${kind}`
   }
 
-  private channel(name: string): string {
+  private channel (name: string): string {
     return this.prefix + name
   }
 
-  private presenceKeys(room: string, processId: string): string[] {
+  private presenceKeys (room: string, processId: string): string[] {
     return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`]
   }
 
@@ -275,13 +275,13 @@ class RedisBroker implements Broker {
     }
   }
 
-  private onConnectionError(err: Error): void {
+  private onConnectionError (err: Error): void {
     if (this.down || this.closed || !this.everReady) return
     this.down = true
     this.log?.error({ err }, 'fastify-rooms: Redis connection lost; broadcasts fail until it is back, sockets stay open')
   }
 
-  private onConnectionReady(): void {
+  private onConnectionReady (): void {
     if (!this.down || this.closed) return
     this.down = false
     this.log?.info('fastify-rooms: Redis connection restored')
@@ -299,13 +299,13 @@ class RedisBroker implements Broker {
   }
 
   /** Throws on a malformed message; the listener logs and drops it. */
-  private onMessage(channel: string, message: string): void {
+  private onMessage (channel: string, message: string): void {
     if (channel === this.channel('users')) return this.onUserMessage(message)
     if (!channel.startsWith(this.channel('ev:'))) throw new Error('message on an unknown channel')
     this.streams.receive(channel.slice(this.channel('ev:').length), parseLiveEvent(message))
   }
 
-  private onUserMessage(message: string): void {
+  private onUserMessage (message: string): void {
     const parts = JSON.parse(message) as unknown
     if (!Array.isArray(parts) || typeof parts[1] !== 'string') throw new Error('malformed user message')
     const [kind, userId, ...rest] = parts as [unknown, string, ...unknown[]]
@@ -318,7 +318,7 @@ class RedisBroker implements Broker {
    * After the subscriber reconnects: this process's presence back in Redis, then every room caught up
    * from history (or reset). Retried until both connections answer.
    */
-  private async afterReconnect(): Promise<void> {
+  private async afterReconnect (): Promise<void> {
     if (this.closed || !this.everReady) return
     // Hold live messages from now on, so a room is reset at most once and replays come first.
     this.streams.holdAll()
@@ -338,7 +338,7 @@ class RedisBroker implements Broker {
   }
 
   /** Re-adds this process's presence entries (Redis may have lost them, or survivors removed them). */
-  private async restorePresence(): Promise<void> {
+  private async restorePresence (): Promise<void> {
     for (const [room, entries] of this.localPresence) {
       for (const [connectionId, userId] of entries) {
         const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])
@@ -348,7 +348,7 @@ class RedisBroker implements Broker {
   }
 
   /** Refreshes this process's heartbeat and removes the members of processes whose heartbeat expired. */
-  private async beat(): Promise<void> {
+  private async beat (): Promise<void> {
     if (this.closed) return
     try {
       const alive = await this.command.set(this.prefix + `proc:${this.processId}`, '1', 'PX', this.processTtlMs, 'GET')
@@ -365,7 +365,7 @@ class RedisBroker implements Broker {
     }
   }
 
-  private async reapIfDead(processId: string): Promise<void> {
+  private async reapIfDead (processId: string): Promise<void> {
     if ((await this.command.exists(this.prefix + `proc:${processId}`)) === 1) return
     // One survivor reaps a dead process.
     const lock = await this.command.set(this.prefix + `reap:${processId}`, this.processId, 'PX', this.processTtlMs, 'NX')
@@ -387,11 +387,11 @@ class RedisBroker implements Broker {
 }
 
 /** A process's presence entry names its room and connection as a JSON pair: any room name round-trips. */
-function memberField(room: string, connectionId: string): string {
+function memberField (room: string, connectionId: string): string {
   return JSON.stringify([room, connectionId])
 }
 
-function parseMemberField(entry: string): [room: string, connectionId: string] | undefined {
+function parseMemberField (entry: string): [room: string, connectionId: string] | undefined {
   try {
     const parsed = JSON.parse(entry) as unknown
     if (Array.isArray(parsed) && parsed.length === 2 && typeof parsed[0] === 'string' && typeof parsed[1] === 'string') return [parsed[0], parsed[1]]
@@ -405,7 +405,7 @@ function parseMemberField(entry: string): [room: string, connectionId: string] |
  * The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw
  * newline, so the frame is the rest). Throws on anything else.
  */
-function parseLiveEvent(message: string): LiveEvent {
+function parseLiveEvent (message: string): LiveEvent {
   const a = message.indexOf('\n')
   const b = message.indexOf('\n', a + 1)
   const c = message.indexOf('\n', b + 1)
@@ -423,11 +423,11 @@ function parseLiveEvent(message: string): LiveEvent {
   }
 }
 
-function redactUrl(url: string): string {
+function redactUrl (url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//***@')
 }
 
 /** A broker for many processes sharing one Redis (>= 6.2). */
-export function redisBroker(options: RedisBrokerOptions): Broker {
+export function redisBroker (options: RedisBrokerOptions): Broker {
   return new RedisBroker(options)
 }

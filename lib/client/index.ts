@@ -85,13 +85,13 @@ export interface ClientEvents {
 }
 
 export class RoomsClientError extends Error {
-  constructor(
+  constructor (
     /** The server's error code (`forbidden`, `not_in_room`…) or the client's own: `timeout`, `closed`, `queue_full`, `token`, `connection`. */
     readonly code: string,
     message: string,
     readonly details?: unknown,
     /** The room an error is about, when there is one (resume outcomes). */
-    readonly room?: string,
+    readonly room?: string
   ) {
     super(message)
     this.name = 'RoomsClientError'
@@ -135,7 +135,7 @@ export class RoomsClient {
   private resumeId: string | undefined
   private everOpened = false
 
-  constructor(private readonly options: ClientOptions) {
+  constructor (private readonly options: ClientOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
     if (WebSocketImpl === undefined) throw new TypeError('fastify-rooms client: no global WebSocket; pass options.WebSocket (e.g. from ws)')
     this.WebSocketImpl = WebSocketImpl
@@ -144,16 +144,16 @@ export class RoomsClient {
   }
 
   /** Rooms this client is in (or will re-join on connect). */
-  get rooms(): string[] {
+  get rooms (): string[] {
     return [...this.positions.keys()]
   }
 
   /** The last seen seq and epoch of a room. */
-  position(room: string): RoomPosition | undefined {
+  position (room: string): RoomPosition | undefined {
     return this.positions.get(room) ?? undefined
   }
 
-  connect(): void {
+  connect (): void {
     if (!this.closedByUser) return
     this.closedByUser = false
     this.attempt = 0
@@ -162,7 +162,7 @@ export class RoomsClient {
   }
 
   /** Closes for good: no reconnect; waiting requests reject with `closed`. */
-  close(): void {
+  close (): void {
     this.closedByUser = true
     this.stopTimers()
     clearTimeout(this.reconnectTimer)
@@ -179,8 +179,8 @@ export class RoomsClient {
   }
 
   on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): () => void
-  on(type: string, listener: (frame: ServerFrame) => void): () => void
-  on(type: string, listener: Listener): () => void {
+  on (type: string, listener: (frame: ServerFrame) => void): () => void
+  on (type: string, listener: Listener): () => void {
     let set = this.listeners.get(type)
     if (set === undefined) {
       set = new Set()
@@ -191,7 +191,7 @@ export class RoomsClient {
   }
 
   /** Joins a room (and re-joins it after every reconnect); resolves with the join ack. */
-  async join(room: string): Promise<{ room: string; seq: number; epoch: string; members?: Array<{ id: string }> }> {
+  async join (room: string): Promise<{ room: string; seq: number; epoch: string; members?: Array<{ id: string }> }> {
     if (!this.positions.has(room)) this.positions.set(room, null)
     try {
       return await this.request('join', undefined, { room })
@@ -201,7 +201,7 @@ export class RoomsClient {
     }
   }
 
-  async leave(room: string): Promise<void> {
+  async leave (room: string): Promise<void> {
     this.positions.delete(room)
     await this.request('leave', undefined, { room })
   }
@@ -231,19 +231,19 @@ export class RoomsClient {
   }
 
   /** Fire and forget (no id, no answer); false when not connected. */
-  send(type: string, payload?: unknown, options: { room?: string } = {}): boolean {
+  send (type: string, payload?: unknown, options: { room?: string } = {}): boolean {
     if (!this.online || this.ws === undefined) return false
     this.ws.send(JSON.stringify(options.room === undefined ? { type, payload } : { type, room: options.room, payload }))
     return true
   }
 
-  private setState(state: ClientState): void {
+  private setState (state: ClientState): void {
     if (this.state === state) return
     this.state = state
     this.emit('state', state)
   }
 
-  private emit(type: string, ...args: unknown[]): void {
+  private emit (type: string, ...args: unknown[]): void {
     const set = this.listeners.get(type)
     if (set === undefined) return
     for (const listener of [...set]) {
@@ -256,7 +256,7 @@ export class RoomsClient {
     }
   }
 
-  private async openSocket(): Promise<void> {
+  private async openSocket (): Promise<void> {
     let token: string | undefined
     try {
       token = await this.options.getToken?.()
@@ -294,7 +294,7 @@ export class RoomsClient {
     ws.onerror = () => {}
   }
 
-  private onFrame(frame: ServerFrame, token: string | undefined): void {
+  private onFrame (frame: ServerFrame, token: string | undefined): void {
     switch (frame.type) {
       case 'welcome': return this.onWelcome(frame, token)
       case 'ack':
@@ -314,7 +314,7 @@ export class RoomsClient {
     this.emit(frame.type, frame)
   }
 
-  private onWelcome(frame: ServerFrame, token: string | undefined): void {
+  private onWelcome (frame: ServerFrame, token: string | undefined): void {
     this.online = true
     this.everOpened = true
     this.openedAt = Date.now()
@@ -343,7 +343,7 @@ export class RoomsClient {
     for (const room of toJoin) void this.join(room).catch((err: RoomsClientError) => this.emit('error', err))
   }
 
-  private onAnswer(frame: ServerFrame): void {
+  private onAnswer (frame: ServerFrame): void {
     const id = String(frame.id)
     if (frame.id !== undefined && id === this.resumeId) return this.onResumed(frame)
     const pending = frame.id === undefined ? undefined : this.pending.get(id)
@@ -370,7 +370,7 @@ export class RoomsClient {
     pending.resolve(frame.payload)
   }
 
-  private onResumed(frame: ServerFrame): void {
+  private onResumed (frame: ServerFrame): void {
     this.resumeId = undefined
     if (frame.type === 'error') {
       // The positions were refused as a whole (a bug, or a server that lost state): start the rooms afresh.
@@ -388,7 +388,7 @@ export class RoomsClient {
     }
   }
 
-  private onReset(frame: ServerFrame): void {
+  private onReset (frame: ServerFrame): void {
     const room = frame.room
     if (room === undefined || !this.positions.has(room)) return
     const { seq, epoch } = frame.payload as RoomPosition
@@ -396,7 +396,7 @@ export class RoomsClient {
     this.emit('reset', { room, seq, epoch })
   }
 
-  private onPong(frame: ServerFrame): void {
+  private onPong (frame: ServerFrame): void {
     if (this.ping === undefined || frame.id !== this.ping.id) return
     clearTimeout(this.pongTimer)
     this.latencyMs = Date.now() - this.ping.sentAt
@@ -404,7 +404,7 @@ export class RoomsClient {
     this.emit('pong', this.latencyMs)
   }
 
-  private startHeartbeat(): void {
+  private startHeartbeat (): void {
     const heartbeatMs = this.options.heartbeatMs ?? 15_000
     this.heartbeatTimer = setInterval(() => {
       if (this.ping !== undefined || !this.online) return
@@ -415,7 +415,7 @@ export class RoomsClient {
   }
 
   /** A dead connection may never deliver its close: drop it now and reconnect. */
-  private onPongTimeout(): void {
+  private onPongTimeout (): void {
     const ws = this.ws
     if (ws === undefined) return
     this.emit('error', new RoomsClientError('connection', 'no pong in time: reconnecting'))
@@ -425,17 +425,17 @@ export class RoomsClient {
     this.onDisconnect()
   }
 
-  private scheduleRefresh(token: string | undefined): void {
+  private scheduleRefresh (token: string | undefined): void {
     clearTimeout(this.refreshTimer)
     if (token === undefined) return // a session socket: nothing to refresh
     const exp = tokenExp(token)
     if (exp === undefined) return
     const now = Date.now()
     const lead = Math.min(this.options.refreshLeadMs ?? 60_000, (exp - now) / 2)
-    this.refreshTimer = setTimeout(() => void this.refreshToken(), Math.max(0, exp - lead - now))
+    this.refreshTimer = setTimeout(() => { void this.refreshToken() }, Math.max(0, exp - lead - now))
   }
 
-  private async refreshToken(): Promise<void> {
+  private async refreshToken (): Promise<void> {
     try {
       const token = await this.options.getToken!()
       if (!this.online) return // the next connection takes a fresh token anyway
@@ -446,7 +446,7 @@ export class RoomsClient {
     }
   }
 
-  private onDisconnect(): void {
+  private onDisconnect (): void {
     const wasOnline = this.online
     this.online = false
     this.ws = undefined
@@ -457,7 +457,7 @@ export class RoomsClient {
     this.scheduleReconnect()
   }
 
-  private scheduleReconnect(): void {
+  private scheduleReconnect (): void {
     if (this.closedByUser) return
     this.setState(this.everOpened ? 'reconnecting' : 'connecting')
     const initialMs = this.options.backoff?.initialMs ?? 1000
@@ -466,10 +466,10 @@ export class RoomsClient {
     this.attempt++
     this.emit('reconnect', { attempt: this.attempt, delayMs })
     clearTimeout(this.reconnectTimer)
-    this.reconnectTimer = setTimeout(() => void this.openSocket(), delayMs)
+    this.reconnectTimer = setTimeout(() => { void this.openSocket() }, delayMs)
   }
 
-  private stopTimers(): void {
+  private stopTimers (): void {
     clearInterval(this.heartbeatTimer)
     clearTimeout(this.pongTimer)
     clearTimeout(this.refreshTimer)
@@ -478,7 +478,7 @@ export class RoomsClient {
 }
 
 /** The token's exp in ms, read without verifying (the server verifies); undefined when absent or unreadable. */
-function tokenExp(token: string): number | undefined {
+function tokenExp (token: string): number | undefined {
   try {
     const part = token.split('.')[1] ?? ''
     const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'))
@@ -489,6 +489,6 @@ function tokenExp(token: string): number | undefined {
   }
 }
 
-export function createClient(options: ClientOptions): RoomsClient {
+export function createClient (options: ClientOptions): RoomsClient {
   return new RoomsClient(options)
 }

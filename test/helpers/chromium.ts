@@ -11,6 +11,6 @@ export const CHROMIUM_ARGS = [
  * Why browser tests cannot run here, or undefined when they can. Under CI=true a missing Chromium is a
  * failure, not a skip: the caller turns the reason into a failing test.
  */
-export function chromiumMissing(): string | undefined {
+export function chromiumMissing (): string | undefined {
   return existsSync(CHROMIUM_PATH) ? undefined : `Chromium not found at ${CHROMIUM_PATH} (apt-get install chromium)`
 }

@@ -11,7 +11,7 @@ export interface RunResult {
 }
 
 /** Runs a command; resolves with its exit code and output (a command past `timeoutMs` is killed: code ≠ 0). */
-export function runCommand(command: string, args: string[], cwd: string, timeoutMs: number): Promise<RunResult> {
+export function runCommand (command: string, args: string[], cwd: string, timeoutMs: number): Promise<RunResult> {
   return new Promise((resolve) => {
     // tap's process-info hook patches spawn to add its loaders to every child's NODE_OPTIONS: `env -u` drops them.
     execFile('env', ['-u', 'NODE_OPTIONS', command, ...args], { cwd, timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024, env: cleanEnv }, (err, stdout, stderr) => {
@@ -21,7 +21,7 @@ export function runCommand(command: string, args: string[], cwd: string, timeout
 }
 
 /** Runs a command that must succeed; resolves its stdout, rejects with both outputs. */
-export async function run(command: string, args: string[], cwd: string, timeoutMs: number): Promise<string> {
+export async function run (command: string, args: string[], cwd: string, timeoutMs: number): Promise<string> {
   const result = await runCommand(command, args, cwd, timeoutMs)
   if (result.code !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.code}):\n${result.stdout}\n${result.stderr}`)
   return result.stdout

@@ -12,7 +12,7 @@ export const ORIGIN = 'http://app.test'
 const signer = createSigner({ key: SECRET })
 
 /** A token for `sub`, valid for an hour unless `claims` says otherwise (exp/nbf in seconds). */
-export function sign(sub: string, claims: Record<string, unknown> = {}): string {
+export function sign (sub: string, claims: Record<string, unknown> = {}): string {
   const now = Math.floor(Date.now() / 1000)
   return signer({ sub, iat: now, exp: now + 3600, ...claims })
 }
@@ -37,14 +37,14 @@ export interface StartOptions {
   listenPort?: number
 }
 
-export async function startServer(
+export async function startServer (
   t: { teardown(fn: () => unknown): void },
   options: Partial<RoomsOptions> = {},
-  start: StartOptions = {},
+  start: StartOptions = {}
 ): Promise<TestServer> {
   const logs: string[] = []
   const stream = new Writable({
-    write(chunk, _encoding, done) {
+    write (chunk, _encoding, done) {
       logs.push(chunk.toString())
       done()
     },
@@ -90,7 +90,7 @@ export class Client {
   private waiters: Array<() => void> = []
   readonly closed: Promise<{ code: number; reason: string }>
 
-  constructor(readonly ws: WebSocket) {
+  constructor (readonly ws: WebSocket) {
     ws.on('message', (data, isBinary) => {
       this.frames.push(isBinary ? { type: '(binary)' } : JSON.parse(data.toString()))
       this.wake()
@@ -103,13 +103,13 @@ export class Client {
     })
   }
 
-  private wake(): void {
+  private wake (): void {
     const waiters = this.waiters
     this.waiters = []
     for (const wake of waiters) wake()
   }
 
-  send(frame: unknown): void {
+  send (frame: unknown): void {
     this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
   }
 
@@ -117,7 +117,7 @@ export class Client {
    * The oldest frame not yet taken that matches; rejects if the socket closes first, or after
    * a guard of 10 s so that a missing frame fails its own test with a clear message instead of a file timeout.
    */
-  async next(match: (frame: Frame) => boolean = () => true, what = 'frame'): Promise<Frame> {
+  async next (match: (frame: Frame) => boolean = () => true, what = 'frame'): Promise<Frame> {
     const deadline = Date.now() + NEXT_GUARD_MS
     let scanned = this.firstUntaken
     for (;;) {
@@ -141,23 +141,23 @@ export class Client {
     }
   }
 
-  nextOfType(type: string): Promise<Frame> {
+  nextOfType (type: string): Promise<Frame> {
     return this.next((frame) => frame.type === type, type)
   }
 
   /** Sends a frame with an id and resolves with the `ack` or `error` that answers it. */
-  async request(frame: Record<string, unknown> & { type: string }, id: string | number = nextId()): Promise<Frame> {
+  async request (frame: Record<string, unknown> & { type: string }, id: string | number = nextId()): Promise<Frame> {
     this.send({ ...frame, id })
     return this.next((reply) => (reply.type === 'ack' || reply.type === 'error') && reply.id === id, `answer to ${id}`)
   }
 
-  async join(room: string): Promise<Frame> {
+  async join (room: string): Promise<Frame> {
     const answer = await this.request({ type: 'join', room })
     if (answer.type !== 'ack') throw new Error(`join ${room} failed: ${JSON.stringify(answer)}`)
     return answer
   }
 
-  close(code?: number): Promise<{ code: number; reason: string }> {
+  close (code?: number): Promise<{ code: number; reason: string }> {
     this.ws.close(code)
     return this.closed
   }
@@ -165,11 +165,11 @@ export class Client {
 
 const NEXT_GUARD_MS = 10_000
 let idCounter = 0
-export function nextId(): string {
+export function nextId (): string {
   return `r${++idCounter}`
 }
 
-function clientArgs(server: TestServer | string, sub: string, options: ConnectOptions): { url: string; protocols: string[]; wsOptions: WebSocket.ClientOptions } {
+function clientArgs (server: TestServer | string, sub: string, options: ConnectOptions): { url: string; protocols: string[]; wsOptions: WebSocket.ClientOptions } {
   const base = typeof server === 'string' ? server : server.url
   const token = options.token === undefined ? sign(sub) : options.token
   const via = options.via ?? 'header'
@@ -188,7 +188,7 @@ function clientArgs(server: TestServer | string, sub: string, options: ConnectOp
 }
 
 /** Opens a socket for user `sub` and waits for `welcome`. */
-export async function connect(server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Client> {
+export async function connect (server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Client> {
   const { url, protocols, wsOptions } = clientArgs(server, sub, options)
   const ws = new WebSocket(url, protocols, wsOptions)
   const client = new Client(ws)
@@ -209,7 +209,7 @@ export interface Rejection {
 }
 
 /** Attempts an upgrade that must be refused before the 101; resolves with the HTTP answer. */
-export function rejectedUpgrade(server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Rejection> {
+export function rejectedUpgrade (server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Rejection> {
   const { url, protocols, wsOptions } = clientArgs(server, sub, options)
   const ws = new WebSocket(url, protocols, wsOptions)
   return new Promise((resolve, reject) => {
@@ -231,7 +231,7 @@ export function rejectedUpgrade(server: TestServer | string, sub = 'alice', opti
   })
 }
 
-export function waitFor<T>(emitter: { once(event: string, fn: (...args: any[]) => void): unknown }, event: string): Promise<T> {
+export function waitFor<T> (emitter: { once(event: string, fn: (...args: any[]) => void): unknown }, event: string): Promise<T> {
   return new Promise((resolve) => emitter.once(event, (value: T) => resolve(value)))
 }
 
@@ -239,7 +239,7 @@ export function waitFor<T>(emitter: { once(event: string, fn: (...args: any[]) =
  * Resolves once `condition()` holds, checking on every turn of the event loop (no fixed sleeps): for
  * server-side effects a client cannot observe directly, such as the server's own close bookkeeping.
  */
-export async function until(condition: () => boolean, what = 'condition'): Promise<void> {
+export async function until (condition: () => boolean, what = 'condition'): Promise<void> {
   const deadline = Date.now() + NEXT_GUARD_MS
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`${what} did not hold within ${NEXT_GUARD_MS} ms`)

@@ -13,7 +13,7 @@ export interface TcpProxy {
   close(): Promise<void>
 }
 
-export async function startProxy(target: number): Promise<TcpProxy> {
+export async function startProxy (target: number): Promise<TcpProxy> {
   const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
   const stalled = new Set<net.Socket>()
   const server = net.createServer((client) => {
@@ -35,14 +35,14 @@ export async function startProxy(target: number): Promise<TcpProxy> {
   const proxy: TcpProxy = {
     port: address.port,
     target,
-    cut() {
+    cut () {
       for (const { client, upstream } of pairs) {
         client.destroy()
         upstream.destroy()
       }
       pairs.clear()
     },
-    stall() {
+    stall () {
       for (const { client, upstream } of pairs) {
         client.unpipe(upstream)
         upstream.unpipe(client)
@@ -52,7 +52,7 @@ export async function startProxy(target: number): Promise<TcpProxy> {
       }
       pairs.clear()
     },
-    async close() {
+    async close () {
       proxy.cut()
       for (const socket of stalled) socket.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from './components.js'
 
-export function redisMissing(): string | undefined {
+export function redisMissing (): string | undefined {
   const paths = ['/usr/bin/redis-server', '/usr/local/bin/redis-server']
   return paths.some((path) => existsSync(path)) ? undefined : 'redis-server not found (apt-get install redis-server)'
 }
@@ -20,14 +20,14 @@ export interface RedisServer {
   start(): Promise<void>
 }
 
-export async function startRedis(t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
+export async function startRedis (t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
   const port = await freePort()
   const dir = await mkdtemp(join(tmpdir(), 'rooms-redis-'))
   let child: ChildProcess | undefined
   const server: RedisServer = {
     port,
     url: `redis://127.0.0.1:${port}`,
-    async start() {
+    async start () {
       const process = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
         stdio: ['ignore', 'pipe', 'inherit'],
       })
@@ -42,7 +42,7 @@ export async function startRedis(t: { teardown(fn: () => unknown): void }): Prom
       })
       process.stdout!.resume()
     },
-    async stop() {
+    async stop () {
       const process = child
       child = undefined
       if (process === undefined || process.exitCode !== null) return
