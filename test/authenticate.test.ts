@@ -7,7 +7,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { createClient } from '../lib/client/index.js'
 import type { RoomsUser } from '../lib/index.js'
-import { connect, ORIGIN, rejectedUpgrade, sign, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, rejectedUpgrade, sign, startServer, until, type TestServer } from './helpers/index.js'
 
 const COOKIE_SECRET = 'cookie-secret-0123456789abcdef'
 
@@ -112,7 +112,7 @@ t.test('#11 authenticate: ending the session is the host\'s disconnectUser; the 
   const { server } = await sessionServer(t)
   const cookie = await login(server, 'carol')
   const client = await connect(server, 'carol', { token: null, wsOptions: { headers: { cookie } } })
-  const closing = new Promise<number>((resolve) => client.ws.once('close', (code: number) => resolve(code)))
+  const closing = bounded(new Promise<number>((resolve) => client.ws.once('close', (code: number) => resolve(code))), 'the close')
   await fetch(`http://127.0.0.1:${server.port}/logout`, { method: 'POST', headers: { cookie } })
   t.equal(await closing, 4001)
   t.equal((await rejectedUpgrade(server, 'carol', { token: null, wsOptions: { headers: { cookie } } })).status, 401, 'the old cookie no longer admits')
@@ -130,11 +130,11 @@ t.test('#11 authenticate: the client needs no getToken; it reconnects with the s
   const client = createClient({ url: `${server.url}/ws`, WebSocket: CookieWebSocket, backoff: { initialMs: 5, maxMs: 20 } })
   t.teardown(() => client.close())
   await client.join('lobby')
-  const event = new Promise<unknown>((resolve) => client.on('news', (frame) => resolve(frame.payload)))
+  const event = bounded(new Promise<unknown>((resolve) => client.on('news', (frame) => resolve(frame.payload))), 'the news event')
   await server.app.rooms.broadcast('lobby', 'news', { n: 1 })
   t.same(await event, { n: 1 })
   // A cut socket: the client comes back through authenticate again.
-  const reopened = new Promise<void>((resolve) => client.on('state', (state) => state === 'open' && resolve()))
+  const reopened = bounded(new Promise<void>((resolve) => client.on('state', (state) => state === 'open' && resolve())), 'the client reconnecting')
   await server.app.rooms.disconnectUser('carol', 1012, 'restart')
   await reopened
   await until(() => server.app.rooms.stats().connections === 1, 'the client is back')

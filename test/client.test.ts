@@ -4,7 +4,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { createClient, type ClientOptions, type RoomsClient, type ServerFrame, type WebSocketConstructor } from '../lib/client/index.js'
 import { defineMessage } from '../lib/index.js'
-import { connect, ORIGIN, sign, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, sign, startServer, until, type TestServer } from './helpers/index.js'
 import { startProxy, type TcpProxy } from './helpers/proxy.js'
 
 /** ws with the Origin a browser would send (the server refuses a missing Origin by default). */
@@ -36,13 +36,13 @@ function client (t: { teardown(fn: () => unknown): void }, proxy: TcpProxy, opti
 }
 
 function nextEvent<T = unknown> (rooms: RoomsClient, event: string, match: (value: T) => boolean = () => true): Promise<T> {
-  return new Promise((resolve) => {
+  return bounded(new Promise((resolve) => {
     const off = rooms.on(event, ((value: T) => {
       if (!match(value)) return
       off()
       resolve(value)
     }) as never)
-  })
+  }), `client event "${event}"`)
 }
 
 function collect (rooms: RoomsClient, type: string): ServerFrame[] {
@@ -140,7 +140,7 @@ t.test('the token is refreshed with auth before exp; the connection outlives the
     },
   })
   await nextEvent(rooms, 'welcome')
-  await refreshed
+  await bounded(refreshed, 'the token refresh')
   // A raw socket with the first token and no refresh is closed at its exp; the client is not.
   const control = await connect(server, 'alice', { token: sign('alice', { exp }) })
   t.equal((await control.closed).code, 1008)
@@ -170,7 +170,7 @@ t.test('requests made offline wait and are re-sent with the same id; the handler
   const rooms = client(t, proxy)
   await nextEvent(rooms, 'welcome')
   const answer = rooms.request('order', { item: 'tea' })
-  await handlerStarted
+  await bounded(handlerStarted, 'the handler starting')
   const reconnected = nextEvent(rooms, 'welcome')
   proxy.cut() // the ack will go to a dead socket
   release()

@@ -7,7 +7,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 
@@ -26,11 +26,11 @@ function rawClient (server: TestServer | string, sub: string): Promise<{ ws: Web
   const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
   const frames: Frame[] = []
   ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
-  return new Promise((resolve, reject) => {
+  return bounded(new Promise((resolve, reject) => {
     ws.once('error', reject)
     const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
     ws.once('message', welcome)
-  })
+  }), `${sub}'s welcome`)
 }
 
 if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
@@ -243,10 +243,10 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     })
     let output = ''
-    await new Promise<void>((resolve) => child.stdout!.on('data', (chunk: Buffer) => {
+    await bounded(new Promise<void>((resolve) => child.stdout!.on('data', (chunk: Buffer) => {
       output += chunk.toString()
       if (output.includes('\n')) resolve()
-    }))
+    })), 'the server process listening')
     const url = `ws://127.0.0.1:${Number(output.split('\n')[0])}`
     const odd = 'room "with" {braces} and spaces'
     const victim = await connect(url, 'victim')
@@ -269,13 +269,13 @@ async function serverProcess (t: { teardown(fn: () => unknown): void }, redis: R
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
   let output = ''
-  await new Promise<void>((resolve, reject) => {
+  await bounded(new Promise<void>((resolve, reject) => {
     child.once('exit', (code) => reject(new Error(`server process exited with ${code}`)))
     child.stdout!.on('data', (chunk: Buffer) => {
       output += chunk.toString()
       if (output.includes('\n')) resolve()
     })
-  })
+  }), 'the server process listening')
   return `ws://127.0.0.1:${Number(output.split('\n')[0])}`
 }
 

@@ -5,7 +5,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { defineMessage, FrameError, memoryBroker, type Broker } from '../lib/index.js'
 import type { BrokerDelivery, BrokerSettings } from '../lib/brokers/broker.js'
-import { connect, rejectedUpgrade, sign, startServer, until, type Frame } from './helpers/index.js'
+import { bounded, connect, rejectedUpgrade, sign, startServer, until, type Frame } from './helpers/index.js'
 
 const cjk = (n: number) => '界'.repeat(n)
 
@@ -270,7 +270,7 @@ t.test('#10 a raw socket that joins and is reset at once never leaves a ghost', 
   await observer.join('lobby')
   for (let i = 0; i < 20; i++) {
     const ws = new WebSocket(`${server.url}/ws`, { headers: { authorization: `Bearer ${sign('ghost')}` }, origin: 'http://app.test' })
-    await new Promise((resolve) => ws.once('open', resolve))
+    await bounded(new Promise((resolve) => ws.once('open', resolve)), 'a ghost socket opening')
     ws.send(JSON.stringify({ type: 'join', id: 1, room: 'lobby' }))
     ws.terminate()
   }

@@ -88,19 +88,24 @@ export class Client {
   private readonly taken = new Set<number>()
   private firstUntaken = 0
   private waiters: Array<() => void> = []
-  readonly closed: Promise<{ code: number; reason: string }>
+  private readonly closedUnbounded: Promise<{ code: number; reason: string }>
 
   constructor (readonly ws: WebSocket) {
     ws.on('message', (data, isBinary) => {
       this.frames.push(isBinary ? { type: '(binary)' } : JSON.parse(data.toString()))
       this.wake()
     })
-    this.closed = new Promise((resolve) => {
+    this.closedUnbounded = new Promise((resolve) => {
       ws.once('close', (code, reason) => {
         this.wake()
         resolve({ code, reason: reason.toString() })
       })
     })
+  }
+
+  /** The close code and reason, once the socket closed (bounded: rejects after 20 s). */
+  get closed (): Promise<{ code: number; reason: string }> {
+    return bounded(this.closedUnbounded, 'socket close', CLOSE_GUARD_MS)
   }
 
   private wake (): void {
@@ -164,6 +169,20 @@ export class Client {
 }
 
 const NEXT_GUARD_MS = 10_000
+/** A close can take the server's closeTimeoutMs (5 s by default) plus a heartbeat: a wider bound. */
+const CLOSE_GUARD_MS = 20_000
+
+/**
+ * `promise`, or a rejection naming `what` once `ms` have passed: every awaited event or close in the tests
+ * goes through a bound, so a missing one fails its own test with a message instead of hanging the file.
+ */
+export function bounded<T> (promise: Promise<T>, what: string, ms = NEXT_GUARD_MS): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not happen within ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
 let idCounter = 0
 export function nextId (): string {
   return `r${++idCounter}`
@@ -192,11 +211,11 @@ export async function connect (server: TestServer | string, sub = 'alice', optio
   const { url, protocols, wsOptions } = clientArgs(server, sub, options)
   const ws = new WebSocket(url, protocols, wsOptions)
   const client = new Client(ws)
-  await new Promise<void>((resolve, reject) => {
+  await bounded(new Promise<void>((resolve, reject) => {
     ws.once('open', resolve)
     ws.once('error', reject)
     ws.once('unexpected-response', (_req, res) => reject(new Error(`unexpected HTTP ${res.statusCode}`)))
-  })
+  }), 'the socket opening')
   const welcome = await client.nextOfType('welcome')
   if (welcome.payload?.user?.id !== sub) throw new Error(`welcome for the wrong user: ${JSON.stringify(welcome)}`)
   return client
@@ -212,7 +231,7 @@ export interface Rejection {
 export function rejectedUpgrade (server: TestServer | string, sub = 'alice', options: ConnectOptions = {}): Promise<Rejection> {
   const { url, protocols, wsOptions } = clientArgs(server, sub, options)
   const ws = new WebSocket(url, protocols, wsOptions)
-  return new Promise((resolve, reject) => {
+  return bounded(new Promise((resolve, reject) => {
     ws.once('open', () => {
       ws.terminate()
       reject(new Error('upgrade was accepted (101) but should have been refused'))
@@ -228,11 +247,11 @@ export function rejectedUpgrade (server: TestServer | string, sub = 'alice', opt
       })
       res.on('error', reject)
     })
-  })
+  }), 'the refused upgrade\'s answer')
 }
 
 export function waitFor<T> (emitter: { once(event: string, fn: (...args: any[]) => void): unknown }, event: string): Promise<T> {
-  return new Promise((resolve) => emitter.once(event, (value: T) => resolve(value)))
+  return bounded(new Promise((resolve) => emitter.once(event, (value: T) => resolve(value))), `event "${event}"`)
 }
 
 /**

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from './components.js'
+import { bounded } from './index.js'
 
 export function redisMissing (): string | undefined {
   const paths = ['/usr/bin/redis-server', '/usr/local/bin/redis-server']
@@ -33,13 +34,13 @@ export async function startRedis (t: { teardown(fn: () => unknown): void }): Pro
       })
       child = process
       let output = ''
-      await new Promise<void>((resolve, reject) => {
+      await bounded(new Promise<void>((resolve, reject) => {
         process.stdout!.on('data', (chunk: Buffer) => {
           output += chunk.toString()
           if (output.includes('Ready to accept connections')) resolve()
         })
         process.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output.slice(-500)}`)))
-      })
+      }), 'redis-server starting')
       process.stdout!.resume()
     },
     async stop () {
@@ -48,7 +49,7 @@ export async function startRedis (t: { teardown(fn: () => unknown): void }): Pro
       if (process === undefined || process.exitCode !== null) return
       const exited = new Promise((resolve) => process.once('exit', resolve))
       process.kill('SIGTERM')
-      await exited
+      await bounded(exited, 'redis-server exiting')
     },
   }
   await server.start()
