@@ -2,7 +2,7 @@
 // tap itself only knows "100 % or allow-incomplete-coverage"; this is the threshold in between.
 import { readFileSync } from 'node:fs'
 
-const THRESHOLD = { lines: 95, branches: 85, functions: 95 }
+const THRESHOLD = { lines: 96, branches: 87, functions: 97 }
 const summary = JSON.parse(readFileSync(new URL('../.tap/report/coverage-summary.json', import.meta.url), 'utf8'))
 const failures = []
 for (const [metric, minimum] of Object.entries(THRESHOLD)) {

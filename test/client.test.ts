@@ -2,7 +2,7 @@
 import t from 'tap'
 import Type from 'typebox'
 import WebSocket from 'ws'
-import { createClient, type ClientOptions, type RoomsClient, type ServerFrame, type WebSocketConstructor } from '../lib/client/index.js'
+import { createClient, type ClientOptions, type RoomsClient, type ServerFrame } from '../lib/client/index.js'
 import { defineMessage } from '../lib/index.js'
 import { bounded, connect, ORIGIN, sign, startServer, until, type TestServer } from './helpers/index.js'
 import { startProxy, type TcpProxy } from './helpers/proxy.js'
@@ -27,7 +27,7 @@ function client (t: { teardown(fn: () => unknown): void }, proxy: TcpProxy, opti
   const rooms = createClient({
     url: `ws://127.0.0.1:${proxy.port}/ws`,
     getToken: () => sign('alice'),
-    WebSocket: BrowserLikeWebSocket as unknown as WebSocketConstructor,
+    WebSocket: BrowserLikeWebSocket,
     backoff: fast,
     ...options,
   })
