@@ -31,6 +31,11 @@ async function typed (): Promise<void> {
   void stats
   // @ts-expect-error allowedOrigins is required
   await app.register(rooms, { jwt: { secret: 's' } })
+  // A cookie session instead of a JWT: the request in, a user (or null) out, sync or async.
+  await app.register(rooms, { allowedOrigins: '*', authenticate: async (request) => (request.headers.cookie === undefined ? null : { id: 'alice' }) })
+  await app.register(rooms, { allowedOrigins: '*', authenticate: () => null })
+  // @ts-expect-error authenticate returns a user, not a string
+  await app.register(rooms, { allowedOrigins: '*', authenticate: () => 'alice' })
 }
 
 t.test('type checks compile (see tsc --noEmit)', async (t) => {
