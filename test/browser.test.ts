@@ -9,6 +9,17 @@ import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing } from './helpers/chromiu
 import { componentAvailable, freePort } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
 
+/** Opens the example page, logs in as `name` and joins lobby, as a user would. */
+async function enterLobby (page: Page, url: string, name: string): Promise<void> {
+  await page.goto(url)
+  await page.fill('#name', name)
+  await page.click('#login button')
+  await page.waitForSelector('#state[data-state="open"]')
+  await page.fill('#room', 'lobby')
+  await page.click('#join button')
+  await page.waitForSelector('#rooms li.active')
+}
+
 if (componentAvailable(t, chromiumMissing(), 'browser')) {
   t.test('two pages chat through drops and a restart', { timeout: 120_000 }, async (t) => {
     const appPort = await freePort()
@@ -30,17 +41,8 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     const errors: string[] = []
     for (const page of [alice, bob]) page.on('pageerror', (err) => errors.push(err.message))
 
-    const enter = async (page: Page, url: string, name: string) => {
-      await page.goto(url)
-      await page.fill('#name', name)
-      await page.click('#login button')
-      await page.waitForSelector('#state[data-state="open"]')
-      await page.fill('#room', 'lobby')
-      await page.click('#join button')
-      await page.waitForSelector('#rooms li.active')
-    }
-    await enter(alice, `http://127.0.0.1:${appPort}/`, 'alice')
-    await enter(bob, `http://127.0.0.1:${proxy.port}/`, 'bob')
+    await enterLobby(alice, `http://127.0.0.1:${appPort}/`, 'alice')
+    await enterLobby(bob, `http://127.0.0.1:${proxy.port}/`, 'bob')
 
     const say = async (page: Page, text: string) => {
       await page.fill('#text', text)
@@ -109,13 +111,7 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     await mkdir('test-artifacts', { recursive: true })
     for (const [width, height] of [[390, 844], [1280, 800], [1920, 1080]] as const) {
       const page = await browser.newPage({ viewport: { width, height } })
-      await page.goto(`http://127.0.0.1:${port}/`)
-      await page.fill('#name', `w${width}`)
-      await page.click('#login button')
-      await page.waitForSelector('#state[data-state="open"]')
-      await page.fill('#room', 'lobby')
-      await page.click('#join button')
-      await page.waitForSelector('#rooms li.active')
+      await enterLobby(page, `http://127.0.0.1:${port}/`, `w${width}`)
       await page.fill('#text', `hello from ${width} px`)
       await page.click('#send button')
       await page.waitForFunction((text) => [...document.querySelectorAll('#log div')].some((div) => div.textContent?.includes(text)), `hello from ${width} px`, { timeout: 20_000 })
@@ -147,15 +143,7 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     await page.waitForSelector('#status[data-live="true"]')
     // Traffic from two chat pages.
     const chatters = [await browser.newPage(), await browser.newPage()]
-    for (const [i, chatter] of chatters.entries()) {
-      await chatter.goto(`http://127.0.0.1:${port}/`)
-      await chatter.fill('#name', `user${i}`)
-      await chatter.click('#login button')
-      await chatter.waitForSelector('#state[data-state="open"]')
-      await chatter.fill('#room', 'lobby')
-      await chatter.click('#join button')
-      await chatter.waitForSelector('#rooms li.active')
-    }
+    for (const [i, chatter] of chatters.entries()) await enterLobby(chatter, `http://127.0.0.1:${port}/`, `user${i}`)
     for (let i = 0; i < 10; i++) {
       await chatters[i % 2]!.fill('#text', `message ${i}`)
       await chatters[i % 2]!.click('#send button')
