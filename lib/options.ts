@@ -55,6 +55,7 @@ const DataOptions = Type.Object({
     fromQuery: Type.Optional(Type.Boolean()),
   }, { additionalProperties: false })),
   closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  authenticateTimeoutMs: Type.Optional(PositiveInteger),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -85,6 +86,8 @@ export interface RoomsOptions {
    * Runs before the 101; a throw is logged and answered 401.
    */
   authenticate?: (request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>
+  /** An `authenticate` that has not answered by then is abandoned: the upgrade gets 503 (default 10000 ms). */
+  authenticateTimeoutMs?: number
   userFromToken?: (payload: Record<string, unknown>) => RoomsUser
   allowedOrigins: readonly string[] | '*'
   allowMissingOrigin?: boolean
@@ -144,6 +147,7 @@ export interface ResolvedOptions {
   /** Exactly one of `jwt` and `authenticate` is set. */
   jwt: JwtOptions | false | undefined
   authenticate: RoomsOptions['authenticate']
+  authenticateTimeoutMs: number
   userFromToken: (payload: Record<string, unknown>) => RoomsUser
   /** `null` means any origin (`'*'`). */
   allowedOrigins: ReadonlySet<string> | null
@@ -189,6 +193,7 @@ export const defaults = {
   history: { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: 67_108_864 },
   token: { requireExp: true, maxLifetimeMs: 86_400_000, fromQuery: false },
   closeTimeoutMs: 5000,
+  authenticateTimeoutMs: 10_000,
   retryWindow: { maxIdsPerUser: 256, windowMs: 300_000 },
 } as const
 
@@ -260,6 +265,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     history: { ...defaults.history, ...checked.history },
     token: { ...defaults.token, ...checked.token },
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
+    authenticateTimeoutMs: checked.authenticateTimeoutMs ?? defaults.authenticateTimeoutMs,
     retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),
     metrics: checkMetrics(options.metrics),

@@ -156,6 +156,8 @@ function decodeName (name: string): string {
   }
 }
 
+class AuthenticateTimeout extends Error {}
+
 export interface UpgradeGate {
   onRequest: onRequestHookHandler
   preValidation: preValidationHookHandler
@@ -164,6 +166,7 @@ export interface UpgradeGate {
 export interface UpgradeGateOptions {
   token: TokenPolicy
   authenticate: ((request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>) | undefined
+  authenticateTimeoutMs: number
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
   maxConnections: number
@@ -190,12 +193,20 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
   }
   async function admitBySession (request: FastifyRequest, authenticate: NonNullable<UpgradeGateOptions['authenticate']>): Promise<Admission> {
     let user: RoomsUser | null
+    let timer: NodeJS.Timeout | undefined
     try {
-      user = await authenticate(request)
+      // A session store that hangs must not hold the upgrade (and its socket) forever.
+      const timeout = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new AuthenticateTimeout()), options.authenticateTimeoutMs)
+      })
+      user = await Promise.race([(async () => authenticate(request))(), timeout])
     } catch (err) {
+      if (err instanceof AuthenticateTimeout) throw err
       // The host's code failed: its error is logged for the host, the client only learns it is not signed in.
       request.log.warn({ err }, 'fastify-rooms: authenticate threw; answering 401')
       throw new TokenRejectedError('authenticate_failed', PROBLEM_MESSAGES.authenticate_failed)
+    } finally {
+      clearTimeout(timer)
     }
     if (user === null || user === undefined) throw new TokenRejectedError('no_session', PROBLEM_MESSAGES.no_session)
     if (typeof user !== 'object' || !isUserId(user.id)) {
@@ -224,6 +235,9 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
       try {
         admission = options.authenticate === undefined ? await admitByToken(request) : await admitBySession(request, options.authenticate)
       } catch (err) {
+        if (err instanceof AuthenticateTimeout) {
+          throw reject(request, 'unavailable', new UnavailableError('authentication did not answer in time'), { timeoutMs: options.authenticateTimeoutMs })
+        }
         if (!(err instanceof TokenRejectedError)) throw err
         throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })
       }

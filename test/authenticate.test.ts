@@ -108,6 +108,21 @@ t.test('#11 authenticate: a throw, a rejection or a malformed user is 401 and lo
   t.equal((await erin.nextOfType('pong')).id, 'p1', 'the open socket is unaffected')
 })
 
+t.test('#11 authenticate: one that never answers is abandoned after authenticateTimeoutMs with 503; others get in', async (t) => {
+  const server = await startServer(t, {
+    jwt: undefined,
+    authenticateTimeoutMs: 200,
+    authenticate: (request) => request.headers['x-user'] === 'stuck' ? new Promise<null>(() => {}) : { id: String(request.headers['x-user']) },
+  })
+  const stuck = await rejectedUpgrade(server, 'stuck', { token: null, wsOptions: { headers: { 'x-user': 'stuck' } } })
+  t.equal(stuck.status, 503)
+  t.match(JSON.parse(stuck.body), { code: 'FST_ROOMS_UNAVAILABLE', message: 'Service unavailable: authentication did not answer in time' })
+  t.equal(server.app.rooms.stats().handshakes.unavailable, 1)
+  const fine = await connect(server, 'frank', { token: null, wsOptions: { headers: { 'x-user': 'frank' } } })
+  fine.send({ type: 'ping', id: 'p' })
+  t.equal((await fine.nextOfType('pong')).id, 'p')
+})
+
 t.test('#11 authenticate: ending the session is the host\'s disconnectUser; the socket closes with its code', async (t) => {
   const { server } = await sessionServer(t)
   const cookie = await login(server, 'carol')
