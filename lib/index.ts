@@ -122,6 +122,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     }, options.heartbeatMs)
     heartbeat.unref()
 
+    scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
     scope.route({
       method: 'GET',
       url: options.path,
@@ -134,7 +135,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
               max: options.handshakeRateLimit.max,
               timeWindow: options.handshakeRateLimit.timeWindow,
               onExceeded: (request) => {
-                stats.handshake('rate_limited')
+                if (request.ws) stats.handshake('rate_limited')
                 request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
               },
             },

@@ -161,6 +161,7 @@ class AuthenticateTimeout extends Error {}
 export interface UpgradeGate {
   onRequest: onRequestHookHandler
   preValidation: preValidationHookHandler
+  preflight: (request: FastifyRequest, reply: FastifyReply) => FastifyReply
 }
 
 export interface UpgradeGateOptions {
@@ -179,12 +180,27 @@ export interface UpgradeState {
   openConnectionsOf(userId: string): number
 }
 
+function upgradeRequired (reply: FastifyReply, message = 'this route only accepts WebSocket upgrades'): FastifyReply {
+  return reply.code(426).header('upgrade', 'websocket').send({ statusCode: 426, code: 'FST_ROOMS_UPGRADE_REQUIRED', error: 'Upgrade Required', message })
+}
+
 export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
   /** Counts and logs a refused handshake (one line, with the reason; never the token) and returns its error. */
   function reject<E extends Error> (request: FastifyRequest, reason: HandshakeResult, error: E, details: Record<string, unknown> = {}): E {
-    stats.handshake(reason)
-    request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: handshake rejected: ${error.message}`)
+    // A diagnostic request repeats a handshake the client already made: it is logged, not counted again.
+    if (request.ws) stats.handshake(reason)
+    request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: ${request.ws ? 'handshake' : 'diagnostic request'} rejected: ${error.message}`)
     return error
+  }
+  /** CORS headers for an allowed Origin (credentials included, so the origin is echoed, never `*`). */
+  function allowCors (request: FastifyRequest, reply: FastifyReply): boolean {
+    const origin = request.headers.origin
+    reply.header('vary', 'Origin')
+    if (origin === undefined || (options.allowedOrigins !== null && !options.allowedOrigins.has(origin))) return false
+    reply.header('access-control-allow-origin', origin)
+      .header('access-control-allow-credentials', 'true')
+      .header('access-control-expose-headers', 'retry-after')
+    return true
   }
   async function admitByToken (request: FastifyRequest): Promise<Admission> {
     const token = extractToken(request, options.token.fromQuery)
@@ -218,14 +234,16 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
     async onRequest (request: FastifyRequest, reply: FastifyReply) {
-      if (state.isClosing()) throw reject(request, 'unavailable', new UnavailableError('server is shutting down'))
       if (!request.ws) {
-        reply.code(426).header('upgrade', 'websocket')
-        return reply.send({ statusCode: 426, error: 'Upgrade Required', message: 'this route only accepts WebSocket upgrades' })
+        // A plain GET is the client's diagnostic after a failed handshake (browsers hide its status): the
+        // same checks, answered over HTTP. Readable cross-origin only by allowed origins.
+        allowCors(request, reply)
+        if (request.method !== 'GET') return upgradeRequired(reply)
       }
+      if (state.isClosing()) throw reject(request, 'unavailable', new UnavailableError('server is shutting down'))
     },
     // Checks that must be counted by the handshake rate limit run after it.
-    async preValidation (request: FastifyRequest) {
+    async preValidation (request: FastifyRequest, reply: FastifyReply) {
       const origin = request.headers.origin
       const originAllowed = origin === undefined
         ? options.allowMissingOrigin
@@ -247,7 +265,17 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
       if (state.openConnectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
         throw reject(request, 'unavailable', new UnavailableError('connection limit for this user reached'), { userId: admission.user.id })
       }
+      if (!request.ws) return upgradeRequired(reply, 'credentials accepted; this route only accepts WebSocket upgrades')
       request.roomsAdmission = admission
+    },
+    // The preflight of a cross-origin diagnostic request (it carries Authorization): allowed origins only.
+    preflight (request: FastifyRequest, reply: FastifyReply) {
+      if (!allowCors(request, reply)) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_FORBIDDEN_ORIGIN', error: 'Forbidden', message: 'Origin not allowed' })
+      return reply.code(204)
+        .header('access-control-allow-methods', 'GET')
+        .header('access-control-allow-headers', 'authorization')
+        .header('access-control-max-age', '600')
+        .send()
     },
   }
 }

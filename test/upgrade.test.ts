@@ -168,11 +168,15 @@ t.test('maxConnections and maxConnectionsPerUser → 503', async (t) => {
   t.equal(server.app.rooms.stats().handshakes.unavailable, 2)
 })
 
-t.test('a plain GET on the route → 426 Upgrade Required', async (t) => {
+t.test('a plain GET on the route runs the same checks; passing them → 426 Upgrade Required', async (t) => {
   const server = await startServer(t)
-  const response = await fetch(`http://127.0.0.1:${server.port}/ws`, { headers: { origin: ORIGIN } })
+  const response = await fetch(`http://127.0.0.1:${server.port}/ws`, { headers: { origin: ORIGIN, authorization: `Bearer ${sign('alice')}` } })
   t.equal(response.status, 426)
   t.equal(response.headers.get('upgrade'), 'websocket')
+  t.match(await response.json(), { code: 'FST_ROOMS_UPGRADE_REQUIRED', message: 'credentials accepted; this route only accepts WebSocket upgrades' })
+  const anonymous = await fetch(`http://127.0.0.1:${server.port}/ws`, { headers: { origin: ORIGIN } })
+  t.equal(anonymous.status, 401)
+  t.equal(server.app.rooms.stats().handshakes.unauthorized ?? 0, 0, 'a diagnostic request is not counted as a handshake')
 })
 
 t.test('path is configurable', async (t) => {

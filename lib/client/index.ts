@@ -1,92 +1,21 @@
-// The fastify-rooms client: reconnecting, token-refreshing, resuming. No runtime dependencies and no
-// imports, so this one file runs in browsers (native WebSocket) and in Node (pass WebSocket from ws).
+// The fastify-rooms client: reconnecting, token-refreshing, resuming, and saying why a connection is
+// refused. No runtime dependencies and no runtime imports (types.ts is type-only), so this one file runs in
+// browsers (native WebSocket) and in Node (pass WebSocket from ws).
+// ~600 lines on purpose: the file is served to browsers as one module; its types live in types.ts.
+import type {
+  AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, EventFrame, JoinAck, RefusalDetails, RequestOptions,
+  RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
+} from './types.js'
 
-export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
-
-// An event handler property whose parameter is checked like a method's (bivariantly), so a WebSocket whose
-// handlers take a richer event (ws's MessageEvent, the DOM's) still fits without a cast.
-type EventHandler<E> = { handle(event: E): void }['handle']
-
-/** The part of the WebSocket API the client uses; browsers' WebSocket and ws's both have it. */
-export interface WebSocketLike {
-  readonly readyState: number
-  send(data: string): void
-  close(code?: number, reason?: string): void
-  terminate?(): void
-  onmessage: EventHandler<{ data: unknown }> | null
-  onclose: EventHandler<{ code: number; reason: string }> | null
-  onerror: EventHandler<unknown> | null
-}
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
-
-export interface ClientOptions {
-  /** ws:// or wss:// URL of the plugin's route, e.g. `wss://chat.example.com/ws`. */
-  url: string
-  /**
-   * Awaited before every connection attempt and shortly before the token's `exp`. Omit it for a server
-   * that signs sockets in with `authenticate` (a cookie session): the browser sends the cookie itself.
-   */
-  getToken?: () => string | Promise<string>
-  /** Defaults to the global WebSocket (browsers, Node 22+); in Node 20 pass `WebSocket` from ws. */
-  WebSocket?: WebSocketConstructor
-  /** Rooms to join on connect. */
-  rooms?: string[]
-  /** App-level ping interval (default 15000 ms). */
-  heartbeatMs?: number
-  /** No pong within this time → the connection is treated as dead (default 10000 ms). */
-  pongTimeoutMs?: number
-  /** Reconnect delays: full jitter over initialMs × 2^attempt, capped at maxMs (defaults 1000 and 15000 ms). */
-  backoff?: { initialMs?: number; maxMs?: number }
-  /** A connection open this long resets the backoff (default 10000 ms). */
-  stableAfterMs?: number
-  /** Requests that may wait while offline (default 100). */
-  maxQueue?: number
-  /** Default request timeout (default 10000 ms). */
-  requestTimeoutMs?: number
-  /** Refresh the token this long before its exp, or halfway through a shorter lifetime (default 60000 ms). */
-  refreshLeadMs?: number
-  /** 'protocol' (default) sends the token as the `bearer.<jwt>` subprotocol entry; 'query' as ?token= (it then shows in URL logs). */
-  tokenIn?: 'protocol' | 'query'
-  /** Connect at once (default true); otherwise call connect(). */
-  autoConnect?: boolean
-  /**
-   * Fraction of room events (0 to 1, default 0) whose `time` is sent back in a `latency` frame, feeding the
-   * server's client-latency histogram (publish → received here, plus the report's way back).
-   */
-  reportLatency?: number
-}
-
-export interface RoomPosition {
-  seq: number
-  epoch: string
-}
-
-/** Any frame the server sends; room events have `room` and `seq`. */
-export interface ServerFrame {
-  type: string
-  id?: string | number
-  room?: string
-  seq?: number
-  payload?: any
-  traceId?: string
-  time?: number
-}
-
-export interface ClientEvents {
-  state: (state: ClientState) => void
-  error: (error: RoomsClientError) => void
-  /** History no longer covered the gap (or the server restarted): refetch the room's state. */
-  reset: (reset: { room: string; seq: number; epoch: string }) => void
-  welcome: (welcome: { connectionId: string; user: { id: string }; heartbeatMs: number; maxPayload: number }) => void
-  /** A reconnect is scheduled: attempt number and the delay before it. */
-  reconnect: (info: { attempt: number; delayMs: number }) => void
-  /** Round trip of the last app-level ping. */
-  pong: (latencyMs: number) => void
-}
+export type * from './types.js'
 
 export class RoomsClientError extends Error {
   constructor (
-    /** The server's error code (`forbidden`, `not_in_room`…) or the client's own: `timeout`, `closed`, `queue_full`, `token`, `connection`. */
+    /**
+     * The server's error code (`forbidden`, `not_in_room`…), a refused connection's (`unauthorized`,
+     * `origin_not_allowed`, `rate_limited`, `unavailable`, `connect_timeout`, `network`, `refused`), or the
+     * client's own: `timeout`, `queue_timeout`, `closed`, `queue_full`, `token`, `connection`, `listener`.
+     */
     readonly code: string,
     message: string,
     readonly details?: unknown,
@@ -102,12 +31,37 @@ interface Pending {
   frame: { type: string; id: string; room?: string; payload?: unknown }
   resolve: (payload: any) => void
   reject: (error: RoomsClientError) => void
+  timeoutMs: number
+  /** The answer timeout: runs only while the frame is written and the socket open. */
+  timer: ReturnType<typeof setTimeout> | undefined
+  /** What is left of `queueTimeoutMs` (Infinity: none), and its timer while the frame waits unsent. */
+  queueLeftMs: number
+  queuedAt: number
+  queueTimer: ReturnType<typeof setTimeout> | undefined
+}
+
+/** One connection attempt: what is known of it until `welcome` (or its failure). */
+interface Attempt {
+  ws: WebSocketLike
+  token: string | undefined
+  opened: boolean
+  /** The close code when the socket opened (101) but closed before `welcome`. */
+  closeCode: number | undefined
+  closeReason: string
+  timedOut: boolean
+  errorMessage: string | undefined
   timer: ReturnType<typeof setTimeout>
 }
 
 type Listener = (...args: any[]) => void
 
-export class RoomsClient {
+/** Why a refused or failed attempt failed, from the HTTP status of the upgrade or of the diagnostic request. */
+const REFUSALS: Record<number, string> = { 401: 'unauthorized', 403: 'origin_not_allowed', 429: 'rate_limited', 503: 'unavailable' }
+
+type MessageOf<S extends ClientSchema> = keyof S['messages'] & string
+type EventOf<S extends ClientSchema> = keyof S['events'] & string
+
+export class RoomsClient<S extends ClientSchema = AnySchema> {
   state: ClientState = 'closed'
   /** Round trip of the last ping, in ms. */
   latencyMs: number | undefined
@@ -134,12 +88,24 @@ export class RoomsClient {
   private ping: { id: string; sentAt: number } | undefined
   private resumeId: string | undefined
   private everOpened = false
+  private attemptInFlight: Attempt | undefined
+  /** Consecutive 401/403 refusals: the second (with a freshly fetched token) stops the client. */
+  private authRefusals = 0
+  private retryAfterMs = 0
+  private readonly wake = () => this.reconnectNow()
+  private readonly onVisibility = () => {
+    if ((globalThis as { document?: { visibilityState?: string } }).document?.visibilityState === 'visible') this.reconnectNow()
+  }
 
   constructor (private readonly options: ClientOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
     if (WebSocketImpl === undefined) throw new TypeError('fastify-rooms client: no global WebSocket; pass options.WebSocket (e.g. from ws)')
     this.WebSocketImpl = WebSocketImpl
     for (const room of options.rooms ?? []) this.positions.set(room, null)
+    // Browsers: back at once when the network returns or a hidden tab is shown again.
+    const page = globalThis as { addEventListener?: (type: string, fn: () => void) => void; document?: { addEventListener?: (type: string, fn: () => void) => void } }
+    page.addEventListener?.('online', this.wake)
+    page.document?.addEventListener?.('visibilitychange', this.onVisibility)
     if (options.autoConnect !== false) this.connect()
   }
 
@@ -163,23 +129,47 @@ export class RoomsClient {
 
   /** Closes for good: no reconnect; waiting requests reject with `closed`. */
   close (): void {
+    this.stop(new RoomsClientError('closed', 'client closed'))
+  }
+
+  /** Ends the client: no reconnect, every waiting request rejected with `reason`. */
+  private stop (reason: RoomsClientError): void {
     this.closedByUser = true
     this.stopTimers()
     clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = undefined
+    const page = globalThis as { removeEventListener?: (type: string, fn: () => void) => void; document?: { removeEventListener?: (type: string, fn: () => void) => void } }
+    page.removeEventListener?.('online', this.wake)
+    page.document?.removeEventListener?.('visibilitychange', this.onVisibility)
     const ws = this.ws
     this.ws = undefined
     this.online = false
-    ws?.close(1000, 'client closed')
+    if (this.attemptInFlight !== undefined) clearTimeout(this.attemptInFlight.timer)
+    this.attemptInFlight = undefined
+    try {
+      ws?.close(1000, 'client closed')
+    } catch {
+      // A socket that cannot be closed is being dropped anyway.
+    }
     for (const [id, pending] of this.pending) {
       clearTimeout(pending.timer)
+      clearTimeout(pending.queueTimer)
       this.pending.delete(id)
-      pending.reject(new RoomsClientError('closed', 'client closed'))
+      pending.reject(reason)
     }
     this.setState('closed')
   }
 
+  /** While waiting to reconnect: try now (the network is back, the page is visible again). */
+  private reconnectNow (): void {
+    if (this.closedByUser || this.ws !== undefined || this.reconnectTimer === undefined || this.retryAfterMs > Date.now()) return
+    clearTimeout(this.reconnectTimer)
+    this.reconnectTimer = undefined
+    void this.openSocket()
+  }
+
   on<K extends keyof ClientEvents>(event: K, listener: ClientEvents[K]): () => void
-  on (type: string, listener: (frame: ServerFrame) => void): () => void
+  on<K extends EventOf<S>>(type: K, listener: (frame: EventFrame<S['events'][K]>) => void): () => void
   on (type: string, listener: Listener): () => void {
     let set = this.listeners.get(type)
     if (set === undefined) {
@@ -191,10 +181,10 @@ export class RoomsClient {
   }
 
   /** Joins a room (and re-joins it after every reconnect); resolves with the join ack. */
-  async join (room: string): Promise<{ room: string; seq: number; epoch: string; members?: Array<{ id: string }> }> {
+  async join (room: string): Promise<JoinAck> {
     if (!this.positions.has(room)) this.positions.set(room, null)
     try {
-      return await this.request('join', undefined, { room })
+      return await this.requestFrame('join', undefined, { room })
     } catch (err) {
       if (err instanceof RoomsClientError && err.code !== 'timeout') this.positions.delete(room)
       throw err
@@ -203,14 +193,20 @@ export class RoomsClient {
 
   async leave (room: string): Promise<void> {
     this.positions.delete(room)
-    await this.request('leave', undefined, { room })
+    await this.requestFrame('leave', undefined, { room })
   }
 
   /**
-   * Sends a frame with an id and resolves with the `ack` payload; rejects with the server's error code,
-   * or `timeout`. While offline the frame waits (up to maxQueue) and is sent on reconnect.
+   * Sends a frame with an id and resolves with the `ack` payload (the handler's result); rejects with the
+   * server's error code, or `timeout` (no answer within `timeoutMs` of being written to an open socket).
+   * While offline the frame waits (up to maxQueue; for `queueTimeoutMs` if given, else until `close()`)
+   * and is sent on reconnect, again with the same id after every drop: the server answers each id once.
    */
-  request<T = any>(type: string, payload?: unknown, options: { room?: string; timeoutMs?: number } = {}): Promise<T> {
+  request<K extends MessageOf<S>>(type: K, payload: S['messages'][K]['payload'], options: RequestOptions = {}): Promise<S['messages'][K]['result']> {
+    return this.requestFrame(type, payload, options)
+  }
+
+  private requestFrame (type: string, payload: unknown, options: RequestOptions): Promise<any> {
     if (this.closedByUser) return Promise.reject(new RoomsClientError('closed', 'client is closed'))
     if (!this.online && this.pending.size >= (this.options.maxQueue ?? 100)) {
       return Promise.reject(new RoomsClientError('queue_full', 'too many requests waiting for the connection'))
@@ -219,19 +215,56 @@ export class RoomsClient {
     const frame: Pending['frame'] = { type, id }
     if (options.room !== undefined) frame.room = options.room
     if (payload !== undefined) frame.payload = payload
-    return new Promise<T>((resolve, reject) => {
-      const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs ?? 10_000
-      const timer = setTimeout(() => {
-        this.pending.delete(id)
-        reject(new RoomsClientError('timeout', `no answer to "${type}" within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.pending.set(id, { frame, resolve, reject, timer })
-      if (this.online) this.ws?.send(JSON.stringify(frame))
+    return new Promise((resolve, reject) => {
+      const pending: Pending = {
+        frame,
+        resolve,
+        reject,
+        timeoutMs: options.timeoutMs ?? this.options.requestTimeoutMs ?? 10_000,
+        timer: undefined,
+        queueLeftMs: options.queueTimeoutMs ?? Infinity,
+        queuedAt: 0,
+        queueTimer: undefined,
+      }
+      this.pending.set(id, pending)
+      if (this.online) this.write(pending)
+      else this.enqueue(pending)
     })
   }
 
+  /** Writes a request to the open socket; its answer timeout starts now. */
+  private write (pending: Pending): void {
+    if (pending.queueTimer !== undefined) {
+      clearTimeout(pending.queueTimer)
+      pending.queueTimer = undefined
+      pending.queueLeftMs -= Date.now() - pending.queuedAt
+    }
+    this.ws!.send(JSON.stringify(pending.frame))
+    clearTimeout(pending.timer)
+    pending.timer = setTimeout(() => {
+      this.pending.delete(pending.frame.id)
+      pending.reject(new RoomsClientError('timeout', `no answer to "${pending.frame.type}" within ${pending.timeoutMs} ms`))
+    }, pending.timeoutMs)
+  }
+
+  /** Back in the offline queue: the answer timeout stops; a `queueTimeoutMs` keeps counting. */
+  private enqueue (pending: Pending): void {
+    clearTimeout(pending.timer)
+    pending.timer = undefined
+    if (pending.queueLeftMs === Infinity || pending.queueTimer !== undefined) return
+    pending.queuedAt = Date.now()
+    pending.queueTimer = setTimeout(() => {
+      this.pending.delete(pending.frame.id)
+      pending.reject(new RoomsClientError('queue_timeout', `"${pending.frame.type}" waited offline for its queueTimeoutMs`))
+    }, Math.max(0, pending.queueLeftMs))
+  }
+
   /** Fire and forget (no id, no answer); false when not connected. */
-  send (type: string, payload?: unknown, options: { room?: string } = {}): boolean {
+  send<K extends MessageOf<S>>(type: K, payload?: S['messages'][K]['payload'], options: { room?: string } = {}): boolean {
+    return this.sendFrame(type, payload, options)
+  }
+
+  private sendFrame (type: string, payload: unknown, options: { room?: string } = {}): boolean {
     if (!this.online || this.ws === undefined) return false
     this.ws.send(JSON.stringify(options.room === undefined ? { type, payload } : { type, room: options.room, payload }))
     return true
@@ -277,6 +310,26 @@ export class RoomsClient {
       return this.scheduleReconnect()
     }
     this.ws = ws
+    const connectTimeoutMs = this.options.connectTimeoutMs ?? 10_000
+    const attempt: Attempt = {
+      ws,
+      token,
+      opened: false,
+      closeCode: undefined,
+      closeReason: '',
+      timedOut: false,
+      errorMessage: undefined,
+      // A handshake that never completes (a black-holed network, a stalled proxy) is abandoned.
+      timer: setTimeout(() => {
+        attempt.timedOut = true
+        this.abandon(ws)
+        void this.onAttemptFailed(attempt)
+      }, connectTimeoutMs),
+    }
+    this.attemptInFlight = attempt
+    ws.onopen = () => {
+      attempt.opened = true
+    }
     ws.onmessage = (event) => {
       if (ws !== this.ws) return
       let frame: ServerFrame
@@ -287,11 +340,85 @@ export class RoomsClient {
       }
       this.onFrame(frame, token)
     }
-    ws.onclose = () => {
-      if (ws === this.ws) this.onDisconnect()
+    ws.onclose = (event) => {
+      if (ws !== this.ws) return
+      attempt.closeCode = event?.code
+      attempt.closeReason = typeof event?.reason === 'string' ? event.reason : ''
+      if (this.attemptInFlight === attempt) void this.onAttemptFailed(attempt)
+      else this.onDisconnect()
     }
-    // A failed handshake or a network error is followed by close; close handles both.
-    ws.onerror = () => {}
+    // ws (Node) says why a handshake failed ("Unexpected server response: 401"); a browser says nothing.
+    ws.onerror = (event) => {
+      const error = event as { message?: unknown; error?: { message?: unknown } }
+      const message = error?.message ?? error?.error?.message
+      if (typeof message === 'string') attempt.errorMessage = message
+    }
+  }
+
+  /** Drops a socket whose events no longer matter. */
+  private abandon (ws: WebSocketLike): void {
+    if (this.ws === ws) this.ws = undefined
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null
+    try {
+      if (typeof ws.terminate === 'function') ws.terminate()
+      else ws.close()
+    } catch {
+      // Closing a socket that never opened may throw in some implementations; it is dropped either way.
+    }
+  }
+
+  /** An attempt ended before `welcome`: find out why, say it, and retry or stop. */
+  private async onAttemptFailed (attempt: Attempt): Promise<void> {
+    if (this.attemptInFlight !== attempt) return
+    this.attemptInFlight = undefined
+    clearTimeout(attempt.timer)
+    if (this.ws === attempt.ws) this.ws = undefined
+    const refusal = await this.diagnose(attempt)
+    if (this.closedByUser) return
+    this.emit('error', refusal)
+    if (refusal.code === 'unauthorized' || refusal.code === 'origin_not_allowed') {
+      // Every attempt fetches a fresh token: a second refusal in a row will not change by retrying.
+      if (++this.authRefusals >= 2) return this.stop(refusal)
+    } else {
+      this.authRefusals = 0
+    }
+    const retryAfterMs = (refusal.details as RefusalDetails | undefined)?.retryAfterMs
+    this.retryAfterMs = retryAfterMs === undefined ? 0 : Date.now() + retryAfterMs
+    this.scheduleReconnect(retryAfterMs)
+  }
+
+  /**
+   * Why the attempt failed. Node's ws reports the upgrade's HTTP status; browsers hide it (the page sees
+   * only 1006), so the client asks the route once over plain HTTP with the same credentials: the plugin
+   * answers with the same checks and a JSON `{ code, message }`. A 429 is asked too, for its Retry-After.
+   */
+  private async diagnose (attempt: Attempt): Promise<RoomsClientError> {
+    if (attempt.timedOut) {
+      return new RoomsClientError('connect_timeout', `no welcome from ${this.options.url} within ${this.options.connectTimeoutMs ?? 10_000} ms`, {})
+    }
+    const upgradeStatus = Number(/Unexpected server response: (\d{3})/.exec(attempt.errorMessage ?? '')?.[1] ?? 0)
+    if (attempt.opened) {
+      // Admitted, then closed before welcome: a limit filled up meanwhile, or the server is going away.
+      const busy = attempt.closeCode === 1013 || attempt.closeCode === 1001 || attempt.closeCode === 1012
+      return new RoomsClientError(busy ? 'unavailable' : 'network', `closed before welcome (${attempt.closeCode ?? 'no code'}${attempt.closeReason === '' ? '' : `: ${attempt.closeReason}`})`, {})
+    }
+    if (attempt.errorMessage !== undefined && upgradeStatus === 0) {
+      return new RoomsClientError('network', `connection to ${this.options.url} failed${attempt.errorMessage === undefined ? '' : `: ${attempt.errorMessage}`}`, {})
+    }
+    if (upgradeStatus !== 0 && upgradeStatus !== 429) return refusal(upgradeStatus, undefined)
+    const fetch = (globalThis as { fetch?: (url: string, init: object) => Promise<{ status: number; headers: { get(name: string): string | null }; json(): Promise<unknown> }> }).fetch
+    if (fetch === undefined) return upgradeStatus === 0 ? new RoomsClientError('network', `connection to ${this.options.url} failed`, {}) : refusal(upgradeStatus, undefined)
+    try {
+      const headers: Record<string, string> = {}
+      if (attempt.token !== undefined) headers.authorization = `Bearer ${attempt.token}`
+      const response = await fetch(this.options.url.replace(/^ws/, 'http'), { headers, credentials: 'include', cache: 'no-store' })
+      const body = await response.json().catch(() => undefined) as { message?: unknown } | undefined
+      const retryAfter = Number(response.headers.get('retry-after'))
+      return refusal(response.status, typeof body?.message === 'string' ? body.message : undefined, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined)
+    } catch {
+      // Unreachable, or a cross-origin answer the browser will not show (an origin the server does not allow).
+      return upgradeStatus === 0 ? new RoomsClientError('network', `cannot reach ${this.options.url}`, {}) : refusal(upgradeStatus, undefined)
+    }
   }
 
   private onFrame (frame: ServerFrame, token: string | undefined): void {
@@ -309,12 +436,16 @@ export class RoomsClient {
       if (position === undefined) return // a room we left
       if (position !== null && frame.seq <= position.seq) return // already seen: replay and live overlap
       this.positions.set(frame.room, { seq: frame.seq, epoch: position?.epoch ?? '' })
-      if (typeof frame.time === 'number' && Math.random() < (this.options.reportLatency ?? 0)) this.send('latency', { time: frame.time })
+      if (typeof frame.time === 'number' && Math.random() < (this.options.reportLatency ?? 0)) this.sendFrame('latency', { time: frame.time })
     }
     this.emit(frame.type, frame)
   }
 
   private onWelcome (frame: ServerFrame, token: string | undefined): void {
+    if (this.attemptInFlight !== undefined) clearTimeout(this.attemptInFlight.timer)
+    this.attemptInFlight = undefined
+    this.authRefusals = 0
+    this.retryAfterMs = 0
     this.online = true
     this.everOpened = true
     this.openedAt = Date.now()
@@ -338,8 +469,8 @@ export class RoomsClient {
       this.resumeId = id
       ws.send(JSON.stringify({ type: 'resume', id, payload: { rooms: resume } }))
     }
-    // Unanswered requests go again with their ids, then joins for rooms never acked (each sent once).
-    for (const pending of this.pending.values()) ws.send(JSON.stringify(pending.frame))
+    // Unanswered requests go again with their ids, in order, then joins for rooms never acked (each sent once).
+    for (const pending of this.pending.values()) this.write(pending)
     for (const room of toJoin) void this.join(room).catch((err: RoomsClientError) => this.emit('error', err))
   }
 
@@ -356,6 +487,7 @@ export class RoomsClient {
     }
     this.pending.delete(id)
     clearTimeout(pending.timer)
+    clearTimeout(pending.queueTimer)
     if (frame.type === 'error') {
       const { code, message, details } = frame.payload ?? {}
       return pending.reject(new RoomsClientError(code, message, details))
@@ -439,7 +571,7 @@ export class RoomsClient {
     try {
       const token = await this.options.getToken!()
       if (!this.online) return // the next connection takes a fresh token anyway
-      await this.request('auth', { token })
+      await this.requestFrame('auth', { token }, {})
       this.scheduleRefresh(token)
     } catch (err) {
       this.emit('error', err instanceof RoomsClientError ? err : new RoomsClientError('token', `token refresh failed: ${(err as Error)?.message}`, err))
@@ -452,17 +584,20 @@ export class RoomsClient {
     this.ws = undefined
     this.resumeId = undefined
     this.stopTimers()
+    // Unanswered requests wait for the next connection; their answer timeouts stop meanwhile.
+    for (const pending of this.pending.values()) this.enqueue(pending)
     if (this.closedByUser) return
     if (wasOnline && Date.now() - this.openedAt >= (this.options.stableAfterMs ?? 10_000)) this.attempt = 0
     this.scheduleReconnect()
   }
 
-  private scheduleReconnect (): void {
+  /** Full jitter over initialMs × 2^attempt, capped at maxMs; never sooner than a server's Retry-After. */
+  private scheduleReconnect (notBeforeMs = 0): void {
     if (this.closedByUser) return
     this.setState(this.everOpened ? 'reconnecting' : 'connecting')
     const initialMs = this.options.backoff?.initialMs ?? 1000
-    const maxMs = this.options.backoff?.maxMs ?? 15_000
-    const delayMs = Math.random() * Math.min(maxMs, initialMs * 2 ** this.attempt)
+    const maxMs = this.options.backoff?.maxMs ?? 5000
+    const delayMs = Math.max(notBeforeMs, Math.random() * Math.min(maxMs, initialMs * 2 ** this.attempt))
     this.attempt++
     this.emit('reconnect', { attempt: this.attempt, delayMs })
     clearTimeout(this.reconnectTimer)
@@ -489,6 +624,14 @@ function tokenExp (token: string): number | undefined {
   }
 }
 
-export function createClient (options: ClientOptions): RoomsClient {
-  return new RoomsClient(options)
+/** A refusal from an HTTP status: the codes of `RefusalDetails`; 426 means the credentials passed. */
+function refusal (status: number, message: string | undefined, retryAfterMs?: number): RoomsClientError {
+  const details: RefusalDetails = retryAfterMs === undefined ? { status } : { status, retryAfterMs }
+  if (status === 426) return new RoomsClientError('network', 'the server accepts these credentials, but the WebSocket handshake failed (a proxy?)', details)
+  return new RoomsClientError(REFUSALS[status] ?? 'refused', message ?? `the server refused the connection (HTTP ${status})`, details)
+}
+
+/** `createClient<RoomsSchema<typeof options>>({ … })` types requests and events from the server's options. */
+export function createClient<S extends ClientSchema = AnySchema> (options: ClientOptions): RoomsClient<S> {
+  return new RoomsClient<S>(options)
 }

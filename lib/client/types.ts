@@ -1,0 +1,150 @@
+// The client's types. Type-only: index.ts imports them with `import type`, which leaves no import in the
+// emitted JavaScript, so the client stays one dependency-free ESM file.
+
+export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
+
+// An event handler property whose parameter is checked like a method's (bivariantly), so a WebSocket whose
+// handlers take a richer event (ws's MessageEvent, the DOM's) still fits without a cast.
+type EventHandler<E> = { handle(event: E): void }['handle']
+
+/** The part of the WebSocket API the client uses; browsers' WebSocket and ws's both have it. */
+export interface WebSocketLike {
+  readonly readyState: number
+  send(data: string): void
+  close(code?: number, reason?: string): void
+  terminate?(): void
+  onopen?: EventHandler<unknown> | null
+  onmessage: EventHandler<{ data: unknown }> | null
+  onclose: EventHandler<{ code: number; reason: string }> | null
+  /** ws's error event carries `message` ("Unexpected server response: 401"); browsers' carries nothing. */
+  onerror: EventHandler<unknown> | null
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
+
+/**
+ * What a client knows of a server: each message type's payload and the result its handler resolves, and
+ * each event type's payload. `RoomsSchema<typeof options>` (from `fastify-rooms`) derives it from the
+ * server's options; without one every type and payload is open.
+ */
+export interface ClientSchema {
+  messages: Record<string, { payload: unknown; result: unknown }>
+  events: Record<string, unknown>
+}
+
+/** The schema of a client that was given none: any type, any payload. */
+export interface AnySchema extends ClientSchema {
+  messages: Record<string, { payload: any; result: any }>
+  events: Record<string, any>
+}
+
+export interface ClientOptions {
+  /** ws:// or wss:// URL of the plugin's route, e.g. `wss://chat.example.com/ws`. */
+  url: string
+  /**
+   * Awaited before every connection attempt and shortly before the token's `exp`. Omit it for a server
+   * that signs sockets in with `authenticate` (a cookie session): the browser sends the cookie itself.
+   */
+  getToken?: () => string | Promise<string>
+  /** Defaults to the global WebSocket (browsers, Node 22+); in Node 20 pass `WebSocket` from ws. */
+  WebSocket?: WebSocketConstructor
+  /** Rooms to join on connect. */
+  rooms?: string[]
+  /** App-level ping interval (default 15000 ms). */
+  heartbeatMs?: number
+  /** No pong within this time → the connection is treated as dead (default 10000 ms). */
+  pongTimeoutMs?: number
+  /** A handshake (up to the server's `welcome`) that takes longer is abandoned: `connect_timeout` (default 10000 ms). */
+  connectTimeoutMs?: number
+  /** Reconnect delays: full jitter over initialMs × 2^attempt, capped at maxMs (defaults 1000 and 5000 ms). */
+  backoff?: { initialMs?: number; maxMs?: number }
+  /** A connection open this long resets the backoff (default 10000 ms). */
+  stableAfterMs?: number
+  /** Requests that may wait while offline (default 100). */
+  maxQueue?: number
+  /** Default request timeout, counted from when the frame is written to an open socket (default 10000 ms). */
+  requestTimeoutMs?: number
+  /** Refresh the token this long before its exp, or halfway through a shorter lifetime (default 60000 ms). */
+  refreshLeadMs?: number
+  /** 'protocol' (default) sends the token as the `bearer.<jwt>` subprotocol entry; 'query' as ?token= (it then shows in URL logs). */
+  tokenIn?: 'protocol' | 'query'
+  /** Connect at once (default true); otherwise call connect(). */
+  autoConnect?: boolean
+  /**
+   * Fraction of room events (0 to 1, default 0) whose `time` is sent back in a `latency` frame, feeding the
+   * server's client-latency histogram (publish → received here, plus the report's way back).
+   */
+  reportLatency?: number
+}
+
+export interface RequestOptions {
+  room?: string
+  /** How long to wait for the answer once the frame is written to an open socket (default `requestTimeoutMs`). */
+  timeoutMs?: number
+  /**
+   * How long the frame may wait unsent while the client is offline, in total, before it rejects with
+   * `queue_timeout`. Default: as long as the client keeps reconnecting (until `close()`).
+   */
+  queueTimeoutMs?: number
+}
+
+export interface RoomPosition {
+  seq: number
+  epoch: string
+}
+
+/** Any frame the server sends; room events have `room` and `seq`. */
+export interface ServerFrame<P = any> {
+  type: string
+  id?: string | number
+  room?: string
+  seq?: number
+  payload?: P
+  traceId?: string
+  time?: number
+}
+
+/** A room event or direct frame of a declared type. */
+export interface EventFrame<P> extends ServerFrame<P> {
+  payload: P
+}
+
+export interface PresenceEvent {
+  action: 'join' | 'leave'
+  user: { id: string }
+}
+
+export interface JoinAck {
+  room: string
+  seq: number
+  epoch: string
+  members?: Array<{ id: string }>
+}
+
+/** Why a connection attempt failed, in `RoomsClientError.details`. */
+export interface RefusalDetails {
+  /** The HTTP status of the refused upgrade (or of the diagnostic request), when there was one. */
+  status?: number
+  /** From `Retry-After` on a 429. */
+  retryAfterMs?: number
+}
+
+export interface ClientEvents {
+  state: (state: ClientState) => void
+  /**
+   * A `RoomsClientError`. Refused or failed connection attempts have the codes `unauthorized` (401),
+   * `origin_not_allowed` (403), `rate_limited` (429), `unavailable` (503), `connect_timeout`, `network`
+   * or `refused` (any other status), with `RefusalDetails`.
+   */
+  error: (error: import('./index.js').RoomsClientError) => void
+  /** History no longer covered the gap (or the server restarted): refetch the room's state. */
+  reset: (reset: { room: string; seq: number; epoch: string }) => void
+  welcome: (welcome: { connectionId: string; user: { id: string }; heartbeatMs: number; maxPayload: number }) => void
+  /** A reconnect is scheduled: attempt number and the delay before it. */
+  reconnect: (info: { attempt: number; delayMs: number }) => void
+  /** Round trip of the last app-level ping. */
+  pong: (latencyMs: number) => void
+  /** Presence room events (users joining and leaving rooms this client is in). */
+  presence: (frame: EventFrame<PresenceEvent>) => void
+  /** The server took this client out of `frame.room`; it is not re-joined. */
+  left: (frame: ServerFrame) => void
+}
