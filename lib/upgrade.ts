@@ -244,7 +244,10 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
     },
     // Checks that must be counted by the handshake rate limit run after it.
     async preValidation (request: FastifyRequest, reply: FastifyReply) {
-      const origin = request.headers.origin
+      // Browsers send no Origin on a same-origin GET: a diagnostic from the page's own origin says so in
+      // Sec-Fetch-Site, and its origin is then the server's own as the browser addressed it.
+      const origin = request.headers.origin ??
+        (!request.ws && request.headers['sec-fetch-site'] === 'same-origin' ? `${request.protocol}://${request.host}` : undefined)
       const originAllowed = origin === undefined
         ? options.allowMissingOrigin
         : options.allowedOrigins === null || options.allowedOrigins.has(origin)

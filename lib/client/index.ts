@@ -358,7 +358,9 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   /** Drops a socket whose events no longer matter. */
   private abandon (ws: WebSocketLike): void {
     if (this.ws === ws) this.ws = undefined
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null
+    ws.onopen = ws.onmessage = ws.onclose = null
+    // Not null: ws emits an error for a socket closed while connecting, and an error nobody listens to throws.
+    ws.onerror = () => {}
     try {
       if (typeof ws.terminate === 'function') ws.terminate()
       else ws.close()

@@ -10,13 +10,21 @@ export interface TcpProxy {
   cut(): void
   /** Stops forwarding on every open connection without closing it; new connections still work. */
   stall(): void
+  /** While true, new connections are closed at once (the server is unreachable); open ones are untouched. */
+  refuse(refusing: boolean): void
   close(): Promise<void>
 }
 
 export async function startProxy (target: number): Promise<TcpProxy> {
   const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
   const stalled = new Set<net.Socket>()
+  let refusing = false
   const server = net.createServer((client) => {
+    if (refusing) {
+      client.on('error', () => {})
+      client.destroy()
+      return
+    }
     const upstream = net.connect(proxy.target, '127.0.0.1')
     const pair = { client, upstream }
     pairs.add(pair)
@@ -51,6 +59,9 @@ export async function startProxy (target: number): Promise<TcpProxy> {
         stalled.add(client).add(upstream)
       }
       pairs.clear()
+    },
+    refuse (value) {
+      refusing = value
     },
     async close () {
       proxy.cut()
