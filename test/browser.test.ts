@@ -131,6 +131,25 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     }
   })
 
+  t.test('#12: the example page says why it cannot connect, once, in its status pill', { timeout: 60_000 }, async (t) => {
+    const app = await buildChatApp({ jwtSecret: 'pill-secret', allowedOrigins: ['https://elsewhere.test'], fastify: { logger: false } })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(() => app.close())
+    const port = (app.server.address() as import('node:net').AddressInfo).port
+    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+    t.teardown(() => browser.close())
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${port}/`)
+    await page.fill('#name', 'mallory')
+    await page.click('#login button')
+    await page.waitForFunction('window.chatClient?.state === "closed"', undefined, { timeout: 20_000 })
+    const pill = await page.textContent('#state')
+    t.match(pill, /^stopped — origin not allowed: Origin not allowed$/, `the pill says why: "${pill}"`)
+    t.equal(await page.$$eval('#log div.error', (divs) => divs.length), 0, 'no error line per retry in the chat')
+    await mkdir('test-artifacts', { recursive: true })
+    await page.screenshot({ path: 'test-artifacts/example-refused.png' })
+  })
+
   t.test('the dashboard charts live connections, message rate and broadcast latency', { timeout: 60_000 }, async (t) => {
     const app = await buildChatApp({ jwtSecret: 'dashboard-secret', allowedOrigins: '*', dashboardIntervalMs: 200, fastify: { logger: false } })
     await app.listen({ port: 0, host: '127.0.0.1' })
