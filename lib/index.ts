@@ -4,23 +4,25 @@ import type { Duplex } from 'node:stream'
 import fastifyJwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TSchema } from 'typebox'
 import { memoryBroker } from './brokers/memory.js'
 import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
-import { InvalidOptionError } from './errors.js'
+import { InvalidArgumentError, InvalidOptionError } from './errors.js'
+import { InjectTickets, Injector } from './inject.js'
+import { INJECT_HEADER } from './inject-header.js'
 import { Stats } from './metrics.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './options.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
 import { RoomRegistry } from './rooms.js'
-import type { MessageDefinition, RoomsApi } from './types.js'
+import type { MessageDefinition, RoomsDecorator } from './types.js'
 import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
-    rooms: RoomsApi
+    rooms: RoomsDecorator
   }
   interface FastifyRequest {
     /** Set by the /ws route's preValidation hook once Origin and token are accepted. */
@@ -43,7 +45,16 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     idempotencyWindowMs: options.retryWindow === false ? defaults.retryWindow.windowMs : options.retryWindow.windowMs,
     log: fastify.log,
   })
-  fastify.decorate('rooms', registry.api)
+  const tickets = new InjectTickets()
+  let injector: Injector | undefined
+  const decorator: RoomsDecorator = {
+    ...registry.api,
+    inject: (user, clientOptions) => {
+      if (injector === undefined) return Promise.reject(new InvalidArgumentError('inject', 'is available once the server is ready (after register)'))
+      return injector.inject(user, clientOptions)
+    },
+  }
+  fastify.decorate('rooms', decorator)
 
   let closing = false
   let heartbeat: NodeJS.Timeout | undefined
@@ -63,6 +74,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   }
   fastify.addHook('preClose', async () => {
     closing = true
+    injector?.closeAll()
     fastify.server.on('upgrade', endRefusedUpgrade)
   })
   // onClose hooks run after preClose (where the sockets are closed): the broker disconnects last.
@@ -98,6 +110,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, registry, verifyToken, stats)
     const gate = createUpgradeGate(options, verifyToken, {
+      takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,
       openConnections: () => registry.connections.size,
       openConnectionsOf: (userId) => registry.connectionsOf(userId),
@@ -123,6 +136,10 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     heartbeat.unref()
 
     scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
+    injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => {
+      for (const connection of registry.connections) if (connection.id === id) return connection
+      return undefined
+    })
     scope.route({
       method: 'GET',
       url: options.path,
@@ -132,6 +149,8 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         ? { rateLimit: false }
         : {
             rateLimit: {
+              // Injected connections (a host's tests) are not network clients.
+              allowList: (request: FastifyRequest) => tickets.has(request.headers[INJECT_HEADER]),
               max: options.handshakeRateLimit.max,
               timeWindow: options.handshakeRateLimit.timeWindow,
               onExceeded: (request) => {

@@ -1,6 +1,9 @@
 // Public types shared by the plugin's files. Kept apart so that no file imports another only for its types.
 import type { FastifyBaseLogger } from 'fastify'
 import type { Static, TSchema } from 'typebox'
+import type { RoomsClient } from './client/index.js'
+import type { AnySchema, ClientSchema } from './client/types.js'
+import type { InjectClientOptions } from './inject.js'
 import type { FrameIdValue } from './protocol.js'
 
 /** What `userFromToken` makes of a verified JWT payload; `id` names the user everywhere (presence, `sendToUser`). */
@@ -112,4 +115,13 @@ export interface RoomsApi {
   stats(): RoomsStats
   /** Prometheus text for a /metrics route; rejects with FST_ROOMS_METRICS_DISABLED unless `metrics` is on. */
   metrics(): Promise<{ contentType: string; body: string }>
+}
+
+/** `fastify.rooms`: the API above, and `inject` for a host's own tests. */
+export interface RoomsDecorator extends RoomsApi {
+  /**
+   * A client connected in this process as `user` (no port, no token): the same API as `createClient`, and
+   * everything a real socket meets on the server (authorizeJoin, limits, frames, acks, room events, close).
+   */
+  inject<S extends ClientSchema = AnySchema>(user: RoomsUser, clientOptions?: InjectClientOptions): Promise<RoomsClient<S>>
 }

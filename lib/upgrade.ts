@@ -5,6 +5,7 @@ import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationH
 import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from './errors.js'
 import type { HandshakeResult, Stats } from './metrics.js'
 import type { TokenPolicy } from './options.js'
+import { INJECT_HEADER } from './inject-header.js'
 import { BEARER_PROTOCOL_PREFIX, isSafeText, SUBPROTOCOL } from './protocol.js'
 import type { RoomsUser } from './types.js'
 
@@ -175,6 +176,8 @@ export interface UpgradeGateOptions {
 }
 
 export interface UpgradeState {
+  /** The user of an injected connection's ticket (fastify.rooms.inject), used up by this call. */
+  takeInjected(ticket: unknown): RoomsUser | undefined
   isClosing(): boolean
   openConnections(): number
   openConnectionsOf(userId: string): number
@@ -191,6 +194,14 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
     if (request.ws) stats.handshake(reason)
     request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: ${request.ws ? 'handshake' : 'diagnostic request'} rejected: ${error.message}`)
     return error
+  }
+  function checkLimits (request: FastifyRequest, user: RoomsUser): void {
+    if (state.openConnections() >= options.maxConnections) {
+      throw reject(request, 'unavailable', new UnavailableError('connection limit reached'))
+    }
+    if (state.openConnectionsOf(user.id) >= options.maxConnectionsPerUser) {
+      throw reject(request, 'unavailable', new UnavailableError('connection limit for this user reached'), { userId: user.id })
+    }
   }
   /** CORS headers for an allowed Origin (credentials included, so the origin is echoed, never `*`). */
   function allowCors (request: FastifyRequest, reply: FastifyReply): boolean {
@@ -244,6 +255,15 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
     },
     // Checks that must be counted by the handshake rate limit run after it.
     async preValidation (request: FastifyRequest, reply: FastifyReply) {
+      const ticket = request.headers[INJECT_HEADER]
+      if (ticket !== undefined) {
+        // fastify.rooms.inject(): admitted as the ticket's user, then the same limits as any socket.
+        const user = request.ws ? state.takeInjected(ticket) : undefined
+        if (user === undefined) throw reject(request, 'unauthorized', new UnauthorizedError('unknown or used inject ticket'))
+        checkLimits(request, user)
+        request.roomsAdmission = { user, exp: undefined }
+        return
+      }
       // Browsers send no Origin on a same-origin GET: a diagnostic from the page's own origin says so in
       // Sec-Fetch-Site, and its origin is then the server's own as the browser addressed it.
       const origin = request.headers.origin ??
@@ -262,12 +282,7 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
         if (!(err instanceof TokenRejectedError)) throw err
         throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })
       }
-      if (state.openConnections() >= options.maxConnections) {
-        throw reject(request, 'unavailable', new UnavailableError('connection limit reached'))
-      }
-      if (state.openConnectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
-        throw reject(request, 'unavailable', new UnavailableError('connection limit for this user reached'), { userId: admission.user.id })
-      }
+      checkLimits(request, admission.user)
       if (!request.ws) return upgradeRequired(reply, 'credentials accepted; this route only accepts WebSocket upgrades')
       request.roomsAdmission = admission
     },
