@@ -6,10 +6,10 @@ import type { Connection, ConnectionEvents } from './connection.js'
 import { isBrokerError } from './errors.js'
 import { frameShapeProblem, type FrameShapeLimits } from './frame-shape.js'
 import type { Stats } from './metrics.js'
-import type { CompiledMessage } from './options.js'
+import type { CompiledMessage, ResolvedOptions } from './options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
-  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
+  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
   isRoomName, pongFrame, type ErrorDetail, type Frame, type FrameIdValue,
 } from './protocol.js'
 import type { ResumeOutcome, RoomRegistry } from './rooms.js'
@@ -17,6 +17,7 @@ import type { MessageContext, RoomsApi, RoomsUser } from './types.js'
 import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
 export interface DispatcherOptions {
+  events: ResolvedOptions['events']
   maxPayload: number
   maxFrameDepth: number
   maxFrameKeys: number
@@ -213,7 +214,7 @@ export class Dispatcher implements ConnectionEvents {
   private async runHandler (connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown): Promise<AckOutcome> {
     // Kept on the frame so that a failure is logged with the same traceId the handler saw.
     frame.traceId ??= randomUUID()
-    const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api)
+    const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api, this.options.events)
     try {
       return { ok: true, payload: await definition.handler(context, payload) }
     } catch (err) {
@@ -299,7 +300,7 @@ class HandlerContext implements MessageContext {
   readonly traceId: string
   readonly rooms: RoomsApi
 
-  constructor (readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi) {
+  constructor (readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi, private readonly events: ResolvedOptions['events']) {
     this.user = connection.user
     this.room = frame.room
     this.id = frame.id
@@ -312,6 +313,7 @@ class HandlerContext implements MessageContext {
   }
 
   reply (type: string, payload: unknown): void {
+    checkEventPayload(this.events, type, payload)
     this.connection.send(type, payload)
   }
 }

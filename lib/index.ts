@@ -198,8 +198,16 @@ async function jwtVerifier (scope: FastifyInstance, jwt: JwtOptions | false): Pr
 }
 
 /** Declares a host message type so that `payload` in the handler is typed from its TypeBox schema. */
-export function defineMessage<S extends TSchema> (definition: MessageDefinition<S>): MessageDefinition<S> {
+export function defineMessage<S extends TSchema, R> (definition: MessageDefinition<S, R>): MessageDefinition<S, R> {
   return definition
+}
+
+/**
+ * The plugin's options, kept with their exact message and event types (for `RoomsSchema<typeof options>`).
+ * Only for types: it returns its argument.
+ */
+export function defineRooms<const O extends RoomsOptions> (options: O): O {
+  return options
 }
 
 const plugin: FastifyPluginAsync<RoomsOptions> = fp(fastifyRooms, { fastify: '5.x', name: 'fastify-rooms' })

@@ -63,7 +63,7 @@ const DataOptions = Type.Object({
 })
 const dataOptionsValidator = Compile(DataOptions)
 
-const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'authorizeJoin', 'broker', 'metrics'] as const
+const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'authorizeJoin', 'broker', 'metrics'] as const
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
@@ -91,7 +91,13 @@ export interface RoomsOptions {
   userFromToken?: (payload: Record<string, unknown>) => RoomsUser
   allowedOrigins: readonly string[] | '*'
   allowMissingOrigin?: boolean
-  messages?: Record<string, MessageDefinition<any>>
+  messages?: Record<string, MessageDefinition<any, any>>
+  /**
+   * What the server sends: `{ [type]: TSchema }` for room events and direct frames. `broadcast`,
+   * `sendToUser` and `ctx.reply` check payloads of these types (once per publish), and `RoomsSchema`
+   * types the client with them.
+   */
+  events?: Record<string, TSchema>
   authorizeJoin?: (user: RoomsUser, room: string) => boolean | Promise<boolean>
   presence?: boolean
   heartbeatMs?: number
@@ -153,6 +159,7 @@ export interface ResolvedOptions {
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
   messages: ReadonlyMap<string, CompiledMessage>
+  events: ReadonlyMap<string, Validator<any, TSchema>>
   authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
   presence: boolean
   heartbeatMs: number
@@ -248,6 +255,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     allowedOrigins: checked.allowedOrigins === '*' ? null : new Set(checked.allowedOrigins),
     allowMissingOrigin: checked.allowMissingOrigin ?? defaults.allowMissingOrigin,
     messages: compileMessages(options.messages),
+    events: compileEvents(options.events),
     authorizeJoin: checkFunction(options, 'authorizeJoin'),
     presence: checked.presence ?? defaults.presence,
     heartbeatMs: checked.heartbeatMs ?? defaults.heartbeatMs,
@@ -329,6 +337,23 @@ function compileMessages (messages: unknown): Map<string, CompiledMessage> {
       fail(`${option}.schema`, `does not compile: ${(err as Error).message}`)
     }
     compiled.set(type, { type, room: room === true, validator, handler: handler as CompiledMessage['handler'] })
+  }
+  return compiled
+}
+
+function compileEvents (events: unknown): Map<string, Validator<any, TSchema>> {
+  const compiled = new Map<string, Validator<any, TSchema>>()
+  if (events === undefined) return compiled
+  if (typeof events !== 'object' || events === null || Array.isArray(events)) fail('events', 'must be an object of { [type]: TypeBox schema }')
+  for (const [type, schema] of Object.entries(events)) {
+    if (!MESSAGE_TYPE_PATTERN.test(type)) fail(`events.${type}`, 'has a type name that is not a letter followed by up to 63 of [A-Za-z0-9_.:-]')
+    if (RESERVED_TYPES.has(type)) fail(`events.${type}`, 'uses a type name the protocol reserves')
+    if (typeof schema !== 'object' || schema === null) fail(`events.${type}`, 'must be a TypeBox schema')
+    try {
+      compiled.set(type, Compile(schema as TSchema) as Validator<any, TSchema>)
+    } catch (err) {
+      fail(`events.${type}`, `is not a valid schema: ${(err as Error).message}`)
+    }
   }
   return compiled
 }

@@ -147,6 +147,14 @@ export function validationErrors (validator: Validator<any, any>, value: unknown
   return errors
 }
 
+/** A payload of a type the host declared in `events` must match its schema: the host's bug, thrown at the call. */
+export function checkEventPayload (events: ReadonlyMap<string, Validator<any, TSchema>>, type: string, payload: unknown): void {
+  const validator = events.get(type)
+  if (validator === undefined || validator.Check(payload)) return
+  const [first] = validationErrors(validator, payload, '')
+  throw new InvalidArgumentError('payload', `does not match events.${type}${first === undefined ? '' : `: ${first.path || '/'} ${first.message}`}`)
+}
+
 export function compileSchema<S extends TSchema> (schema: S): Validator<any, S> {
   return Compile(schema) as Validator<any, S>
 }

@@ -9,9 +9,10 @@ import type { Broker, BrokerDelivery, RoomPosition, SharedAnswers } from './brok
 import type { Connection } from './connection.js'
 import { InvalidArgumentError, isBrokerError, MetricsDisabledError, PayloadTooLargeError } from './errors.js'
 import { frameText } from './framing.js'
+import type { ResolvedOptions } from './options.js'
 import { preciseNow, type Gauges, type Stats } from './metrics.js'
 import {
-  boundedDirectFrame, checkCloseCode, CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, isSafeText, MessageType, payloadJson,
+  boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, isSafeText, MessageType, payloadJson,
   SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
 } from './protocol.js'
 import { isUserId } from './upgrade.js'
@@ -19,6 +20,8 @@ import type { BroadcastOptions, RoomEvent, RoomHistory, RoomMember, RoomsApi, Ro
 
 export interface RegistryOptions {
   presence: boolean
+  /** Validators of the payloads of the event types the host declared. */
+  events: ResolvedOptions['events']
   maxRoomsPerConnection: number
   /** No frame larger than a socket's send buffer is published: no socket could receive it. */
   maxBufferedBytes: number
@@ -294,6 +297,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   async broadcast (room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
     checkRoom(room)
     checkEventType(type)
+    checkEventPayload(this.options.events, type, payload)
     checkBroadcastOptions(options)
     const traceId = options.traceId ?? randomUUID()
     const json = payloadJson(payload)
@@ -306,6 +310,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   async sendToUser (userId: string, type: string, payload: unknown): Promise<void> {
     checkUserId(userId)
     checkEventType(type)
+    checkEventPayload(this.options.events, type, payload)
     await this.broker.sendToUser(userId, boundedDirectFrame(type, payload, this.options.maxBufferedBytes))
   }
 

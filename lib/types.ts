@@ -34,16 +34,54 @@ export interface MessageContext {
   log: FastifyBaseLogger
   rooms: RoomsApi
   /** Sends a direct frame to this connection only. */
-  reply(type: string, payload: unknown): void
+  reply<T extends RoomsEventType>(type: T, payload: RoomsEventPayload<T>): void
 }
 
-export interface MessageDefinition<S extends TSchema = TSchema> {
+export interface MessageDefinition<S extends TSchema = TSchema, R = unknown> {
   /** TypeBox schema of `payload`, compiled once at registration. */
   schema: S
   /** The frame must name a room this socket has joined. */
   room?: boolean
-  /** The resolved value becomes the `ack` payload when the frame has an `id`. */
-  handler(ctx: MessageContext, payload: Static<S>): unknown
+  /** The resolved value becomes the `ack` payload when the frame has an `id` (`null` for undefined). */
+  handler(ctx: MessageContext, payload: Static<S>): R
+}
+
+/**
+ * The host's event types, for `fastify.rooms.broadcast`, `sendToUser` and `ctx.reply`. Empty by default
+ * (any type, any payload); a host types them with module augmentation, from its events kept in a const
+ * of their own (the handlers that broadcast them would otherwise make the type depend on itself):
+ * `declare module 'fastify-rooms' { interface RoomsEventMap extends EventPayloads<typeof events> {} }`.
+ */
+export interface RoomsEventMap {}
+
+/** An event type the server may send: any string until the host declares its events. */
+export type RoomsEventType = keyof RoomsEventMap extends never ? string : keyof RoomsEventMap & string
+/** The payload of an event type: its declared type, `unknown` until the host declares its events. */
+export type RoomsEventPayload<T extends string> = keyof RoomsEventMap extends never
+  ? unknown
+  : T extends keyof RoomsEventMap ? RoomsEventMap[T] : never
+
+/** `{ [type]: payload }` of an `events` object (`{ [type]: TSchema }`). */
+export type EventPayloads<E> = { -readonly [K in keyof E]: E[K] extends TSchema ? Static<E[K]> : never }
+
+/** `{ [type]: payload }` of the `events` option. */
+export type EventsOf<O> = O extends { events: infer E } ? EventPayloads<E> : {}
+
+type AckOf<R> = [Awaited<R>] extends [undefined] ? null : [Awaited<R>] extends [void] ? null : Awaited<R>
+
+/** `{ [type]: { payload, result } }` of the `messages` option: what a client sends, and the `ack` it gets. */
+export type MessagesOf<O> = O extends { messages: infer M }
+  ? { -readonly [K in keyof M]: M[K] extends MessageDefinition<infer S, infer R> ? { payload: Static<S>; result: AckOf<R> } : never }
+  : {}
+
+/**
+ * What a client of these options sends and receives: `createClient<RoomsSchema<typeof options>>({ … })`
+ * types `request` (payload and result) and `on` (event payloads). Define the options with `defineRooms`
+ * (or `satisfies RoomsOptions`) so their message and event types are kept.
+ */
+export interface RoomsSchema<O> {
+  messages: MessagesOf<O>
+  events: EventsOf<O>
 }
 
 export interface BroadcastOptions {
@@ -104,8 +142,8 @@ export interface RoomsStats {
 
 /** `fastify.rooms` */
 export interface RoomsApi {
-  broadcast(room: string, type: string, payload: unknown, options?: BroadcastOptions): Promise<{ seq: number }>
-  sendToUser(userId: string, type: string, payload: unknown): Promise<void>
+  broadcast<T extends RoomsEventType>(room: string, type: T, payload: RoomsEventPayload<T>, options?: BroadcastOptions): Promise<{ seq: number }>
+  sendToUser<T extends RoomsEventType>(userId: string, type: T, payload: RoomsEventPayload<T>): Promise<void>
   members(room: string): Promise<RoomMember[]>
   count(room: string): Promise<number>
   rooms(): Promise<string[]>
