@@ -20,6 +20,8 @@ window.start = (tokenPath, backoff) => {
   const client = createClient({ url: 'ws://' + location.host + '/ws', getToken: async () => (await (await fetch(tokenPath)).json()).token, backoff })
   window.client = client
   window.errors = []
+  window.reconnects = []
+  client.on('reconnect', ({ delayMs }) => window.reconnects.push(delayMs))
   client.on('error', (err) => window.errors.push({ code: err.code, status: err.details?.status, message: err.message }))
   window.stopped = new Promise((resolve) => client.on('state', (state) => state === 'closed' && resolve()))
   window.welcomed = new Promise((resolve) => client.on('welcome', resolve))
@@ -93,6 +95,20 @@ if (componentAvailable(t, chromiumMissing(), 'browser client')) {
     // Offline, the app's own token fetch fails first ("token"); an attempt that gets as far as the socket says "network".
     t.ok(errors.length > 0 && errors.every((err) => err.code === 'network' || err.code === 'token'), `the failed attempts said why: ${JSON.stringify(errors.slice(0, 2))} (${errors.length})`)
     t.equal(await page.evaluate(() => (window as any).client.state), 'open')
+  })
+
+  t.test('#12 Chromium: the network coming back (the online event) reconnects at once, not after the backoff', { timeout: 60_000 }, async (t) => {
+    const { proxy, origin } = await pageServer(t, {})
+    const { page } = await openPage(t, origin)
+    // An hour of backoff: only the online event can bring the client back within this test.
+    await page.evaluate(() => (window as any).start('/token', { initialMs: 3_600_000, maxMs: 3_600_000 }))
+    await page.evaluate(() => (window as any).welcomed)
+    await page.context().setOffline(true)
+    proxy.cut()
+    await page.waitForFunction('window.reconnects.some((delay) => delay > 60000)', undefined, { timeout: 20_000 })
+    await page.context().setOffline(false)
+    await page.waitForFunction('window.client.state === "open"', undefined, { timeout: 20_000 })
+    t.pass('open again well before the scheduled reconnect')
   })
 
   t.test('#12 Chromium: a bad token is "unauthorized" (from the diagnostic request), twice, then the client stops', { timeout: 60_000 }, async (t) => {

@@ -43,8 +43,14 @@ t.test('#11: every TypeScript block in the README type-checks under strict', asy
     const tsconfig = path.join(dir, `tsconfig.${project}.json`)
     await writeFile(tsconfig, JSON.stringify({
       compilerOptions: {
-        target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true,
-        skipLibCheck: true, types: ['node'], lib: ['ES2022', 'DOM'],
+        target: 'ES2022',
+        module: 'NodeNext',
+        moduleResolution: 'NodeNext',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+        types: ['node'],
+        lib: ['ES2022', 'DOM'],
       },
       files,
     }))
