@@ -3,7 +3,7 @@
 import Fastify from 'fastify'
 import t from 'tap'
 import Type from 'typebox'
-import rooms, { defineMessage } from '../lib/index.js'
+import rooms, { defineMessage, defineRooms } from '../lib/index.js'
 import { ORIGIN, SECRET } from './helpers/index.js'
 
 const events = { chat: Type.Object({ from: Type.String(), text: Type.String({ maxLength: 10 }) }, { additionalProperties: false }) }
@@ -11,7 +11,7 @@ const events = { chat: Type.Object({ from: Type.String(), text: Type.String({ ma
 t.test('#12 events: broadcast, sendToUser and ctx.reply refuse a payload that does not match its schema', async (t) => {
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(rooms, {
+  await app.register(rooms, defineRooms({
     jwt: { secret: SECRET },
     allowedOrigins: [ORIGIN],
     presence: false,
@@ -19,7 +19,7 @@ t.test('#12 events: broadcast, sendToUser and ctx.reply refuse a payload that do
     messages: {
       echo: defineMessage({ schema: Type.Object({ text: Type.String() }), handler: (ctx, payload) => { ctx.reply('chat', { from: 'echo', text: payload.text }); return 'sent' } }),
     },
-  })
+  }))
   await app.ready()
   t.same(await app.rooms.broadcast('lobby', 'chat', { from: 'ops', text: 'hi' }), { seq: 1 })
   await t.rejects(app.rooms.broadcast('lobby', 'chat', { from: 'ops', text: 'far too long a text' }), {
