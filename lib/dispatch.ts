@@ -10,9 +10,10 @@ import type { CompiledMessage, ResolvedOptions } from './options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
   BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
-  isRoomName, pongFrame, type ErrorDetail, type Frame, type FrameIdValue,
+  pongFrame, type Frame, type FrameIdValue,
 } from './protocol.js'
-import type { ResumeOutcome, RoomRegistry } from './rooms.js'
+import type { Membership } from './membership.js'
+import type { RoomRegistry } from './rooms.js'
 import type { MessageContext, RoomsApi, RoomsUser } from './types.js'
 import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
 
@@ -43,6 +44,7 @@ export class Dispatcher implements ConnectionEvents {
 
   constructor (
     private readonly options: DispatcherOptions,
+    private readonly membership: Membership,
     private readonly registry: RoomRegistry,
     private readonly verifyToken: TokenVerifier,
     private readonly stats: Stats
@@ -89,7 +91,7 @@ export class Dispatcher implements ConnectionEvents {
 
   /** Takes a frame and its bytes from the connection's buckets; answers `rate_limited` (or closes 1008) when either is empty. */
   private admit (connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
-    if (connection.takeToken(now, bytes)) return true
+    if (connection.rate.take(now, bytes)) return true
     if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
     else this.stats.error(ErrorCode.rateLimited)
     return false
@@ -130,7 +132,7 @@ export class Dispatcher implements ConnectionEvents {
       { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
       'fastify-rooms: connection closed'
     )
-    this.registry.remove(connection)
+    this.membership.remove(connection)
   }
 
   private ack (connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {
@@ -140,7 +142,7 @@ export class Dispatcher implements ConnectionEvents {
 
   private async join (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
-    const { ack, announced } = await this.registry.join(connection, room)
+    const { ack, announced } = await this.membership.join(connection, room)
     this.ack(connection, frame.id, ack)
     announced?.()
   }
@@ -148,7 +150,7 @@ export class Dispatcher implements ConnectionEvents {
   private async leave (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
     if (!connection.rooms.has(room)) throw notInRoom(room)
-    await this.registry.leave(connection, room)
+    await this.membership.leave(connection, room)
     this.ack(connection, frame.id, { room })
   }
 
@@ -177,9 +179,7 @@ export class Dispatcher implements ConnectionEvents {
       throw new FrameError(err.problem === 'expired' ? ErrorCode.tokenExpired : ErrorCode.forbidden, err.message)
     }
     if (admission.user.id !== connection.user.id) throw new FrameError(ErrorCode.forbidden, 'token is for a different user')
-    connection.user = admission.user
-    connection.setTokenExpiry(admission.exp)
-    await this.registry.reauthorize(connection)
+    await this.membership.reauthenticate(connection, admission.user, admission.exp)
     this.ack(connection, frame.id, { exp: admission.exp })
   }
 
@@ -222,66 +222,13 @@ export class Dispatcher implements ConnectionEvents {
     }
   }
 
-  /**
-   * Re-joins rooms after a reconnect, replaying what was missed. Each room is authorized before anything
-   * about it is read, so a refused room reveals nothing. Positions ahead of an authorized room make the
-   * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
-   * (forbidden, too many rooms) is reported in the ack and does not stop the others.
-   */
+  /** Re-joins rooms after a reconnect, replaying what was missed (membership.ts); presence joins follow the ack. */
   private async resume (connection: Connection, frame: Frame): Promise<void> {
     const { rooms } = checkResumePayload(frame.payload)
-    const entries = Object.entries(rooms)
-    if (entries.length > this.options.maxRoomsPerConnection) {
-      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
-    }
-    const errors: ErrorDetail[] = []
-    for (const [room] of entries) {
-      if (!isRoomName(room)) errors.push({ path: resumePath(room), message: 'is not a room name (1 to 128 characters of well-formed text without control characters)' })
-    }
-    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
-
-    const outcomes: Record<string, ResumeOutcome> = {}
-    const authorized: typeof entries = []
-    for (const [room, from] of entries) {
-      if (connection.rooms.has(room)) {
-        outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
-        continue
-      }
-      try {
-        await this.registry.authorize(connection, room)
-        authorized.push([room, from])
-      } catch (err) {
-        if (!(err instanceof FrameError)) throw err
-        outcomes[room] = { result: 'error', code: err.code, message: err.message }
-      }
-    }
-    for (const [room, from] of authorized) {
-      const current = await this.registry.peekPosition(room)
-      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${resumePath(room)}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
-    }
-    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
-
-    const announced: Array<() => void> = []
-    for (const [room, from] of authorized) {
-      try {
-        const resumed = await this.registry.resume(connection, room, from)
-        outcomes[room] = resumed.outcome
-        if (resumed.announced !== undefined) announced.push(resumed.announced)
-      } catch (err) {
-        if (!(err instanceof FrameError)) {
-          for (const release of announced) release()
-          throw err
-        }
-        outcomes[room] = { result: 'error', code: err.code, message: err.message }
-      }
-    }
+    const { outcomes, announce } = await this.membership.resumeRooms(connection, rooms)
     this.ack(connection, frame.id, { rooms: outcomes })
-    for (const release of announced) release()
+    announce()
   }
-}
-
-function resumePath (room: string): string {
-  return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
 }
 
 function requireRoom (frame: Frame): string {

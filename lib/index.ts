@@ -16,6 +16,8 @@ import { INJECT_HEADER } from './inject-header.js'
 import { Stats } from './metrics.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './options.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
+import { Membership } from './membership.js'
+import { Presence } from './presence.js'
 import { RoomRegistry } from './rooms.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
 import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
@@ -38,7 +40,9 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
   const stats = new Stats(options.metrics)
   const broker = options.broker ?? memoryBroker()
-  const registry = new RoomRegistry(options, broker, stats, fastify.log)
+  const presence = new Presence(options.presence, broker, fastify.log)
+  const membership = new Membership(options, broker, presence, stats, fastify.log)
+  const registry = new RoomRegistry(options, membership, presence, broker, stats)
   stats.gauges = registry
   await broker.start(registry, {
     history: options.history,
@@ -61,7 +65,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   async function shutdown (): Promise<void> {
     closing = true
     clearInterval(heartbeat)
-    await registry.shutdown(options.closeTimeoutMs)
+    await membership.shutdown(options.closeTimeoutMs)
   }
   // Fastify answers 503 by itself to requests that arrive while it closes, but on an upgrade socket
   // nothing ends the connection afterwards, and server.close() would wait for it forever. This listener
@@ -108,12 +112,12 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     const verifyToken = options.jwt === undefined
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
-    const dispatcher = new Dispatcher(options, registry, verifyToken, stats)
+    const dispatcher = new Dispatcher(options, membership, registry, verifyToken, stats)
     const gate = createUpgradeGate(options, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,
-      openConnections: () => registry.connections.size,
-      openConnectionsOf: (userId) => registry.connectionsOf(userId),
+      openConnections: () => membership.connections.size,
+      openConnectionsOf: (userId) => membership.connectionsOf(userId),
     }, stats)
 
     if (options.handshakeRateLimit !== false && !scope.hasDecorator('createRateLimit')) {
@@ -123,7 +127,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
     // A throw inside a timer callback is uncaught: each socket's tick is guarded on its own.
     heartbeat = setInterval(() => {
-      for (const connection of registry.connections) {
+      for (const connection of membership.connections) {
         try {
           connection.heartbeat()
         } catch (err) {
@@ -137,7 +141,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
     scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
     injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => {
-      for (const connection of registry.connections) if (connection.id === id) return connection
+      for (const connection of membership.connections) if (connection.id === id) return connection
       return undefined
     })
     scope.route({
@@ -163,13 +167,14 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       preValidation: gate.preValidation,
       handler: (socket, request) => {
         const admission = request.roomsAdmission as Admission
-        const connection = new Connection(socket, admission.user, admission.exp, options, dispatcher, stats, request.log)
+        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, request.log)
+        connection.expiry.set(admission.exp)
         // Admitted before shutdown or a limit filled up while this handshake was in flight.
         if (closing) return connection.close(CloseCode.goingAway, 'server shutting down')
-        if (registry.connections.size >= options.maxConnections || registry.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
+        if (membership.connections.size >= options.maxConnections || membership.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
           return connection.close(CloseCode.tryAgainLater, 'connection limit reached')
         }
-        registry.add(connection)
+        membership.add(connection)
         stats.handshake('ok')
         connection.sendFrame(directFrame('welcome', {
           connectionId: connection.id,

@@ -1,0 +1,376 @@
+// Membership and a connection's lifecycle: which sockets are open, who each one is, which rooms each is
+// in (or joining), and the broker subscription of every room with local members. This module is the only
+// writer of all of it: join, resume (all of it, in one place), leave, re-authorization after a token
+// refresh, and a socket's close. Presence announcements go through presence.ts; fan-out (rooms.ts) only
+// reads the local members kept here.
+// Past 300 lines on purpose: join, resume and leave share admit/attach and the undo on failure; split
+// apart, the single writer of membership would become several.
+import type { FastifyBaseLogger } from 'fastify'
+import type { Broker, RoomPosition } from './brokers/broker.js'
+import type { Connection } from './connection.js'
+import type { Stats } from './metrics.js'
+import type { Presence } from './presence.js'
+import { CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from './protocol.js'
+import type { RoomMember, RoomsUser } from './types.js'
+
+export interface MembershipOptions {
+  presence: boolean
+  maxRoomsPerConnection: number
+  authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
+}
+
+export interface JoinAck extends RoomPosition {
+  room: string
+  members?: RoomMember[]
+}
+
+export type ResumeOutcome =
+  | { result: 'replayed'; seq: number; epoch: string; replayed: number }
+  | { result: 'reset'; seq: number; epoch: string }
+  | { result: 'error'; code: string; message: string }
+
+interface MemberState {
+  user: RoomsUser
+  rooms: Set<string>
+  /** Rooms whose join is being authorized; they count toward maxRoomsPerConnection. */
+  pendingJoins: Set<string>
+}
+// The writable side of each Member: only this module holds it.
+const states = new WeakMap<Member, MemberState>()
+
+/** Who one socket is and which rooms it is in, as everyone but this module sees it: read-only. */
+export class Member {
+  constructor (user: RoomsUser) {
+    states.set(this, { user, rooms: new Set(), pendingJoins: new Set() })
+  }
+
+  get user (): RoomsUser {
+    return states.get(this)!.user
+  }
+
+  get rooms (): ReadonlySet<string> {
+    return states.get(this)!.rooms
+  }
+}
+
+function stateOf (connection: Connection): MemberState {
+  return states.get(connection.member)!
+}
+
+export class Membership {
+  readonly connections = new Set<Connection>()
+  private readonly byUser = new Map<string, Set<Connection>>()
+  private readonly localRooms = new Map<string, Set<Connection>>()
+  /** The broker subscription of each local room, settled or in flight. */
+  private readonly subscriptions = new Map<string, Promise<void>>()
+  private whenEmpty: (() => void) | undefined
+  private readonly leaving = new Set<Promise<void>>()
+
+  constructor (
+    private readonly options: MembershipOptions,
+    private readonly broker: Broker,
+    private readonly presence: Presence,
+    private readonly stats: Pick<Stats, 'resume' | 'messageOut'>,
+    private readonly log: FastifyBaseLogger
+  ) {}
+
+  member (user: RoomsUser): Member {
+    return new Member(user)
+  }
+
+  connectionsOf (userId: string): number {
+    return this.byUser.get(userId)?.size ?? 0
+  }
+
+  /** This process's sockets of a user (for sendToUser and disconnectUser). */
+  ownConnections (userId: string): ReadonlySet<Connection> | undefined {
+    return this.byUser.get(userId)
+  }
+
+  /** This process's sockets in a room (for fan-out). */
+  localMembers (room: string): ReadonlySet<Connection> | undefined {
+    return this.localRooms.get(room)
+  }
+
+  roomCount (): number {
+    return this.localRooms.size
+  }
+
+  memberCount (): number {
+    let members = 0
+    for (const local of this.localRooms.values()) members += local.size
+    return members
+  }
+
+  add (connection: Connection): void {
+    this.connections.add(connection)
+    let own = this.byUser.get(connection.user.id)
+    if (own === undefined) {
+      own = new Set()
+      this.byUser.set(connection.user.id, own)
+    }
+    own.add(connection)
+  }
+
+  /** A socket closed: it leaves every room (presence `leave` for its user's last socket there). */
+  remove (connection: Connection): void {
+    if (!this.connections.delete(connection)) return
+    const own = this.byUser.get(connection.user.id)
+    own?.delete(connection)
+    if (own?.size === 0) this.byUser.delete(connection.user.id)
+    for (const room of connection.rooms) {
+      const leaving = this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
+      // Shutdown waits for these, so the broker is not closed under them.
+      this.leaving.add(leaving)
+      void leaving.finally(() => this.leaving.delete(leaving))
+    }
+    if (this.connections.size === 0) this.whenEmpty?.()
+  }
+
+  /**
+   * Joins a room. Local membership starts before the position is read, so every event with
+   * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
+   */
+  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; announced?: (() => void) | undefined }> {
+    if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
+    await this.admit(connection, room, false)
+    const announced = await this.attach(connection, room)
+    try {
+      const ack = await this.joinAck(room)
+      // On Redis this process's live stream may still bring events at or below ack.seq: not again.
+      connection.replay.setFence(room, ack.seq)
+      return { ack, announced }
+    } catch (err) {
+      announced?.()
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  /**
+   * Re-joins rooms after a reconnect, replaying what was missed. Each room is authorized before anything
+   * about it is read, so a refused room reveals nothing. Positions ahead of an authorized room make the
+   * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
+   * (forbidden, too many rooms) is reported in its outcome and does not stop the others. The caller
+   * sends the ack, then calls `announce` (presence joins follow the ack).
+   */
+  async resumeRooms (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+    const entries = Object.entries(rooms)
+    if (entries.length > this.options.maxRoomsPerConnection) {
+      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
+    }
+    const errors: ErrorDetail[] = []
+    for (const [room] of entries) {
+      if (!isRoomName(room)) errors.push({ path: resumePath(room), message: 'is not a room name (1 to 128 characters of well-formed text without control characters)' })
+    }
+    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
+
+    const outcomes: Record<string, ResumeOutcome> = {}
+    const authorized: typeof entries = []
+    for (const [room, from] of entries) {
+      if (connection.rooms.has(room)) {
+        outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
+        continue
+      }
+      try {
+        await this.authorize(connection, room)
+        authorized.push([room, from])
+      } catch (err) {
+        if (!(err instanceof FrameError)) throw err
+        outcomes[room] = { result: 'error', code: err.code, message: err.message }
+      }
+    }
+    for (const [room, from] of authorized) {
+      const current = await this.broker.peekPosition(room)
+      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${resumePath(room)}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
+    }
+    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
+
+    const announced: Array<() => void> = []
+    const announce = () => {
+      for (const release of announced) release()
+    }
+    for (const [room, from] of authorized) {
+      try {
+        const resumed = await this.resume(connection, room, from)
+        outcomes[room] = resumed.outcome
+        if (resumed.announced !== undefined) announced.push(resumed.announced)
+      } catch (err) {
+        if (!(err instanceof FrameError)) {
+          announce()
+          throw err
+        }
+        outcomes[room] = { result: 'error', code: err.code, message: err.message }
+      }
+    }
+    return { outcomes, announce }
+  }
+
+  /**
+   * Joins a room and sends what the socket missed since `from`: the retained events after from.seq, then
+   * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
+   * history no longer reaches back to from.seq + 1.
+   */
+  private async resume (connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+    // The caller authorized the room before reading anything about it.
+    await this.admit(connection, room, true)
+    // Hold live events back from before membership starts until the replay is out.
+    connection.replay.start(room)
+    let announced: (() => void) | undefined
+    try {
+      announced = await this.attach(connection, room)
+      const slice = await this.broker.history(room, from.seq)
+      const { seq, epoch } = slice.position
+      if (epoch === from.epoch && slice.complete) {
+        const replayed = connection.finishReplay(room, slice.events, from.seq)
+        this.stats.resume('replayed')
+        return { outcome: { result: 'replayed', seq, epoch, replayed }, announced }
+      }
+      connection.sendFrame(directRoomFrame('reset', room, slice.position))
+      connection.finishReplay(room, [], seq)
+      this.stats.resume('reset')
+      return { outcome: { result: 'reset', seq, epoch }, announced }
+    } catch (err) {
+      announced?.()
+      connection.replay.cancel(room)
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  /** authorizeJoin for this user and room; throws `forbidden` when it does not answer true. */
+  async authorize (connection: Connection, room: string): Promise<void> {
+    const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
+    if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
+  }
+
+  /** Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with. */
+  private async admit (connection: Connection, room: string, authorized: boolean): Promise<void> {
+    const state = stateOf(connection)
+    if (state.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
+    if (state.rooms.size + state.pendingJoins.size >= this.options.maxRoomsPerConnection) {
+      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
+    }
+    if (!authorized) {
+      state.pendingJoins.add(room)
+      try {
+        await this.authorize(connection, room)
+      } finally {
+        state.pendingJoins.delete(room)
+      }
+    }
+    if (!connection.isOpen) throw closedDuringJoin()
+  }
+
+  /**
+   * Local membership, the broker subscription and presence. When this is the user's first connection in
+   * the room, its presence `join` is queued now (so it stays ahead of any later `leave`) and published
+   * once the caller calls the returned function, after its ack.
+   */
+  private async attach (connection: Connection, room: string): Promise<(() => void) | undefined> {
+    stateOf(connection).rooms.add(room)
+    try {
+      let local = this.localRooms.get(room)
+      if (local === undefined) {
+        local = new Set()
+        this.localRooms.set(room, local)
+        this.subscriptions.set(room, this.broker.subscribe(room))
+      }
+      local.add(connection)
+      // Every joiner waits for the subscription, not only the first: events must flow before the position is read.
+      await this.subscriptions.get(room)
+      // Left (the socket closed) meanwhile: recording presence now would leave a ghost nobody removes.
+      if (!connection.rooms.has(room)) throw closedDuringJoin()
+      // A leave that starts from here on reaches the broker after this join, and is queued after it.
+      const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
+      if (!first || !this.options.presence) return undefined
+      let release!: () => void
+      const acked = new Promise<void>((resolve) => (release = resolve))
+      void this.presence.announce(room, connection.user.id, 'join', acked)
+      return release
+    } catch (err) {
+      // Undo what was done, so a failed join leaves no half-member behind.
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    }
+  }
+
+  /**
+   * After an `auth` refresh: the socket is the token's user now (the same id, maybe new claims) and expires
+   * with it; every joined room is authorized again for the new claims, and the rooms now refused are left,
+   * each named in a `left` frame (`payload.reason: 'forbidden'`).
+   */
+  async reauthenticate (connection: Connection, user: RoomsUser, exp: number | undefined): Promise<void> {
+    stateOf(connection).user = user
+    connection.expiry.set(exp)
+    if (this.options.authorizeJoin === undefined) return
+    for (const room of [...connection.rooms]) {
+      try {
+        await this.authorize(connection, room)
+        continue
+      } catch (err) {
+        // A throwing authorizeJoin fails closed: the room is left, like a refusal.
+        if (!(err instanceof FrameError)) connection.log.error({ err, room }, 'fastify-rooms: authorizeJoin failed during a token refresh; leaving the room')
+      }
+      if (!connection.rooms.has(room)) continue
+      if (connection.sendFrame(directRoomFrame('left', room, { reason: 'forbidden' }))) this.stats.messageOut('left')
+      await this.leave(connection, room)
+    }
+  }
+
+  /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
+  async leave (connection: Connection, room: string): Promise<void> {
+    if (!stateOf(connection).rooms.delete(room)) return
+    connection.replay.clearFence(room)
+    const local = this.localRooms.get(room)
+    if (local !== undefined) {
+      local.delete(connection)
+      if (local.size === 0) {
+        this.localRooms.delete(room)
+        this.subscriptions.delete(room)
+        await this.broker.unsubscribe(room)
+      }
+    }
+    const last = await this.broker.presenceLeave(room, connection.user.id, connection.id)
+    if (last && this.options.presence) await this.presence.announce(room, connection.user.id, 'leave')
+  }
+
+  async joinAck (room: string): Promise<JoinAck> {
+    const position = await this.broker.position(room)
+    if (!this.options.presence) return { room, ...position }
+    return { room, ...position, members: await this.members(room) }
+  }
+
+  async members (room: string): Promise<RoomMember[]> {
+    const ids = await this.broker.presence(room)
+    return ids.map((id) => ({ id }))
+  }
+
+  /** Closes every socket with 1001 and resolves once all have closed and left; stragglers are cut after timeoutMs. */
+  async shutdown (timeoutMs: number): Promise<void> {
+    await this.closeAll(timeoutMs)
+    await Promise.allSettled(this.leaving)
+  }
+
+  private async closeAll (timeoutMs: number): Promise<void> {
+    if (this.connections.size === 0) return
+    const empty = new Promise<void>((resolve) => {
+      this.whenEmpty = resolve
+    })
+    for (const connection of this.connections) connection.close(CloseCode.goingAway, 'server shutting down')
+    const cutoff = setTimeout(() => {
+      for (const connection of this.connections) connection.terminate()
+    }, timeoutMs)
+    cutoff.unref()
+    await empty
+    clearTimeout(cutoff)
+  }
+}
+
+function resumePath (room: string): string {
+  return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
+}
+
+function closedDuringJoin (): FrameError {
+  return new FrameError(ErrorCode.invalidMessage, 'connection closed during join')
+}

@@ -1,0 +1,80 @@
+// Per socket and room: which live events may go out while a resume replays history, and which the socket
+// already has. A replay read from history (on Redis) can run ahead of this process's live stream, and live
+// events can arrive while the replay is being read: each seq must reach the socket once, in order.
+import type { HistoryEvent } from './brokers/broker.js'
+import type { FramedEvent } from './framing.js'
+
+/** What to do with a live event: send it, drop it (already sent), or nothing (held for the replay). */
+export type LiveVerdict = 'send' | 'drop' | 'held' | 'overflow'
+
+export class ReplayBuffer {
+  /**
+   * room → the highest seq this socket is known to have (from a join ack or a replay). Live events at or
+   * below it are not sent again. Removed once a live event passes it, and on leave and reset.
+   */
+  private fences: Map<string, number> | undefined
+  /** Rooms being resumed: their live events wait here until the replay from history has been sent. */
+  private replays: Map<string, { events: Array<{ seq: number; event: FramedEvent }>; bytes: number }> | undefined
+
+  constructor (private readonly maxHeldBytes: number) {}
+
+  live (room: string, seq: number, event: FramedEvent): LiveVerdict {
+    if (this.fences !== undefined) {
+      const fence = this.fences.get(room)
+      if (fence !== undefined) {
+        if (seq <= fence) return 'drop'
+        this.clearFence(room)
+      }
+    }
+    const replay = this.replays?.get(room)
+    if (replay === undefined) return 'send'
+    replay.events.push({ seq, event })
+    replay.bytes += event.framed.length
+    return replay.bytes > this.maxHeldBytes ? 'overflow' : 'held'
+  }
+
+  /** This socket has every event of `room` up to `seq`: live events at or below it are dropped. */
+  setFence (room: string, seq: number): void {
+    ;(this.fences ??= new Map()).set(room, seq)
+  }
+
+  /** The room was left, or its sequence restarted (reset): no fence applies any more. */
+  clearFence (room: string): void {
+    this.fences?.delete(room)
+    if (this.fences?.size === 0) this.fences = undefined
+  }
+
+  /** From now until finish, live events of `room` are held back. */
+  start (room: string): void {
+    ;(this.replays ??= new Map()).set(room, { events: [], bytes: 0 })
+  }
+
+  /**
+   * The replayed events after `after`, then the live ones held back meanwhile, each seq once and in order;
+   * the room goes live behind a fence at the last one. Returns how many replayed events were written.
+   */
+  finish (room: string, history: readonly HistoryEvent[], after: number, write: (frame: string) => void, writeLive: (event: FramedEvent) => void): number {
+    const held = this.replays?.get(room)
+    this.cancel(room)
+    let last = after
+    let replayed = 0
+    for (const event of history) {
+      if (event.seq <= last) continue
+      write(event.frame)
+      last = event.seq
+      replayed++
+    }
+    for (const { seq, event } of held?.events ?? []) {
+      if (seq <= last) continue
+      writeLive(event)
+      last = seq
+    }
+    this.setFence(room, last)
+    return replayed
+  }
+
+  cancel (room: string): void {
+    this.replays?.delete(room)
+    if (this.replays?.size === 0) this.replays = undefined
+  }
+}
