@@ -44,6 +44,7 @@ export class Connection implements RoomsConnection {
   private readonly inbox: SerialInbox<Frame>
 
   private closeCode: number | undefined
+  private closeReason = ''
   private killTimer: NodeJS.Timeout | undefined
   /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
   private readonly framedWrites: boolean
@@ -87,7 +88,7 @@ export class Connection implements RoomsConnection {
       clearTimeout(this.killTimer)
       this.inbox.clear()
       try {
-        events.close(this, this.closeCode ?? code, this.closeCode === undefined ? reason.toString() : '', this.closeCode !== undefined)
+        events.close(this, this.closeCode ?? code, this.closeCode === undefined ? reason.toString() : this.closeReason, this.closeCode !== undefined)
       } catch (err) {
         this.log.error({ err }, 'fastify-rooms: close listener failed')
       }
@@ -169,6 +170,11 @@ export class Connection implements RoomsConnection {
     return this.replay.finish(room, history, after, (frame) => this.sendFrame(frame), (event) => this.sendEvent(event))
   }
 
+  /** Runs `task` (onConnect) before this socket's first frame; frames arriving meanwhile wait, in order. */
+  runFirst (task: () => Promise<void>): void {
+    this.inbox.first(task)
+  }
+
   /** Queues a parsed frame (of `bytes` on the wire) behind the ones still running; false when too many wait already. */
   enqueue (frame: Frame, bytes: number): boolean {
     return this.inbox.push(frame, bytes)
@@ -179,6 +185,7 @@ export class Connection implements RoomsConnection {
     checkCloseCode(code)
     if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
     this.closeCode = code
+    this.closeReason = truncateCloseReason(reason)
     this.expiry.clear()
     try {
       this.socket.close(code, truncateCloseReason(reason))

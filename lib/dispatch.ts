@@ -132,7 +132,7 @@ export class Dispatcher implements ConnectionEvents {
       { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
       'fastify-rooms: connection closed'
     )
-    this.membership.remove(connection)
+    this.membership.remove(connection, code, reason)
   }
 
   private ack (connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {

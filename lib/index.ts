@@ -43,6 +43,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const presence = new Presence(options.presence, broker, fastify.log)
   const membership = new Membership(options, broker, presence, stats, fastify.log)
   const registry = new RoomRegistry(options, membership, presence, broker, stats)
+  membership.api = registry.api
   stats.gauges = registry
   await broker.start(registry, {
     history: options.history,
@@ -184,6 +185,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
           protocol: PROTOCOL_VERSION,
         }))
         request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
+        membership.open(connection)
       },
     })
   })

@@ -11,13 +11,18 @@ import type { Connection } from './connection.js'
 import type { Stats } from './metrics.js'
 import type { Presence } from './presence.js'
 import { CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from './protocol.js'
-import type { RoomMember, RoomsUser } from './types.js'
+import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from './types.js'
 
 export interface MembershipOptions {
   presence: boolean
   maxRoomsPerConnection: number
   authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
+  onConnect: ((ctx: ConnectContext) => void | Promise<void>) | undefined
+  onDisconnect: ((ctx: ConnectContext, close: { code: number; reason: string }) => void | Promise<void>) | undefined
+  hookTimeoutMs: number
 }
+
+class HookTimeout extends Error {}
 
 export interface JoinAck extends RoomPosition {
   room: string
@@ -34,6 +39,8 @@ interface MemberState {
   rooms: Set<string>
   /** Rooms whose join is being authorized; they count toward maxRoomsPerConnection. */
   pendingJoins: Set<string>
+  /** Rooms the server put this socket into, with the seq of the `joined` frame: a resume replays into them. */
+  serverJoined: Map<string, number>
 }
 // The writable side of each Member: only this module holds it.
 const states = new WeakMap<Member, MemberState>()
@@ -41,7 +48,7 @@ const states = new WeakMap<Member, MemberState>()
 /** Who one socket is and which rooms it is in, as everyone but this module sees it: read-only. */
 export class Member {
   constructor (user: RoomsUser) {
-    states.set(this, { user, rooms: new Set(), pendingJoins: new Set() })
+    states.set(this, { user, rooms: new Set(), pendingJoins: new Set(), serverJoined: new Map() })
   }
 
   get user (): RoomsUser {
@@ -65,6 +72,8 @@ export class Membership {
   private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
   private readonly leaving = new Set<Promise<void>>()
+  /** The API handed to hooks (set once the registry exists: it reads this module, not the other way round). */
+  api: RoomsApi | undefined
 
   constructor (
     private readonly options: MembershipOptions,
@@ -112,19 +121,117 @@ export class Membership {
     own.add(connection)
   }
 
-  /** A socket closed: it leaves every room (presence `leave` for its user's last socket there). */
-  remove (connection: Connection): void {
+  /**
+   * An admitted socket's life starts: onConnect runs before its first frame (frames wait, in order). A
+   * FrameError from it closes the socket 1008 with its message; another throw, or no end within
+   * hookTimeoutMs, closes it 1011. Either way nothing escapes to the process or to other sockets.
+   */
+  open (connection: Connection): void {
+    const onConnect = this.options.onConnect
+    if (onConnect === undefined) return
+    connection.runFirst(async () => {
+      try {
+        await this.bounded(async () => onConnect(this.context(connection)))
+      } catch (err) {
+        if (err instanceof FrameError) return connection.close(CloseCode.policyViolation, err.message)
+        if (err instanceof HookTimeout) connection.log.warn({ timeoutMs: this.options.hookTimeoutMs }, 'fastify-rooms: onConnect did not finish in time; closing')
+        else connection.log.error({ err }, 'fastify-rooms: onConnect failed; closing')
+        connection.close(CloseCode.internalError, 'internal error')
+      }
+    })
+  }
+
+  /** Runs a hook, waiting for it at most hookTimeoutMs (a hook that hangs keeps running, unwatched). */
+  private async bounded (hook: () => Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      await Promise.race([hook(), new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new HookTimeout()), this.options.hookTimeoutMs)
+      })])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  private context (connection: Connection): ConnectContext {
+    return {
+      connection,
+      user: connection.user,
+      log: connection.log,
+      rooms: this.api!,
+      join: (room) => this.serverJoin(connection, room),
+      leave: (room) => this.serverLeave(connection, room),
+    }
+  }
+
+  /** Puts the local sockets a server-side join or leave is for into the room, or out of it; failures are logged. */
+  applyChange (action: 'join' | 'leave', room: string, target: { userId: string } | { connectionId: string }): void {
+    const targets = 'userId' in target
+      ? [...this.byUser.get(target.userId) ?? []]
+      : [...this.connections].filter((connection) => connection.id === target.connectionId)
+    for (const connection of targets) {
+      const change = action === 'join' ? this.serverJoin(connection, room) : this.serverLeave(connection, room)
+      change.catch((err: unknown) => connection.log.warn({ err, room, action }, 'fastify-rooms: server-side membership change failed'))
+    }
+  }
+
+  /**
+   * A join decided by the server (authorizeJoin is not consulted; maxRoomsPerConnection still applies): the
+   * socket gets a `joined` frame with the room's position, so its client resumes the room after a reconnect.
+   */
+  async serverJoin (connection: Connection, room: string): Promise<JoinPosition> {
+    if (connection.rooms.has(room)) return this.joinAck(room)
+    await this.admit(connection, room, true)
+    // The client learns of the room from the `joined` frame: live events wait until it is out.
+    connection.replay.start(room)
+    let announced: (() => void) | undefined
+    try {
+      announced = await this.attach(connection, room)
+      const ack = await this.joinAck(room)
+      const { room: _room, ...position } = ack
+      if (connection.sendFrame(directRoomFrame('joined', room, position))) this.stats.messageOut('joined')
+      connection.finishReplay(room, [], ack.seq)
+      stateOf(connection).serverJoined.set(room, ack.seq)
+      return ack
+    } catch (err) {
+      connection.replay.cancel(room)
+      await this.leave(connection, room).catch(() => {})
+      throw err
+    } finally {
+      announced?.()
+    }
+  }
+
+  async serverLeave (connection: Connection, room: string): Promise<void> {
+    if (!connection.rooms.has(room)) return
+    if (connection.sendFrame(directRoomFrame('left', room, { reason: 'server' }))) this.stats.messageOut('left')
+    await this.leave(connection, room)
+  }
+
+  /** A socket closed: it leaves every room (presence `leave` for its user's last socket there), then onDisconnect runs. */
+  remove (connection: Connection, code: number, reason: string): void {
     if (!this.connections.delete(connection)) return
     const own = this.byUser.get(connection.user.id)
     own?.delete(connection)
     if (own?.size === 0) this.byUser.delete(connection.user.id)
     for (const room of connection.rooms) {
       const leaving = this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
-      // Shutdown waits for these, so the broker is not closed under them.
-      this.leaving.add(leaving)
-      void leaving.finally(() => this.leaving.delete(leaving))
+      this.track(leaving)
+    }
+    const onDisconnect = this.options.onDisconnect
+    if (onDisconnect !== undefined) {
+      this.track(this.bounded(async () => onDisconnect(this.context(connection), { code, reason })).catch((err: unknown) => {
+        if (err instanceof HookTimeout) connection.log.warn({ timeoutMs: this.options.hookTimeoutMs }, 'fastify-rooms: onDisconnect did not finish in time')
+        else connection.log.error({ err }, 'fastify-rooms: onDisconnect failed')
+      }))
     }
     if (this.connections.size === 0) this.whenEmpty?.()
+  }
+
+  /** Shutdown waits for these (leaves, onDisconnect), so the broker is not closed under them. */
+  private track (work: Promise<void>): void {
+    this.leaving.add(work)
+    void work.finally(() => this.leaving.delete(work))
   }
 
   /**
@@ -168,6 +275,11 @@ export class Membership {
     const outcomes: Record<string, ResumeOutcome> = {}
     const authorized: typeof entries = []
     for (const [room, from] of entries) {
+      if (stateOf(connection).serverJoined.has(room)) {
+        // Joined by the server on this connection (onConnect): the client's position says what it lacks.
+        outcomes[room] = await this.catchUp(connection, room, from)
+        continue
+      }
       if (connection.rooms.has(room)) {
         outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
         continue
@@ -236,6 +348,39 @@ export class Membership {
       await this.leave(connection, room).catch(() => {})
       throw err
     }
+  }
+
+  /**
+   * A resume of a room the server already put this socket into. While no live event has gone out since
+   * the join (its fence stands), the events after the client's position are replayed exactly; once one
+   * has, a replay would arrive out of order, so the client gets a `reset` instead.
+   */
+  private async catchUp (connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
+    const joinedAt = stateOf(connection).serverJoined.get(room)
+    stateOf(connection).serverJoined.delete(room)
+    if (joinedAt !== undefined && connection.replay.fenceOf(room) === joinedAt) {
+      connection.replay.start(room)
+      try {
+        const slice = await this.broker.history(room, from.seq)
+        const { seq, epoch } = slice.position
+        if (epoch === from.epoch && slice.complete) {
+          const replayed = connection.finishReplay(room, slice.events, from.seq)
+          this.stats.resume('replayed')
+          return { result: 'replayed', seq, epoch, replayed }
+        }
+        connection.sendFrame(directRoomFrame('reset', room, slice.position))
+        connection.finishReplay(room, [], seq)
+        this.stats.resume('reset')
+        return { result: 'reset', seq, epoch }
+      } catch (err) {
+        connection.finishReplay(room, [], from.seq)
+        throw err
+      }
+    }
+    const position = await this.broker.position(room)
+    connection.sendFrame(directRoomFrame('reset', room, position))
+    this.stats.resume('reset')
+    return { result: 'reset', ...position }
   }
 
   /** authorizeJoin for this user and room; throws `forbidden` when it does not answer true. */
@@ -320,6 +465,7 @@ export class Membership {
 
   /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
   async leave (connection: Connection, room: string): Promise<void> {
+    stateOf(connection).serverJoined.delete(room)
     if (!stateOf(connection).rooms.delete(room)) return
     connection.replay.clearFence(room)
     const local = this.localRooms.get(room)

@@ -9,7 +9,7 @@ import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
 import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from './protocol.js'
 import { isBroker, type Broker } from './brokers/broker.js'
-import type { MessageDefinition, RoomsUser } from './types.js'
+import type { ConnectContext, MessageDefinition, RoomsUser } from './types.js'
 
 const PositiveInteger = Type.Integer({ minimum: 1 })
 
@@ -57,6 +57,7 @@ const DataOptions = Type.Object({
   }, { additionalProperties: false })),
   closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
   authenticateTimeoutMs: Type.Optional(PositiveInteger),
+  hookTimeoutMs: Type.Optional(PositiveInteger),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -64,7 +65,7 @@ const DataOptions = Type.Object({
 })
 const dataOptionsValidator = Compile(DataOptions)
 
-const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'authorizeJoin', 'broker', 'metrics'] as const
+const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'onConnect', 'onDisconnect', 'authorizeJoin', 'broker', 'metrics'] as const
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
@@ -89,6 +90,15 @@ export interface RoomsOptions {
   authenticate?: (request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>
   /** An `authenticate` that has not answered by then is abandoned: the upgrade gets 503 (default 10000 ms). */
   authenticateTimeoutMs?: number
+  /**
+   * After admission, before the socket's first frame runs (frames wait, in order). May join rooms
+   * (`ctx.join`); a thrown FrameError closes the socket 1008 with its message, any other throw 1011.
+   */
+  onConnect?: (ctx: ConnectContext) => void | Promise<void>
+  /** Once per socket, after it closed (its rooms are being left). A throw is logged. */
+  onDisconnect?: (ctx: ConnectContext, close: { code: number; reason: string }) => void | Promise<void>
+  /** A hook that has not finished by then is no longer waited for: onConnect's socket is closed 1011 (default 5000 ms). */
+  hookTimeoutMs?: number
   userFromToken?: (payload: Record<string, unknown>) => RoomsUser
   allowedOrigins: readonly string[] | '*'
   allowMissingOrigin?: boolean
@@ -155,6 +165,9 @@ export interface ResolvedOptions {
   jwt: JwtOptions | false | undefined
   authenticate: RoomsOptions['authenticate']
   authenticateTimeoutMs: number
+  onConnect: RoomsOptions['onConnect']
+  onDisconnect: RoomsOptions['onDisconnect']
+  hookTimeoutMs: number
   userFromToken: (payload: Record<string, unknown>) => RoomsUser
   /** `null` means any origin (`'*'`). */
   allowedOrigins: ReadonlySet<string> | null
@@ -202,6 +215,7 @@ export const defaults = {
   token: { requireExp: true, maxLifetimeMs: 86_400_000, fromQuery: false },
   closeTimeoutMs: 5000,
   authenticateTimeoutMs: 10_000,
+  hookTimeoutMs: 5000,
   retryWindow: { maxIdsPerUser: 256, windowMs: 300_000 },
 } as const
 
@@ -275,6 +289,9 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     token: { ...defaults.token, ...checked.token },
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
     authenticateTimeoutMs: checked.authenticateTimeoutMs ?? defaults.authenticateTimeoutMs,
+    onConnect: checkFunction(options, 'onConnect'),
+    onDisconnect: checkFunction(options, 'onDisconnect'),
+    hookTimeoutMs: checked.hookTimeoutMs ?? defaults.hookTimeoutMs,
     retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),
     metrics: checkMetrics(options.metrics),
@@ -311,7 +328,7 @@ function checkJwt (jwt: unknown): JwtOptions | false {
   return jwt as JwtOptions
 }
 
-function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate'> (options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
+function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate' | 'onConnect' | 'onDisconnect'> (options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
   const value = options[key]
   if (value === undefined) return undefined
   if (typeof value !== 'function') fail(key, 'must be a function')

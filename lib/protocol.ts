@@ -65,7 +65,7 @@ export function truncateCloseReason (reason: string): string {
 /** Types the client sends that the plugin itself answers; host message types may not reuse them. */
 export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume', 'latency'] as const
 /** Types the server sends on its own; neither host messages nor room events may use them. */
-export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left'] as const
+export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left', 'joined'] as const
 
 export const RoomName = Type.String({ minLength: 1, maxLength: 128 })
 export const MessageType = Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.:-]{0,63}$' })

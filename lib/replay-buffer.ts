@@ -38,6 +38,11 @@ export class ReplayBuffer {
     ;(this.fences ??= new Map()).set(room, seq)
   }
 
+  /** The room's fence while it stands (no live event past it was sent since it was set). */
+  fenceOf (room: string): number | undefined {
+    return this.fences?.get(room)
+  }
+
   /** The room was left, or its sequence restarted (reset): no fence applies any more. */
   clearFence (room: string): void {
     this.fences?.delete(room)

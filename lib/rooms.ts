@@ -3,7 +3,7 @@
 // room is membership.ts's; this module only reads it.
 import { randomUUID } from 'node:crypto'
 import { Compile } from 'typebox/compile'
-import type { Broker, BrokerDelivery, RoomPosition, SharedAnswers } from './brokers/broker.js'
+import type { Broker, BrokerDelivery, MembershipChange, RoomPosition, SharedAnswers } from './brokers/broker.js'
 import type { Membership } from './membership.js'
 import type { Presence } from './presence.js'
 import { InvalidArgumentError, MetricsDisabledError, PayloadTooLargeError } from './errors.js'
@@ -15,7 +15,7 @@ import {
   SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
 } from './protocol.js'
 import { isUserId } from './upgrade.js'
-import type { BroadcastOptions, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from './types.js'
+import type { BroadcastOptions, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from './types.js'
 
 export interface RegistryOptions {
   /** Validators of the payloads of the event types the host declared. */
@@ -52,6 +52,8 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
         await this.broker.disconnectUser(userId, code, truncateCloseReason(reason))
       },
       history: async (room, options = {}) => this.history(checkRoom(room), options.after ?? 0),
+      join: async (target, room) => this.broker.changeMembership({ action: 'join', room: checkRoom(room), target: checkTarget(target) }),
+      leave: async (target, room) => this.broker.changeMembership({ action: 'leave', room: checkRoom(room), target: checkTarget(target) }),
       stats: () => this.snapshot(),
       metrics: async () => {
         if (this.stats.registry === undefined) throw new MetricsDisabledError()
@@ -151,6 +153,10 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     this.presence.changed(room, userId, action)
   }
 
+  serverMembership (change: MembershipChange): void {
+    this.membership.applyChange(change.action, change.room, change.target)
+  }
+
   userDisconnect (userId: string, code: number, reason: string): void {
     const own = this.membership.ownConnections(userId)
     if (own === undefined) return
@@ -199,6 +205,15 @@ function checkBroadcastOptions (options: BroadcastOptions): void {
 function checkEventType (type: string): void {
   if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
   if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
+}
+
+function checkTarget (target: unknown): MembershipTarget {
+  if (typeof target === 'object' && target !== null) {
+    const { userId, connectionId } = target as Record<string, unknown>
+    if (userId !== undefined && connectionId === undefined) return { userId: checkUserId(userId as string) }
+    if (connectionId !== undefined && userId === undefined && typeof connectionId === 'string' && connectionId.length <= 64 && isSafeText(connectionId) && connectionId.length > 0) return { connectionId }
+  }
+  throw new InvalidArgumentError('target', 'must be { userId } or { connectionId }')
 }
 
 function checkUserId (userId: string): string {

@@ -30,6 +30,21 @@ export class SerialInbox<F> {
     return true
   }
 
+  /** Runs `task` before any frame: frames that arrive meanwhile wait, in order (bounded as above). */
+  first (task: () => Promise<void>): void {
+    this.busy = true
+    void (async () => {
+      await task().catch(this.onError)
+      const next = this.open() ? this.waiting.shift() : undefined
+      if (next === undefined) {
+        this.busy = false
+        return
+      }
+      this.waitingBytes -= next.bytes
+      await this.drain(next.frame)
+    })()
+  }
+
   /** Drops what waits (the socket closed). */
   clear (): void {
     this.waiting.length = 0

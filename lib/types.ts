@@ -37,6 +37,29 @@ export interface MessageContext {
   reply<T extends RoomsEventType>(type: T, payload: RoomsEventPayload<T>): void
 }
 
+/** The room's position for a socket put into it by the server (the `joined` frame's payload, and what `join` resolves). */
+export interface JoinPosition {
+  room: string
+  seq: number
+  epoch: string
+  members?: RoomMember[]
+}
+
+/** What onConnect and onDisconnect get: the socket, and a way to put it into rooms from the server. */
+export interface ConnectContext {
+  connection: RoomsConnection
+  user: RoomsUser
+  log: FastifyBaseLogger
+  rooms: RoomsApi
+  /** Puts this socket into a room (authorizeJoin is not consulted); it gets a `joined` frame with the position. */
+  join(room: string): Promise<JoinPosition>
+  /** Takes this socket out of a room; it gets a `left` frame (`reason: 'server'`). */
+  leave(room: string): Promise<void>
+}
+
+/** Whom a server-side join or leave is for: every socket of a user (every process), or one connection. */
+export type MembershipTarget = { userId: string } | { connectionId: string }
+
 export interface MessageDefinition<S extends TSchema = TSchema, R = unknown> {
   /** TypeBox schema of `payload`, compiled once at registration. */
   schema: S
@@ -148,6 +171,14 @@ export interface RoomsApi {
   count(room: string): Promise<number>
   rooms(): Promise<string[]>
   disconnectUser(userId: string, code?: number, reason?: string): Promise<void>
+  /**
+   * Puts the target's sockets into a room, on every process, without consulting authorizeJoin; each gets a
+   * `joined` frame with the room's position, so its client resumes the room after a reconnect. Resolves
+   * once the change is on its way to every process.
+   */
+  join(target: MembershipTarget, room: string): Promise<void>
+  /** Takes the target's sockets out of a room, on every process; each gets a `left` frame (`reason: 'server'`). */
+  leave(target: MembershipTarget, room: string): Promise<void>
   /** The room's retained events after `after` (default 0: all that are retained). */
   history(room: string, options?: { after?: number }): Promise<RoomHistory>
   stats(): RoomsStats

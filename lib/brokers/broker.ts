@@ -17,6 +17,15 @@ export interface BrokerDelivery {
   roomReset(room: string, position: RoomPosition): void
   /** Presence changed without a local join or leave: a dead process's members were removed, or this process's were restored. */
   presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void
+  /** The server puts the target's local sockets into the room, or takes them out (fastify.rooms.join/leave). */
+  serverMembership(change: MembershipChange): void
+}
+
+/** A server-side join or leave, for every socket of a user or for one connection, on whichever process has them. */
+export interface MembershipChange {
+  action: 'join' | 'leave'
+  room: string
+  target: { userId: string } | { connectionId: string }
 }
 
 /** What the plugin's options tell the broker when it starts. */
@@ -93,12 +102,14 @@ export interface Broker extends Partial<SharedAnswers> {
   /** Rooms with at least one member on any process. */
   rooms(): Promise<string[]>
   sendToUser(userId: string, frame: string): Promise<void>
+  /** Delivers a server-side join or leave to every process (each applies it to the target's local sockets). */
+  changeMembership(change: MembershipChange): Promise<void>
   disconnectUser(userId: string, code: number, reason: string): Promise<void>
   close(): Promise<void>
 }
 
 export function isBroker (value: unknown): value is Broker {
   if (typeof value !== 'object' || value === null) return false
-  const methods = ['start', 'publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  const methods = ['start', 'publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'changeMembership', 'disconnectUser', 'close'] as const
   return methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')
 }

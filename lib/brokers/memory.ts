@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrame } from '../protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange } from './broker.js'
 import { EventHistory } from './history.js'
 
 interface RoomState {
@@ -149,6 +149,10 @@ class MemoryBroker implements Broker {
 
   async disconnectUser (userId: string, code: number, reason: string): Promise<void> {
     this.delivery?.userDisconnect(userId, code, reason)
+  }
+
+  async changeMembership (change: MembershipChange): Promise<void> {
+    this.delivery?.serverMembership(change)
   }
 
   async close (): Promise<void> {

@@ -8,7 +8,7 @@ import { Redis, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrameParts } from '../protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition } from './broker.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
 
@@ -229,6 +229,13 @@ class RedisBroker implements Broker {
     await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['d', userId, code, reason])))
   }
 
+  async changeMembership (change: MembershipChange): Promise<void> {
+    const message = 'userId' in change.target
+      ? [change.action === 'join' ? 'j' : 'l', change.target.userId, change.room]
+      : [change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room]
+    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(message)))
+  }
+
   async close (): Promise<void> {
     this.closed = true
     clearInterval(this.heartbeatTimer)
@@ -311,6 +318,11 @@ class RedisBroker implements Broker {
     const [kind, userId, ...rest] = parts as [unknown, string, ...unknown[]]
     if (kind === 'm' && typeof rest[0] === 'string') return this.delivery?.userMessage(userId, rest[0])
     if (kind === 'd' && typeof rest[0] === 'number' && typeof rest[1] === 'string') return this.delivery?.userDisconnect(userId, rest[0], rest[1])
+    // Server-side joins and leaves: `j`/`l` for a user's sockets, `jc`/`lc` for one connection (the id in place of the user's).
+    if (typeof rest[0] === 'string' && (kind === 'j' || kind === 'l' || kind === 'jc' || kind === 'lc')) {
+      const target = kind.length === 1 ? { userId } : { connectionId: userId }
+      return this.delivery?.serverMembership({ action: kind[0] === 'j' ? 'join' : 'leave', room: rest[0], target })
+    }
     throw new Error('malformed user message')
   }
 

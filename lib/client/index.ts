@@ -432,6 +432,9 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       case 'reset': return this.onReset(frame)
       // The server took the socket out of a room (e.g. authorizeJoin refused it after a token refresh): not re-joined.
       case 'left': if (frame.room !== undefined) this.positions.delete(frame.room)
+        break
+      // The server put the socket into a room: tracked (and resumed after a reconnect) like one joined here.
+      case 'joined': return this.onJoined(frame)
     }
     if (frame.room !== undefined && typeof frame.seq === 'number') {
       const position = this.positions.get(frame.room)
@@ -520,6 +523,17 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
         this.emit('error', new RoomsClientError(outcome.code ?? 'error', outcome.message ?? 'resume failed', undefined, room))
       }
     }
+  }
+
+  private onJoined (frame: ServerFrame): void {
+    const room = frame.room
+    const position = frame.payload as Partial<RoomPosition> | undefined
+    if (room === undefined || typeof position?.seq !== 'number' || typeof position.epoch !== 'string') return
+    const current = this.positions.get(room)
+    // A room this client already follows in the same epoch keeps its own position: its resume (sent after
+    // welcome) tells the server what it lacks, and the server replays that into the joined room.
+    if (current === null || current === undefined || current.epoch !== position.epoch) this.positions.set(room, { seq: position.seq, epoch: position.epoch })
+    this.emit('joined', frame)
   }
 
   private onReset (frame: ServerFrame): void {

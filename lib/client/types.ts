@@ -147,4 +147,6 @@ export interface ClientEvents {
   presence: (frame: EventFrame<PresenceEvent>) => void
   /** The server took this client out of `frame.room`; it is not re-joined. */
   left: (frame: ServerFrame) => void
+  /** The server put this client into `frame.room` (`payload: { seq, epoch, members? }`); it is resumed after reconnects. */
+  joined: (frame: EventFrame<{ seq: number; epoch: string; members?: Array<{ id: string }> }>) => void
 }
