@@ -86,7 +86,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
     fastify.server.off('upgrade', endRefusedUpgrade)
-    await broker.close()
+    await broker.close({ lingerMs: membership.dropGraces() ? options.leaveGraceMs : 0 })
   })
 
   // @fastify/websocket belongs to the whole server (it owns the server's 'upgrade' event and answers

@@ -15,6 +15,7 @@ import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } fr
 
 export interface MembershipOptions {
   presence: boolean
+  leaveGraceMs: number
   maxRoomsPerConnection: number
   authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
   onConnect: ((ctx: ConnectContext) => void | Promise<void>) | undefined
@@ -72,6 +73,8 @@ export class Membership {
   private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
   private readonly leaving = new Set<Promise<void>>()
+  /** Presence leaves of closed sockets, waiting out leaveGraceMs. */
+  private readonly graces = new Set<NodeJS.Timeout>()
   /** The API handed to hooks (set once the registry exists: it reads this module, not the other way round). */
   api: RoomsApi | undefined
 
@@ -215,7 +218,7 @@ export class Membership {
     own?.delete(connection)
     if (own?.size === 0) this.byUser.delete(connection.user.id)
     for (const room of connection.rooms) {
-      const leaving = this.leave(connection, room).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
+      const leaving = this.leave(connection, room, this.options.leaveGraceMs).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
       this.track(leaving)
     }
     const onDisconnect = this.options.onDisconnect
@@ -463,8 +466,13 @@ export class Membership {
     }
   }
 
-  /** Leaves a room; presence `leave` is published when it was this user's last connection there. */
-  async leave (connection: Connection, room: string): Promise<void> {
+  /**
+   * Leaves a room; presence `leave` is published when it was this user's last connection there. With a
+   * grace (a closed socket), the presence entry stays for `graceMs` first: a socket of the same user that
+   * joins or resumes meanwhile, on any process, finds the user present (no `join`), and the late removal
+   * then finds it still there (no `leave`).
+   */
+  async leave (connection: Connection, room: string, graceMs = 0): Promise<void> {
     stateOf(connection).serverJoined.delete(room)
     if (!stateOf(connection).rooms.delete(room)) return
     connection.replay.clearFence(room)
@@ -477,8 +485,30 @@ export class Membership {
         await this.broker.unsubscribe(room)
       }
     }
-    const last = await this.broker.presenceLeave(room, connection.user.id, connection.id)
-    if (last && this.options.presence) await this.presence.announce(room, connection.user.id, 'leave')
+    const userId = connection.user.id
+    const removePresence = async () => {
+      const last = await this.broker.presenceLeave(room, userId, connection.id)
+      if (last && this.options.presence) await this.presence.announce(room, userId, 'leave')
+    }
+    if (graceMs === 0) return removePresence()
+    const timer = setTimeout(() => {
+      this.graces.delete(timer)
+      this.track(removePresence().catch((err: unknown) => this.log.warn({ err, room }, 'fastify-rooms: a presence leave after its grace failed')))
+    }, graceMs)
+    timer.unref()
+    this.graces.add(timer)
+  }
+
+  /**
+   * At shutdown: the presence leaves still in their grace are not published from here. Returns whether
+   * there were any: the broker then lets this process's entries linger for the grace (Redis: survivors
+   * remove them and publish the leaves of users who did not come back elsewhere).
+   */
+  dropGraces (): boolean {
+    const any = this.graces.size > 0
+    for (const timer of this.graces) clearTimeout(timer)
+    this.graces.clear()
+    return any
   }
 
   async joinAck (room: string): Promise<JoinAck> {

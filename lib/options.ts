@@ -18,7 +18,10 @@ const DataOptions = Type.Object({
   path: Type.Optional(Type.String({ pattern: '^/' })),
   allowedOrigins: Type.Optional(Type.Union([Type.Literal('*'), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })])),
   allowMissingOrigin: Type.Optional(Type.Boolean()),
-  presence: Type.Optional(Type.Boolean()),
+  presence: Type.Optional(Type.Union([
+    Type.Boolean(),
+    Type.Object({ leaveGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })) }, { additionalProperties: false }),
+  ])),
   heartbeatMs: Type.Optional(Type.Integer({ minimum: 10 })),
   maxPayload: Type.Optional(Type.Integer({ minimum: 128, maximum: 104_857_600 })),
   rateLimit: Type.Optional(Type.Union([
@@ -110,7 +113,12 @@ export interface RoomsOptions {
    */
   events?: Record<string, TSchema>
   authorizeJoin?: (user: RoomsUser, room: string) => boolean | Promise<boolean>
-  presence?: boolean
+  /**
+   * Presence events and member lists (default true). `{ leaveGraceMs }`: when a socket closes, its user's
+   * `leave` waits this long, and is not published if a socket of that user rejoins or resumes the room
+   * meanwhile, on any process (default 5000 ms; an explicit `leave` frame is published at once).
+   */
+  presence?: boolean | { leaveGraceMs?: number }
   heartbeatMs?: number
   maxPayload?: number
   /** Per connection: frames per second (`burst` at once) and bytes per second (`burstBytes` at once). */
@@ -176,6 +184,8 @@ export interface ResolvedOptions {
   events: ReadonlyMap<string, Validator<any, TSchema>>
   authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
   presence: boolean
+  /** How long a closed socket's presence lingers (see RoomsOptions.presence). */
+  leaveGraceMs: number
   heartbeatMs: number
   maxPayload: number
   rateLimit: { messagesPerSecond: number; burst: number; bytesPerSecond: number; burstBytes: number } | false
@@ -200,6 +210,7 @@ export const defaults = {
   path: '/ws',
   allowMissingOrigin: false,
   presence: true,
+  leaveGraceMs: 5000,
   heartbeatMs: 30_000,
   maxPayload: 65_536,
   rateLimit: { messagesPerSecond: 20, burst: 40, bytesPerSecond: 131_072, burstBytes: 262_144 },
@@ -272,7 +283,9 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     messages: compileMessages(options.messages),
     events: compileEvents(options.events),
     authorizeJoin: checkFunction(options, 'authorizeJoin'),
-    presence: checked.presence ?? defaults.presence,
+    presence: checked.presence !== false,
+    // Without presence events there is no flapping to avoid: a closed socket leaves at once.
+    leaveGraceMs: checked.presence === false ? 0 : typeof checked.presence === 'object' ? checked.presence.leaveGraceMs ?? defaults.leaveGraceMs : defaults.leaveGraceMs,
     heartbeatMs: checked.heartbeatMs ?? defaults.heartbeatMs,
     maxPayload,
     rateLimit,

@@ -10,6 +10,7 @@ import { redisBroker } from '../lib/brokers/redis.js'
 import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
+import { startServerProcess } from './helpers/server-process.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, ...broker }), ...options })
@@ -263,20 +264,7 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
 
 /** A server in its own process (test/fixtures/redis-server.ts); resolves with its ws:// base URL. */
 async function serverProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<string> {
-  const fixture = new URL('./fixtures/redis-server.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env } })
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  let output = ''
-  await bounded(new Promise<void>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`server process exited with ${code}`)))
-    child.stdout!.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      if (output.includes('\n')) resolve()
-    })
-  }), 'the server process listening')
-  return `ws://127.0.0.1:${Number(output.split('\n')[0])}`
+  return (await startServerProcess(t, redis, env)).url
 }
 
 async function retryUntil<T> (attempt: () => Promise<T>): Promise<T> {

@@ -287,7 +287,7 @@ t.test('#10 a raw socket that joins and is reset at once never leaves a ghost', 
 t.test('#10 a live stream that lags behind history (as Redis pub/sub can) never sends a resumed or joined socket a seq twice', async (t) => {
   const inner = memoryBroker()
   let lagging: Array<() => void> | undefined
-  const methods = ['publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'disconnectUser', 'close'] as const
+  const methods = ['publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'changeMembership', 'disconnectUser', 'close'] as const
   const broker = Object.fromEntries(methods.map((method) => [method, (...args: unknown[]) => (inner[method] as (...a: unknown[]) => unknown)(...args)])) as unknown as Broker
   Object.assign(broker, {
     name: 'lagging',
@@ -301,6 +301,7 @@ t.test('#10 a live stream that lags behind history (as Redis pub/sub can) never 
       userDisconnect: delivery.userDisconnect.bind(delivery),
       roomReset: delivery.roomReset.bind(delivery),
       presenceChanged: delivery.presenceChanged.bind(delivery),
+      serverMembership: delivery.serverMembership.bind(delivery),
     }, settings),
   })
   const server = await startServer(t, { presence: false, broker })

@@ -105,7 +105,11 @@ export interface Broker extends Partial<SharedAnswers> {
   /** Delivers a server-side join or leave to every process (each applies it to the target's local sockets). */
   changeMembership(change: MembershipChange): Promise<void>
   disconnectUser(userId: string, code: number, reason: string): Promise<void>
-  close(): Promise<void>
+  /**
+   * `lingerMs`: this process's presence entries stay this long before other processes remove them (and
+   * publish the leaves of users who did not rejoin elsewhere), instead of going at once.
+   */
+  close(options?: { lingerMs?: number }): Promise<void>
 }
 
 export function isBroker (value: unknown): value is Broker {

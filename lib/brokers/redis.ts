@@ -236,10 +236,14 @@ class RedisBroker implements Broker {
     await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(message)))
   }
 
-  async close (): Promise<void> {
+  async close (options: { lingerMs?: number } = {}): Promise<void> {
     this.closed = true
     clearInterval(this.heartbeatTimer)
-    if (this.everReady) {
+    if (this.everReady && options.lingerMs !== undefined && options.lingerMs > 0 && this.localPresence.size > 0) {
+      // Presence leaves in their grace: survivors remove this process's entries once its heartbeat key
+      // expires, and publish the leaves of users who did not rejoin elsewhere (a restart does not flap).
+      await Promise.allSettled([this.command.pexpire(this.prefix + `proc:${this.processId}`, options.lingerMs)])
+    } else if (this.everReady) {
       // Members were removed as their sockets closed; what remains of this process goes now.
       await Promise.allSettled([
         this.command.del(this.prefix + `proc:${this.processId}`, this.prefix + `member:${this.processId}`),

@@ -55,6 +55,8 @@ export async function startServer (
     jwt: { secret: SECRET },
     allowedOrigins: [ORIGIN],
     ...options,
+    // Tests see a closed socket's presence leave at once unless they test the grace itself.
+    presence: options.presence === undefined || options.presence === true ? { leaveGraceMs: 0 } : options.presence,
   } as RoomsOptions)
   await start.setup?.(app)
   try {

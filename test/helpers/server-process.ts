@@ -1,0 +1,38 @@
+// A plugin server in a process of its own (test/fixtures/redis-server.ts), to kill or stop like a real one.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { bounded } from './index.js'
+import type { RedisServer } from './redis.js'
+
+export interface ServerProcess {
+  /** ws:// base URL. */
+  url: string
+  child: ChildProcess
+  /** SIGTERM (a graceful close) and wait for the exit. */
+  stop(): Promise<void>
+}
+
+export async function startServerProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<ServerProcess> {
+  const fixture = new URL('../fixtures/redis-server.ts', import.meta.url).pathname
+  const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env } })
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  let output = ''
+  await bounded(new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`server process exited with ${code}`)))
+    child.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('\n')) resolve()
+    })
+  }), 'the server process listening')
+  return {
+    url: `ws://127.0.0.1:${Number(output.split('\n')[0])}`,
+    child,
+    async stop () {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.kill('SIGTERM')
+      await bounded(exited, 'the server process exiting', 20_000)
+    },
+  }
+}
