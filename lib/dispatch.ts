@@ -142,8 +142,9 @@ export class Dispatcher implements ConnectionEvents {
 
   private async join (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
-    const { ack, announced } = await this.membership.join(connection, room)
+    const { ack, latest, announced } = await this.membership.join(connection, room)
     this.ack(connection, frame.id, ack)
+    if (latest !== undefined && connection.sendFrame(latest)) this.stats.messageOut('latest')
     announced?.()
   }
 

@@ -40,13 +40,14 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
   const stats = new Stats(options.metrics)
   const broker = options.broker ?? memoryBroker()
-  const presence = new Presence(options.presence, broker, fastify.log)
+  const presence = new Presence(options.roomPolicy, broker, fastify.log)
   const membership = new Membership(options, broker, presence, stats, fastify.log)
   const registry = new RoomRegistry(options, membership, presence, broker, stats)
   membership.api = registry.api
   stats.gauges = registry
   await broker.start(registry, {
     history: options.history,
+    historyFor: (room) => options.roomPolicy(room).history,
     idempotencyWindowMs: options.retryWindow === false ? defaults.retryWindow.windowMs : options.retryWindow.windowMs,
     log: fastify.log,
   })
@@ -86,6 +87,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
     fastify.server.off('upgrade', endRefusedUpgrade)
+    presence.stop()
     await broker.close({ lingerMs: membership.dropGraces() ? options.leaveGraceMs : 0 })
   })
 

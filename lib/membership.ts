@@ -11,13 +11,13 @@ import type { Connection } from './connection.js'
 import type { Stats } from './metrics.js'
 import type { Presence } from './presence.js'
 import { CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from './protocol.js'
+import type { RoomPolicy } from './options.js'
 import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from './types.js'
 
 export interface MembershipOptions {
-  presence: boolean
   leaveGraceMs: number
   maxRoomsPerConnection: number
-  authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
+  roomPolicy: (room: string) => RoomPolicy
   onConnect: ((ctx: ConnectContext) => void | Promise<void>) | undefined
   onDisconnect: ((ctx: ConnectContext, close: { code: number; reason: string }) => void | Promise<void>) | undefined
   hookTimeoutMs: number
@@ -28,6 +28,8 @@ class HookTimeout extends Error {}
 export interface JoinAck extends RoomPosition {
   room: string
   members?: RoomMember[]
+  /** Presence 'count' rooms: how many users are in the room. */
+  count?: number
 }
 
 export type ResumeOutcome =
@@ -184,7 +186,7 @@ export class Membership {
    */
   async serverJoin (connection: Connection, room: string): Promise<JoinPosition> {
     if (connection.rooms.has(room)) return this.joinAck(room)
-    await this.admit(connection, room, true)
+    await this.admit(connection, room, { authorized: true, capped: false })
     // The client learns of the room from the `joined` frame: live events wait until it is out.
     connection.replay.start(room)
     let announced: (() => void) | undefined
@@ -241,14 +243,19 @@ export class Membership {
    * Joins a room. Local membership starts before the position is read, so every event with
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
-  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; announced?: (() => void) | undefined }> {
+  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; latest?: string | undefined; announced?: (() => void) | undefined }> {
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
-    await this.admit(connection, room, false)
+    await this.admit(connection, room, { authorized: false, capped: true })
     const announced = await this.attach(connection, room)
     try {
       const ack = await this.joinAck(room)
       // On Redis this process's live stream may still bring events at or below ack.seq: not again.
       connection.replay.setFence(room, ack.seq)
+      if (this.options.roomPolicy(room).latestOnJoin && ack.seq > 0) {
+        // The ack then says "every event after seq - 1", and the latest event follows it.
+        const latest = (await this.broker.history(room, ack.seq - 1)).events.find((event) => event.seq === ack.seq)
+        if (latest !== undefined) return { ack: { ...ack, seq: ack.seq - 1 }, latest: latest.frame, announced }
+      }
       return { ack, announced }
     } catch (err) {
       announced?.()
@@ -328,7 +335,7 @@ export class Membership {
    */
   private async resume (connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
     // The caller authorized the room before reading anything about it.
-    await this.admit(connection, room, true)
+    await this.admit(connection, room, { authorized: true, capped: true })
     // Hold live events back from before membership starts until the replay is out.
     connection.replay.start(room)
     let announced: (() => void) | undefined
@@ -386,26 +393,36 @@ export class Membership {
     return { result: 'reset', ...position }
   }
 
-  /** authorizeJoin for this user and room; throws `forbidden` when it does not answer true. */
+  /** The room's authorizeJoin (its namespace's, or the top-level one); throws `forbidden` when it does not answer true. */
   async authorize (connection: Connection, room: string): Promise<void> {
-    const allowed = this.options.authorizeJoin === undefined || (await this.options.authorizeJoin(connection.user, room)) === true
+    const { authorizeJoin } = this.options.roomPolicy(room)
+    const allowed = authorizeJoin === undefined || (await authorizeJoin(connection.user, room)) === true
     if (!allowed) throw new FrameError(ErrorCode.forbidden, `not allowed to join "${room}"`)
   }
 
-  /** Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with. */
-  private async admit (connection: Connection, room: string, authorized: boolean): Promise<void> {
+  /**
+   * Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with.
+   * `capped`: the room's maxMembers applies (client joins and resumes; the server's own joins are not capped).
+   */
+  private async admit (connection: Connection, room: string, { authorized, capped }: { authorized: boolean; capped: boolean }): Promise<void> {
     const state = stateOf(connection)
     if (state.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
     if (state.rooms.size + state.pendingJoins.size >= this.options.maxRoomsPerConnection) {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
     }
-    if (!authorized) {
-      state.pendingJoins.add(room)
-      try {
-        await this.authorize(connection, room)
-      } finally {
-        state.pendingJoins.delete(room)
+    state.pendingJoins.add(room)
+    try {
+      if (!authorized) await this.authorize(connection, room)
+      const { maxMembers } = this.options.roomPolicy(room)
+      if (capped && maxMembers !== Infinity) {
+        // Counted across processes; two joins racing for the last place may both get in.
+        const present = await this.broker.presence(room)
+        if (present.length >= maxMembers && !present.includes(connection.user.id)) {
+          throw new FrameError(ErrorCode.roomFull, `"${room}" is full (${maxMembers} members)`)
+        }
       }
+    } finally {
+      state.pendingJoins.delete(room)
     }
     if (!connection.isOpen) throw closedDuringJoin()
   }
@@ -431,7 +448,10 @@ export class Membership {
       if (!connection.rooms.has(room)) throw closedDuringJoin()
       // A leave that starts from here on reaches the broker after this join, and is queued after it.
       const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
-      if (!first || !this.options.presence) return undefined
+      if (!first) return undefined
+      const { presence } = this.options.roomPolicy(room)
+      if (presence === 'count') this.presence.countChanged(room)
+      if (presence !== true) return undefined
       let release!: () => void
       const acked = new Promise<void>((resolve) => (release = resolve))
       void this.presence.announce(room, connection.user.id, 'join', acked)
@@ -451,8 +471,8 @@ export class Membership {
   async reauthenticate (connection: Connection, user: RoomsUser, exp: number | undefined): Promise<void> {
     stateOf(connection).user = user
     connection.expiry.set(exp)
-    if (this.options.authorizeJoin === undefined) return
     for (const room of [...connection.rooms]) {
+      if (this.options.roomPolicy(room).authorizeJoin === undefined) continue
       try {
         await this.authorize(connection, room)
         continue
@@ -488,7 +508,7 @@ export class Membership {
     const userId = connection.user.id
     const removePresence = async () => {
       const last = await this.broker.presenceLeave(room, userId, connection.id)
-      if (last && this.options.presence) await this.presence.announce(room, userId, 'leave')
+      if (last) this.presence.changed(room, userId, 'leave')
     }
     if (graceMs === 0) return removePresence()
     const timer = setTimeout(() => {
@@ -513,7 +533,9 @@ export class Membership {
 
   async joinAck (room: string): Promise<JoinAck> {
     const position = await this.broker.position(room)
-    if (!this.options.presence) return { room, ...position }
+    const { presence } = this.options.roomPolicy(room)
+    if (presence === false) return { room, ...position }
+    if (presence === 'count') return { room, ...position, count: (await this.broker.presence(room)).length }
     return { room, ...position, members: await this.members(room) }
   }
 

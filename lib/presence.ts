@@ -4,12 +4,18 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Broker } from './brokers/broker.js'
 import { isBrokerError } from './errors.js'
+import type { RoomPolicy } from './options.js'
+
+/** At most one member count event per room in this interval, from each process. */
+const COUNT_INTERVAL_MS = 1000
 
 export class Presence {
   /** (room, user) → the last of that user's announcements there. */
   private readonly tails = new Map<string, Promise<void>>()
+  /** Count rooms: when each last published, and the trailing publish waiting out the interval. */
+  private readonly counts = new Map<string, { at: number; timer: NodeJS.Timeout | undefined }>()
 
-  constructor (private readonly enabled: boolean, private readonly broker: Broker, private readonly log: FastifyBaseLogger) {}
+  constructor (private readonly roomPolicy: (room: string) => RoomPolicy, private readonly broker: Broker, private readonly log: FastifyBaseLogger) {}
 
   /**
    * Publishes a presence change after the user's earlier ones in that room (and, for a join, after
@@ -34,8 +40,50 @@ export class Presence {
     return tail
   }
 
-  /** Presence changed without a local join or leave (a dead process's members removed, or this process's restored). */
+  /** A user's presence in the room changed: announced as its room's presence option says. */
   changed (room: string, userId: string, action: 'join' | 'leave'): void {
-    if (this.enabled) void this.announce(room, userId, action)
+    const { presence } = this.roomPolicy(room)
+    if (presence === true) void this.announce(room, userId, action)
+    else if (presence === 'count') this.countChanged(room)
+  }
+
+  /**
+   * A 'count' room's membership changed: `{ action: 'count', count }` is published now, or at the end of
+   * the current interval (one trailing event for all the changes meanwhile).
+   */
+  countChanged (room: string): void {
+    const now = Date.now()
+    const state = this.counts.get(room)
+    if (state?.timer !== undefined) return
+    const wait = state === undefined ? 0 : Math.max(0, state.at + COUNT_INTERVAL_MS - now)
+    const publish = () => {
+      this.counts.set(room, { at: Date.now(), timer: undefined })
+      void this.publishCount(room)
+    }
+    if (wait === 0) return publish()
+    const timer = setTimeout(publish, wait)
+    timer.unref()
+    this.counts.set(room, { at: state!.at, timer })
+  }
+
+  private async publishCount (room: string): Promise<void> {
+    try {
+      const count = (await this.broker.presence(room)).length
+      await this.broker.publish({ room, type: 'presence', payloadJson: JSON.stringify({ action: 'count', count }), traceId: randomUUID() })
+    } catch (err) {
+      if (isBrokerError(err)) this.log.warn({ err, room }, 'fastify-rooms: presence count failed: broker unavailable')
+      else this.log.error({ err, room }, 'fastify-rooms: presence count failed')
+    }
+    // Forget quiet rooms: the map holds rooms changing within the last interval only.
+    setTimeout(() => {
+      const state = this.counts.get(room)
+      if (state !== undefined && state.timer === undefined && Date.now() - state.at >= COUNT_INTERVAL_MS) this.counts.delete(room)
+    }, COUNT_INTERVAL_MS).unref()
+  }
+
+  /** At shutdown: trailing count events are not published. */
+  stop (): void {
+    for (const state of this.counts.values()) clearTimeout(state.timer)
+    this.counts.clear()
   }
 }

@@ -18,6 +18,8 @@ export const ErrorCode = {
   forbidden: 'forbidden',
   notInRoom: 'not_in_room',
   tooManyRooms: 'too_many_rooms',
+  /** The room holds its namespace's maxMembers users already. */
+  roomFull: 'room_full',
   tokenExpired: 'token_expired',
   internalError: 'internal_error',
   /** Retryable: a dependency (Redis) did not answer in time, or is away. Send the frame again later. */

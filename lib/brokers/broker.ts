@@ -32,6 +32,8 @@ export interface MembershipChange {
 export interface BrokerSettings {
   /** `maxBytes`: the budget of all rooms' history on this process (memory broker). */
   history: { maxEvents: number; maxAgeMs: number; maxBytes: number }
+  /** A room's own history limits (its namespace's); `history` when absent. `maxEvents: 0` keeps none. */
+  historyFor?: (room: string) => { maxEvents: number; maxAgeMs: number }
   /** How long a publish's idempotencyKey is remembered. */
   idempotencyWindowMs: number
   /** The Fastify instance's logger. */

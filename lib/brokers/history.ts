@@ -15,7 +15,7 @@ export class EventHistory {
   /** UTF-8 bytes of the frames held. */
   bytes = 0
 
-  constructor (private readonly maxEvents: number, private readonly maxAgeMs: number) {}
+  constructor (private readonly maxEvents: number, readonly maxAgeMs: number) {}
 
   get length (): number {
     return this.size

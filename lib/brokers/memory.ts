@@ -34,6 +34,7 @@ class MemoryBroker implements Broker {
   /** In order of creation or last publish: the least recently published room first. */
   private readonly roomStates = new Map<string, RoomState>()
   private historyLimits: { maxEvents: number; maxAgeMs: number; maxBytes: number }
+  private historyFor: (room: string) => { maxEvents: number; maxAgeMs: number } = () => this.historyLimits
   /** Bytes held by all rooms: their events and ROOM_STATE_BYTES each. */
   private heldBytes = 0
   private idempotencyWindowMs = 300_000
@@ -48,6 +49,7 @@ class MemoryBroker implements Broker {
   async start (delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
     this.historyLimits = { ...settings.history, ...this.options.history }
+    if (settings.historyFor !== undefined && this.options.history === undefined) this.historyFor = settings.historyFor
     this.idempotencyWindowMs = settings.idempotencyWindowMs
     // One timer for all rooms. A room with no members frees everything (its seq too, so its next event
     // starts a new epoch) once its last event is maxAgeMs old.
@@ -172,7 +174,7 @@ class MemoryBroker implements Broker {
         lastEventAt: Date.now(),
         subscribed: false,
         presence: new Map(),
-        history: new EventHistory(this.historyLimits.maxEvents, this.historyLimits.maxAgeMs),
+        history: ((limits) => new EventHistory(limits.maxEvents, limits.maxAgeMs))(this.historyFor(room)),
       }
       this.roomStates.set(room, state)
       this.heldBytes += ROOM_STATE_BYTES
@@ -218,9 +220,8 @@ class MemoryBroker implements Broker {
 
   private sweep (): void {
     const now = Date.now()
-    const cutoff = now - this.historyLimits.maxAgeMs
     for (const [name, state] of this.roomStates) {
-      if (this.isIdle(state) && state.lastEventAt < cutoff) this.forget(name)
+      if (this.isIdle(state) && state.lastEventAt < now - state.history.maxAgeMs) this.forget(name)
       else this.heldBytes -= state.history.expire(now)
     }
     for (const [key, entry] of this.idempotency) {

@@ -49,6 +49,7 @@ class RedisBroker implements Broker {
   private ownsCommand = false
   private delivery: BrokerDelivery | undefined
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
+  private historyFor: (room: string) => { maxEvents: number; maxAgeMs: number } = () => this.historyLimits
   private readonly streams: OrderedStreams
   /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
   private readonly localPresence = new Map<string, Map<string, string>>()
@@ -71,6 +72,7 @@ class RedisBroker implements Broker {
   async start (delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
     this.delivery = delivery
     this.historyLimits = settings.history
+    if (settings.historyFor !== undefined) this.historyFor = settings.historyFor
     this.idempotencyWindowMs = settings.idempotencyWindowMs
     this.log = settings.log
     // No offline queue: while Redis is away, commands fail at once (broadcast rejects, HTTP can answer 503)
@@ -128,8 +130,10 @@ class RedisBroker implements Broker {
     const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
     const keys = [this.key(request.room, 'meta'), this.key(request.room, 'history')]
     if (request.idempotencyKey !== undefined) keys.push(`${this.key(request.room, 'idem')}:${request.idempotencyKey}`)
+    // maxEvents 0 (a namespace without history): no stream at all.
+    const limits = this.historyFor(request.room)
     const [seq, epoch] = await this.run<[number, string]>(PUBLISH, keys, [
-      randomUUID(), head, tail, request.type, request.except ?? '', this.historyLimits.maxEvents, this.historyLimits.maxAgeMs,
+      randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
       this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
     ])
     return { seq: Number(seq), epoch }
@@ -147,7 +151,7 @@ class RedisBroker implements Broker {
 
   async history (room: string, after: number): Promise<HistorySlice> {
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
-      randomUUID(), this.idleRoomTtlMs, this.historyLimits.maxAgeMs,
+      randomUUID(), this.idleRoomTtlMs, this.historyFor(room).maxAgeMs,
     ])
     const seq = Number(seqText)
     const events: HistorySlice['events'] = []

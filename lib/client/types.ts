@@ -108,10 +108,8 @@ export interface EventFrame<P> extends ServerFrame<P> {
   payload: P
 }
 
-export interface PresenceEvent {
-  action: 'join' | 'leave'
-  user: { id: string }
-}
+/** A `presence` room event: a user joined or left, or (rooms with presence 'count') how many are in. */
+export type PresenceEvent = { action: 'join' | 'leave'; user: { id: string } } | { action: 'count'; count: number }
 
 export interface JoinAck {
   room: string
