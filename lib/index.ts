@@ -40,7 +40,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
   const stats = new Stats(options.metrics)
   const broker = options.broker ?? memoryBroker()
-  const presence = new Presence(options.roomPolicy, broker, fastify.log)
+  const presence = new Presence(options.roomPolicy, options.presenceInfo, broker, fastify.log)
   const membership = new Membership(options, broker, presence, stats, fastify.log)
   const registry = new RoomRegistry(options, membership, presence, broker, stats)
   membership.api = registry.api

@@ -3,14 +3,17 @@
 // writer of all of it: join, resume (all of it, in one place), leave, re-authorization after a token
 // refresh, and a socket's close. Presence announcements go through presence.ts; fan-out (rooms.ts) only
 // reads the local members kept here.
-// Past 300 lines on purpose: join, resume and leave share admit/attach and the undo on failure; split
-// apart, the single writer of membership would become several.
+// Past 300 lines on purpose: client joins, server joins (and hooks that make them), leave with its grace
+// and close all share admit/attach and the undo on failure; split apart, the single writer of membership
+// would become several. What could leave did: resume.ts orchestrates resumes, presence.ts announcements.
 import type { FastifyBaseLogger } from 'fastify'
 import type { Broker, RoomPosition } from './brokers/broker.js'
 import type { Connection } from './connection.js'
 import type { Stats } from './metrics.js'
+import { HookTimeout, runHook } from './hooks.js'
+import { resumeRooms, type ResumeOutcome } from './resume.js'
 import type { Presence } from './presence.js'
-import { CloseCode, directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from './protocol.js'
+import { CloseCode, directRoomFrame, ErrorCode, FrameError } from './protocol.js'
 import type { RoomPolicy } from './options.js'
 import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from './types.js'
 
@@ -23,8 +26,6 @@ export interface MembershipOptions {
   hookTimeoutMs: number
 }
 
-class HookTimeout extends Error {}
-
 export interface JoinAck extends RoomPosition {
   room: string
   members?: RoomMember[]
@@ -32,10 +33,7 @@ export interface JoinAck extends RoomPosition {
   count?: number
 }
 
-export type ResumeOutcome =
-  | { result: 'replayed'; seq: number; epoch: string; replayed: number }
-  | { result: 'reset'; seq: number; epoch: string }
-  | { result: 'error'; code: string; message: string }
+export type { ResumeOutcome } from './resume.js'
 
 interface MemberState {
   user: RoomsUser
@@ -136,7 +134,7 @@ export class Membership {
     if (onConnect === undefined) return
     connection.runFirst(async () => {
       try {
-        await this.bounded(async () => onConnect(this.context(connection)))
+        await runHook(async () => onConnect(this.context(connection)), this.options.hookTimeoutMs)
       } catch (err) {
         if (err instanceof FrameError) return connection.close(CloseCode.policyViolation, err.message)
         if (err instanceof HookTimeout) connection.log.warn({ timeoutMs: this.options.hookTimeoutMs }, 'fastify-rooms: onConnect did not finish in time; closing')
@@ -144,18 +142,6 @@ export class Membership {
         connection.close(CloseCode.internalError, 'internal error')
       }
     })
-  }
-
-  /** Runs a hook, waiting for it at most hookTimeoutMs (a hook that hangs keeps running, unwatched). */
-  private async bounded (hook: () => Promise<void>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined
-    try {
-      await Promise.race([hook(), new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new HookTimeout()), this.options.hookTimeoutMs)
-      })])
-    } finally {
-      clearTimeout(timer)
-    }
   }
 
   private context (connection: Connection): ConnectContext {
@@ -225,7 +211,7 @@ export class Membership {
     }
     const onDisconnect = this.options.onDisconnect
     if (onDisconnect !== undefined) {
-      this.track(this.bounded(async () => onDisconnect(this.context(connection), { code, reason })).catch((err: unknown) => {
+      this.track(runHook(async () => onDisconnect(this.context(connection), { code, reason }), this.options.hookTimeoutMs).catch((err: unknown) => {
         if (err instanceof HookTimeout) connection.log.warn({ timeoutMs: this.options.hookTimeoutMs }, 'fastify-rooms: onDisconnect did not finish in time')
         else connection.log.error({ err }, 'fastify-rooms: onDisconnect failed')
       }))
@@ -264,133 +250,25 @@ export class Membership {
     }
   }
 
-  /**
-   * Re-joins rooms after a reconnect, replaying what was missed. Each room is authorized before anything
-   * about it is read, so a refused room reveals nothing. Positions ahead of an authorized room make the
-   * whole frame invalid (a client bug, better loud than a silent hang); a room that cannot be resumed
-   * (forbidden, too many rooms) is reported in its outcome and does not stop the others. The caller
-   * sends the ack, then calls `announce` (presence joins follow the ack).
-   */
-  async resumeRooms (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
-    const entries = Object.entries(rooms)
-    if (entries.length > this.options.maxRoomsPerConnection) {
-      throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
-    }
-    const errors: ErrorDetail[] = []
-    for (const [room] of entries) {
-      if (!isRoomName(room)) errors.push({ path: resumePath(room), message: 'is not a room name (1 to 128 characters of well-formed text without control characters)' })
-    }
-    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
-
-    const outcomes: Record<string, ResumeOutcome> = {}
-    const authorized: typeof entries = []
-    for (const [room, from] of entries) {
-      if (stateOf(connection).serverJoined.has(room)) {
-        // Joined by the server on this connection (onConnect): the client's position says what it lacks.
-        outcomes[room] = await this.catchUp(connection, room, from)
-        continue
-      }
-      if (connection.rooms.has(room)) {
-        outcomes[room] = { result: 'error', code: ErrorCode.invalidMessage, message: 'already joined on this connection' }
-        continue
-      }
-      try {
-        await this.authorize(connection, room)
-        authorized.push([room, from])
-      } catch (err) {
-        if (!(err instanceof FrameError)) throw err
-        outcomes[room] = { result: 'error', code: err.code, message: err.message }
-      }
-    }
-    for (const [room, from] of authorized) {
-      const current = await this.broker.peekPosition(room)
-      if (current !== undefined && current.epoch === from.epoch && from.seq > current.seq) errors.push({ path: `${resumePath(room)}/seq`, message: `is ahead of the room (its seq is ${current.seq})` })
-    }
-    if (errors.length > 0) throw new FrameError(ErrorCode.invalidMessage, 'resume positions are not valid', { errors })
-
-    const announced: Array<() => void> = []
-    const announce = () => {
-      for (const release of announced) release()
-    }
-    for (const [room, from] of authorized) {
-      try {
-        const resumed = await this.resume(connection, room, from)
-        outcomes[room] = resumed.outcome
-        if (resumed.announced !== undefined) announced.push(resumed.announced)
-      } catch (err) {
-        if (!(err instanceof FrameError)) {
-          announce()
-          throw err
-        }
-        outcomes[room] = { result: 'error', code: err.code, message: err.message }
-      }
-    }
-    return { outcomes, announce }
+  /** Re-joins rooms after a reconnect, replaying what was missed: see resume.ts. */
+  resumeRooms (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+    return resumeRooms(this, this.broker, this.stats, connection, rooms)
   }
 
-  /**
-   * Joins a room and sends what the socket missed since `from`: the retained events after from.seq, then
-   * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
-   * history no longer reaches back to from.seq + 1.
-   */
-  private async resume (connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
-    // The caller authorized the room before reading anything about it.
-    await this.admit(connection, room, { authorized: true, capped: true })
-    // Hold live events back from before membership starts until the replay is out.
-    connection.replay.start(room)
-    let announced: (() => void) | undefined
-    try {
-      announced = await this.attach(connection, room)
-      const slice = await this.broker.history(room, from.seq)
-      const { seq, epoch } = slice.position
-      if (epoch === from.epoch && slice.complete) {
-        const replayed = connection.finishReplay(room, slice.events, from.seq)
-        this.stats.resume('replayed')
-        return { outcome: { result: 'replayed', seq, epoch, replayed }, announced }
-      }
-      connection.sendFrame(directRoomFrame('reset', room, slice.position))
-      connection.finishReplay(room, [], seq)
-      this.stats.resume('reset')
-      return { outcome: { result: 'reset', seq, epoch }, announced }
-    } catch (err) {
-      announced?.()
-      connection.replay.cancel(room)
-      await this.leave(connection, room).catch(() => {})
-      throw err
-    }
+  get maxRoomsPerConnection (): number {
+    return this.options.maxRoomsPerConnection
   }
 
-  /**
-   * A resume of a room the server already put this socket into. While no live event has gone out since
-   * the join (its fence stands), the events after the client's position are replayed exactly; once one
-   * has, a replay would arrive out of order, so the client gets a `reset` instead.
-   */
-  private async catchUp (connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
-    const joinedAt = stateOf(connection).serverJoined.get(room)
-    stateOf(connection).serverJoined.delete(room)
-    if (joinedAt !== undefined && connection.replay.fenceOf(room) === joinedAt) {
-      connection.replay.start(room)
-      try {
-        const slice = await this.broker.history(room, from.seq)
-        const { seq, epoch } = slice.position
-        if (epoch === from.epoch && slice.complete) {
-          const replayed = connection.finishReplay(room, slice.events, from.seq)
-          this.stats.resume('replayed')
-          return { result: 'replayed', seq, epoch, replayed }
-        }
-        connection.sendFrame(directRoomFrame('reset', room, slice.position))
-        connection.finishReplay(room, [], seq)
-        this.stats.resume('reset')
-        return { result: 'reset', seq, epoch }
-      } catch (err) {
-        connection.finishReplay(room, [], from.seq)
-        throw err
-      }
-    }
-    const position = await this.broker.position(room)
-    connection.sendFrame(directRoomFrame('reset', room, position))
-    this.stats.resume('reset')
-    return { result: 'reset', ...position }
+  /** For resume.ts: the seq of the `joined` frame of a room the server put this socket into, used up by this call. */
+  takeServerJoin (connection: Connection, room: string): number | undefined {
+    const state = stateOf(connection)
+    const joinedAt = state.serverJoined.get(room)
+    state.serverJoined.delete(room)
+    return joinedAt
+  }
+
+  isServerJoined (connection: Connection, room: string): boolean {
+    return stateOf(connection).serverJoined.has(room)
   }
 
   /** The room's authorizeJoin (its namespace's, or the top-level one); throws `forbidden` when it does not answer true. */
@@ -404,7 +282,7 @@ export class Membership {
    * Limits, and authorizeJoin unless the caller already ran it; throws the FrameError to answer with.
    * `capped`: the room's maxMembers applies (client joins and resumes; the server's own joins are not capped).
    */
-  private async admit (connection: Connection, room: string, { authorized, capped }: { authorized: boolean; capped: boolean }): Promise<void> {
+  async admit (connection: Connection, room: string, { authorized, capped }: { authorized: boolean; capped: boolean }): Promise<void> {
     const state = stateOf(connection)
     if (state.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
     if (state.rooms.size + state.pendingJoins.size >= this.options.maxRoomsPerConnection) {
@@ -432,7 +310,7 @@ export class Membership {
    * the room, its presence `join` is queued now (so it stays ahead of any later `leave`) and published
    * once the caller calls the returned function, after its ack.
    */
-  private async attach (connection: Connection, room: string): Promise<(() => void) | undefined> {
+  async attach (connection: Connection, room: string): Promise<(() => void) | undefined> {
     stateOf(connection).rooms.add(room)
     try {
       let local = this.localRooms.get(room)
@@ -447,14 +325,15 @@ export class Membership {
       // Left (the socket closed) meanwhile: recording presence now would leave a ghost nobody removes.
       if (!connection.rooms.has(room)) throw closedDuringJoin()
       // A leave that starts from here on reaches the broker after this join, and is queued after it.
-      const first = await this.broker.presenceJoin(room, connection.user.id, connection.id)
+      const info = this.presence.infoOf(connection)
+      const first = await this.broker.presenceJoin(room, connection.user.id, connection.id, info)
       if (!first) return undefined
       const { presence } = this.options.roomPolicy(room)
       if (presence === 'count') this.presence.countChanged(room)
       if (presence !== true) return undefined
       let release!: () => void
       const acked = new Promise<void>((resolve) => (release = resolve))
-      void this.presence.announce(room, connection.user.id, 'join', acked)
+      void this.presence.announce(room, connection.user.id, 'join', acked, info)
       return release
     } catch (err) {
       // Undo what was done, so a failed join leaves no half-member behind.
@@ -539,9 +418,8 @@ export class Membership {
     return { room, ...position, members: await this.members(room) }
   }
 
-  async members (room: string): Promise<RoomMember[]> {
-    const ids = await this.broker.presence(room)
-    return ids.map((id) => ({ id }))
+  members (room: string): Promise<RoomMember[]> {
+    return this.presence.members(room)
   }
 
   /** Closes every socket with 1001 and resolves once all have closed and left; stragglers are cut after timeoutMs. */
@@ -563,10 +441,6 @@ export class Membership {
     await empty
     clearTimeout(cutoff)
   }
-}
-
-function resumePath (room: string): string {
-  return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
 }
 
 function closedDuringJoin (): FrameError {

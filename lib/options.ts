@@ -68,7 +68,7 @@ const DataOptions = Type.Object({
 })
 const dataOptionsValidator = Compile(DataOptions)
 
-const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'onConnect', 'onDisconnect', 'namespaces', 'authorizeJoin', 'broker', 'metrics'] as const
+const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'onConnect', 'onDisconnect', 'namespaces', 'presenceInfo', 'authorizeJoin', 'broker', 'metrics'] as const
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
@@ -104,6 +104,11 @@ export interface RoomsOptions {
   hookTimeoutMs?: number
   /** `{ [name]: options }` for the rooms named `name:…` (see NamespaceOptions). */
   namespaces?: Record<string, NamespaceOptions>
+  /**
+   * A user's public presence data (a name, an avatar URL), at most 1 KiB of JSON: in `members()`, the join
+   * ack's members and presence `join` events as `{ id, info }`. Kept only while the user is present.
+   */
+  presenceInfo?: (user: RoomsUser) => Record<string, unknown> | undefined
   userFromToken?: (payload: Record<string, unknown>) => RoomsUser
   allowedOrigins: readonly string[] | '*'
   allowMissingOrigin?: boolean
@@ -203,6 +208,7 @@ export interface ResolvedOptions {
   hookTimeoutMs: number
   /** The policy of a room: its namespace's, or the top-level one. */
   roomPolicy: (room: string) => RoomPolicy
+  presenceInfo: RoomsOptions['presenceInfo']
   userFromToken: (payload: Record<string, unknown>) => RoomsUser
   /** `null` means any origin (`'*'`). */
   allowedOrigins: ReadonlySet<string> | null
@@ -332,6 +338,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     onConnect: checkFunction(options, 'onConnect'),
     onDisconnect: checkFunction(options, 'onDisconnect'),
     hookTimeoutMs: checked.hookTimeoutMs ?? defaults.hookTimeoutMs,
+    presenceInfo: checkFunction(options, 'presenceInfo'),
     roomPolicy: namespacePolicies(options.namespaces, {
       history: { maxEvents: (checked.history ?? defaults.history).maxEvents, maxAgeMs: (checked.history ?? defaults.history).maxAgeMs },
       presence: checked.presence !== false,
@@ -375,7 +382,7 @@ function checkJwt (jwt: unknown): JwtOptions | false {
   return jwt as JwtOptions
 }
 
-function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate' | 'onConnect' | 'onDisconnect'> (options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
+function checkFunction<K extends 'userFromToken' | 'authorizeJoin' | 'authenticate' | 'onConnect' | 'onDisconnect' | 'presenceInfo'> (options: Record<string, unknown>, key: K): NonNullable<RoomsOptions[K]> | undefined {
   const value = options[key]
   if (value === undefined) return undefined
   if (typeof value !== 'function') fail(key, 'must be a function')

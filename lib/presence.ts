@@ -1,11 +1,16 @@
-// Presence announcements: the `presence` room events (join, leave), published in the order they happened
-// for each user and room, and never before the joiner's own ack.
+// Presence: who is in a room and how they are shown (members with their presence data), and the
+// `presence` room events — join and leave in the order they happened for each user and room (never before
+// the joiner's own ack), or throttled counts for 'count' rooms.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Broker } from './brokers/broker.js'
 import { isBrokerError } from './errors.js'
+import type { Connection } from './connection.js'
 import type { RoomPolicy } from './options.js'
+import type { RoomMember, RoomsUser } from './types.js'
 
+/** A user's presence data is public and sent with every join: small by design. */
+const MAX_PRESENCE_INFO_BYTES = 1024
 /** At most one member count event per room in this interval, from each process. */
 const COUNT_INTERVAL_MS = 1000
 
@@ -15,20 +20,56 @@ export class Presence {
   /** Count rooms: when each last published, and the trailing publish waiting out the interval. */
   private readonly counts = new Map<string, { at: number; timer: NodeJS.Timeout | undefined }>()
 
-  constructor (private readonly roomPolicy: (room: string) => RoomPolicy, private readonly broker: Broker, private readonly log: FastifyBaseLogger) {}
+  constructor (
+    private readonly roomPolicy: (room: string) => RoomPolicy,
+    private readonly presenceInfo: ((user: RoomsUser) => Record<string, unknown> | undefined) | undefined,
+    private readonly broker: Broker,
+    private readonly log: FastifyBaseLogger
+  ) {}
+
+  /** The users present, with their presence data. */
+  async members (room: string): Promise<RoomMember[]> {
+    const [ids, infos] = await Promise.all([this.broker.presence(room), this.broker.presenceInfo?.(room) ?? Promise.resolve({} as Record<string, string>)])
+    return ids.map((id) => {
+      const info = infos[id]
+      return info === undefined ? { id } : { id, info: JSON.parse(info) as Record<string, unknown> }
+    })
+  }
+
+  /** The user's presence data as JSON, bounded; a host function that throws or returns too much is logged, not fatal. */
+  infoOf (connection: Connection): string | undefined {
+    const presenceInfo = this.presenceInfo
+    if (presenceInfo === undefined) return undefined
+    try {
+      const info = presenceInfo(connection.user)
+      if (info === undefined || info === null) return undefined
+      const json = JSON.stringify(info)
+      if (typeof info !== 'object' || json === undefined) throw new TypeError('presenceInfo must return an object')
+      if (Buffer.byteLength(json) > MAX_PRESENCE_INFO_BYTES) {
+        connection.log.warn({ bytes: Buffer.byteLength(json) }, `fastify-rooms: presenceInfo over ${MAX_PRESENCE_INFO_BYTES} bytes; left out`)
+        return undefined
+      }
+      return json
+    } catch (err) {
+      connection.log.warn({ err }, 'fastify-rooms: presenceInfo failed; left out')
+      return undefined
+    }
+  }
 
   /**
    * Publishes a presence change after the user's earlier ones in that room (and, for a join, after
    * `after`: the joiner's ack). Never rejects: a failure is logged.
    */
-  announce (room: string, userId: string, action: 'join' | 'leave', after?: Promise<void>): Promise<void> {
+  announce (room: string, userId: string, action: 'join' | 'leave', after?: Promise<void>, info?: string): Promise<void> {
     // Room names and user ids hold no control characters: NUL cannot be part of either.
     const key = `${room}\u0000${userId}`
     const previous = this.tails.get(key)
     const tail = (async () => {
       await previous
       await after
-      await this.broker.publish({ room, type: 'presence', payloadJson: JSON.stringify({ action, user: { id: userId } }), traceId: randomUUID() })
+      // info is JSON already (checked and bounded by membership.ts): spliced in, not parsed again.
+      const user = info === undefined ? JSON.stringify({ id: userId }) : `{"id":${JSON.stringify(userId)},"info":${info}}`
+      await this.broker.publish({ room, type: 'presence', payloadJson: `{"action":"${action}","user":${user}}`, traceId: randomUUID() })
     })().catch((err: unknown) => {
       if (isBrokerError(err)) this.log.warn({ err, room, action }, 'fastify-rooms: presence announcement failed: broker unavailable')
       else this.log.error({ err, room, action }, 'fastify-rooms: presence announcement failed')

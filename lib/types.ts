@@ -121,6 +121,8 @@ export interface BroadcastOptions {
 
 export interface RoomMember {
   id: string
+  /** The user's presence data, when `presenceInfo` gives some. */
+  info?: Record<string, unknown>
 }
 
 /** A room event as clients receive it. */

@@ -95,12 +95,17 @@ export interface Broker extends Partial<SharedAnswers> {
   /** This process has local members in `room` and wants its events. */
   subscribe(room: string): Promise<void>
   unsubscribe(room: string): Promise<void>
-  /** Records one connection of a user in a room; true when the user was not present before. */
-  presenceJoin(room: string, userId: string, connectionId: string): Promise<boolean>
+  /**
+   * Records one connection of a user in a room; true when the user was not present before. `info`: the
+   * user's public presence data (JSON), kept while the user is present.
+   */
+  presenceJoin(room: string, userId: string, connectionId: string, info?: string): Promise<boolean>
   /** Removes one connection of a user; true when it was the user's last in the room. */
   presenceLeave(room: string, userId: string, connectionId: string): Promise<boolean>
   /** Ids of the users present in the room, on every process. */
   presence(room: string): Promise<string[]>
+  /** The presence data (JSON) of the users present who have some, by user id. */
+  presenceInfo?(room: string): Promise<Record<string, string>>
   /** Rooms with at least one member on any process. */
   rooms(): Promise<string[]>
   sendToUser(userId: string, frame: string): Promise<void>

@@ -16,6 +16,8 @@ interface RoomState {
   /** userId → that user's connection ids in the room */
   presence: Map<string, Set<string>>
   history: EventHistory
+  /** Presence data by user id, for users who have some. */
+  infos?: Map<string, string>
 }
 
 export interface MemoryBrokerOptions {
@@ -113,8 +115,10 @@ class MemoryBroker implements Broker {
     if (state !== undefined) state.subscribed = false
   }
 
-  async presenceJoin (room: string, userId: string, connectionId: string): Promise<boolean> {
-    const presence = this.state(room).presence
+  async presenceJoin (room: string, userId: string, connectionId: string, info?: string): Promise<boolean> {
+    const state = this.state(room)
+    if (info !== undefined) (state.infos ??= new Map()).set(userId, info)
+    const presence = state.presence
     let connections = presence.get(userId)
     const first = connections === undefined
     if (connections === undefined) {
@@ -131,7 +135,12 @@ class MemoryBroker implements Broker {
     if (presence === undefined || connections === undefined || !connections.delete(connectionId)) return false
     if (connections.size > 0) return false
     presence.delete(userId)
+    this.roomStates.get(room)?.infos?.delete(userId)
     return true
+  }
+
+  async presenceInfo (room: string): Promise<Record<string, string>> {
+    return Object.fromEntries(this.roomStates.get(room)?.infos ?? [])
   }
 
   async presence (room: string): Promise<string[]> {

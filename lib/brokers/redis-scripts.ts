@@ -9,6 +9,7 @@
 //   P{R}:idem:<k>  string "seq epoch" of the publish with idempotencyKey k (expires after the retry window)
 //   P{R}:presence  hash  connectionId → userId
 //   P{R}:users     hash  userId → connections in the room
+//   P{R}:info      hash  userId → the user's presence data (JSON), while the user is present
 //   Prooms         set   rooms with at least one member
 //   Pproc:<id>     string, the process heartbeat (expires after processTtlMs)
 //   Pprocs         set   process ids
@@ -125,10 +126,11 @@ return 1
 `
 
 /**
- * KEYS: presence, users, rooms set, process members. ARGV: connectionId, userId, room, member field.
- * Returns 1 when the user was not present before.
+ * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, userId, room, member field,
+ * the user's presence data ('' for none). Returns 1 when the user was not present before.
  */
 export const PRESENCE_JOIN = `
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[2], ARGV[5]) end
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
@@ -137,8 +139,8 @@ return 0
 `
 
 /**
- * KEYS: presence, users, rooms set, process members. ARGV: connectionId, room, member field.
- * Returns the user id when it was that user's last connection in the room, false otherwise.
+ * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, room, member field.
+ * Returns the user id when it was that user's last connection in the room (its data goes), false otherwise.
  */
 export const PRESENCE_LEAVE = `
 local user = redis.call('HGET', KEYS[1], ARGV[1])
@@ -148,6 +150,7 @@ redis.call('HDEL', KEYS[4], ARGV[3])
 local left = redis.call('HINCRBY', KEYS[2], user, -1)
 if left > 0 then return false end
 redis.call('HDEL', KEYS[2], user)
+redis.call('HDEL', KEYS[5], user)
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
 return user
 `

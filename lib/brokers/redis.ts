@@ -52,7 +52,7 @@ class RedisBroker implements Broker {
   private historyFor: (room: string) => { maxEvents: number; maxAgeMs: number } = () => this.historyLimits
   private readonly streams: OrderedStreams
   /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
-  private readonly localPresence = new Map<string, Map<string, string>>()
+  private readonly localPresence = new Map<string, Map<string, { userId: string; info: string }>>()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private closed = false
   private everReady = false
@@ -199,14 +199,14 @@ class RedisBroker implements Broker {
     return `${this.prefix}{answer:${userId.length}:${userId}}:`
   }
 
-  async presenceJoin (room: string, userId: string, connectionId: string): Promise<boolean> {
+  async presenceJoin (room: string, userId: string, connectionId: string, info = ''): Promise<boolean> {
     let local = this.localPresence.get(room)
     if (local === undefined) {
       local = new Map()
       this.localPresence.set(room, local)
     }
-    local.set(connectionId, userId)
-    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])) === 1
+    local.set(connectionId, { userId, info })
+    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId), info])) === 1
   }
 
   async presenceLeave (room: string, _userId: string, connectionId: string): Promise<boolean> {
@@ -218,6 +218,10 @@ class RedisBroker implements Broker {
 
   async presence (room: string): Promise<string[]> {
     return this.wrap(this.command.hkeys(this.key(room, 'users')))
+  }
+
+  async presenceInfo (room: string): Promise<Record<string, string>> {
+    return this.wrap(this.command.hgetall(this.key(room, 'info')))
   }
 
   async rooms (): Promise<string[]> {
@@ -263,7 +267,7 @@ class RedisBroker implements Broker {
     if (this.ownsCommand) this.command?.disconnect()
   }
 
-  private key (room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'idem'): string {
+  private key (room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'info' | 'idem'): string {
     return `${this.prefix}{${room}}:${kind}`
   }
 
@@ -272,7 +276,7 @@ class RedisBroker implements Broker {
   }
 
   private presenceKeys (room: string, processId: string): string[] {
-    return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`]
+    return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`, this.key(room, 'info')]
   }
 
   /** Runs a script by its hash (the text goes over the wire only when Redis does not know it yet). */
@@ -360,8 +364,8 @@ class RedisBroker implements Broker {
   /** Re-adds this process's presence entries (Redis may have lost them, or survivors removed them). */
   private async restorePresence (): Promise<void> {
     for (const [room, entries] of this.localPresence) {
-      for (const [connectionId, userId] of entries) {
-        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId)])
+      for (const [connectionId, { userId, info }] of entries) {
+        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId), info])
         if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
       }
     }
