@@ -179,6 +179,23 @@ if (componentAvailable(t, redisMissing(), 'Redis lifecycle')) {
     t.match(await onA.next((frame) => frame.type === 'perk' && frame.seq === 2, 'perk 2 on A'), { seq: 2 })
     t.equal(onB.frames.filter((frame) => frame.type === 'perk').length, 1, 'B\'s socket left')
   })
+
+  t.test('#13 Redis: a room joined server-side survives a reconnect to the other process, resumed with no gap', async (t) => {
+    const redis = await startRedis(t)
+    const a = await startServer(t, { presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const b = await startServer(t, { presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const onA = await connect(a, 'alice')
+    await b.app.rooms.join({ userId: 'alice' }, 'orders')
+    const { seq, epoch } = (await onA.nextOfType('joined')).payload as { seq: number; epoch: string }
+    await b.app.rooms.broadcast('orders', 'order', { n: 1 })
+    await onA.next((frame) => frame.type === 'order', 'order 1')
+    await onA.close(1001)
+    await a.app.rooms.broadcast('orders', 'order', { n: 2 })
+    const onB = await connect(b, 'alice')
+    onB.send({ type: 'resume', id: 'r', payload: { rooms: { orders: { seq: seq + 1, epoch } } } })
+    t.match((await onB.next((frame) => frame.id === 'r', 'resume answer')).payload, { rooms: { orders: { result: 'replayed', replayed: 1 } } })
+    t.same(onB.frames.filter((frame) => frame.type === 'order').map((frame) => frame.payload), [{ n: 2 }], 'the missed order, once')
+  })
 }
 
 export type { TestServer }
