@@ -14,7 +14,7 @@ import { HookTimeout, runHook } from './hooks.js'
 import { resumeRooms, type ResumeOutcome } from './resume.js'
 import type { Presence } from './presence.js'
 import { CloseCode, directRoomFrame, ErrorCode, FrameError } from './protocol.js'
-import type { RoomPolicy } from './options.js'
+import type { RoomPolicy } from './namespaces.js'
 import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from './types.js'
 
 export interface MembershipOptions {

@@ -6,7 +6,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Broker } from './brokers/broker.js'
 import { isBrokerError } from './errors.js'
 import type { Connection } from './connection.js'
-import type { RoomPolicy } from './options.js'
+import type { RoomPolicy } from './namespaces.js'
 import type { RoomMember, RoomsUser } from './types.js'
 
 /** A user's presence data is public and sent with every join: small by design. */

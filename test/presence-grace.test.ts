@@ -1,10 +1,10 @@
 // Issue #13: presence that does not flap. A closed socket's user stays present for leaveGraceMs; a socket
 // of that user that joins or resumes the room meanwhile, on any process, makes the whole drop invisible.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { resolveOptions } from '../lib/options.js'
 import { componentAvailable } from './helpers/components.js'
-import { connect, ORIGIN, SECRET, startServer, until, type Client, type Frame } from './helpers/index.js'
+import { connect, ORIGIN, SECRET, startServer, until, type Client, type Frame, type TestServer } from './helpers/index.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
 
@@ -21,26 +21,33 @@ t.test('#13 leaveGraceMs defaults to 5000 ms; presence: false needs none', async
   t.throws(() => resolveOptions({ jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], presence: { leaveGraceMs: -1 } }), { code: 'FST_ROOMS_INVALID_OPTION', message: /presence/ })
 })
 
-t.test('#13 memory: a reconnect inside the grace publishes nothing; a user who does not come back leaves after it', async (t) => {
-  const server = await startServer(t, { presence: { leaveGraceMs: GRACE_MS } })
-  const observer = await connect(server, 'observer')
+/**
+ * alice and carol drop from `first`; only alice comes back, on `second`, resuming the room well inside the
+ * grace. The observer (on `second`) must see carol's leave after the grace and nothing at all of alice.
+ */
+async function dropAndComeBack (t: Test, first: TestServer, second: TestServer): Promise<void> {
+  const observer = await connect(second, 'observer')
   await observer.join('lobby')
-  const alice = await connect(server, 'alice')
-  const carol = await connect(server, 'carol')
-  const aliceAck = await alice.join('lobby')
+  const alice = await connect(first, 'alice')
+  const carol = await connect(first, 'carol')
+  const ack = await alice.join('lobby')
   await carol.join('lobby')
   await until(() => presenceOf(observer).length === 2, 'both joins seen')
-  // Both drop; only alice comes back, resuming the room, well inside the grace.
   await alice.close(1001)
   await carol.close(1001)
-  const back = await connect(server, 'alice')
-  back.send({ type: 'resume', id: 'r', payload: { rooms: { lobby: { seq: aliceAck.payload.seq, epoch: aliceAck.payload.epoch } } } })
+  const back = await connect(second, 'alice')
+  back.send({ type: 'resume', id: 'r', payload: { rooms: { lobby: { seq: ack.payload.seq, epoch: ack.payload.epoch } } } })
   t.match((await back.next((frame) => frame.id === 'r', 'resume answer')).payload, { rooms: { lobby: { result: 'replayed' } } })
   await until(() => presenceOf(observer).includes('carol leave'), 'carol\'s leave after the grace')
-  await server.app.rooms.broadcast('lobby', 'marker', {})
+  await second.app.rooms.broadcast('lobby', 'marker', {})
   await observer.nextOfType('marker')
   t.same(presenceOf(observer), ['alice join', 'carol join', 'carol leave'], 'no leave and no join for alice')
-  t.same((await server.app.rooms.members('lobby')).map((member) => member.id).sort(), ['alice', 'observer'])
+  t.same((await first.app.rooms.members('lobby')).map((member) => member.id).sort(), ['alice', 'observer'])
+}
+
+t.test('#13 memory: a reconnect inside the grace publishes nothing; a user who does not come back leaves after it', async (t) => {
+  const server = await startServer(t, { presence: { leaveGraceMs: GRACE_MS } })
+  await dropAndComeBack(t, server, server)
 })
 
 t.test('#13 memory: an explicit leave frame is published at once, without the grace', async (t) => {
@@ -57,26 +64,8 @@ t.test('#13 memory: an explicit leave frame is published at once, without the gr
 if (componentAvailable(t, redisMissing(), 'Redis presence grace')) {
   t.test('#13 Redis: a user who drops on one process and resumes on another inside the grace flaps nothing', async (t) => {
     const redis = await startRedis(t)
-    const options = (processTtlMs = 600) => ({ presence: { leaveGraceMs: GRACE_MS }, broker: redisBroker({ url: redis.url, processTtlMs }) })
-    const a = await startServer(t, options())
-    const b = await startServer(t, options())
-    const observer = await connect(b, 'observer')
-    await observer.join('lobby')
-    const alice = await connect(a, 'alice')
-    const carol = await connect(a, 'carol')
-    const ack = await alice.join('lobby')
-    await carol.join('lobby')
-    await until(() => presenceOf(observer).length === 2, 'both joins seen')
-    await alice.close(1001)
-    await carol.close(1001)
-    const back = await connect(b, 'alice')
-    back.send({ type: 'resume', id: 'r', payload: { rooms: { lobby: { seq: ack.payload.seq, epoch: ack.payload.epoch } } } })
-    t.match((await back.next((frame) => frame.id === 'r', 'resume answer')).payload, { rooms: { lobby: { result: 'replayed' } } })
-    await until(() => presenceOf(observer).includes('carol leave'), 'carol\'s leave after the grace')
-    await b.app.rooms.broadcast('lobby', 'marker', {})
-    await observer.nextOfType('marker')
-    t.same(presenceOf(observer), ['alice join', 'carol join', 'carol leave'])
-    t.same((await a.app.rooms.members('lobby')).map((member) => member.id).sort(), ['alice', 'observer'])
+    const options = () => ({ presence: { leaveGraceMs: GRACE_MS }, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    await dropAndComeBack(t, await startServer(t, options()), await startServer(t, options()))
   })
 
   t.test('#13 Redis: a restarted process (SIGTERM) does not flap presence; who does not come back is removed by survivors', async (t) => {

@@ -1,7 +1,7 @@
 // The Redis broker: many processes share rooms through one Redis (>= 6.2). Publishing is one Lua script
 // (seq + history + fan-out); each process subscribes only to the rooms it has local members in; presence
 // entries belong to a process whose heartbeat key expires when it dies, and survivors remove them.
-// ~430 lines: connection handling, the scripts' callers, presence reaping and message parsing; the Lua
+// ~460 lines: connection handling, the scripts' callers, presence reaping and message parsing; the Lua
 // lives in redis-scripts.ts and ordered delivery in ordered-streams.ts. Issue 15 (Cluster) reshapes it.
 import { createHash, randomUUID } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
