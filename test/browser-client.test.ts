@@ -103,9 +103,12 @@ if (componentAvailable(t, chromiumMissing(), 'browser client')) {
     // An hour of backoff: only the online event can bring the client back within this test.
     await page.evaluate(() => (window as any).start('/token', { initialMs: 3_600_000, maxMs: 3_600_000 }))
     await page.evaluate(() => (window as any).welcomed)
-    await page.context().setOffline(true)
+    // The server becomes unreachable; once a reconnect is scheduled far away, the network drops and returns.
+    proxy.refuse(true)
     proxy.cut()
     await page.waitForFunction('window.reconnects.some((delay) => delay > 60000)', undefined, { timeout: 20_000 })
+    await page.context().setOffline(true)
+    proxy.refuse(false)
     await page.context().setOffline(false)
     await page.waitForFunction('window.client.state === "open"', undefined, { timeout: 20_000 })
     t.pass('open again well before the scheduled reconnect')

@@ -92,6 +92,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   /** Consecutive 401/403 refusals: the second (with a freshly fetched token) stops the client. */
   private authRefusals = 0
   private retryAfterMs = 0
+  /** The network came back during an attempt: if that attempt fails, the next one starts at once. */
+  private wakePending = false
   private readonly wake = () => this.reconnectNow()
   private readonly onVisibility = () => {
     if ((globalThis as { document?: { visibilityState?: string } }).document?.visibilityState === 'visible') this.reconnectNow()
@@ -162,7 +164,13 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   /** While waiting to reconnect: try now (the network is back, the page is visible again). */
   private reconnectNow (): void {
-    if (this.closedByUser || this.ws !== undefined || this.reconnectTimer === undefined || this.retryAfterMs > Date.now()) return
+    if (this.closedByUser || this.online) return
+    // An attempt still under way (maybe doomed: it started offline) retries at once when it fails.
+    if (this.ws !== undefined || this.reconnectTimer === undefined) {
+      this.wakePending = true
+      return
+    }
+    if (this.retryAfterMs > Date.now()) return
     clearTimeout(this.reconnectTimer)
     this.reconnectTimer = undefined
     void this.openSocket()
@@ -451,6 +459,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.attemptInFlight = undefined
     this.authRefusals = 0
     this.retryAfterMs = 0
+    this.wakePending = false
     this.online = true
     this.everOpened = true
     this.openedAt = Date.now()
@@ -613,7 +622,9 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.setState(this.everOpened ? 'reconnecting' : 'connecting')
     const initialMs = this.options.backoff?.initialMs ?? 1000
     const maxMs = this.options.backoff?.maxMs ?? 5000
-    const delayMs = Math.max(notBeforeMs, Math.random() * Math.min(maxMs, initialMs * 2 ** this.attempt))
+    const backoffMs = this.wakePending ? 0 : Math.random() * Math.min(maxMs, initialMs * 2 ** this.attempt)
+    this.wakePending = false
+    const delayMs = Math.max(notBeforeMs, backoffMs)
     this.attempt++
     this.emit('reconnect', { attempt: this.attempt, delayMs })
     clearTimeout(this.reconnectTimer)
