@@ -8,7 +8,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
 import type { HistoryEvent } from './brokers/broker.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
-import { canWriteFramed, writeFramed, type FramedEvent } from './framing.js'
+import { canWriteFramed, writeFramedBatch, type FramedEvent } from './framing.js'
 import type { Member } from './membership.js'
 import type { Stats } from './metrics.js'
 import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from './protocol.js'
@@ -16,6 +16,7 @@ import { ReplayBuffer } from './replay-buffer.js'
 import { SerialInbox } from './serial-inbox.js'
 import { TokenExpiry } from './token-expiry.js'
 import type { RoomsConnection, RoomsUser } from './types.js'
+import type { WriteCoalescer } from './write-coalescer.js'
 
 export interface ConnectionLimits extends FrameRateLimits {
   maxBufferedBytes: number
@@ -49,6 +50,10 @@ export class Connection implements RoomsConnection {
   /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
   private readonly framedWrites: boolean
   private childLog: FastifyBaseLogger | undefined
+  /** Room events of this turn, written together at its end (write-coalescer.ts); counted as buffered. */
+  private queued: FramedEvent[] | undefined
+  private queuedBytes = 0
+  private readonly flushAtBytes: number
 
   constructor (
     readonly socket: WebSocket,
@@ -58,9 +63,11 @@ export class Connection implements RoomsConnection {
     events: ConnectionEvents,
     private readonly stats: Stats,
     /** The upgrade request's logger; lines about this socket add its connectionId. */
-    readonly requestLog: FastifyBaseLogger
+    readonly requestLog: FastifyBaseLogger,
+    private readonly coalescer: WriteCoalescer
   ) {
     this.framedWrites = canWriteFramed(socket)
+    this.flushAtBytes = Math.min(65_536, Math.floor(limits.maxBufferedBytes / 4))
     this.rate = new FrameRate(limits)
     this.replay = new ReplayBuffer(limits.maxBufferedBytes)
     this.inbox = new SerialInbox<Frame>(
@@ -113,7 +120,7 @@ export class Connection implements RoomsConnection {
   }
 
   get bufferedAmount (): number {
-    return this.socket.bufferedAmount
+    return this.socket.bufferedAmount + this.queuedBytes
   }
 
   send (type: string, payload: unknown): boolean {
@@ -133,6 +140,9 @@ export class Connection implements RoomsConnection {
    */
   sendFrame (frame: string | Buffer): boolean {
     if (!this.isOpen) return false
+    // Room events queued this turn go first: the socket sees every frame in the order it was sent.
+    this.flush()
+    if (!this.isOpen) return false
     // Counted in bytes: a string's length undercounts non-ASCII text up to 3×. ws would make the Buffer anyway.
     const data = typeof frame === 'string' ? Buffer.from(frame) : frame
     if (this.socket.bufferedAmount + data.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
@@ -140,15 +150,40 @@ export class Connection implements RoomsConnection {
     return true
   }
 
-  /** A room event framed once per publish: per socket, a state check, a buffer check and one write. */
+  /**
+   * A room event framed once per publish: per socket, a state check, a buffer check and a queue push; the
+   * turn's events leave together (flush). The budget counts what is queued as well as what ws holds.
+   */
   private sendEvent (event: FramedEvent): boolean {
     if (!this.isOpen) return false
-    if (this.socket.bufferedAmount + event.framed.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
-    if (!this.framedWrites || !writeFramed(this.socket, event)) this.socket.send(event.payload, { binary: false })
+    if (this.socket.bufferedAmount + this.queuedBytes + event.framed.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
+    if (this.queued === undefined) {
+      this.queued = [event]
+      this.coalescer.mark(this)
+    } else {
+      this.queued.push(event)
+    }
+    this.queuedBytes += event.framed.length
+    // A burst this large gains nothing by waiting: written now, it moves to the kernel, and a healthy
+    // socket's budget stays free (what is queued here counts toward maxBufferedBytes).
+    if (this.queuedBytes >= this.flushAtBytes) this.flush()
     return true
   }
 
+  /** Writes the queued room events: pre-framed in one corked write, or each through ws (order kept either way). */
+  flush (): void {
+    const events = this.queued
+    if (events === undefined) return
+    this.queued = undefined
+    this.queuedBytes = 0
+    if (!this.isOpen) return
+    if (this.framedWrites && writeFramedBatch(this.socket, events)) return
+    for (const event of events) this.socket.send(event.payload, { binary: false })
+  }
+
   private closeSlowConsumer (): false {
+    this.queued = undefined
+    this.queuedBytes = 0
     this.stats.slowConsumerClose()
     this.close(CloseCode.tryAgainLater, 'slow consumer')
     return false
@@ -184,6 +219,8 @@ export class Connection implements RoomsConnection {
   close (code: number = CloseCode.normal, reason = ''): void {
     checkCloseCode(code)
     if (this.closeCode !== undefined || this.socket.readyState >= WebSocket.CLOSING) return
+    // What was queued goes before the close frame (a slow consumer's queue is dropped: it closes for it).
+    if (code !== CloseCode.tryAgainLater) this.flush()
     this.closeCode = code
     this.closeReason = truncateCloseReason(reason)
     this.expiry.clear()

@@ -28,7 +28,7 @@ export function frameText (text: string): FramedEvent {
 
 // The ws internals the direct write relies on, checked before each use.
 interface WebSocketInternals {
-  _socket?: { write(chunk: Buffer): boolean }
+  _socket?: { write(chunk: Buffer): boolean; cork(): void; uncork(): void }
   _sender?: { _state: number; _queue: unknown[] }
 }
 const SENDER_IDLE = 0
@@ -40,13 +40,16 @@ export function canWriteFramed (socket: WebSocket): boolean {
 }
 
 /**
- * Writes a pre-framed event straight to the TCP socket, unless ws's sender is busy (a send still queued,
- * e.g. a Blob being read): then false, and the caller uses ws's send, which keeps the order.
+ * Writes several pre-framed events in one go (corked: one writev, no copy), unless ws's sender is busy:
+ * then false, and the caller sends each through ws, which keeps the order.
  */
-export function writeFramed (socket: WebSocket, event: FramedEvent): boolean {
+export function writeFramedBatch (socket: WebSocket, events: readonly FramedEvent[]): boolean {
   const internals = socket as unknown as WebSocketInternals
   const sender = internals._sender!
   if (sender._state !== SENDER_IDLE || sender._queue.length !== 0) return false
-  internals._socket!.write(event.framed)
+  const tcp = internals._socket!
+  tcp.cork()
+  for (const event of events) tcp.write(event.framed)
+  tcp.uncork()
   return true
 }

@@ -17,6 +17,7 @@ import { Stats } from './metrics.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './options.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
 import { Membership } from './membership.js'
+import { WriteCoalescer } from './write-coalescer.js'
 import { Presence } from './presence.js'
 import { RoomRegistry } from './rooms.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
@@ -52,6 +53,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     log: fastify.log,
   })
   const tickets = new InjectTickets()
+  const coalescer = new WriteCoalescer()
   let injector: Injector | undefined
   const decorator: RoomsDecorator = {
     ...registry.api,
@@ -170,7 +172,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       preValidation: gate.preValidation,
       handler: (socket, request) => {
         const admission = request.roomsAdmission as Admission
-        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, request.log)
+        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, request.log, coalescer)
         connection.expiry.set(admission.exp)
         // Admitted before shutdown or a limit filled up while this handshake was in flight.
         if (closing) return connection.close(CloseCode.goingAway, 'server shutting down')
