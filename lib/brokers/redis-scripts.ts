@@ -38,7 +38,7 @@ end
  * without newlines, and JSON has no raw newline). With an idempotency key already used: its first
  * { seq, epoch }, and nothing is published.
  */
-export const PUBLISH = `${ENSURE_ROOM}
+export const PUBLISH = `
 local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
 if idempotency then
   local first = redis.call('GET', idempotency)
@@ -47,22 +47,27 @@ if idempotency then
     return { tonumber(string.sub(first, 1, space - 1)), string.sub(first, space + 1) }
   end
 end
-ensure_room(meta, ARGV[1], ARGV[11])
+-- The first event of a room (or of a room only ever read) creates its epoch; later ones find it.
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local epoch = redis.call('HGET', meta, 'epoch')
+if seq == 1 then redis.call('HSETNX', meta, 'epoch', ARGV[1]) end
+local fields = redis.call('HMGET', meta, 'epoch', 'hosted')
+local epoch, hosted = fields[1], fields[2]
 local frame = ARGV[2] .. seq .. ARGV[3]
 -- Presence alone keeps a room for idleRoomTtlMs only: join/leave churn of fresh names cannot fill Redis.
 local ttl = tonumber(ARGV[9])
 if ARGV[4] == 'presence' then
-  if redis.call('HGET', meta, 'hosted') ~= '1' then ttl = tonumber(ARGV[11]) end
-else
-  redis.call('HSETNX', meta, 'hosted', '1')
+  if hosted ~= '1' then ttl = tonumber(ARGV[11]) end
+elseif hosted ~= '1' then
+  redis.call('HSET', meta, 'hosted', '1')
 end
 if tonumber(ARGV[6]) > 0 then
-  redis.call('XADD', history, 'MAXLEN', ARGV[6], '*', 's', seq, 'f', frame)
-  local now = redis.call('TIME')
-  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[7])
-  redis.call('XTRIM', history, 'MINID', oldest)
+  local id = redis.call('XADD', history, 'MAXLEN', ARGV[6], '*', 's', seq, 'f', frame)
+  -- Trimming by age every 16th event is enough: readers skip what is older than maxAgeMs anyway, and the
+  -- stream's ID is Redis's own clock (no TIME call).
+  if seq % 16 == 0 then
+    local now = tonumber(string.match(id, '^(%d+)'))
+    redis.call('XTRIM', history, 'MINID', now - tonumber(ARGV[7]))
+  end
   redis.call('PEXPIRE', history, math.min(ttl, tonumber(ARGV[7]) + 1000))
 end
 redis.call('PEXPIRE', meta, ttl)
