@@ -62,8 +62,12 @@ export class Connection implements RoomsConnection {
     private readonly limits: ConnectionLimits,
     events: ConnectionEvents,
     private readonly stats: Stats,
-    /** The upgrade request's logger; lines about this socket add its connectionId. */
-    readonly requestLog: FastifyBaseLogger,
+    /**
+     * The plugin instance's logger and the upgrade request's id: a socket keeps these two, not the request's
+     * child logger (an object per socket held for the socket's life), and binds its own child on first use.
+     */
+    private readonly baseLog: FastifyBaseLogger,
+    private readonly reqId: string,
     private readonly coalescer: WriteCoalescer
   ) {
     this.framedWrites = canWriteFramed(socket)
@@ -112,7 +116,7 @@ export class Connection implements RoomsConnection {
 
   /** A logger bound to this connection's id, made on first use: most sockets log only their open and close. */
   get log (): FastifyBaseLogger {
-    return (this.childLog ??= this.requestLog.child({ connectionId: this.id }))
+    return (this.childLog ??= this.baseLog.child({ reqId: this.reqId, connectionId: this.id }))
   }
 
   get isOpen (): boolean {

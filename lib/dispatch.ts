@@ -128,8 +128,8 @@ export class Dispatcher implements ConnectionEvents {
 
   close (connection: Connection, code: number, reason: string, byServer: boolean): void {
     this.stats.close(code, byServer)
-    connection.requestLog.info(
-      { connectionId: connection.id, userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
+    connection.log.info(
+      { userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
       'fastify-rooms: connection closed'
     )
     this.membership.remove(connection, code, reason)

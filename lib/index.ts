@@ -172,7 +172,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       preValidation: gate.preValidation,
       handler: (socket, request) => {
         const admission = request.roomsAdmission as Admission
-        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, request.log, coalescer)
+        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer)
         connection.expiry.set(admission.exp)
         // Admitted before shutdown or a limit filled up while this handshake was in flight.
         if (closing) return connection.close(CloseCode.goingAway, 'server shutting down')

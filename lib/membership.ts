@@ -37,19 +37,21 @@ export type { ResumeOutcome } from './resume.js'
 
 interface MemberState {
   user: RoomsUser
-  rooms: Set<string>
+  rooms: Set<string> | undefined
   /** Rooms whose join is being authorized; they count toward maxRoomsPerConnection. */
-  pendingJoins: Set<string>
+  pendingJoins: Set<string> | undefined
   /** Rooms the server put this socket into, with the seq of the `joined` frame: a resume replays into them. */
-  serverJoined: Map<string, number>
+  serverJoined: Map<string, number> | undefined
 }
+const NO_ROOMS: ReadonlySet<string> = new Set()
 // The writable side of each Member: only this module holds it.
 const states = new WeakMap<Member, MemberState>()
 
 /** Who one socket is and which rooms it is in, as everyone but this module sees it: read-only. */
 export class Member {
   constructor (user: RoomsUser) {
-    states.set(this, { user, rooms: new Set(), pendingJoins: new Set(), serverJoined: new Map() })
+    // The sets are made on first use: most sockets are in few rooms, and many never join one from the server.
+    states.set(this, { user, rooms: undefined, pendingJoins: undefined, serverJoined: undefined })
   }
 
   get user (): RoomsUser {
@@ -57,7 +59,7 @@ export class Member {
   }
 
   get rooms (): ReadonlySet<string> {
-    return states.get(this)!.rooms
+    return states.get(this)!.rooms ?? NO_ROOMS
   }
 }
 
@@ -182,7 +184,8 @@ export class Membership {
       const { room: _room, ...position } = ack
       if (connection.sendFrame(directRoomFrame('joined', room, position))) this.stats.messageOut('joined')
       connection.finishReplay(room, [], ack.seq)
-      stateOf(connection).serverJoined.set(room, ack.seq)
+      const state = stateOf(connection)
+      ;(state.serverJoined ??= new Map()).set(room, ack.seq)
       return ack
     } catch (err) {
       connection.replay.cancel(room)
@@ -262,13 +265,13 @@ export class Membership {
   /** For resume.ts: the seq of the `joined` frame of a room the server put this socket into, used up by this call. */
   takeServerJoin (connection: Connection, room: string): number | undefined {
     const state = stateOf(connection)
-    const joinedAt = state.serverJoined.get(room)
-    state.serverJoined.delete(room)
+    const joinedAt = state.serverJoined?.get(room)
+    state.serverJoined?.delete(room)
     return joinedAt
   }
 
   isServerJoined (connection: Connection, room: string): boolean {
-    return stateOf(connection).serverJoined.has(room)
+    return stateOf(connection).serverJoined?.has(room) === true
   }
 
   /** The room's authorizeJoin (its namespace's, or the top-level one); throws `forbidden` when it does not answer true. */
@@ -284,11 +287,11 @@ export class Membership {
    */
   async admit (connection: Connection, room: string, { authorized, capped }: { authorized: boolean; capped: boolean }): Promise<void> {
     const state = stateOf(connection)
-    if (state.pendingJoins.has(room)) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
-    if (state.rooms.size + state.pendingJoins.size >= this.options.maxRoomsPerConnection) {
+    if (state.pendingJoins?.has(room) === true) throw new FrameError(ErrorCode.invalidMessage, `a join of "${room}" is already in progress`)
+    if ((state.rooms?.size ?? 0) + (state.pendingJoins?.size ?? 0) >= this.options.maxRoomsPerConnection) {
       throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${this.options.maxRoomsPerConnection} rooms`)
     }
-    state.pendingJoins.add(room)
+    ;(state.pendingJoins ??= new Set()).add(room)
     try {
       if (!authorized) await this.authorize(connection, room)
       const { maxMembers } = this.options.roomPolicy(room)
@@ -300,7 +303,7 @@ export class Membership {
         }
       }
     } finally {
-      state.pendingJoins.delete(room)
+      state.pendingJoins?.delete(room)
     }
     if (!connection.isOpen) throw closedDuringJoin()
   }
@@ -311,7 +314,8 @@ export class Membership {
    * once the caller calls the returned function, after its ack.
    */
   async attach (connection: Connection, room: string): Promise<(() => void) | undefined> {
-    stateOf(connection).rooms.add(room)
+    const state = stateOf(connection)
+    ;(state.rooms ??= new Set()).add(room)
     try {
       let local = this.localRooms.get(room)
       if (local === undefined) {
@@ -372,8 +376,8 @@ export class Membership {
    * then finds it still there (no `leave`).
    */
   async leave (connection: Connection, room: string, graceMs = 0): Promise<void> {
-    stateOf(connection).serverJoined.delete(room)
-    if (!stateOf(connection).rooms.delete(room)) return
+    stateOf(connection).serverJoined?.delete(room)
+    if (stateOf(connection).rooms?.delete(room) !== true) return
     connection.replay.clearFence(room)
     const local = this.localRooms.get(room)
     if (local !== undefined) {
