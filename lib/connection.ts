@@ -174,15 +174,23 @@ export class Connection implements RoomsConnection {
     return true
   }
 
-  /** Writes the queued room events: pre-framed in one corked write, or each through ws (order kept either way). */
+  /**
+   * Writes the queued room events: pre-framed in one corked write, or each through ws (order kept either
+   * way). Runs from setImmediate too, where a throw would be uncaught: anything unexpected cuts this socket.
+   */
   flush (): void {
     const events = this.queued
     if (events === undefined) return
     this.queued = undefined
     this.queuedBytes = 0
     if (!this.isOpen) return
-    if (this.framedWrites && writeFramedBatch(this.socket, events)) return
-    for (const event of events) this.socket.send(event.payload, { binary: false })
+    try {
+      if (this.framedWrites && writeFramedBatch(this.socket, events)) return
+      for (const event of events) this.socket.send(event.payload, { binary: false })
+    } catch (err) {
+      this.log.error({ err }, 'fastify-rooms: writing queued events failed, terminating')
+      this.socket.terminate()
+    }
   }
 
   private closeSlowConsumer (): false {
