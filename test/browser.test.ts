@@ -1,13 +1,24 @@
 // The example page in real headless Chromium: two pages chat; HTTP announce reaches both; a cut connection
 // resumes with every message once and in order; a server restart shows a reset and chat carries on.
 import { mkdir } from 'node:fs/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import type { FastifyInstance } from 'fastify'
-import { buildChatApp } from '../example/app.js'
+import { buildChatApp, type ChatAppOptions } from '../example/app.js'
 import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing } from './helpers/chromium.js'
 import { componentAvailable, freePort } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
+
+/** The example app on a free port and a Chromium to open it in, both closed with the test. */
+async function exampleInBrowser (t: Test, options: Omit<ChatAppOptions, 'fastify'>): Promise<{ port: number; browser: Browser }> {
+  const app = await buildChatApp({ ...options, fastify: { logger: false } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  const port = (app.server.address() as import('node:net').AddressInfo).port
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+  t.teardown(() => browser.close())
+  return { port, browser }
+}
 
 /** Opens the example page, logs in as `name` and joins lobby, as a user would. */
 async function enterLobby (page: Page, url: string, name: string): Promise<void> {
@@ -102,12 +113,7 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
   })
 
   t.test('#11: the example page works at phone width (390 px) and at desktop widths', { timeout: 60_000 }, async (t) => {
-    const app = await buildChatApp({ jwtSecret: 'layout-secret', allowedOrigins: '*', fastify: { logger: false } })
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    t.teardown(() => app.close())
-    const port = (app.server.address() as import('node:net').AddressInfo).port
-    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
-    t.teardown(() => browser.close())
+    const { port, browser } = await exampleInBrowser(t, { jwtSecret: 'layout-secret', allowedOrigins: '*' })
     await mkdir('test-artifacts', { recursive: true })
     for (const [width, height] of [[390, 844], [1280, 800], [1920, 1080]] as const) {
       const page = await browser.newPage({ viewport: { width, height } })
@@ -132,12 +138,7 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
   })
 
   t.test('#12: the example page says why it cannot connect, once, in its status pill', { timeout: 60_000 }, async (t) => {
-    const app = await buildChatApp({ jwtSecret: 'pill-secret', allowedOrigins: ['https://elsewhere.test'], fastify: { logger: false } })
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    t.teardown(() => app.close())
-    const port = (app.server.address() as import('node:net').AddressInfo).port
-    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
-    t.teardown(() => browser.close())
+    const { port, browser } = await exampleInBrowser(t, { jwtSecret: 'pill-secret', allowedOrigins: ['https://elsewhere.test'] })
     const page = await browser.newPage()
     await page.goto(`http://127.0.0.1:${port}/`)
     await page.fill('#name', 'mallory')
@@ -151,12 +152,7 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
   })
 
   t.test('the dashboard charts live connections, message rate and broadcast latency', { timeout: 60_000 }, async (t) => {
-    const app = await buildChatApp({ jwtSecret: 'dashboard-secret', allowedOrigins: '*', dashboardIntervalMs: 200, fastify: { logger: false } })
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    t.teardown(() => app.close())
-    const port = (app.server.address() as import('node:net').AddressInfo).port
-    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
-    t.teardown(() => browser.close())
+    const { port, browser } = await exampleInBrowser(t, { jwtSecret: 'dashboard-secret', allowedOrigins: '*', dashboardIntervalMs: 200 })
     const page = await browser.newPage()
     await page.goto(`http://127.0.0.1:${port}/dashboard`)
     await page.waitForSelector('#status[data-live="true"]')
