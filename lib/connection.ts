@@ -8,7 +8,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
 import type { HistoryEvent } from './brokers/broker.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
-import { canWriteFramed, writeFramedBatch, type FramedEvent } from './framing.js'
+import { deflatedFrame, writeFramedBatch, writeMode, type FramedEvent } from './framing.js'
 import type { Member } from './membership.js'
 import type { Stats } from './metrics.js'
 import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from './protocol.js'
@@ -20,6 +20,8 @@ import type { WriteCoalescer } from './write-coalescer.js'
 
 export interface ConnectionLimits extends FrameRateLimits {
   maxBufferedBytes: number
+  /** Room events of at least `threshold` bytes go compressed to sockets that negotiated permessage-deflate. */
+  compression: { threshold: number } | false
   closeTimeoutMs: number
   /** Bytes of frames that may wait behind a running one (besides a bound on their count). */
   maxInboxBytes: number
@@ -47,8 +49,9 @@ export class Connection implements RoomsConnection {
   private closeCode: number | undefined
   private closeReason = ''
   private killTimer: NodeJS.Timeout | undefined
-  /** No extension was negotiated: room events can be written pre-framed (see framing.ts). */
-  private readonly framedWrites: boolean
+  /** How room events are written: pre-framed (plain or compressed once per publish), or through ws. */
+  private readonly mode: 'plain' | 'deflate' | 'ws'
+  private readonly deflateFrom: number
   private childLog: FastifyBaseLogger | undefined
   /** Room events of this turn, written together at its end (write-coalescer.ts); counted as buffered. */
   private queued: FramedEvent[] | undefined
@@ -70,7 +73,8 @@ export class Connection implements RoomsConnection {
     private readonly reqId: string,
     private readonly coalescer: WriteCoalescer
   ) {
-    this.framedWrites = canWriteFramed(socket)
+    this.mode = writeMode(socket)
+    this.deflateFrom = this.mode === 'deflate' && limits.compression !== false ? limits.compression.threshold : Infinity
     this.flushAtBytes = Math.min(65_536, Math.floor(limits.maxBufferedBytes / 4))
     this.rate = new FrameRate(limits)
     this.replay = new ReplayBuffer(limits.maxBufferedBytes)
@@ -185,12 +189,17 @@ export class Connection implements RoomsConnection {
     this.queuedBytes = 0
     if (!this.isOpen) return
     try {
-      if (this.framedWrites && writeFramedBatch(this.socket, events)) return
+      if (this.mode !== 'ws' && writeFramedBatch(this.socket, events.map((event) => this.frameOf(event)))) return
       for (const event of events) this.socket.send(event.payload, { binary: false })
     } catch (err) {
       this.log.error({ err }, 'fastify-rooms: writing queued events failed, terminating')
       this.socket.terminate()
     }
+  }
+
+  /** The bytes of an event for this socket: compressed (made once per publish) when it negotiated it and it is large enough. */
+  private frameOf (event: FramedEvent): Buffer {
+    return event.payload.length >= this.deflateFrom ? deflatedFrame(event) ?? event.framed : event.framed
   }
 
   private closeSlowConsumer (): false {

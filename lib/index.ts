@@ -100,7 +100,15 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     fastify.addHook('preClose', shutdown)
   } else {
     await fastify.register(websocket, {
-      options: { maxPayload: options.maxPayload, handleProtocols },
+      options: {
+        maxPayload: options.maxPayload,
+        handleProtocols,
+        // Negotiated so that each message stands alone (one compressed frame per publish fits every socket);
+        // ws itself compresses nothing it sends (the threshold), so no socket gets a deflate context for it.
+        perMessageDeflate: options.compression === false
+          ? false
+          : { serverNoContextTakeover: true, clientNoContextTakeover: true, threshold: Number.MAX_SAFE_INTEGER },
+      },
       errorHandler: (error, socket, request) => {
         request.log.warn({ err: error }, 'fastify-rooms: socket error')
         socket.terminate()

@@ -64,6 +64,10 @@ const DataOptions = Type.Object({
   closeTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
   authenticateTimeoutMs: Type.Optional(PositiveInteger),
   hookTimeoutMs: Type.Optional(PositiveInteger),
+  compression: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ threshold: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+  ])),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -105,6 +109,12 @@ export interface RoomsOptions {
   onDisconnect?: (ctx: ConnectContext, close: { code: number; reason: string }) => void | Promise<void>
   /** A hook that has not finished by then is no longer waited for: onConnect's socket is closed 1011 (default 5000 ms). */
   hookTimeoutMs?: number
+  /**
+   * Compress room events once per publish for every socket that negotiates permessage-deflate (off by
+   * default). `threshold`: smaller events go uncompressed (default 1024 bytes). No zlib context per socket
+   * for what the server sends; the plugin must register @fastify/websocket itself (see README).
+   */
+  compression?: { threshold?: number } | false
   /** `{ [name]: options }` for the rooms named `name:…` (see NamespaceOptions). */
   namespaces?: Record<string, NamespaceOptions>
   /**
@@ -186,6 +196,7 @@ export interface ResolvedOptions {
   onConnect: RoomsOptions['onConnect']
   onDisconnect: RoomsOptions['onDisconnect']
   hookTimeoutMs: number
+  compression: { threshold: number } | false
   /** The policy of a room: its namespace's, or the top-level one. */
   roomPolicy: (room: string) => RoomPolicy
   presenceInfo: RoomsOptions['presenceInfo']
@@ -318,6 +329,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     onConnect: checkFunction(options, 'onConnect'),
     onDisconnect: checkFunction(options, 'onDisconnect'),
     hookTimeoutMs: checked.hookTimeoutMs ?? defaults.hookTimeoutMs,
+    compression: checked.compression === undefined || checked.compression === false ? false : { threshold: checked.compression.threshold ?? 1024 },
     presenceInfo: checkFunction(options, 'presenceInfo'),
     roomPolicy: namespacePolicies(options.namespaces, {
       history: { maxEvents: (checked.history ?? defaults.history).maxEvents, maxAgeMs: (checked.history ?? defaults.history).maxAgeMs },
