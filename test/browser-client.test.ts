@@ -31,6 +31,10 @@ window.queue = (items) => {
   window.done = Promise.all(items.map((item) => window.client.request('order', { item }).then((answer) => { window.answers.push(answer); return answer })))
   window.done.catch((err) => { window.failure = String(err) })
 }
+window.collect = (type) => {
+  window.collected = []
+  window.client.on(type, (frame) => window.collected.push(frame))
+}
 window.ready = true
 </script>`
 
@@ -112,6 +116,23 @@ if (componentAvailable(t, chromiumMissing(), 'browser client')) {
     await page.context().setOffline(false)
     await page.waitForFunction('window.client.state === "open"', undefined, { timeout: 20_000 })
     t.pass('open again well before the scheduled reconnect')
+  })
+
+  t.test('#14 Chromium: room events compressed once per publish decode in the browser, at every size', { timeout: 60_000 }, async (t) => {
+    const { server, origin } = await pageServer(t, { compression: { threshold: 1024 }, maxPayload: 2_000_000, maxBufferedBytes: 64 * 1024 * 1024 })
+    const { page } = await openPage(t, origin)
+    await page.evaluate(() => (window as any).start('/token'))
+    await page.evaluate(() => (window as any).welcomed)
+    await page.evaluate(() => (window as any).client.join('r'))
+    await page.evaluate(() => (window as any).collect('blob'))
+    // The browser's own view of the handshake (the client keeps its socket in `ws`).
+    t.match(await page.evaluate(() => (window as any).client.ws.extensions), /permessage-deflate; server_no_context_takeover/, 'Chromium negotiated it')
+    const bodies = [0, 125, 126, 1023, 1024, 65_535, 65_536, 1_048_576].flatMap((n) => ['a'.repeat(n), Array.from({ length: n }, (_, i) => String.fromCharCode(33 + ((i * 7919) % 90))).join('')])
+    for (const body of bodies) await server.app.rooms.broadcast('r', 'blob', { body })
+    await page.waitForFunction(`window.collected.length === ${bodies.length}`, undefined, { timeout: 30_000 })
+    const got: Array<{ seq: number; length: number; head: string; tail: string }> = await page.evaluate(() => (window as any).collected.map((frame: any) => ({ seq: frame.seq, length: frame.payload.body.length, head: frame.payload.body.slice(0, 8), tail: frame.payload.body.slice(-8) })))
+    t.same(got.map((frame) => frame.seq), bodies.map((_, i) => i + 1), 'in order')
+    t.same(got.map((frame) => [frame.length, frame.head, frame.tail]), bodies.map((body) => [body.length, body.slice(0, 8), body.slice(-8)]), 'every payload intact')
   })
 
   t.test('#12 Chromium: a bad token is "unauthorized" (from the diagnostic request), twice, then the client stops', { timeout: 60_000 }, async (t) => {
