@@ -144,7 +144,7 @@ export class Dispatcher implements ConnectionEvents {
     const room = requireRoom(frame)
     const { ack, latest, announced } = await this.membership.join(connection, room)
     this.ack(connection, frame.id, ack)
-    if (latest !== undefined && connection.sendFrame(latest)) this.stats.messageOut('latest')
+    if (latest !== undefined && connection.sendFrame(latest.frame)) this.stats.messageOut(latest.type)
     announced?.()
   }
 

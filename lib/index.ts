@@ -153,10 +153,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     heartbeat.unref()
 
     scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
-    injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => {
-      for (const connection of membership.connections) if (connection.id === id) return connection
-      return undefined
-    })
+    injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => membership.connection(id))
     scope.route({
       method: 'GET',
       url: options.path,

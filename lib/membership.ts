@@ -33,8 +33,6 @@ export interface JoinAck extends RoomPosition {
   count?: number
 }
 
-export type { ResumeOutcome } from './resume.js'
-
 interface MemberState {
   user: RoomsUser
   rooms: Set<string> | undefined
@@ -69,6 +67,7 @@ function stateOf (connection: Connection): MemberState {
 
 export class Membership {
   readonly connections = new Set<Connection>()
+  private readonly byId = new Map<string, Connection>()
   private readonly byUser = new Map<string, Set<Connection>>()
   private readonly localRooms = new Map<string, Set<Connection>>()
   /** The broker subscription of each local room, settled or in flight. */
@@ -101,6 +100,11 @@ export class Membership {
     return this.byUser.get(userId)
   }
 
+  /** This process's socket with that connection id, if it has it. */
+  connection (connectionId: string): Connection | undefined {
+    return this.byId.get(connectionId)
+  }
+
   /** This process's sockets in a room (for fan-out). */
   localMembers (room: string): ReadonlySet<Connection> | undefined {
     return this.localRooms.get(room)
@@ -118,6 +122,7 @@ export class Membership {
 
   add (connection: Connection): void {
     this.connections.add(connection)
+    this.byId.set(connection.id, connection)
     let own = this.byUser.get(connection.user.id)
     if (own === undefined) {
       own = new Set()
@@ -161,7 +166,7 @@ export class Membership {
   applyChange (action: 'join' | 'leave', room: string, target: { userId: string } | { connectionId: string }): void {
     const targets = 'userId' in target
       ? [...this.byUser.get(target.userId) ?? []]
-      : [...this.connections].filter((connection) => connection.id === target.connectionId)
+      : [this.byId.get(target.connectionId)].filter((connection) => connection !== undefined)
     for (const connection of targets) {
       const change = action === 'join' ? this.serverJoin(connection, room) : this.serverLeave(connection, room)
       change.catch((err: unknown) => connection.log.warn({ err, room, action }, 'fastify-rooms: server-side membership change failed'))
@@ -205,6 +210,7 @@ export class Membership {
   /** A socket closed: it leaves every room (presence `leave` for its user's last socket there), then onDisconnect runs. */
   remove (connection: Connection, code: number, reason: string): void {
     if (!this.connections.delete(connection)) return
+    this.byId.delete(connection.id)
     const own = this.byUser.get(connection.user.id)
     own?.delete(connection)
     if (own?.size === 0) this.byUser.delete(connection.user.id)
@@ -232,7 +238,7 @@ export class Membership {
    * Joins a room. Local membership starts before the position is read, so every event with
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
-  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; latest?: string | undefined; announced?: (() => void) | undefined }> {
+  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; latest?: { frame: string; type: string } | undefined; announced?: (() => void) | undefined }> {
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
     await this.admit(connection, room, { authorized: false, capped: true })
     const announced = await this.attach(connection, room)
@@ -243,7 +249,7 @@ export class Membership {
       if (this.options.roomPolicy(room).latestOnJoin && ack.seq > 0) {
         // The ack then says "every event after seq - 1", and the latest event follows it.
         const latest = (await this.broker.history(room, ack.seq - 1)).events.find((event) => event.seq === ack.seq)
-        if (latest !== undefined) return { ack: { ...ack, seq: ack.seq - 1 }, latest: latest.frame, announced }
+        if (latest !== undefined) return { ack: { ...ack, seq: ack.seq - 1 }, latest: { frame: latest.frame, type: (JSON.parse(latest.frame) as { type: string }).type }, announced }
       }
       return { ack, announced }
     } catch (err) {

@@ -7,7 +7,7 @@ import { redisBroker } from '../lib/brokers/redis.js'
 import { createClient } from '../lib/client/index.js'
 import { defineMessage, ErrorCode, FrameError, type RoomsOptions } from '../lib/index.js'
 import { componentAvailable } from './helpers/components.js'
-import { bounded, Client, connect, ORIGIN, sign, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, Client, connect, ORIGIN, sign, startServer, until } from './helpers/index.js'
 import { startProxy } from './helpers/proxy.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 
@@ -197,5 +197,3 @@ if (componentAvailable(t, redisMissing(), 'Redis lifecycle')) {
     t.same(onB.frames.filter((frame) => frame.type === 'order').map((frame) => frame.payload), [{ n: 2 }], 'the missed order, once')
   })
 }
-
-export type { TestServer }
