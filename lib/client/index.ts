@@ -1,7 +1,7 @@
 // The fastify-rooms client: reconnecting, token-refreshing, resuming, and saying why a connection is
 // refused. No runtime dependencies and no runtime imports (types.ts is type-only), so this one file runs in
 // browsers (native WebSocket) and in Node (pass WebSocket from ws).
-// ~600 lines on purpose: the file is served to browsers as one module; its types live in types.ts.
+// ~660 lines on purpose: the file is served to browsers as one module; its types live in types.ts.
 import type {
   AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, EventFrame, JoinAck, RefusalDetails, RequestOptions,
   RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
