@@ -72,3 +72,51 @@ t.test('#14 compression is off by default: nothing is negotiated', async (t) => 
   const client = await connect(server, 'alice', { wsOptions: { perMessageDeflate: true } })
   t.equal(client.ws.extensions, '')
 })
+
+t.test('#14 a stalled deflate reader under coalesced, compressed fan-out is closed 1013 at maxBufferedBytes and resumes without a gap or a duplicate', async (t) => {
+  const maxBufferedBytes = 256 * 1024
+  const server = await startServer(t, { presence: false, compression: { threshold: 1024 }, maxBufferedBytes, rateLimit: false })
+  const deflating = await connect(server, 'deflating', { wsOptions: { perMessageDeflate: true } })
+  const plain = await connect(server, 'plain', { wsOptions: { perMessageDeflate: false } })
+  const stalled = await connect(server, 'stalled', { wsOptions: { perMessageDeflate: true } })
+  t.same([deflating, plain, stalled].map((client) => client.ws.extensions), ['permessage-deflate', '', 'permessage-deflate'])
+  await deflating.join('feed')
+  await plain.join('feed')
+  const { payload: joined } = await stalled.join('feed')
+  const raw = (stalled.ws as unknown as { _socket: import('node:net').Socket })._socket
+  raw.pause()
+  // Random text compresses to about three quarters: the compressed frames still fill the stalled socket.
+  const body = () => randomBytes(12 * 1024).toString('base64')
+  let published = 0
+  let peak = 0
+  // Eight publishes per turn, so each socket's events leave in one coalesced write; 2000 at most (~32 MB).
+  while (published < 2000 && server.app.rooms.stats().slowConsumerCloses === 0) {
+    await Promise.all(Array.from({ length: 8 }, () => server.app.rooms.broadcast('feed', 'blob', { body: body() })))
+    published += 8
+    // Read before the turn ends: what ws holds plus what waits in the coalescing queue.
+    peak = Math.max(peak, server.app.rooms.stats().maxBufferedBytes)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.equal(server.app.rooms.stats().slowConsumerCloses, 1, `the stalled reader closed after ${published} publishes`)
+  t.ok(peak > maxBufferedBytes / 2 && peak <= maxBufferedBytes, `no socket held more than maxBufferedBytes, queue included (peak ${peak})`)
+  for (let i = 0; i < 8; i++) await server.app.rooms.broadcast('feed', 'blob', { body: body() })
+  const total = published + 8
+  raw.resume()
+  t.same(await stalled.closed, { code: 1013, reason: 'slow consumer' })
+  const seqs = (client: typeof plain) => client.frames.filter((frame) => frame.type === 'blob').map((frame) => frame.seq!)
+  const all = Array.from({ length: total }, (_, i) => i + 1)
+  for (const reader of [deflating, plain]) {
+    await until(() => seqs(reader).length === total, 'the healthy readers get every event')
+    t.same(seqs(reader), all, 'in order, once each')
+  }
+  const before = seqs(stalled)
+  t.same(before, all.slice(0, before.length), 'what reached the stalled reader before the close is a gap-free prefix')
+  const again = await connect(server, 'stalled', { wsOptions: { perMessageDeflate: true } })
+  const position = { seq: before.at(-1) ?? joined.seq, epoch: joined.epoch }
+  const ack = await again.request({ type: 'resume', payload: { rooms: { feed: position } } })
+  t.equal(ack.payload.rooms.feed.result, 'replayed')
+  await until(() => before.length + seqs(again).length >= total, 'the replay')
+  t.same([...before, ...seqs(again)], all, 'every event exactly once across the close')
+  const sameBodies = (a: typeof plain, b: typeof plain) => a.frames.filter((f) => f.type === 'blob').every((f, i) => f.payload.body === b.frames.filter((g) => g.type === 'blob')[i]?.payload.body)
+  t.ok(sameBodies(deflating, plain), 'the compressed copy decodes to the plain one')
+})
