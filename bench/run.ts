@@ -12,16 +12,41 @@ import { emptyHistogram, merge, quantile, type HistogramData } from './histogram
 const quick = process.argv.includes('--quick')
 const only = process.argv.find((arg) => arg.startsWith('--targets='))?.slice('--targets='.length).split(',') as Target[] | undefined
 const TARGETS: Target[] = only ?? ['plugin', 'ws', 'socketio']
-/** --scenarios=fanout,rooms,handshakes (default all); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
+/** --scenarios=fanout,rooms,handshakes,compression (default all); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
 const argument = (name: string) => process.argv.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3)
-const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes']
+const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes', 'compression']
 const PROFILE = process.argv.includes('--profile')
-const CONFIG: { fanout: number[]; repeats: number; durationMs: number; drainMs: number; rooms: { count: number; members: number }; handshakes: number; idle: number; clients: number } = quick
-  ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2 }
-  : { fanout: [1000, 5000, 10000], repeats: 3, durationMs: 4000, drainMs: 4000, rooms: { count: 1000, members: 10 }, handshakes: 3000, idle: 5000, clients: 2 }
+const CONFIG: { fanout: number[]; repeats: number; durationMs: number; drainMs: number; rooms: { count: number; members: number }; handshakes: number; idle: number; clients: number; compression: number } = quick
+  ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2, compression: 200 }
+  : { fanout: [1000, 5000, 10000], repeats: 3, durationMs: 4000, drainMs: 4000, rooms: { count: 1000, members: 10 }, handshakes: 3000, idle: 5000, clients: 2, compression: 1000 }
 /** Sub-saturation: 50k deliveries/s whatever C (50 msg/s at C = 1000, the rate the issue's figures use). */
 const SUB_SATURATION_DELIVERIES_PER_SECOND = 50_000
 const PAYLOAD_PAD = 'x'.repeat(100)
+/** The compression scenario's rate: 10k deliveries/s (10 msg/s of 4 KiB at C = 1000), below every target's ceiling. */
+const COMPRESSION_DELIVERIES_PER_SECOND = 10_000
+
+/**
+ * About 4 KiB of chat-like JSON (ids, names, sentences, timestamps), what a chat room's event carries; 64
+ * different ones in turn, so that no event repeats one still in a 32 KiB deflate window (which would flatter
+ * per-socket context takeover far beyond real traffic).
+ */
+const CHAT_LOGS = (() => {
+  const words = ['the', 'deploy', 'is', 'green', 'again', 'after', 'we', 'rolled', 'back', 'cache', 'latency', 'spike', 'on', 'eu-west', 'looks', 'fine', 'now', 'ship', 'it', 'tomorrow', 'review', 'please', 'merged', 'thanks', 'queue', 'retry', 'metrics', 'dashboard', 'alert', 'resolved']
+  const names = ['Ada', 'Grace', 'Linus', 'Barbara', 'Ken', 'Margaret', 'Dennis', 'Frances']
+  let seed = 7
+  const random = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) * n)
+  let at = 1_764_590_400_000
+  let id = 10_000
+  return Array.from({ length: 64 }, () => {
+    const messages: Array<{ id: string; user: { id: string; name: string }; text: string; at: number }> = []
+    while (JSON.stringify(messages).length < 3900) {
+      const text = Array.from({ length: 6 + random(10) }, () => words[random(words.length)]).join(' ')
+      const user = random(names.length)
+      messages.push({ id: `m${id++}`, user: { id: `u${user}`, name: names[user]! }, text, at: (at += random(5000)) })
+    }
+    return messages
+  })
+})()
 
 if (argument('fanout') !== undefined) CONFIG.fanout = argument('fanout')!.split(',').map(Number)
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url))
@@ -32,14 +57,14 @@ const node = (core: number, script: string, extra: string[] = []) =>
 
 interface Server {
   port: number
-  stats(gc?: boolean): Promise<{ cpuMicros: number; rss: number; heapUsed: number; connections: number }>
+  stats(gc?: boolean): Promise<{ cpuMicros: number; rss: number; heapUsed: number; connections: number; egressBytes: number }>
   stop(): Promise<void>
 }
 
-async function startServer (target: Target): Promise<Server> {
+async function startServer (target: Target, env: Record<string, string> = {}): Promise<Server> {
   const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${here(`./results/profiles/${target}`)}`] : []
   const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc', ...profile])
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } })
   let output = ''
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -115,8 +140,11 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 // http.request with a keep-alive agent: fetch costs the publisher more per request than the servers spend.
 const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
 
-function publish (port: number, room: string, n: number): Promise<void> {
-  const body = JSON.stringify({ room, payload: { n, sentAt: performance.timeOrigin + performance.now(), pad: PAYLOAD_PAD } })
+type PayloadKind = 'small' | 'chat'
+
+function publish (port: number, room: string, n: number, kind: PayloadKind): Promise<void> {
+  const sentAt = performance.timeOrigin + performance.now()
+  const body = JSON.stringify({ room, payload: kind === 'small' ? { n, sentAt, pad: PAYLOAD_PAD } : { n, sentAt, messages: CHAT_LOGS[n % CHAT_LOGS.length] } })
   return new Promise((resolve, reject) => {
     const request = http.request({ host: '127.0.0.1', port, path: '/publish', method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (response) => {
       response.resume()
@@ -131,7 +159,7 @@ function publish (port: number, room: string, n: number): Promise<void> {
  * Publishes for durationMs, at `rate` per second (open loop, at most 64 in flight) or, with rate Infinity,
  * back to back with 8 in flight (saturation). Returns how many were published.
  */
-async function publishFor (port: number, rooms: () => string, rate: number, durationMs: number): Promise<number> {
+async function publishFor (port: number, rooms: () => string, rate: number, durationMs: number, kind: PayloadKind): Promise<number> {
   const inFlight = new Set<Promise<unknown>>()
   const limit = rate === Infinity ? 8 : 64
   const started = performance.now()
@@ -143,7 +171,7 @@ async function publishFor (port: number, rooms: () => string, rate: number, dura
       if (wait > 0) await sleep(wait)
     }
     while (inFlight.size >= limit) await Promise.race(inFlight)
-    const request = publish(port, rooms(), published++).catch(() => {})
+    const request = publish(port, rooms(), published++, kind).catch(() => {})
     inFlight.add(request)
     void request.finally(() => inFlight.delete(request))
   }
@@ -164,7 +192,7 @@ async function drain (clients: Clients, expected: number): Promise<HistogramData
 
 interface Row {
   scenario: string
-  target: Target
+  target: string
   connections: number
   [metric: string]: number | string
 }
@@ -172,7 +200,7 @@ interface Row {
 const rows: Row[] = []
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 
-function summarize (scenario: string, target: Target, connections: number, runs: Array<Record<string, number>>): Row {
+function summarize (scenario: string, target: string, connections: number, runs: Array<Record<string, number>>): Row {
   const row: Row = { scenario, target, connections, repeats: runs.length }
   for (const key of Object.keys(runs[0]!)) row[key] = median(runs.map((run) => run[key]!))
   rows.push(row)
@@ -180,11 +208,11 @@ function summarize (scenario: string, target: Target, connections: number, runs:
   return row
 }
 
-async function measure (server: Server, clients: Clients, members: number, rooms: () => string, rate: number): Promise<Record<string, number>> {
+async function measure (server: Server, clients: Clients, members: number, rooms: () => string, rate: number, kind: PayloadKind = 'small'): Promise<Record<string, number>> {
   await clients.reset()
   const before = await server.stats()
   const started = performance.now()
-  const published = await publishFor(server.port, rooms, rate, CONFIG.durationMs)
+  const published = await publishFor(server.port, rooms, rate, CONFIG.durationMs, kind)
   const publishMs = performance.now() - started
   const atEnd = await clients.histogram()
   const histogram = await drain(clients, published * members)
@@ -198,6 +226,8 @@ async function measure (server: Server, clients: Clients, members: number, rooms
     p99ms: quantile(histogram, 0.99),
     maxMs: histogram.max,
     cpuUsPerDelivery: (after.cpuMicros - before.cpuMicros) / Math.max(1, histogram.count),
+    egressBytesPerDelivery: (after.egressBytes - before.egressBytes) / Math.max(1, histogram.count),
+    rssBeforeMB: before.rss / 1_048_576,
     rssMB: after.rss / 1_048_576,
   }
 }
@@ -283,14 +313,41 @@ async function handshakesAndMemory (target: Target): Promise<void> {
   summarize('idle memory', target, CONFIG.idle, memory)
 }
 
-function ratio (scenario: string, connections: number, metric: string, against: Target): string {
-  const plugin = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === 'plugin')?.[metric]
+// What each target does to compress (the scenario's rows); the load clients offer permessage-deflate to all.
+const COMPRESSION_VARIANTS = [
+  { label: 'plugin plain', target: 'plugin', compression: false },
+  { label: 'plugin compress-once', target: 'plugin', compression: true },
+  { label: 'ws per-socket deflate', target: 'ws', compression: true },
+  { label: 'Socket.IO perMessageDeflate', target: 'socketio', compression: true },
+] as const
+const compressionScenario = `compression 4 KiB JSON ${(COMPRESSION_DELIVERIES_PER_SECOND / CONFIG.compression).toFixed(1)} msg/s`
+
+async function compression (variant: typeof COMPRESSION_VARIANTS[number]): Promise<void> {
+  const server = await startServer(variant.target, variant.compression ? { BENCH_COMPRESSION: '1' } : {})
+  const clients = new Clients(CONFIG.clients)
+  try {
+    const connections = CONFIG.compression
+    const opened = await clients.connect(variant.target, server.port, Array.from({ length: connections }, (_, i) => [i, 'fan'] as [number, string]))
+    if (opened.failed > 0) console.warn(`${variant.label}: ${opened.failed} of ${connections} connections failed`)
+    const runs: Array<Record<string, number>> = []
+    for (let i = 0; i < CONFIG.repeats; i++) {
+      runs.push(await measure(server, clients, connections, () => 'fan', COMPRESSION_DELIVERIES_PER_SECOND / connections, 'chat'))
+    }
+    summarize(compressionScenario, variant.label, connections, runs)
+  } finally {
+    await clients.close()
+    await server.stop()
+  }
+}
+
+function ratio (scenario: string, connections: number, metric: string, against: string, of = 'plugin'): string {
+  const plugin = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === of)?.[metric]
   const other = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === against)?.[metric]
   return typeof plugin === 'number' && typeof other === 'number' ? (plugin / other).toFixed(2) : '–'
 }
 
 function printTable (): void {
-  const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'rssMB', 'handshakesPerSecond', 'kbPerConnection']
+  const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'egressBytesPerDelivery', 'rssBeforeMB', 'rssMB', 'handshakesPerSecond', 'kbPerConnection']
   const format = (value: unknown) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : '')
   console.log(`\n| scenario | C | target | ${columns.join(' | ')} |`)
   console.log(`|${' --- |'.repeat(columns.length + 3)}`)
@@ -303,6 +360,10 @@ function printTable (): void {
   }
   console.log(`  handshakes/s ${ratio('handshakes', CONFIG.handshakes, 'handshakesPerSecond', 'ws')} / ${ratio('handshakes', CONFIG.handshakes, 'handshakesPerSecond', 'socketio')}; ` +
     `memory per idle connection ${ratio('idle memory', CONFIG.idle, 'kbPerConnection', 'ws')} / ${ratio('idle memory', CONFIG.idle, 'kbPerConnection', 'socketio')}`)
+  const once = (metric: string, against: string) => ratio(compressionScenario, CONFIG.compression, metric, against, 'plugin compress-once')
+  console.log(`  compression, C=${CONFIG.compression}: egress per delivery compress-once / plain ${once('egressBytesPerDelivery', 'plugin plain')}; ` +
+    `CPU per delivery compress-once / plain ${once('cpuUsPerDelivery', 'plugin plain')}, / ws per-socket deflate ${once('cpuUsPerDelivery', 'ws per-socket deflate')}, ` +
+    `/ Socket.IO perMessageDeflate ${once('cpuUsPerDelivery', 'Socket.IO perMessageDeflate')}`)
 }
 
 const started = performance.now()
@@ -310,6 +371,7 @@ console.log(`fastify-rooms benchmark (${quick ? 'quick' : 'full'}), ${cpus().len
 if (SCENARIOS.includes('fanout')) for (const connections of CONFIG.fanout) for (const target of TARGETS) await fanout(target, connections)
 if (SCENARIOS.includes('rooms')) for (const target of TARGETS) await manyRooms(target)
 if (SCENARIOS.includes('handshakes')) for (const target of TARGETS) await handshakesAndMemory(target)
+if (SCENARIOS.includes('compression')) for (const variant of COMPRESSION_VARIANTS) if (TARGETS.includes(variant.target)) await compression(variant)
 printTable()
 mkdirSync(here('./results'), { recursive: true })
 const file = here(`./results/${new Date().toISOString().replaceAll(':', '-')}${quick ? '-quick' : ''}.jsonl`)

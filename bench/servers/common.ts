@@ -1,5 +1,28 @@
 // What every benchmark server shares: its CPU and memory readings, and printing its port when ready.
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Server as NetServer, Socket } from 'node:net'
+
+/** BENCH_COMPRESSION=1: each server turns on its own way of compressing (the compression scenario). */
+export const COMPRESSION = process.env.BENCH_COMPRESSION === '1'
+
+const liveSockets = new Set<Socket>()
+let closedSocketsBytes = 0
+/** Counts every byte the server writes to its TCP sockets (net.Socket#bytesWritten), for egress per delivery. */
+export function countEgress (server: NetServer): void {
+  server.on('connection', (socket: Socket) => {
+    liveSockets.add(socket)
+    socket.once('close', () => {
+      liveSockets.delete(socket)
+      closedSocketsBytes += socket.bytesWritten
+    })
+  })
+}
+
+function egressBytes (): number {
+  let total = closedSocketsBytes
+  for (const socket of liveSockets) total += socket.bytesWritten
+  return total
+}
 
 export function statsResponse (connections: () => number) {
   return {
@@ -10,6 +33,7 @@ export function statsResponse (connections: () => number) {
     rss: process.memoryUsage().rss,
     heapUsed: process.memoryUsage().heapUsed,
     connections: connections(),
+    egressBytes: egressBytes(),
   }
 }
 

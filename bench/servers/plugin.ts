@@ -1,7 +1,7 @@
 // fastify-rooms, as an app would use it: JWT + Origin check at the upgrade, rooms, broadcast over HTTP.
 import Fastify from 'fastify'
 import rooms from '../../lib/index.js'
-import { BENCH_ORIGIN, BENCH_SECRET, handleStats, ready } from './common.js'
+import { BENCH_ORIGIN, BENCH_SECRET, COMPRESSION, countEgress, handleStats, ready } from './common.js'
 
 const app = Fastify({ logger: false })
 await app.register(rooms, {
@@ -11,7 +11,9 @@ await app.register(rooms, {
   handshakeRateLimit: false,
   presence: false,
   maxBufferedBytes: 1_048_576,
+  compression: COMPRESSION ? { threshold: 1024 } : false,
 })
+countEgress(app.server)
 app.addHook('onRequest', async (request, reply) => {
   if (handleStats(request.raw, reply.raw, () => app.rooms.stats().connections)) reply.hijack()
 })

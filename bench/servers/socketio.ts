@@ -1,10 +1,12 @@
-// Socket.IO 4 with a room: websocket transport only, io.to(room).emit per publish.
+// Socket.IO 4 with a room: websocket transport only, io.to(room).emit per publish. With
+// BENCH_COMPRESSION=1, its `perMessageDeflate` option (off by default since engine.io 4).
 import http from 'node:http'
 import { Server } from 'socket.io'
-import { handleStats, readJson, ready } from './common.js'
+import { COMPRESSION, countEgress, handleStats, readJson, ready } from './common.js'
 
 const server = http.createServer()
-const io = new Server(server, { transports: ['websocket'], serveClient: false })
+countEgress(server)
+const io = new Server(server, { transports: ['websocket'], serveClient: false, perMessageDeflate: COMPRESSION ? { threshold: 1024 } : false })
 // Socket.IO answers its own path; everything else is ours.
 server.prependListener('request', async (request, response) => {
   if (request.url?.startsWith('/socket.io')) return

@@ -1,7 +1,8 @@
-// The naive raw ws baseline: no auth, stringify once per publish, loop send() over the room.
+// The naive raw ws baseline: no auth, stringify once per publish, loop send() over the room. With
+// BENCH_COMPRESSION=1, ws's own permessage-deflate as its README shows it (a zlib context per socket).
 import http from 'node:http'
 import { WebSocketServer, type WebSocket } from 'ws'
-import { handleStats, readJson, ready } from './common.js'
+import { COMPRESSION, countEgress, handleStats, readJson, ready } from './common.js'
 
 const rooms = new Map<string, Set<WebSocket>>()
 const server = http.createServer(async (request, response) => {
@@ -16,7 +17,8 @@ const server = http.createServer(async (request, response) => {
   }
   response.writeHead(404).end()
 })
-const wss = new WebSocketServer({ server, maxPayload: 65536 })
+countEgress(server)
+const wss = new WebSocketServer({ server, maxPayload: 65536, perMessageDeflate: COMPRESSION ? { threshold: 1024 } : false })
 wss.on('connection', (socket, request) => {
   const room = new URL(request.url ?? '/', 'http://x').searchParams.get('room') ?? 'default'
   let members = rooms.get(room)
