@@ -98,6 +98,15 @@ export class Connection implements RoomsConnection {
     socket.on('pong', () => {
       this.alive = true
     })
+    // The Connection owns its socket's errors (a peer's protocol error: ws has already sent the close).
+    // @fastify/websocket's own listener closes over the upgrade's request and reply and so keeps them
+    // alive as long as the socket (about 1 KB each); it is the only one there when the handler runs
+    // (test/connection-memory.test.ts pins both).
+    socket.removeAllListeners('error')
+    socket.on('error', (err) => {
+      this.log.warn({ err }, 'fastify-rooms: socket error')
+      this.socket.terminate()
+    })
     socket.once('close', (code, reason) => {
       this.expiry.clear()
       clearTimeout(this.killTimer)

@@ -22,6 +22,7 @@ import { Presence } from './presence.js'
 import { RoomRegistry } from './rooms.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
 import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
+import { keepUpgradeResponse, releaseUpgradeResponse } from './upgrade-release.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -174,8 +175,9 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
             },
           },
       onRequest: gate.onRequest,
-      preValidation: gate.preValidation,
+      preValidation: [gate.preValidation, keepUpgradeResponse],
       handler: (socket, request) => {
+        releaseUpgradeResponse(request)
         const admission = request.roomsAdmission as Admission
         const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer)
         connection.expiry.set(admission.exp)

@@ -310,6 +310,7 @@ export class Membership {
       }
     } finally {
       state.pendingJoins?.delete(room)
+      if (state.pendingJoins?.size === 0) state.pendingJoins = undefined
     }
     if (!connection.isOpen) throw closedDuringJoin()
   }
