@@ -138,8 +138,20 @@ export class Membership {
    */
   open (connection: Connection): void {
     const onConnect = this.options.onConnect
-    if (onConnect === undefined) return
+    // A broker that routes a user's messages to where the user is (Redis Cluster) learns of the user's first
+    // socket here; its frames wait until that holds, so nothing sent to the user after them is missed.
+    const userReady = this.byUser.get(connection.user.id)?.size === 1 ? this.broker.userConnected?.(connection.user.id) : undefined
+    if (onConnect === undefined && userReady === undefined) return
     connection.runFirst(async () => {
+      if (userReady !== undefined) {
+        try {
+          await userReady
+        } catch (err) {
+          connection.log.warn({ err }, 'fastify-rooms: the broker could not route this user\'s messages here; closing')
+          return connection.close(CloseCode.tryAgainLater, 'broker unavailable')
+        }
+      }
+      if (onConnect === undefined) return
       try {
         await runHook(async () => onConnect(this.context(connection)), this.options.hookTimeoutMs)
       } catch (err) {
@@ -213,7 +225,10 @@ export class Membership {
     this.byId.delete(connection.id)
     const own = this.byUser.get(connection.user.id)
     own?.delete(connection)
-    if (own?.size === 0) this.byUser.delete(connection.user.id)
+    if (own?.size === 0) {
+      this.byUser.delete(connection.user.id)
+      this.broker.userDisconnected?.(connection.user.id)
+    }
     for (const room of connection.rooms) {
       const leaving = this.leave(connection, room, this.options.leaveGraceMs).catch((err: unknown) => this.log.error({ err, room }, 'fastify-rooms: leaving a room on close failed'))
       this.track(leaving)

@@ -113,6 +113,12 @@ export interface Broker extends Partial<SharedAnswers> {
   changeMembership(change: MembershipChange): Promise<void>
   disconnectUser(userId: string, code: number, reason: string): Promise<void>
   /**
+   * Optional, for brokers that route a user's messages to the processes the user is on: this process has
+   * its first socket of the user (its frames wait for this), or closed its last.
+   */
+  userConnected?(userId: string): Promise<void>
+  userDisconnected?(userId: string): void
+  /**
    * `lingerMs`: this process's presence entries stay this long before other processes remove them (and
    * publish the leaves of users who did not rejoin elsewhere), instead of going at once.
    */

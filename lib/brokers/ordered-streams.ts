@@ -1,7 +1,8 @@
 // Each subscribed room's fan-out stream, delivered to this process in seq order: duplicates dropped, a gap
 // (a message lost while a connection was down) filled from history first, an epoch change announced as a
-// reset. Used by the Redis broker, whose pub/sub gives no delivery guarantee across reconnects.
-import type { BrokerDelivery, HistorySlice } from './broker.js'
+// reset, and a stream that went back (its Redis lost events this process delivered) given a new epoch.
+// Used by the Redis broker, whose pub/sub gives no delivery guarantee across reconnects or failovers.
+import type { BrokerDelivery, HistorySlice, RoomPosition } from './broker.js'
 
 export interface LiveEvent {
   seq: number
@@ -16,6 +17,10 @@ interface Stream {
   epoch: string
   /** The last seq delivered to this process's sockets. */
   lastSeq: number
+  /** The frame delivered at lastSeq (a reference, not a copy): after a reconnect, history must still hold it. */
+  lastFrame: string | undefined
+  /** An epoch this process renewed: its late messages are dropped. */
+  retired: string | undefined
   /** While catching up from history, live messages wait here. */
   held: LiveEvent[] | undefined
 }
@@ -26,12 +31,14 @@ export class OrderedStreams {
   constructor (
     private readonly readHistory: (room: string, after: number) => Promise<HistorySlice>,
     private readonly delivery: () => BrokerDelivery | undefined,
-    private readonly isClosed: () => boolean
+    private readonly isClosed: () => boolean,
+    /** Gives the room a new epoch if it is still in `epoch` (the first process to find it broken wins). */
+    private readonly renewEpoch: (room: string, epoch: string) => Promise<RoomPosition>
   ) {}
 
   /** Subscribing: messages are held until start() gives the position the room's members start from. */
   open (room: string): void {
-    this.streams.set(room, { epoch: '', lastSeq: 0, held: [] })
+    this.streams.set(room, { epoch: '', lastSeq: 0, lastFrame: undefined, retired: undefined, held: [] })
   }
 
   start (room: string, position: { seq: number; epoch: string }): void {
@@ -39,6 +46,7 @@ export class OrderedStreams {
     if (stream === undefined) return
     stream.epoch = position.epoch
     stream.lastSeq = position.seq
+    stream.lastFrame = undefined
     this.release(room, stream)
   }
 
@@ -63,10 +71,12 @@ export class OrderedStreams {
   }
 
   private deliver (room: string, stream: Stream, event: LiveEvent): void {
+    if (event.epoch === stream.retired) return
     if (event.epoch !== stream.epoch) {
       // The room's sequence restarted (Redis lost its keys): local members are told, then carry on.
       stream.epoch = event.epoch
       stream.lastSeq = event.seq - 1
+      stream.lastFrame = undefined
       this.delivery()?.roomReset(room, { seq: event.seq - 1, epoch: event.epoch })
     }
     if (event.seq <= stream.lastSeq) return
@@ -76,6 +86,7 @@ export class OrderedStreams {
       return
     }
     stream.lastSeq = event.seq
+    stream.lastFrame = event.frame
     this.delivery()?.roomEvent(room, event.type, event.seq, event.frame, event.except === '' ? undefined : event.except, event.publishedAt)
   }
 
@@ -99,8 +110,22 @@ export class OrderedStreams {
     const current = () => !this.isClosed() && this.streams.get(room) === stream
     for (let attempt = 0; current(); attempt++) {
       try {
-        let slice = await this.readHistory(room, stream.lastSeq)
+        // From one before lastSeq: the event delivered last must still be there, the same.
+        let slice = await this.readHistory(room, Math.max(0, stream.lastSeq - 1))
         if (!current()) return
+        if (slice.position.epoch === stream.epoch && wentBack(stream, slice)) {
+          // Its Redis lost events delivered here (a failover before they reached the replica): the seqs
+          // would be handed out again for other events. A new epoch resets every reader of the room.
+          const renewed = await this.renewEpoch(room, stream.epoch)
+          if (!current()) return
+          stream.retired = stream.epoch
+          stream.epoch = renewed.epoch
+          stream.lastSeq = renewed.seq
+          stream.lastFrame = undefined
+          this.delivery()?.roomReset(room, renewed)
+          this.release(room, stream)
+          return
+        }
         if (slice.position.epoch !== stream.epoch) {
           // A new epoch: members are reset to its start and get all of it, when history still holds it all.
           slice = await this.readHistory(room, 0)
@@ -108,14 +133,17 @@ export class OrderedStreams {
           const from = slice.complete ? 0 : slice.position.seq
           stream.epoch = slice.position.epoch
           stream.lastSeq = from
+          stream.lastFrame = undefined
           this.delivery()?.roomReset(room, { seq: from, epoch: slice.position.epoch })
         } else if (!slice.complete) {
           stream.lastSeq = slice.position.seq
+          stream.lastFrame = undefined
           this.delivery()?.roomReset(room, slice.position)
         }
         for (const event of slice.events) {
           if (event.seq <= stream.lastSeq) continue
           stream.lastSeq = event.seq
+          stream.lastFrame = event.frame
           this.delivery()?.roomEvent(room, eventType(event.frame), event.seq, event.frame, undefined)
         }
         this.release(room, stream)
@@ -125,6 +153,16 @@ export class OrderedStreams {
       }
     }
   }
+}
+
+/**
+ * Whether the room's stream is behind what this process delivered: its seq is lower, or the event at
+ * lastSeq is another one (history holds it unless it was trimmed; a trimmed one cannot be checked).
+ */
+function wentBack (stream: Stream, slice: HistorySlice): boolean {
+  if (slice.position.seq < stream.lastSeq) return true
+  const atLast = slice.events[0]
+  return stream.lastFrame !== undefined && atLast !== undefined && atLast.seq === stream.lastSeq && atLast.frame !== stream.lastFrame
 }
 
 function eventType (frame: string): string {

@@ -10,14 +10,19 @@
 //   P{R}:presence  hash  connectionId → userId
 //   P{R}:users     hash  userId → connections in the room
 //   P{R}:info      hash  userId → the user's presence data (JSON), while the user is present
-//   Prooms         set   rooms with at least one member
+//   Prooms         set   rooms with at least one member (single instance only)
 //   Pproc:<id>     string, the process heartbeat (expires after processTtlMs)
 //   Pprocs         set   process ids
-//   Pmember:<id>   hash  JSON [room, connectionId] → userId, a process's presence entries (for cleanup by survivors)
+//   Pmember:<id>   hash  JSON [room, connectionId] → userId, a process's presence entries (for cleanup by
+//                        survivors; single instance only)
+//   P{R}:proc:<id> hash  connectionId → userId, process <id>'s presence entries in room R (Cluster only:
+//                        in the room's slot; survivors find a dead process's by SCAN)
 //   P{answer:U}:<id>  hash fp, outcome: answers to frames with an id (expire after retryWindow)
 //   P{answer:U}:ids   sorted set of that user's answer ids by time: at most maxIdsPerUser, across processes
 // Channels: Pev:R (room events, subscribed only where the room has local members), Pusers (user messages,
-// JSON arrays).
+// JSON arrays). On a Redis Cluster, sharded channels in the slot of their keys: P{R}:ev (room events) and
+// P{user:U}:u (one user's messages, subscribed while the user has a socket here); Pusers carries only
+// messages for one connection (classic pub/sub: every node).
 
 /** Ensures the room has an epoch (the candidate when new) and returns { seq, epoch }. */
 const ENSURE_ROOM = `
@@ -32,7 +37,8 @@ end
 
 /**
  * KEYS: meta, history, [idempotency key]. ARGV: candidate epoch, frame head, frame tail, type, except,
- * maxEvents, maxAgeMs, channel, roomTtlMs, publishedAt, idleRoomTtlMs, idempotency window ms. The frame
+ * maxEvents, maxAgeMs, channel, roomTtlMs, publishedAt, idleRoomTtlMs, idempotency window ms, PUBLISH or
+ * SPUBLISH (on a cluster: the room's shard channel, in the slot of its keys). The frame
  * is assembled here (head .. seq .. tail): serialized once, by the publisher. The message is:
  * except \n type \n seq \n epoch \n publishedAt \n frame (every part but the frame is a checked name
  * without newlines, and JSON has no raw newline). With an idempotency key already used: its first
@@ -72,7 +78,7 @@ if tonumber(ARGV[6]) > 0 then
 end
 redis.call('PEXPIRE', meta, ttl)
 if idempotency then redis.call('SET', idempotency, seq .. ' ' .. epoch, 'PX', ARGV[12]) end
-redis.call('PUBLISH', ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. frame)
+redis.call(ARGV[13], ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. frame)
 return { seq, epoch }
 `
 
@@ -131,21 +137,23 @@ return 1
 `
 
 /**
- * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, userId, room, member field,
- * the user's presence data ('' for none). Returns 1 when the user was not present before.
+ * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, userId, room ('' on a
+ * cluster: no global rooms set there, KEYS[3] is then any key of the room's slot), member field, the user's
+ * presence data ('' for none). Returns 1 when the user was not present before.
  */
 export const PRESENCE_JOIN = `
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[2], ARGV[5]) end
 if redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[4], ARGV[4], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
+if ARGV[3] ~= '' then redis.call('SADD', KEYS[3], ARGV[3]) end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then return 1 end
 return 0
 `
 
 /**
- * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, room, member field.
- * Returns the user id when it was that user's last connection in the room (its data goes), false otherwise.
+ * KEYS: presence, users, rooms set, process members, info. ARGV: connectionId, room ('' on a cluster),
+ * member field. Returns the user id when it was that user's last connection in the room (its data goes),
+ * false otherwise.
  */
 export const PRESENCE_LEAVE = `
 local user = redis.call('HGET', KEYS[1], ARGV[1])
@@ -156,6 +164,23 @@ local left = redis.call('HINCRBY', KEYS[2], user, -1)
 if left > 0 then return false end
 redis.call('HDEL', KEYS[2], user)
 redis.call('HDEL', KEYS[5], user)
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
 return user
+`
+
+/**
+ * KEYS: meta, history. ARGV: the epoch a process found the room's stream broken in, a new epoch. A room
+ * whose Redis lost acknowledged events (a failover before they reached the replica, a restore from an old
+ * snapshot) would hand out their seqs again for other events: it gets a new epoch instead, so every reader
+ * resets, and the retained events of the broken run go. Only the first caller renews; later ones (and a
+ * room renewed already) get the position as it is. Returns { seq, epoch }.
+ */
+export const RENEW_EPOCH = `${ENSURE_ROOM}
+local fields = redis.call('HMGET', KEYS[1], 'seq', 'epoch')
+if fields[2] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return { fields[1] or '0', ARGV[2] }
+end
+return ensure_room(KEYS[1], ARGV[2], ARGV[3])
 `

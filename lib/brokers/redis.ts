@@ -1,22 +1,32 @@
-// The Redis broker: many processes share rooms through one Redis (>= 6.2). Publishing is one Lua script
-// (seq + history + fan-out); each process subscribes only to the rooms it has local members in; presence
-// entries belong to a process whose heartbeat key expires when it dies, and survivors remove them.
-// ~460 lines: connection handling, the scripts' callers, presence reaping and message parsing; the Lua
-// lives in redis-scripts.ts and ordered delivery in ordered-streams.ts. Issue 15 (Cluster) reshapes it.
+// The Redis broker: many processes share rooms through one Redis (>= 6.2) or a Redis Cluster (>= 7).
+// Publishing is one Lua script (seq + history + fan-out); each process subscribes only to the rooms it has
+// local members in; presence entries belong to a process whose heartbeat key expires when it dies, and
+// survivors remove them. On a cluster every key and channel of a room lives in the room's slot (sharded
+// pub/sub), a user's messages travel on the user's own shard channel, and a dead process's presence is
+// found by SCAN instead of a per-process index (which a join would have to write in another slot).
+// ~560 lines: connection handling for both topologies, the scripts' callers, presence reaping and message
+// parsing; the Lua lives in redis-scripts.ts and ordered delivery in ordered-streams.ts.
 import { createHash, randomUUID } from 'node:crypto'
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrameParts } from '../protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
-import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, STORE_ANSWER } from './redis-scripts.js'
+import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis-scripts.js'
 
 export interface RedisBrokerOptions {
-  /** `redis://host:port/db`; or pass `client`. */
+  /** `redis://host:port/db`; or pass `cluster` or `client`. */
   url?: string
-  /** An ioredis client of yours; the broker duplicates it for its subscriber and never quits it. */
-  client?: Redis
+  /** A Redis Cluster's startup nodes (any of them; the rest are discovered): runs on sharded pub/sub. */
+  cluster?: Array<{ host: string; port: number }>
+  /** ioredis options for the cluster clients (e.g. `redisOptions: { password }`, `natMap`, `dnsLookup`). */
+  clusterOptions?: ClusterOptions
+  /**
+   * An ioredis client of yours (a `Cluster` selects the cluster mode); the broker duplicates it for its
+   * subscriber and never quits it.
+   */
+  client?: Redis | Cluster
   /** Prefix of every key and channel (default `rooms:`). */
   keyPrefix?: string
   /** A process that stops refreshing its heartbeat for this long is dead; survivors remove its members (default 15000). */
@@ -44,8 +54,10 @@ class RedisBroker implements Broker {
   private readonly roomTtlMs: number
   private readonly idleRoomTtlMs: number
   private idempotencyWindowMs = 300_000
-  private command!: Redis
-  private subscriber!: Redis
+  private command!: Redis | Cluster
+  private subscriber!: Redis | Cluster
+  /** Redis Cluster: sharded channels, per-user channels, no global room set or per-process index. */
+  private readonly sharded: boolean
   private ownsCommand = false
   private delivery: BrokerDelivery | undefined
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
@@ -61,12 +73,18 @@ class RedisBroker implements Broker {
   private readonly scriptHashes = new Map<string, string>()
 
   constructor (private readonly options: RedisBrokerOptions) {
-    if (options.url === undefined && options.client === undefined) throw new TypeError('redisBroker: pass { url } or { client }')
+    if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisBroker: pass { url }, { cluster } or { client }')
+    if (options.cluster !== undefined && (!Array.isArray(options.cluster) || options.cluster.length === 0)) throw new TypeError('redisBroker: cluster must list at least one { host, port }')
+    this.sharded = options.cluster !== undefined || options.client instanceof Cluster
+    if (this.sharded) {
+      this.userConnected = (userId) => this.subscribeUser(userId)
+      this.userDisconnected = (userId) => this.unsubscribeUser(userId)
+    }
     this.prefix = options.keyPrefix ?? 'rooms:'
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
-    this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed)
+    this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed, (room, epoch) => this.renewEpoch(room, epoch))
   }
 
   async start (delivery: BrokerDelivery, settings: BrokerSettings): Promise<void> {
@@ -84,18 +102,29 @@ class RedisBroker implements Broker {
       connectTimeout: this.options.connectTimeoutMs ?? 5000,
       commandTimeout: this.options.commandTimeoutMs ?? 2000,
     }
-    if (this.options.client !== undefined) {
-      this.command = this.options.client
-      this.subscriber = this.options.client.duplicate(connection)
+    // On a cluster the same limits apply per node; sharded subscriptions need ioredis's subscriber group.
+    const { lazyConnect: _lazy, enableOfflineQueue: _queue, ...perNode } = connection
+    const cluster: ClusterOptions = { ...this.options.clusterOptions, lazyConnect: true, enableOfflineQueue: false, redisOptions: { ...this.options.clusterOptions?.redisOptions, ...perNode } }
+    const client = this.options.client
+    if (client instanceof Cluster) {
+      this.command = client
+      this.subscriber = client.duplicate([], { ...cluster, shardedSubscribers: true })
+    } else if (client !== undefined) {
+      this.command = client
+      this.subscriber = client.duplicate(connection)
+    } else if (this.options.cluster !== undefined) {
+      this.ownsCommand = true
+      this.command = new Cluster(this.options.cluster, cluster)
+      this.subscriber = new Cluster(this.options.cluster, { ...cluster, shardedSubscribers: true })
     } else {
       this.ownsCommand = true
       this.command = new Redis(this.options.url!, connection)
       this.subscriber = new Redis(this.options.url!, connection)
     }
     // ioredis reports every failed reconnect attempt; log the transitions only.
-    for (const client of [this.command, this.subscriber]) {
-      client.on('error', (err: Error) => this.onConnectionError(err))
-      client.on('ready', () => this.onConnectionReady())
+    for (const redis of [this.command, this.subscriber]) {
+      redis.on('error', (err: Error) => this.onConnectionError(err))
+      redis.on('ready', () => this.onConnectionReady())
     }
     try {
       if (this.ownsCommand) await this.command.connect()
@@ -103,21 +132,27 @@ class RedisBroker implements Broker {
       await this.command.ping()
     } catch (err) {
       this.disconnect()
-      throw new BrokerError(`cannot reach Redis${this.options.url ? ` at ${redactUrl(this.options.url)}` : ''}: ${(err as Error).message}`)
+      const where = this.options.url !== undefined ? ` at ${redactUrl(this.options.url)}` : this.options.cluster !== undefined ? ` (cluster ${this.options.cluster.map((node) => `${node.host}:${node.port}`).join(',')})` : ''
+      throw new BrokerError(`cannot reach Redis${where}: ${(err as Error).message}`)
     }
     this.everReady = true
     // A throw inside an ioredis listener is uncaught (the process would exit): a bad message is logged and dropped.
-    this.subscriber.on('message', (channel: string, message: string) => {
+    const onMessage = (channel: string, message: string) => {
       try {
         this.onMessage(channel, message)
       } catch (err) {
         this.log?.warn({ err, channel }, 'fastify-rooms: dropped a Redis message that could not be handled')
       }
-    })
-    // ioredis re-subscribes by itself after a reconnect; what was published meanwhile is caught up here.
-    this.subscriber.on('ready', () => {
+    }
+    this.subscriber.on('message', onMessage)
+    this.subscriber.on('smessage', onMessage)
+    // ioredis re-subscribes by itself after a reconnect (on a cluster, after the subscriber group followed
+    // a failover to the new masters); what was published meanwhile is caught up here.
+    const catchUp = () => {
       this.afterReconnect().catch((err: unknown) => this.log?.error({ err }, 'fastify-rooms: catching up after a Redis reconnect failed'))
-    })
+    }
+    this.subscriber.on('ready', catchUp)
+    if (this.sharded) this.subscriber.on('subscribersReady', catchUp)
     await this.subscriber.subscribe(this.channel('users'))
     await this.beat()
     this.heartbeatTimer = setInterval(() => { void this.beat() }, Math.max(50, Math.floor(this.processTtlMs / 3)))
@@ -134,7 +169,8 @@ class RedisBroker implements Broker {
     const limits = this.historyFor(request.room)
     const [seq, epoch] = await this.run<[number, string]>(PUBLISH, keys, [
       randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
-      this.channel(`ev:${request.room}`), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
+      this.roomChannel(request.room), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
+      this.sharded ? 'SPUBLISH' : 'PUBLISH',
     ])
     return { seq: Number(seq), epoch }
   }
@@ -164,10 +200,16 @@ class RedisBroker implements Broker {
     return { position: { seq, epoch }, events, complete: after >= seq || oldest <= after + 1 }
   }
 
+  private async renewEpoch (room: string, epoch: string): Promise<RoomPosition> {
+    const [seq, renewed] = await this.run<[string, string]>(RENEW_EPOCH, [this.key(room, 'meta'), this.key(room, 'history')], [epoch, randomUUID(), this.idleRoomTtlMs])
+    this.log?.warn({ room, epoch, renewed }, 'fastify-rooms: a room\'s Redis lost events this process had delivered (a failover or a restore?); the room has a new epoch and its members are reset')
+    return { seq: Number(seq), epoch: renewed }
+  }
+
   async subscribe (room: string): Promise<void> {
     this.streams.open(room)
     try {
-      await this.wrap(this.subscriber.subscribe(this.channel(`ev:${room}`)))
+      await this.wrap(this.sharded ? this.subscriber.ssubscribe(this.roomChannel(room)) : this.subscriber.subscribe(this.roomChannel(room)))
       // Events up to this position happened before the first local member joined; the rest are live.
       this.streams.start(room, await this.position(room))
     } catch (err) {
@@ -178,7 +220,7 @@ class RedisBroker implements Broker {
 
   async unsubscribe (room: string): Promise<void> {
     this.streams.close(room)
-    await this.wrap(this.subscriber.unsubscribe(this.channel(`ev:${room}`))).catch(() => {})
+    await this.wrap(this.sharded ? this.subscriber.sunsubscribe(this.roomChannel(room)) : this.subscriber.unsubscribe(this.roomChannel(room))).catch(() => {})
   }
 
   async claimAnswer (userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
@@ -206,14 +248,14 @@ class RedisBroker implements Broker {
       this.localPresence.set(room, local)
     }
     local.set(connectionId, { userId, info })
-    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId), info])) === 1
+    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), this.joinArgs(room, connectionId, userId, info))) === 1
   }
 
   async presenceLeave (room: string, _userId: string, connectionId: string): Promise<boolean> {
     const local = this.localPresence.get(room)
     local?.delete(connectionId)
     if (local?.size === 0) this.localPresence.delete(room)
-    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), [connectionId, room, memberField(room, connectionId)])) !== null
+    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), this.leaveArgs(room, connectionId))) !== null
   }
 
   async presence (room: string): Promise<string[]> {
@@ -225,23 +267,60 @@ class RedisBroker implements Broker {
   }
 
   async rooms (): Promise<string[]> {
-    return this.wrap(this.command.smembers(this.prefix + 'rooms'))
+    if (!this.sharded) return this.wrap(this.command.smembers(this.prefix + 'rooms'))
+    // No global set on a cluster (every join would write it in another slot): a room's users hash exists
+    // while it has members. An operator's call, so a SCAN of every master is affordable.
+    const suffix = '}:users'
+    return (await this.scanMasters(`${globEscape(this.prefix)}{*${suffix}`)).map((key) => key.slice(this.prefix.length + 1, -suffix.length))
   }
 
   // User messages are JSON arrays: no user id or reason can spell a separator and reach someone else.
   async sendToUser (userId: string, frame: string): Promise<void> {
-    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['m', userId, frame])))
+    await this.publishToUser(userId, ['m', userId, frame])
   }
 
   async disconnectUser (userId: string, code: number, reason: string): Promise<void> {
-    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(['d', userId, code, reason])))
+    await this.publishToUser(userId, ['d', userId, code, reason])
   }
 
   async changeMembership (change: MembershipChange): Promise<void> {
-    const message = 'userId' in change.target
-      ? [change.action === 'join' ? 'j' : 'l', change.target.userId, change.room]
-      : [change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room]
-    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify(message)))
+    if ('userId' in change.target) return this.publishToUser(change.target.userId, [change.action === 'join' ? 'j' : 'l', change.target.userId, change.room])
+    // Which process holds a connection is known to that process only: this one goes to every process.
+    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify([change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room])))
+  }
+
+  /** Cluster: this process has a socket of the user now (called before its first frame is processed). */
+  userConnected?: (userId: string) => Promise<void>
+  /** Cluster: this process's last socket of the user closed. */
+  userDisconnected?: (userId: string) => void
+
+  private async publishToUser (userId: string, message: unknown[]): Promise<void> {
+    const text = JSON.stringify(message)
+    await this.wrap(this.sharded ? this.command.spublish(this.userChannel(userId), text) : this.command.publish(this.channel('users'), text))
+  }
+
+  // Both go through the one shard subscriber of the user's slot, so a quick reconnect's subscribe runs after
+  // the unsubscribe of the socket before it.
+  private async subscribeUser (userId: string): Promise<void> {
+    await this.wrap(this.subscriber.ssubscribe(this.userChannel(userId)))
+  }
+
+  private unsubscribeUser (userId: string): void {
+    this.wrap(this.subscriber.sunsubscribe(this.userChannel(userId))).catch(() => {})
+  }
+
+  /** Every key matching `pattern` on every master of the cluster (SCAN, a thousand at a time). */
+  private async scanMasters (pattern: string): Promise<string[]> {
+    const keys = new Set<string>()
+    for (const node of (this.command as Cluster).nodes('master')) {
+      let cursor = '0'
+      do {
+        const [next, found] = await this.wrap(node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
+        for (const key of found) keys.add(key)
+        cursor = next
+      } while (cursor !== '0')
+    }
+    return [...keys]
   }
 
   async close (options: { lingerMs?: number } = {}): Promise<void> {
@@ -252,9 +331,11 @@ class RedisBroker implements Broker {
       // expires, and publish the leaves of users who did not rejoin elsewhere (a restart does not flap).
       await Promise.allSettled([this.command.pexpire(this.prefix + `proc:${this.processId}`, options.lingerMs)])
     } else if (this.everReady) {
-      // Members were removed as their sockets closed; what remains of this process goes now.
+      // Members were removed as their sockets closed; what remains of this process goes now (one key per
+      // DEL: on a cluster they live in different slots).
       await Promise.allSettled([
-        this.command.del(this.prefix + `proc:${this.processId}`, this.prefix + `member:${this.processId}`),
+        this.command.del(this.prefix + `proc:${this.processId}`),
+        this.sharded ? Promise.resolve() : this.command.del(this.prefix + `member:${this.processId}`),
         this.command.srem(this.prefix + 'procs', this.processId),
       ])
     }
@@ -275,8 +356,35 @@ class RedisBroker implements Broker {
     return this.prefix + name
   }
 
+  /** A room's events: in its slot on a cluster (SPUBLISH from the publish script must stay in that slot). */
+  private roomChannel (room: string): string {
+    return this.sharded ? `${this.prefix}{${room}}:ev` : this.channel(`ev:${room}`)
+  }
+
+  /** One user's messages on a cluster; the length makes the hash tag unambiguous. */
+  private userChannel (userId: string): string {
+    return `${this.prefix}{user:${userId.length}:${userId}}:u`
+  }
+
+  /** A process's presence entries in a room (cluster): in the room's slot. */
+  private processEntriesKey (room: string, processId: string): string {
+    return `${this.prefix}{${room}}:proc:${processId}`
+  }
+
   private presenceKeys (room: string, processId: string): string[] {
+    if (this.sharded) {
+      const presence = this.key(room, 'presence')
+      return [presence, this.key(room, 'users'), presence, this.processEntriesKey(room, processId), this.key(room, 'info')]
+    }
     return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`, this.key(room, 'info')]
+  }
+
+  private joinArgs (room: string, connectionId: string, userId: string, info: string): string[] {
+    return this.sharded ? [connectionId, userId, '', connectionId, info] : [connectionId, userId, room, memberField(room, connectionId), info]
+  }
+
+  private leaveArgs (room: string, connectionId: string): string[] {
+    return this.sharded ? [connectionId, '', connectionId] : [connectionId, room, memberField(room, connectionId)]
   }
 
   /** Runs a script by its hash (the text goes over the wire only when Redis does not know it yet). */
@@ -320,6 +428,11 @@ class RedisBroker implements Broker {
   /** Throws on a malformed message; the listener logs and drops it. */
   private onMessage (channel: string, message: string): void {
     if (channel === this.channel('users')) return this.onUserMessage(message)
+    if (this.sharded) {
+      if (channel.endsWith('}:u') && channel.startsWith(`${this.prefix}{user:`)) return this.onUserMessage(message)
+      if (!channel.startsWith(`${this.prefix}{`) || !channel.endsWith('}:ev')) throw new Error('message on an unknown channel')
+      return this.streams.receive(channel.slice(this.prefix.length + 1, -'}:ev'.length), parseLiveEvent(message))
+    }
     if (!channel.startsWith(this.channel('ev:'))) throw new Error('message on an unknown channel')
     this.streams.receive(channel.slice(this.channel('ev:').length), parseLiveEvent(message))
   }
@@ -365,7 +478,7 @@ class RedisBroker implements Broker {
   private async restorePresence (): Promise<void> {
     for (const [room, entries] of this.localPresence) {
       for (const [connectionId, { userId, info }] of entries) {
-        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), [connectionId, userId, room, memberField(room, connectionId), info])
+        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), this.joinArgs(room, connectionId, userId, info))
         if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
       }
     }
@@ -394,6 +507,7 @@ class RedisBroker implements Broker {
     // One survivor reaps a dead process.
     const lock = await this.command.set(this.prefix + `reap:${processId}`, this.processId, 'PX', this.processTtlMs, 'NX')
     if (lock === null) return
+    if (this.sharded) return this.reapOnCluster(processId)
     const members = await this.command.hgetall(this.prefix + `member:${processId}`)
     for (const [entry, userId] of Object.entries(members)) {
       const member = parseMemberField(entry)
@@ -406,6 +520,20 @@ class RedisBroker implements Broker {
       if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
     }
     await this.command.del(this.prefix + `member:${processId}`, this.prefix + `reap:${processId}`)
+    await this.command.srem(this.prefix + 'procs', processId)
+  }
+
+  /** A dead process's entries on a cluster: one hash per room it had members in, found by SCAN. */
+  private async reapOnCluster (processId: string): Promise<void> {
+    const suffix = `}:proc:${processId}`
+    for (const key of await this.scanMasters(`${globEscape(this.prefix)}{*${globEscape(suffix)}`)) {
+      const room = key.slice(this.prefix.length + 1, -suffix.length)
+      for (const [connectionId, userId] of Object.entries(await this.command.hgetall(key))) {
+        const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), this.leaveArgs(room, connectionId))
+        if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
+      }
+    }
+    await this.command.del(this.prefix + `reap:${processId}`)
     await this.command.srem(this.prefix + 'procs', processId)
   }
 }
@@ -447,11 +575,16 @@ function parseLiveEvent (message: string): LiveEvent {
   }
 }
 
+/** A literal for a SCAN MATCH pattern. */
+function globEscape (text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&')
+}
+
 function redactUrl (url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//***@')
 }
 
-/** A broker for many processes sharing one Redis (>= 6.2). */
+/** A broker for many processes sharing one Redis (>= 6.2) or a Redis Cluster (>= 7, sharded pub/sub). */
 export function redisBroker (options: RedisBrokerOptions): Broker {
   return new RedisBroker(options)
 }
