@@ -1,7 +1,6 @@
 // A plugin server in a process of its own (test/fixtures/redis-server.ts), to kill or stop like a real one.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { bounded } from './index.js'
-import type { RedisServer } from './redis.js'
 
 export interface ServerProcess {
   /** ws:// base URL. */
@@ -11,7 +10,8 @@ export interface ServerProcess {
   stop(): Promise<void>
 }
 
-export async function startServerProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<ServerProcess> {
+/** `redis`: a single redis-server's URL; for a cluster pass REDIS_CLUSTER_NODES in `env` (host:port,…). */
+export async function startServerProcess (t: { teardown(fn: () => unknown): void }, redis: { url: string }, env: Record<string, string> = {}): Promise<ServerProcess> {
   const fixture = new URL('../fixtures/redis-server.ts', import.meta.url).pathname
   const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env } })
   t.teardown(() => {

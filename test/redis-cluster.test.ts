@@ -1,0 +1,230 @@
+// Issue #15: the Redis broker on a real Redis Cluster (three masters the tests start themselves, stopped by
+// PID): every key and channel of a room in its slot, sharded pub/sub, and every guarantee of the
+// single-instance broker — order and seq across processes, history and exact resume, presence and its
+// reaping, exactly-once answers, user-directed messages, Redis going away — checked with raw clients.
+import { Cluster, Redis } from 'ioredis'
+import t from 'tap'
+import Type from 'typebox'
+import WebSocket from 'ws'
+import { defineMessage, type RoomsOptions } from '../lib/index.js'
+import { redisBroker } from '../lib/brokers/redis.js'
+import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { componentAvailable } from './helpers/components.js'
+import { redisMissing } from './helpers/redis.js'
+import { startRedisCluster, type RedisClusterHandle } from './helpers/redis-cluster.js'
+import { startServerProcess } from './helpers/server-process.js'
+
+async function instance (t: Parameters<typeof startServer>[0], cluster: RedisClusterHandle, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
+  return startServer(t, { broker: redisBroker({ cluster: cluster.startupNodes, processTtlMs: 600 }), ...options })
+}
+
+/** A cluster client for looking at keys and channels, node by node. */
+function inspector (t: { teardown(fn: () => unknown): void }, cluster: RedisClusterHandle): Cluster {
+  const client = new Cluster(cluster.startupNodes)
+  t.teardown(() => client.disconnect())
+  return client
+}
+
+async function allKeys (inspect: Cluster): Promise<string[]> {
+  const keys: string[] = []
+  for (const node of inspect.nodes('master')) keys.push(...await node.keys('*'))
+  return keys.sort()
+}
+
+/** A raw protocol client: records every frame, no dedupe of its own. */
+function rawClient (server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
+  const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
+  const frames: Frame[] = []
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
+  return bounded(new Promise((resolve, reject) => {
+    ws.once('error', reject)
+    const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
+    ws.once('message', welcome)
+  }), `${sub}'s welcome`)
+}
+
+const seqsOf = (frames: Frame[], type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+async function retryUntil<T> (attempt: () => Promise<T>, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      return await attempt()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+}
+
+if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
+  t.test('#15 two processes on a cluster: order and seq across processes; every key and channel of a room in its slot; sharded pub/sub only', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const inspect = inspector(t, cluster)
+    const a = await instance(t, cluster, { presence: false })
+    const b = await instance(t, cluster, { presence: false })
+    const onA = await rawClient(a, 'alice')
+    const onB = await rawClient(b, 'bob')
+    for (const client of [onA, onB]) client.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'chat' }))
+    await until(() => [onA, onB].every((client) => client.frames.some((frame) => frame.type === 'ack' && frame.id === 'j')), 'both joined')
+    // Publishes from both processes interleave; each room still has one order.
+    for (let i = 0; i < 40; i++) await (i % 2 === 0 ? a : b).app.rooms.broadcast('chat', 'note', { i })
+    await until(() => [onA, onB].every((client) => seqsOf(client.frames, 'note').length === 40), 'every event on both')
+    for (const client of [onA, onB]) {
+      t.same(seqsOf(client.frames, 'note'), range(1, 40), 'seq 1…40, once each, in order')
+      t.same(client.frames.filter((frame) => frame.type === 'note').map((frame) => frame.payload.i), range(0, 39), 'in publish order')
+    }
+    const keys = await allKeys(inspect)
+    const kinds = keys.filter((key) => key.startsWith('rooms:{chat}:')).map((key) => key.slice('rooms:{chat}:'.length).replace(/^proc:.*/, 'proc:<process>'))
+    t.same([...new Set(kinds)].sort(), ['history', 'meta', 'presence', 'proc:<process>', 'users'], 'the room\'s keys, all hash-tagged')
+    t.same(keys.filter((key) => !key.startsWith('rooms:{chat}:') && !/^rooms:proc(s|:[0-9a-f-]+)$/.test(key)), [], 'nothing else but the processes\' heartbeats (no global room set, no per-process index)')
+    const owner = await cluster.masterOf('rooms:{chat}:meta')
+    const numsub = async (port: number, command: string, channel: string) => {
+      const client = new Redis({ port, host: '127.0.0.1' })
+      try {
+        return (await client.call('PUBSUB', command, channel) as [string, number])[1]
+      } finally {
+        client.disconnect()
+      }
+    }
+    t.equal(await numsub(owner.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 2, 'both processes subscribed on the shard that owns the room')
+    for (const node of cluster.nodes.filter((node) => node !== owner)) t.equal(await numsub(node.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 0, `no subscription on ${node.port}`)
+    t.equal(await numsub(owner.port, 'NUMSUB', 'rooms:ev:chat'), 0, 'no classic room channel')
+    const publishes = await Promise.all(cluster.nodes.map(async (node) => {
+      const client = new Redis({ port: node.port, host: '127.0.0.1' })
+      try {
+        return /cmdstat_publish:calls=(\d+)/.exec(String(await client.info('commandstats')))?.[1] ?? '0'
+      } finally {
+        client.disconnect()
+      }
+    }))
+    t.same(publishes, ['0', '0', '0'], 'no classic PUBLISH anywhere (it would be copied to every node)')
+    t.same(await a.app.rooms.rooms(), ['chat'], 'rooms() finds the room on its master')
+  })
+
+  t.test('#15 history and exact resume across processes on a cluster: a raw client cut mid-stream resumes on the other process with no gap and no duplicate', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const a = await instance(t, cluster, { presence: false })
+    const b = await instance(t, cluster, { presence: false })
+    const first = await rawClient(b, 'carol')
+    first.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'feed' }))
+    await until(() => first.frames.some((frame) => frame.type === 'ack'), 'joined')
+    const epoch = first.frames.find((frame) => frame.type === 'ack')!.payload.epoch
+    for (let i = 0; i < 5; i++) await a.app.rooms.broadcast('feed', 'tick', { i })
+    await until(() => seqsOf(first.frames, 'tick').length === 5, 'five live')
+    first.ws.terminate()
+    for (let i = 5; i < 20; i++) await a.app.rooms.broadcast('feed', 'tick', { i })
+    const again = await rawClient(a, 'carol')
+    again.ws.send(JSON.stringify({ type: 'resume', id: 'r', payload: { rooms: { feed: { seq: 5, epoch } } } }))
+    await until(() => seqsOf(again.frames, 'tick').length === 15, 'the replay')
+    t.equal(again.frames.find((frame) => frame.type === 'ack')?.payload.rooms.feed.result, 'replayed')
+    await b.app.rooms.broadcast('feed', 'tick', { i: 20 })
+    await until(() => seqsOf(again.frames, 'tick').length === 16, 'then live')
+    t.same([...seqsOf(first.frames, 'tick'), ...seqsOf(again.frames, 'tick')], range(1, 21), 'every event exactly once')
+    t.same((await b.app.rooms.history('feed')).events.map((event) => event.seq), range(1, 21), 'history() reads the room\'s stream')
+  })
+
+  t.test('#15 presence on a cluster: joins and leaves across processes; a SIGKILLed process is reaped by a survivor, leaving no key behind', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const inspect = inspector(t, cluster)
+    const survivor = await instance(t, cluster)
+    const child = await startServerProcess(t, { url: '' }, { REDIS_CLUSTER_NODES: cluster.startupNodes.map((node) => `${node.host}:${node.port}`).join(',') })
+    const odd = 'room "with" {braces} and spaces'
+    const observer = await connect(survivor, 'observer')
+    await observer.join(odd)
+    const victim = await connect(child.url, 'victim')
+    await victim.join(odd)
+    const victimPresence = () => observer.next((frame) => frame.type === 'presence' && frame.payload.user.id === 'victim', 'victim presence')
+    t.same((await victimPresence()).payload, { action: 'join', user: { id: 'victim' } })
+    t.same(await survivor.app.rooms.members(odd), [{ id: 'observer' }, { id: 'victim' }])
+    t.ok((await allKeys(inspect)).some((key) => key.endsWith('}:proc:' + (key.split(':proc:')[1] ?? '')) && key.includes('{room "with" {braces')), 'the victim\'s entries sit in the room\'s slot')
+    child.child.kill('SIGKILL')
+    const leave = await victimPresence()
+    t.same(leave.payload, { action: 'leave', user: { id: 'victim' } })
+    t.same(await survivor.app.rooms.members(odd), [{ id: 'observer' }])
+    await retryUntil(async () => {
+      const left = (await allKeys(inspect)).filter((key) => key.includes(':proc:') && !key.startsWith('rooms:proc:'))
+      if (left.length !== 1) throw new Error(`entries left: ${left.join(', ')}`)
+    })
+    const entries = (await allKeys(inspect)).filter((key) => key.includes('}:proc:'))
+    t.equal(entries.length, 1, 'only the survivor\'s own entries remain')
+    await observer.request({ type: 'leave', room: odd })
+    await retryUntil(async () => {
+      if ((await allKeys(inspect)).some((key) => key.includes('{room "with" {braces') && !key.endsWith(':meta') && !key.endsWith(':history'))) throw new Error('presence keys remain')
+    })
+    t.same(await survivor.app.rooms.rooms(), [], 'no room has members')
+  })
+
+  t.test('#15 exactly-once answers across processes on a cluster; sendToUser, disconnectUser and server-side joins reach the user\'s process on the user\'s shard channel', async (t) => {
+    const cluster = await startRedisCluster(t)
+    let runs = 0
+    const options: Partial<RoomsOptions> = {
+      presence: false,
+      messages: {
+        order: defineMessage({ schema: Type.Object({ item: Type.String() }), handler: (_ctx, payload) => ({ order: ++runs, item: payload.item }) }),
+      },
+    }
+    const a = await instance(t, cluster, options)
+    const b = await instance(t, cluster, options)
+    const first = await connect(a, 'dave')
+    t.same((await first.request({ type: 'order', payload: { item: 'book' } }, 'o-1')).payload, { order: 1, item: 'book' })
+    first.ws.terminate()
+    const retry = await connect(b, 'dave')
+    t.same((await retry.request({ type: 'order', payload: { item: 'book' } }, 'o-1')).payload, { order: 1, item: 'book' }, 'the retry on the other process gets the first answer')
+    t.equal(runs, 1, 'the handler ran once')
+
+    const owner = await cluster.masterOf('rooms:{user:4:erin}:u')
+    const subscribed = async () => {
+      const client = new Redis({ port: owner.port, host: '127.0.0.1' })
+      try {
+        return (await client.call('PUBSUB', 'SHARDNUMSUB', 'rooms:{user:4:erin}:u') as [string, number])[1]
+      } finally {
+        client.disconnect()
+      }
+    }
+    t.equal(await subscribed(), 0, 'no one subscribes for a user with no socket')
+    const erin = await connect(b, 'erin')
+    erin.send({ type: 'ping', id: 'p' })
+    await erin.nextOfType('pong')
+    t.equal(await subscribed(), 1, 'the process with her socket subscribes to her shard channel')
+    await a.app.rooms.sendToUser('erin', 'notice', { text: 'hi' })
+    t.same((await erin.nextOfType('notice')).payload, { text: 'hi' })
+    await a.app.rooms.join({ userId: 'erin' }, 'vip')
+    t.equal((await erin.nextOfType('joined')).room, 'vip', 'a server-side join by user reaches her process')
+    const connectionId = erin.frames.find((frame) => frame.type === 'welcome')!.payload.connectionId
+    await a.app.rooms.join({ connectionId }, 'ops')
+    t.equal((await erin.nextOfType('joined')).room, 'ops', 'and one by connection id')
+    await a.app.rooms.broadcast('vip', 'note', {})
+    t.equal((await erin.nextOfType('note')).room, 'vip')
+    await a.app.rooms.disconnectUser('erin', 4001, 'bye')
+    t.same(await erin.closed, { code: 4001, reason: 'bye' })
+    await retryUntil(async () => {
+      if (await subscribed() !== 0) throw new Error('still subscribed')
+    })
+    t.pass('her channel is dropped with her last socket')
+  })
+
+  t.test('#15 the whole cluster going away: broadcasts fail fast (FST_ROOMS_BROKER), sockets stay open; when it is back, publishing resumes and members get a reset for the lost stream', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const a = await instance(t, cluster, { presence: false })
+    const watcher = await rawClient(a, 'frank')
+    watcher.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'news' }))
+    await until(() => watcher.frames.some((frame) => frame.type === 'ack'), 'joined')
+    await a.app.rooms.broadcast('news', 'story', { n: 1 })
+    await until(() => seqsOf(watcher.frames, 'story').length === 1, 'the first story')
+    await Promise.all(cluster.nodes.map((node) => node.kill()))
+    const failed = await a.app.rooms.broadcast('news', 'story', { n: 2 }).then(() => undefined, (err: { code?: string }) => err.code)
+    t.match(failed, /^FST_ROOMS_BROKER(_TIMEOUT)?$/, `a broadcast while the cluster is down is refused (${failed})`)
+    t.equal(watcher.ws.readyState, WebSocket.OPEN, 'the socket stays open')
+    // The nodes come back empty (no persistence) with their cluster configuration.
+    await Promise.all(cluster.nodes.map((node) => node.start()))
+    await cluster.healthy()
+    const position = await retryUntil(() => a.app.rooms.broadcast('news', 'story', { n: 3 }), 30_000)
+    t.equal(position.seq, 1, 'the room starts again in a new epoch')
+    await until(() => watcher.frames.some((frame) => frame.type === 'reset'), 'a reset')
+    const reset = watcher.frames.find((frame) => frame.type === 'reset')!
+    t.not(reset.payload.epoch, watcher.frames.find((frame) => frame.type === 'ack')!.payload.epoch, 'with the new epoch')
+    await until(() => watcher.frames.some((frame) => frame.type === 'story' && frame.payload.n === 3), 'the story after the outage')
+  })
+}
