@@ -10,7 +10,8 @@ import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
-import { redisMissing } from './helpers/redis.js'
+import { startProxy } from './helpers/proxy.js'
+import { redisMissing, startRedis } from './helpers/redis.js'
 import { startRedisCluster, type RedisClusterHandle } from './helpers/redis-cluster.js'
 import { startServerProcess } from './helpers/server-process.js'
 
@@ -226,5 +227,104 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     const reset = watcher.frames.find((frame) => frame.type === 'reset')!
     t.not(reset.payload.epoch, watcher.frames.find((frame) => frame.type === 'ack')!.payload.epoch, 'with the new epoch')
     await until(() => watcher.frames.some((frame) => frame.type === 'story' && frame.payload.n === 3), 'the story after the outage')
+  })
+}
+
+if (componentAvailable(t, redisMissing(), 'Redis Cluster failover')) {
+  t.test('#15 failover: a master killed while publishing; its replica takes over, publishing resumes without a restart, and raw clients get every acknowledged event or a reset', async (t) => {
+    const cluster = await startRedisCluster(t, { replicas: 1 })
+    const a = await instance(t, cluster, { presence: false })
+    const b = await instance(t, cluster, { presence: false })
+    const readers = [await rawClient(a, 'gina'), await rawClient(b, 'hank')]
+    for (const reader of readers) reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'live' }))
+    await until(() => readers.every((reader) => reader.frames.some((frame) => frame.type === 'ack' && frame.id === 'j')), 'both joined')
+    const master = await cluster.masterOf('rooms:{live}:meta')
+    const acked: Array<{ seq: number; epoch: string; n: number }> = []
+    let failures = 0
+    let killedAt: number | undefined
+    const started = Date.now()
+    // Bounded: 3000 publishes or 40 s; the master dies after the 50th acknowledged one.
+    for (let n = 0; n < 3000 && Date.now() - started < 40_000; n++) {
+      try {
+        const { seq } = await a.app.rooms.broadcast('live', 'tick', { n })
+        acked.push({ seq, epoch: '', n })
+      } catch {
+        failures++
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+      if (acked.length === 50 && killedAt === undefined) {
+        await master.kill()
+        killedAt = acked.length
+      }
+      if (killedAt !== undefined && acked.length >= killedAt + 50) break
+    }
+    t.ok(killedAt !== undefined && acked.length >= killedAt + 50, `publishing resumed after the failover (${acked.length - (killedAt ?? 0)} acknowledged after it, ${failures} refused while it ran)`)
+    const last = acked.at(-1)!
+    for (const reader of readers) {
+      await until(() => reader.frames.some((frame) => frame.type === 'tick' && frame.payload.n === last.n), 'the last acknowledged event reaches every reader')
+      // Walk the frames as a client would: within an epoch, seqs run on by one; a reset starts anew.
+      let epoch = reader.frames.find((frame) => frame.type === 'ack')!.payload.epoch as string
+      let lastSeq = reader.frames.find((frame) => frame.type === 'ack')!.payload.seq as number
+      const received = new Set<number>()
+      const resets: Array<{ from: string; lastSeq: number }> = []
+      let broken = 0
+      for (const frame of reader.frames) {
+        if (frame.type === 'reset') {
+          resets.push({ from: epoch, lastSeq })
+          epoch = frame.payload.epoch
+          lastSeq = frame.payload.seq
+        } else if (frame.type === 'tick') {
+          if (frame.seq !== lastSeq + 1) broken++
+          lastSeq = frame.seq!
+          received.add(frame.payload.n)
+        }
+      }
+      t.equal(broken, 0, 'no gap and no duplicate within an epoch')
+      // An acknowledged event that never arrived must lie past the point a reset moved the reader on from.
+      const silent = acked.filter((event) => !received.has(event.n) && !resets.some((reset) => reset.lastSeq < event.seq))
+      t.same(silent, [], `no acknowledged event lost without a reset (${resets.length} reset(s), ${acked.length - acked.filter((event) => received.has(event.n)).length} not delivered)`)
+    }
+    t.equal(master.running, false)
+  })
+}
+
+if (componentAvailable(t, redisMissing(), 'Redis stream regression')) {
+  t.test('#15 a room whose Redis lost events a process delivered (as after a failover before replication) gets a new epoch: members reset, never handed the reused seqs', async (t) => {
+    const redis = await startRedis(t)
+    const proxy = await startProxy(redis.port)
+    t.teardown(() => proxy.close())
+    const inspect = new Redis(redis.url)
+    t.teardown(() => inspect.disconnect())
+    // A reaches Redis through the proxy (its connections can be stalled, then cut); B publishes directly.
+    const a = await startServer(t, { broker: redisBroker({ url: `redis://127.0.0.1:${proxy.port}`, processTtlMs: 600 }), presence: false })
+    const b = await startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600 }), presence: false })
+    const reader = await rawClient(a, 'ivan')
+    reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'r' }))
+    await until(() => reader.frames.some((frame) => frame.type === 'ack'), 'joined')
+    const epoch = reader.frames.find((frame) => frame.type === 'ack')!.payload.epoch
+    for (let n = 0; n < 10; n++) await b.app.rooms.broadcast('r', 'tick', { n })
+    await until(() => seqsOf(reader.frames, 'tick').length === 10, 'ten delivered')
+    proxy.stall()
+    // What a failover before replication leaves: the room's seq and stream as they were three events ago.
+    await inspect.hset('rooms:{r}:meta', 'seq', 7)
+    for (const [id, fields] of await inspect.xrange('rooms:{r}:history', '-', '+')) if (Number(fields[1]) > 7) await inspect.xdel('rooms:{r}:history', id)
+    // The new run hands out 8…11 again, for other events, while A hears nothing.
+    for (let n = 10; n < 14; n++) t.same(await b.app.rooms.broadcast('r', 'tick', { n }), { seq: n - 2 })
+    proxy.cut()
+    await until(() => reader.frames.some((frame) => frame.type === 'reset'), 'a reset')
+    const reset = reader.frames.find((frame) => frame.type === 'reset')!
+    t.not(reset.payload.epoch, epoch, 'a new epoch')
+    t.equal(reset.payload.seq, 11, 'at the room\'s position')
+    t.same(reader.frames.filter((frame) => frame.type === 'tick').map((frame) => [frame.seq, frame.payload.n]), range(1, 10).map((seq) => [seq, seq - 1]), 'none of the reused seqs was handed out')
+    t.same(await inspect.hmget('rooms:{r}:meta', 'seq', 'epoch'), ['11', reset.payload.epoch], 'Redis has the new epoch')
+    t.equal(await inspect.exists('rooms:{r}:history'), 0, 'the broken run\'s history is gone')
+    t.ok(a.logs.some((line) => line.includes('"level":40') && line.includes('lost events this process had delivered')), 'a warn line says so')
+    await b.app.rooms.broadcast('r', 'tick', { n: 14 })
+    await until(() => reader.frames.some((frame) => frame.type === 'tick' && frame.payload.n === 14), 'live again')
+    t.equal(reader.frames.find((frame) => frame.type === 'tick' && frame.payload.n === 14)?.seq, 12)
+    const resumer = await rawClient(b, 'ivan')
+    resumer.ws.send(JSON.stringify({ type: 'resume', id: 'r', payload: { rooms: { r: { seq: 10, epoch } } } }))
+    await until(() => resumer.frames.some((frame) => frame.type === 'reset'), 'the resumer is reset too')
+    t.match(resumer.frames.find((frame) => frame.type === 'reset'), { room: 'r', payload: { seq: 12, epoch: reset.payload.epoch } }, 'at the new epoch\'s position')
   })
 }

@@ -23,6 +23,10 @@ interface Stream {
   retired: string | undefined
   /** While catching up from history, live messages wait here. */
   held: LiveEvent[] | undefined
+  /** The catch-up running now: one at a time per room, so a broken stream is renewed (and reset) once. */
+  catchingUp: Promise<void> | undefined
+  /** Another catch-up was asked for while one ran: it runs once more after it. */
+  again: boolean
 }
 
 export class OrderedStreams {
@@ -38,7 +42,7 @@ export class OrderedStreams {
 
   /** Subscribing: messages are held until start() gives the position the room's members start from. */
   open (room: string): void {
-    this.streams.set(room, { epoch: '', lastSeq: 0, lastFrame: undefined, retired: undefined, held: [] })
+    this.streams.set(room, { epoch: '', lastSeq: 0, lastFrame: undefined, retired: undefined, held: [], catchingUp: undefined, again: false })
   }
 
   start (room: string, position: { seq: number; epoch: string }): void {
@@ -101,11 +105,26 @@ export class OrderedStreams {
     }
   }
 
+  private catchUp (room: string, stream: Stream): Promise<void> {
+    stream.held ??= []
+    if (stream.catchingUp !== undefined) {
+      stream.again = true
+      return stream.catchingUp
+    }
+    stream.catchingUp = (async () => {
+      do {
+        stream.again = false
+        await this.catchUpOnce(room, stream)
+      } while (stream.again && !this.isClosed() && this.streams.get(room) === stream)
+    })().finally(() => { stream.catchingUp = undefined })
+    return stream.catchingUp
+  }
+
   /**
    * Sends local members what they missed since lastSeq, from history, or a reset when it is gone. Live
    * messages wait meanwhile. Retried until the backend answers, so a catch-up never stalls a room for good.
    */
-  private async catchUp (room: string, stream: Stream): Promise<void> {
+  private async catchUpOnce (room: string, stream: Stream): Promise<void> {
     stream.held ??= []
     const current = () => !this.isClosed() && this.streams.get(room) === stream
     for (let attempt = 0; current(); attempt++) {

@@ -104,7 +104,15 @@ class RedisBroker implements Broker {
     }
     // On a cluster the same limits apply per node; sharded subscriptions need ioredis's subscriber group.
     const { lazyConnect: _lazy, enableOfflineQueue: _queue, ...perNode } = connection
-    const cluster: ClusterOptions = { ...this.options.clusterOptions, lazyConnect: true, enableOfflineQueue: false, redisOptions: { ...this.options.clusterOptions?.redisOptions, ...perNode } }
+    // ioredis learns of a failover only from a redirection or a slot refresh, and a dead master sends no
+    // redirection: without a periodic refresh every command for its slots would fail until a restart.
+    const cluster: ClusterOptions = {
+      slotsRefreshInterval: 1000,
+      ...this.options.clusterOptions,
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      redisOptions: { ...this.options.clusterOptions?.redisOptions, ...perNode },
+    }
     const client = this.options.client
     if (client instanceof Cluster) {
       this.command = client

@@ -6,7 +6,7 @@ export interface TcpProxy {
   port: number
   /** Where new connections go; may change, e.g. after a server restart on another port. */
   target: number
-  /** Destroys every open connection, as a network drop would. */
+  /** Destroys every open connection (stalled ones too), as a network drop would. */
   cut(): void
   /** Stops forwarding on every open connection without closing it; new connections still work. */
   stall(): void
@@ -49,6 +49,8 @@ export async function startProxy (target: number): Promise<TcpProxy> {
         upstream.destroy()
       }
       pairs.clear()
+      for (const socket of stalled) socket.destroy()
+      stalled.clear()
     },
     stall () {
       for (const { client, upstream } of pairs) {
@@ -65,7 +67,6 @@ export async function startProxy (target: number): Promise<TcpProxy> {
     },
     async close () {
       proxy.cut()
-      for (const socket of stalled) socket.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     },
   }

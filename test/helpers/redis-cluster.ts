@@ -25,7 +25,7 @@ export interface RedisClusterHandle {
   startupNodes: Array<{ host: string; port: number }>
   /** The node that serves `key`'s slot as master now. */
   masterOf(key: string): Promise<ClusterNode>
-  /** Resolves once every running node reports cluster_state:ok and agrees on the masters. */
+  /** Resolves once every running node reports cluster_state:ok and every running replica is in sync. */
   healthy(): Promise<void>
 }
 
@@ -122,8 +122,12 @@ export async function startRedisCluster (t: { teardown(fn: () => unknown): void 
     async healthy () {
       const deadline = Date.now() + 30_000
       for (;;) {
-        const states = await Promise.all(nodes.filter((node) => node.running).map((node) => call(node.port, ['CLUSTER', 'INFO']).then(String, () => '')))
-        if (states.every((state) => state.includes('cluster_state:ok'))) return
+        const running = nodes.filter((node) => node.running)
+        const states = await Promise.all(running.map((node) => call(node.port, ['CLUSTER', 'INFO']).then(String, () => '')))
+        // A replica that has not finished its first sync cannot take over (its data counts as too old).
+        const replication = await Promise.all(running.map((node) => call(node.port, ['INFO', 'replication']).then(String, () => '')))
+        const synced = replication.every((text) => !text.includes('role:slave') || text.includes('master_link_status:up'))
+        if (synced && states.every((state) => state.includes('cluster_state:ok'))) return
         if (Date.now() > deadline) throw new Error(`the cluster did not become healthy: ${states.map((state) => /cluster_state:\w+/.exec(state)?.[0]).join(', ')}`)
         await new Promise((resolve) => setTimeout(resolve, 100))
       }
