@@ -12,6 +12,8 @@ export interface ChatAppOptions {
   allowedOrigins: string[] | '*'
   /** Share rooms with other processes through this Redis; the in-memory broker when absent. */
   redisUrl?: string
+  /** A Redis Cluster's nodes (`REDIS_CLUSTER_NODES=host:port,…`): the broker runs on sharded pub/sub. */
+  redisClusterNodes?: Array<{ host: string; port: number }>
   /** How often the dashboard stream sends stats (default 1000 ms). */
   dashboardIntervalMs?: number
   fastify?: FastifyServerOptions
@@ -49,7 +51,9 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
     jwt: false,
     metrics: true,
     allowedOrigins: options.allowedOrigins,
-    ...(options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
+    ...(options.redisClusterNodes !== undefined
+      ? { broker: redisBroker({ cluster: options.redisClusterNodes }) }
+      : options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
     messages: {
       chat: defineMessage({
         schema: Type.Object({ text: Text }, { additionalProperties: false }),

@@ -1,4 +1,5 @@
-// `npm run example`: the chat server on the in-memory broker.
+// `npm run example`: the chat server on the in-memory broker (REDIS_URL: one Redis; REDIS_CLUSTER_NODES: a
+// Redis Cluster).
 import { buildChatApp } from './app.js'
 
 const host = process.env.HOST ?? '127.0.0.1'
@@ -10,7 +11,17 @@ const allowedOrigins = process.env.ALLOWED_ORIGINS
   : [`http://localhost:${port}`, `http://127.0.0.1:${port}`]
 
 const redisUrl = process.env.REDIS_URL || undefined
-const app = await buildChatApp({ jwtSecret, allowedOrigins, ...(redisUrl === undefined ? {} : { redisUrl }) })
+// REDIS_CLUSTER_NODES=127.0.0.1:7000,127.0.0.1:7001,… (any of the cluster's nodes; the rest are discovered).
+const redisClusterNodes = process.env.REDIS_CLUSTER_NODES?.split(',').filter((node) => node !== '').map((node) => {
+  const at = node.lastIndexOf(':')
+  return { host: node.slice(0, at), port: Number(node.slice(at + 1)) }
+})
+const app = await buildChatApp({
+  jwtSecret,
+  allowedOrigins,
+  ...(redisUrl === undefined ? {} : { redisUrl }),
+  ...(redisClusterNodes === undefined || redisClusterNodes.length === 0 ? {} : { redisClusterNodes }),
+})
 if (jwtSecret === DEV_SECRET) {
   app.log.warn('*** JWT_SECRET is not set: using a built-in development secret. Anyone can forge tokens. Set JWT_SECRET outside development. ***')
 }
@@ -26,4 +37,4 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 await app.listen({ host, port })
-app.log.info({ allowedOrigins, broker: redisUrl === undefined ? 'memory' : 'redis' }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)
+app.log.info({ allowedOrigins, broker: redisClusterNodes !== undefined && redisClusterNodes.length > 0 ? 'redis cluster' : redisUrl === undefined ? 'memory' : 'redis' }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)

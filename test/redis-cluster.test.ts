@@ -13,6 +13,8 @@ import { componentAvailable } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { startRedisCluster, type RedisClusterHandle } from './helpers/redis-cluster.js'
+import { spawn } from 'node:child_process'
+import { freePort } from './helpers/components.js'
 import { startServerProcess } from './helpers/server-process.js'
 
 async function instance (t: Parameters<typeof startServer>[0], cluster: RedisClusterHandle, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
@@ -204,6 +206,37 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
       if (await subscribed() !== 0) throw new Error('still subscribed')
     })
     t.pass('her channel is dropped with her last socket')
+  })
+
+  t.test('#15 the example on a cluster: two example processes with REDIS_CLUSTER_NODES chat across', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const nodes = cluster.startupNodes.map((node) => `${node.host}:${node.port}`).join(',')
+    const servers = await Promise.all([0, 1].map(async () => {
+      const port = await freePort()
+      const child = spawn(process.execPath, ['--import=tsx', new URL('../example/server.ts', import.meta.url).pathname], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, PORT: String(port), JWT_SECRET: 'cluster-example-secret', ALLOWED_ORIGINS: ORIGIN, REDIS_CLUSTER_NODES: nodes },
+      })
+      t.teardown(() => { child.kill('SIGKILL') })
+      let output = ''
+      await bounded(new Promise<void>((resolve, reject) => {
+        child.once('exit', (code) => reject(new Error(`example exited with ${code}: ${output}`)))
+        child.stdout!.on('data', (chunk: Buffer) => {
+          output += chunk.toString()
+          if (output.includes('chat example ready')) resolve()
+        })
+      }), 'the example listening', 20_000)
+      t.match(output, '"broker":"redis cluster"')
+      return `127.0.0.1:${port}`
+    }))
+    const token = async (server: string, name: string) => ((await (await fetch(`http://${server}/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) })).json()) as { token: string }).token
+    const alice = await connect(`ws://${servers[0]}`, 'alice', { token: await token(servers[0]!, 'alice') })
+    const bob = await connect(`ws://${servers[1]}`, 'bob', { token: await token(servers[1]!, 'bob') })
+    await alice.join('lobby')
+    await bob.join('lobby')
+    const response = await fetch(`http://${servers[1]}/rooms/lobby/announce`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${await token(servers[1]!, 'bob')}` }, body: JSON.stringify({ text: 'hello from process two' }) })
+    t.equal(response.status, 200)
+    t.same((await alice.nextOfType('announcement')).payload, { from: 'bob', text: 'hello from process two' }, 'an announcement on one process reaches a member on the other')
   })
 
   t.test('#15 the whole cluster going away: broadcasts fail fast (FST_ROOMS_BROKER), sockets stay open; when it is back, publishing resumes and members get a reset for the lost stream', async (t) => {
