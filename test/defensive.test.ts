@@ -105,7 +105,7 @@ if (componentAvailable(t, redisMissing(), 'Redis defensive')) {
     t.teardown(() => direct.disconnect())
     const [head, tail] = roomEventFrameParts('tick', 'lobby', '{"n":2}', 'lost-trace', Date.now())
     const lost = await direct.eval(PUBLISH, 2, 'rooms:{lobby}:meta', 'rooms:{lobby}:history',
-      'unused-epoch', head, tail, 'tick', '', 1000, 300_000, 'rooms:ev:nobody-listens', 86_400_000, Date.now(), 120_000, 300_000) as [number, string]
+      'unused-epoch', head, tail, 'tick', '', 1000, 300_000, 'rooms:ev:nobody-listens', 86_400_000, Date.now(), 120_000, 300_000, 'PUBLISH') as [number, string]
     t.equal(lost[0], 2)
     await server.app.rooms.broadcast('lobby', 'tick', { n: 3 })
     await raw.next((frame) => frame.seq === 3, 'seq 3')
