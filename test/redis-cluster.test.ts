@@ -106,6 +106,21 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     t.same(await a.app.rooms.rooms(), ['chat'], 'rooms() finds the room on its master')
   })
 
+  t.test('#15 an ioredis Cluster client of the host selects the cluster mode; the plugin duplicates it and leaves it open', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const client = new Cluster(cluster.startupNodes)
+    t.teardown(() => client.disconnect())
+    const app = await startServer(t, { presence: false, broker: redisBroker({ client }) })
+    const reader = await rawClient(app, 'jill')
+    reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'own' }))
+    await until(() => reader.frames.some((frame) => frame.type === 'ack'), 'joined')
+    t.same(await app.app.rooms.broadcast('own', 'note', {}), { seq: 1 })
+    await until(() => seqsOf(reader.frames, 'note').length === 1, 'delivered on the sharded channel')
+    t.equal(await client.exists('rooms:{own}:meta'), 1, 'through the host\'s cluster')
+    await app.app.close()
+    t.equal(client.status, 'ready', 'the host\'s client is still open after close')
+  })
+
   t.test('#15 history and exact resume across processes on a cluster: a raw client cut mid-stream resumes on the other process with no gap and no duplicate', async (t) => {
     const cluster = await startRedisCluster(t)
     const a = await instance(t, cluster, { presence: false })
