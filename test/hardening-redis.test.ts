@@ -4,10 +4,9 @@ import { spawn } from 'node:child_process'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import Type from 'typebox'
-import WebSocket from 'ws'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { bounded, connect, rawClient, startServer, until, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
@@ -20,18 +19,6 @@ function inspector (t: { teardown(fn: () => unknown): void }, redis: RedisServer
   const client = new Redis(redis.url)
   t.teardown(() => client.disconnect())
   return client
-}
-
-/** A raw protocol client: records every room event's seq, with no dedupe of its own. */
-function rawClient (server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
-  const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
-  const frames: Frame[] = []
-  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
-  return bounded(new Promise((resolve, reject) => {
-    ws.once('error', reject)
-    const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
-    ws.once('message', welcome)
-  }), `${sub}'s welcome`)
 }
 
 if (componentAvailable(t, redisMissing(), 'Redis hardening')) {

@@ -8,7 +8,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { bounded, connect, ORIGIN, sign, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, rawClient, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
@@ -32,18 +32,6 @@ async function allKeys (inspect: Cluster): Promise<string[]> {
   const keys: string[] = []
   for (const node of inspect.nodes('master')) keys.push(...await node.keys('*'))
   return keys.sort()
-}
-
-/** A raw protocol client: records every frame, no dedupe of its own. */
-function rawClient (server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
-  const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
-  const frames: Frame[] = []
-  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
-  return bounded(new Promise((resolve, reject) => {
-    ws.once('error', reject)
-    const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
-    ws.once('message', welcome)
-  }), `${sub}'s welcome`)
 }
 
 const seqsOf = (frames: Frame[], type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)

@@ -267,3 +267,15 @@ export async function until (condition: () => boolean, what = 'condition'): Prom
     await new Promise((resolve) => setImmediate(resolve))
   }
 }
+
+/** A raw protocol client: records every frame (room events with no dedupe of its own), once welcomed. */
+export function rawClient (server: TestServer | string, sub: string): Promise<{ ws: WebSocket; frames: Frame[] }> {
+  const ws = new WebSocket(`${typeof server === 'string' ? server : server.url}/ws`, { headers: { authorization: `Bearer ${sign(sub)}` }, origin: ORIGIN })
+  const frames: Frame[] = []
+  ws.on('message', (data) => frames.push(JSON.parse(data.toString())))
+  return bounded(new Promise((resolve, reject) => {
+    ws.once('error', reject)
+    const welcome = () => (frames.some((frame) => frame.type === 'welcome') ? resolve({ ws, frames }) : ws.once('message', welcome))
+    ws.once('message', welcome)
+  }), `${sub}'s welcome`)
+}

@@ -1,14 +1,14 @@
 // A real Redis Cluster per test: three masters (and optionally one replica each) on free loopback ports,
 // created with `redis-cli --cluster create`, each node stopped by PID. `cluster-node-timeout` is short so a
 // replica takes over a killed master within a few seconds.
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { runCommand } from './exec.js'
-import { bounded } from './index.js'
+import { spawnRedisServer, stopProcess } from './redis.js'
 
 export interface ClusterNode {
   port: number
@@ -73,29 +73,16 @@ export async function startRedisCluster (t: { teardown(fn: () => unknown): void 
       port,
       get running () { return child !== undefined && child.exitCode === null },
       async start () {
-        const process = spawn('redis-server', [
+        child = await spawnRedisServer([
           '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
           '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '1000',
           '--save', '', '--appendonly', 'no', '--dir', dir,
-        ], { stdio: ['ignore', 'pipe', 'inherit'] })
-        child = process
-        let output = ''
-        await bounded(new Promise<void>((resolve, reject) => {
-          process.stdout!.on('data', (chunk: Buffer) => {
-            output += chunk.toString()
-            if (output.includes('Ready to accept connections')) resolve()
-          })
-          process.once('exit', (code) => reject(new Error(`redis-server ${port} exited with ${code}: ${output.slice(-500)}`)))
-        }), `redis-server ${port} starting`)
-        process.stdout!.resume()
+        ], `redis-server ${port}`)
       },
       async kill () {
         const process = child
         child = undefined
-        if (process === undefined || process.exitCode !== null) return
-        const exited = new Promise((resolve) => process.once('exit', resolve))
-        process.kill('SIGKILL')
-        await bounded(exited, `redis-server ${port} exiting`)
+        await stopProcess(process, 'SIGKILL', `redis-server ${port}`)
       },
     }
   })

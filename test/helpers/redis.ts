@@ -29,27 +29,12 @@ export async function startRedis (t: { teardown(fn: () => unknown): void }): Pro
     port,
     url: `redis://127.0.0.1:${port}`,
     async start () {
-      const process = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      })
-      child = process
-      let output = ''
-      await bounded(new Promise<void>((resolve, reject) => {
-        process.stdout!.on('data', (chunk: Buffer) => {
-          output += chunk.toString()
-          if (output.includes('Ready to accept connections')) resolve()
-        })
-        process.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${output.slice(-500)}`)))
-      }), 'redis-server starting')
-      process.stdout!.resume()
+      child = await spawnRedisServer(['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], 'redis-server')
     },
     async stop () {
       const process = child
       child = undefined
-      if (process === undefined || process.exitCode !== null) return
-      const exited = new Promise((resolve) => process.once('exit', resolve))
-      process.kill('SIGTERM')
-      await bounded(exited, 'redis-server exiting')
+      await stopProcess(process, 'SIGTERM', 'redis-server')
     },
   }
   await server.start()
@@ -58,4 +43,27 @@ export async function startRedis (t: { teardown(fn: () => unknown): void }): Pro
     await rm(dir, { recursive: true, force: true })
   })
   return server
+}
+
+/** Starts redis-server with `args` and resolves once it accepts connections. */
+export async function spawnRedisServer (args: string[], label: string): Promise<ChildProcess> {
+  const process = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  let output = ''
+  await bounded(new Promise<void>((resolve, reject) => {
+    process.stdout!.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) resolve()
+    })
+    process.once('exit', (code) => reject(new Error(`${label} exited with ${code}: ${output.slice(-500)}`)))
+  }), `${label} starting`)
+  process.stdout!.resume()
+  return process
+}
+
+/** Signals a process (if it still runs) and waits for it to exit. */
+export async function stopProcess (process: ChildProcess | undefined, signal: NodeJS.Signals, label: string): Promise<void> {
+  if (process === undefined || process.exitCode !== null || process.signalCode !== null) return
+  const exited = new Promise((resolve) => process.once('exit', resolve))
+  process.kill(signal)
+  await bounded(exited, `${label} exiting`)
 }
