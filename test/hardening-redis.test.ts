@@ -6,7 +6,7 @@ import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { bounded, connect, rawClient, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, connect, rawClient, retryUntil, startServer, until, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
@@ -257,16 +257,4 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
 /** A server in its own process (test/fixtures/redis-server.ts); resolves with its ws:// base URL. */
 async function serverProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<string> {
   return (await startServerProcess(t, redis, env)).url
-}
-
-async function retryUntil<T> (attempt: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + 10_000
-  for (;;) {
-    try {
-      return await attempt()
-    } catch (err) {
-      if (Date.now() > deadline) throw err
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-  }
 }

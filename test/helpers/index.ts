@@ -279,3 +279,19 @@ export function rawClient (server: TestServer | string, sub: string): Promise<{ 
     ws.once('message', welcome)
   }), `${sub}'s welcome`)
 }
+
+/**
+ * Retries an async check every 50 ms until it stops throwing, for at most `ms` (then its last error):
+ * for state in another process or in Redis that no event announces.
+ */
+export async function retryUntil<T> (attempt: () => Promise<T>, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    try {
+      return await attempt()
+    } catch (err) {
+      if (Date.now() > deadline) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+}
