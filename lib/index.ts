@@ -7,6 +7,7 @@ import websocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TSchema } from 'typebox'
+import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
 import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
@@ -20,6 +21,7 @@ import { Membership } from './membership.js'
 import { WriteCoalescer } from './write-coalescer.js'
 import { Presence } from './presence.js'
 import { RoomRegistry } from './rooms.js'
+import { SseTransport } from './sse.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
 import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
 import { keepUpgradeResponse, releaseUpgradeResponse } from './upgrade-release.js'
@@ -56,6 +58,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const tickets = new InjectTickets()
   const coalescer = new WriteCoalescer()
   let injector: Injector | undefined
+  let sse: SseTransport | undefined
   const decorator: RoomsDecorator = {
     ...registry.api,
     inject: (user, clientOptions) => {
@@ -71,6 +74,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     closing = true
     clearInterval(heartbeat)
     await membership.shutdown(options.closeTimeoutMs)
+    sse?.close()
   }
   // Fastify answers 503 by itself to requests that arrive while it closes, but on an upgrade socket
   // nothing ends the connection afterwards, and server.close() would wait for it forever. This listener
@@ -178,27 +182,47 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       preValidation: [gate.preValidation, keepUpgradeResponse],
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
-        const admission = request.roomsAdmission as Admission
-        const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer)
-        connection.expiry.set(admission.exp)
-        // Admitted before shutdown or a limit filled up while this handshake was in flight.
-        if (closing) return connection.close(CloseCode.goingAway, 'server shutting down')
-        if (membership.connections.size >= options.maxConnections || membership.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
-          return connection.close(CloseCode.tryAgainLater, 'connection limit reached')
-        }
-        membership.add(connection)
-        stats.handshake('ok')
-        connection.sendFrame(directFrame('welcome', {
-          connectionId: connection.id,
-          user: admission.user,
-          heartbeatMs: options.heartbeatMs,
-          maxPayload: options.maxPayload,
-          protocol: PROTOCOL_VERSION,
-        }))
-        request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
-        membership.open(connection)
+        start(socket, request.roomsAdmission as Admission, request)
       },
     })
+    if (options.sse !== false) {
+      sse = new SseTransport({ path: options.path, sessionIdleMs: options.sse.sessionIdleMs, maxPayload: options.maxPayload, maxConnections: options.maxConnections, maxRoomsPerConnection: options.maxRoomsPerConnection }, {
+        admit: gate.admit,
+        checkOrigin: gate.checkOrigin,
+        preflight: gate.preflightFor('GET, POST', 'authorization, content-type, last-event-id'),
+        start: (socket, admission, request) => start(socket as unknown as WebSocket, admission, request),
+        isClosing: () => closing,
+        rateLimit: options.handshakeRateLimit === false ? false : { max: options.handshakeRateLimit.max, timeWindow: options.handshakeRateLimit.timeWindow },
+      })
+      sse.register(scope)
+    }
+
+    /** A socket (or an SSE stream in its shape) admitted: its connection starts; false when refused now. */
+    function start (socket: WebSocket, admission: Admission, request: FastifyRequest): boolean {
+      const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer)
+      connection.expiry.set(admission.exp)
+      // Admitted before shutdown or a limit filled up while this handshake was in flight.
+      if (closing) {
+        connection.close(CloseCode.goingAway, 'server shutting down')
+        return false
+      }
+      if (membership.connections.size >= options.maxConnections || membership.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
+        connection.close(CloseCode.tryAgainLater, 'connection limit reached')
+        return false
+      }
+      membership.add(connection)
+      stats.handshake('ok')
+      connection.sendFrame(directFrame('welcome', {
+        connectionId: connection.id,
+        user: admission.user,
+        heartbeatMs: options.heartbeatMs,
+        maxPayload: options.maxPayload,
+        protocol: PROTOCOL_VERSION,
+      }))
+      request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
+      membership.open(connection)
+      return true
+    }
   })
 }
 

@@ -68,6 +68,10 @@ const DataOptions = Type.Object({
     Type.Literal(false),
     Type.Object({ threshold: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
   ])),
+  sse: Type.Optional(Type.Union([
+    Type.Boolean(),
+    Type.Object({ sessionIdleMs: Type.Optional(PositiveInteger) }, { additionalProperties: false }),
+  ])),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -115,6 +119,12 @@ export interface RoomsOptions {
    * for what the server sends; the plugin must register @fastify/websocket itself (see README).
    */
   compression?: { threshold?: number } | false
+  /**
+   * The Server-Sent Events fallback on `<path>/sse` (off by default): a session opened by a POST with the
+   * socket's credentials, its frames on an EventSource stream, the client's as POSTs. `sessionIdleMs`: a
+   * session with no stream attached is dropped after this long (default 30000).
+   */
+  sse?: boolean | { sessionIdleMs?: number }
   /** `{ [name]: options }` for the rooms named `name:…` (see NamespaceOptions). */
   namespaces?: Record<string, NamespaceOptions>
   /**
@@ -197,6 +207,7 @@ export interface ResolvedOptions {
   onDisconnect: RoomsOptions['onDisconnect']
   hookTimeoutMs: number
   compression: { threshold: number } | false
+  sse: { sessionIdleMs: number } | false
   /** The policy of a room: its namespace's, or the top-level one. */
   roomPolicy: (room: string) => RoomPolicy
   presenceInfo: RoomsOptions['presenceInfo']
@@ -330,6 +341,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     onDisconnect: checkFunction(options, 'onDisconnect'),
     hookTimeoutMs: checked.hookTimeoutMs ?? defaults.hookTimeoutMs,
     compression: checked.compression === undefined || checked.compression === false ? false : { threshold: checked.compression.threshold ?? 1024 },
+    sse: checked.sse === undefined || checked.sse === false ? false : { sessionIdleMs: (checked.sse === true ? undefined : checked.sse.sessionIdleMs) ?? 30_000 },
     presenceInfo: checkFunction(options, 'presenceInfo'),
     roomPolicy: namespacePolicies(options.namespaces, {
       history: { maxEvents: (checked.history ?? defaults.history).maxEvents, maxAgeMs: (checked.history ?? defaults.history).maxAgeMs },

@@ -163,6 +163,15 @@ export interface UpgradeGate {
   onRequest: onRequestHookHandler
   preValidation: preValidationHookHandler
   preflight: (request: FastifyRequest, reply: FastifyReply) => FastifyReply
+  /**
+   * The socket's admission for another transport's request (the SSE fallback): Origin, then the token or
+   * `authenticate`, then (unless `limits` is false) the connection limits. Throws the same HTTP errors.
+   */
+  admit(request: FastifyRequest, limits: boolean): Promise<Admission>
+  /** The Origin check alone (for a request that carries no credentials of its own: the SSE stream). */
+  checkOrigin(request: FastifyRequest): void
+  /** A CORS preflight for another transport's routes: allowed origins only. */
+  preflightFor(methods: string, headers: string): (request: FastifyRequest, reply: FastifyReply) => FastifyReply
 }
 
 export interface UpgradeGateOptions {
@@ -242,6 +251,41 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
     }
     return { user, exp: undefined }
   }
+  function checkOrigin (request: FastifyRequest): void {
+    // Browsers send no Origin on a same-origin GET: a request from the page's own origin says so in
+    // Sec-Fetch-Site, and its origin is then the server's own as the browser addressed it.
+    const origin = request.headers.origin ??
+      (!request.ws && request.headers['sec-fetch-site'] === 'same-origin' ? `${request.protocol}://${request.host}` : undefined)
+    const originAllowed = origin === undefined
+      ? options.allowMissingOrigin
+      : options.allowedOrigins === null || options.allowedOrigins.has(origin)
+    if (!originAllowed) throw reject(request, 'forbidden_origin', new ForbiddenOriginError(), { origin: origin ?? null })
+  }
+  function preflightFor (methods: string, headers: string) {
+    return (request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+      if (!allowCors(request, reply)) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_FORBIDDEN_ORIGIN', error: 'Forbidden', message: 'Origin not allowed' })
+      return reply.code(204)
+        .header('access-control-allow-methods', methods)
+        .header('access-control-allow-headers', headers)
+        .header('access-control-max-age', '600')
+        .send()
+    }
+  }
+  async function admit (request: FastifyRequest, limits: boolean): Promise<Admission> {
+    checkOrigin(request)
+    let admission: Admission
+    try {
+      admission = options.authenticate === undefined ? await admitByToken(request) : await admitBySession(request, options.authenticate)
+    } catch (err) {
+      if (err instanceof AuthenticateTimeout) {
+        throw reject(request, 'unavailable', new UnavailableError('authentication did not answer in time'), { timeoutMs: options.authenticateTimeoutMs })
+      }
+      if (!(err instanceof TokenRejectedError)) throw err
+      throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })
+    }
+    if (limits) checkLimits(request, admission.user)
+    return admission
+  }
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
     async onRequest (request: FastifyRequest, reply: FastifyReply) {
@@ -264,36 +308,14 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
         request.roomsAdmission = { user, exp: undefined }
         return
       }
-      // Browsers send no Origin on a same-origin GET: a diagnostic from the page's own origin says so in
-      // Sec-Fetch-Site, and its origin is then the server's own as the browser addressed it.
-      const origin = request.headers.origin ??
-        (!request.ws && request.headers['sec-fetch-site'] === 'same-origin' ? `${request.protocol}://${request.host}` : undefined)
-      const originAllowed = origin === undefined
-        ? options.allowMissingOrigin
-        : options.allowedOrigins === null || options.allowedOrigins.has(origin)
-      if (!originAllowed) throw reject(request, 'forbidden_origin', new ForbiddenOriginError(), { origin: origin ?? null })
-      let admission: Admission
-      try {
-        admission = options.authenticate === undefined ? await admitByToken(request) : await admitBySession(request, options.authenticate)
-      } catch (err) {
-        if (err instanceof AuthenticateTimeout) {
-          throw reject(request, 'unavailable', new UnavailableError('authentication did not answer in time'), { timeoutMs: options.authenticateTimeoutMs })
-        }
-        if (!(err instanceof TokenRejectedError)) throw err
-        throw reject(request, 'unauthorized', new UnauthorizedError(err.message), { problem: err.problem })
-      }
-      checkLimits(request, admission.user)
+      const admission = await admit(request, true)
       if (!request.ws) return upgradeRequired(reply, 'credentials accepted; this route only accepts WebSocket upgrades')
       request.roomsAdmission = admission
     },
+    admit,
+    checkOrigin,
+    preflightFor,
     // The preflight of a cross-origin diagnostic request (it carries Authorization): allowed origins only.
-    preflight (request: FastifyRequest, reply: FastifyReply) {
-      if (!allowCors(request, reply)) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_FORBIDDEN_ORIGIN', error: 'Forbidden', message: 'Origin not allowed' })
-      return reply.code(204)
-        .header('access-control-allow-methods', 'GET')
-        .header('access-control-allow-headers', 'authorization')
-        .header('access-control-max-age', '600')
-        .send()
-    },
+    preflight: preflightFor('GET', 'authorization'),
   }
 }
