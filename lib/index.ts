@@ -193,7 +193,10 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         start: (socket, admission, request) => start(socket as unknown as WebSocket, admission, request),
         isClosing: () => closing,
         rateLimit: options.handshakeRateLimit === false ? false : { max: options.handshakeRateLimit.max, timeWindow: options.handshakeRateLimit.timeWindow },
+        forward: broker.sendToSession === undefined ? undefined : (userId, sessionId, frame) => broker.sendToSession!(userId, sessionId, frame),
       })
+      const transport = sse
+      registry.sessionFrames = (userId, sessionId, frame) => transport.deliver(userId, sessionId, frame)
       sse.register(scope)
     }
 

@@ -153,6 +153,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     this.presence.changed(room, userId, action)
   }
 
+  /** Where frames POSTed on other processes for this process's SSE sessions go (set by index.ts). */
+  sessionFrames: ((userId: string, sessionId: string, frame: string) => void) | undefined
+
+  sessionFrame (userId: string, sessionId: string, frame: string): void {
+    this.sessionFrames?.(userId, sessionId, frame)
+  }
+
   serverMembership (change: MembershipChange): void {
     this.membership.applyChange(change.action, change.room, change.target)
   }

@@ -143,6 +143,8 @@ export interface SseSession {
   socket: SseSocket | undefined
   /** Dropped when no stream is attached for this long. */
   idleTimer: NodeJS.Timeout | undefined
+  /** Positions the opening POST asked to resume (a client moving here from another process's session). */
+  resume: Record<string, { seq: number; epoch: string }> | undefined
 }
 
 export interface SseOptions {
@@ -162,6 +164,8 @@ export interface SseHooks {
   isClosing(): boolean
   /** The handshake rate limit's route config, or false. */
   rateLimit: Record<string, unknown> | false
+  /** Many processes: passes a frame for a session this process does not hold to the one that does. */
+  forward: ((userId: string, sessionId: string, frame: string) => Promise<void>) | undefined
 }
 
 /** The sessions of this process and the three routes that serve them. */
@@ -198,7 +202,21 @@ export class SseTransport {
     if (this.hooks.isClosing()) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'server is shutting down' })
     const admission = await this.hooks.admit(request, true)
     if (this.sessions.size >= this.options.maxConnections) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
-    const session: SseSession = { id: randomBytes(24).toString('base64url'), user: admission.user, exp: admission.exp, socket: undefined, idleTimer: undefined }
+    // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.
+    let resume: unknown
+    try {
+      resume = typeof request.body === 'string' && request.body !== '' ? (JSON.parse(request.body) as { resume?: unknown } | null)?.resume : undefined
+    } catch {
+      return reply.code(400).send({ statusCode: 400, code: 'FST_ROOMS_BAD_SESSION_REQUEST', error: 'Bad Request', message: 'the body is JSON: {} or { "resume": <last event id> }' })
+    }
+    const session: SseSession = {
+      id: randomBytes(24).toString('base64url'),
+      user: admission.user,
+      exp: admission.exp,
+      socket: undefined,
+      idleTimer: undefined,
+      resume: typeof resume === 'string' ? decodePositions(resume, this.options.maxRoomsPerConnection) : undefined,
+    }
     this.sessions.set(session.id, session)
     this.idle(session)
     return reply.code(201).send({ session: session.id, stream: `${request.url.split('?')[0]}/${session.id}` })
@@ -235,21 +253,35 @@ export class SseTransport {
       }
     })
     if (!this.hooks.start(socket, { user: session.user, exp: session.exp }, request)) return reply
-    const last = decodePositions(request.headers['last-event-id'] as string | undefined, this.options.maxRoomsPerConnection)
+    const last = decodePositions(request.headers['last-event-id'] as string | undefined, this.options.maxRoomsPerConnection) ?? session.resume
+    session.resume = undefined
     if (last !== undefined && Object.keys(last).length > 0) socket.receive(JSON.stringify({ type: 'resume', id: 'sse-resume', payload: { rooms: last } }))
     return reply
   }
 
   private async frame (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
-    const session = this.sessions.get((request.params as { session: string }).session)
-    if (session === undefined) return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session' })
+    const sessionId = (request.params as { session: string }).session
+    const session = this.sessions.get(sessionId)
+    if (session === undefined && this.hooks.forward === undefined) return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session' })
     const admission = await this.hooks.admit(request, false)
+    if (typeof request.body !== 'string') return reply.code(415).send({ statusCode: 415, code: 'FST_ROOMS_FRAME_TEXT', error: 'Unsupported Media Type', message: 'send one frame as JSON text' })
+    if (session === undefined) {
+      // Held by another process (or by none any more): it gets the frame only if the session is this user's.
+      await this.hooks.forward!(admission.user.id, sessionId, request.body)
+      return reply.code(202).send({ accepted: true, forwarded: true })
+    }
     if (admission.user.id !== session.user.id) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
     const socket = session.socket
     if (socket === undefined) return reply.code(409).send({ statusCode: 409, code: 'FST_ROOMS_NO_STREAM', error: 'Conflict', message: 'open the session\'s stream first' })
-    if (typeof request.body !== 'string') return reply.code(415).send({ statusCode: 415, code: 'FST_ROOMS_FRAME_TEXT', error: 'Unsupported Media Type', message: 'send one frame as JSON text' })
     socket.receive(request.body)
     return reply.code(202).send({ accepted: true })
+  }
+
+  /** A frame another process took for a session of `userId`: fed to its stream if it is here and hers. */
+  deliver (userId: string, sessionId: string, frame: string): void {
+    const session = this.sessions.get(sessionId)
+    if (session === undefined || session.user.id !== userId) return
+    session.socket?.receive(frame)
   }
 
   private idle (session: SseSession): void {

@@ -4,7 +4,10 @@
 import t from 'tap'
 import Type from 'typebox'
 import { defineMessage } from '../lib/index.js'
+import { redisBroker } from '../lib/brokers/redis.js'
+import { componentAvailable } from './helpers/components.js'
 import { connect, ORIGIN, sign, startServer, until } from './helpers/index.js'
+import { redisMissing, startRedis } from './helpers/redis.js'
 import { httpRequest, openSession, openStream, waitForFrame } from './helpers/sse.js'
 
 const seqs = (frames: Array<{ type: string; seq?: number }>, type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)
@@ -122,3 +125,30 @@ t.test('#16 a stream that stops reading is closed as a slow consumer; Last-Event
   await waitForFrame(again, (frame) => frame.type === 'blob' && frame.seq === published, 'the rest')
   t.same([...got, ...seqs(again.frames, 'blob')], range(1, published), 'every event once across the close')
 })
+
+if (componentAvailable(t, redisMissing(), 'SSE on Redis')) {
+  t.test('#16 two processes on Redis: the stream on one, POSTs on the other; a stream that moves to the other process resumes there with no gap', async (t) => {
+    const redis = await startRedis(t)
+    const a = await startServer(t, { sse: true, presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const b = await startServer(t, { sse: true, presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const { stream, token } = await openSession(a.port, 'gwen')
+    const postOnB = (frame: object) => httpRequest(b.port, 'POST', stream.path, { authorization: `Bearer ${token}`, origin: ORIGIN }, JSON.stringify(frame))
+    t.same(await postOnB({ type: 'join', id: 'j', room: 'chat' }), { status: 202, body: { accepted: true, forwarded: true } })
+    const ack = await waitForFrame(stream, (frame) => frame.type === 'ack' && frame.id === 'j', 'the join, POSTed on the other process')
+    t.equal(ack.payload.room, 'chat')
+    const mallory = await httpRequest(b.port, 'POST', stream.path, { authorization: `Bearer ${sign('mallory')}`, origin: ORIGIN }, JSON.stringify({ type: 'leave', id: 'evil', room: 'chat' }))
+    t.equal(mallory.status, 202, 'another process cannot tell whose the session is')
+    for (let n = 1; n <= 4; n++) await b.app.rooms.broadcast('chat', 'line', { n })
+    await waitForFrame(stream, (frame) => frame.seq === 4, 'events published on the other process')
+    t.notOk(stream.frames.some((frame) => frame.id === 'evil'), 'but the session ignores a frame of another user')
+    stream.close()
+    await stream.ended
+    for (let n = 5; n <= 9; n++) await a.app.rooms.broadcast('chat', 'line', { n })
+    // The balancer sends the reconnect to B, which never saw the session: a new one, resuming the old stream's position.
+    const reopened = await httpRequest(b.port, 'POST', '/ws/sse', { authorization: `Bearer ${token}`, origin: ORIGIN }, JSON.stringify({ resume: stream.lastEventId }))
+    t.equal(reopened.status, 201)
+    const moved = await openStream(b.port, reopened.body.stream)
+    await waitForFrame(moved, (frame) => frame.type === 'line' && frame.seq === 9, 'the replay on B')
+    t.same([...seqs(stream.frames, 'line'), ...seqs(moved.frames, 'line')], range(1, 9), 'every event exactly once across processes')
+  })
+}

@@ -19,6 +19,8 @@ export interface BrokerDelivery {
   presenceChanged(room: string, userId: string, action: 'join' | 'leave'): void
   /** The server puts the target's local sockets into the room, or takes them out (fastify.rooms.join/leave). */
   serverMembership(change: MembershipChange): void
+  /** A frame POSTed on another process for an SSE session of `userId` (delivered if the session is here and hers). */
+  sessionFrame?(userId: string, sessionId: string, frame: string): void
 }
 
 /** A server-side join or leave, for every socket of a user or for one connection, on whichever process has them. */
@@ -117,6 +119,8 @@ export interface Broker extends Partial<SharedAnswers> {
    * its first socket of the user (its frames wait for this), or closed its last.
    */
   userConnected?(userId: string): Promise<void>
+  /** Optional, for many processes: a frame for an SSE session that may live on another process of `userId`'s. */
+  sendToSession?(userId: string, sessionId: string, frame: string): Promise<void>
   userDisconnected?(userId: string): void
   /**
    * `lingerMs`: this process's presence entries stay this long before other processes remove them (and

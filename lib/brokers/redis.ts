@@ -297,6 +297,11 @@ class RedisBroker implements Broker {
     await this.wrap(this.command.publish(this.channel('users'), JSON.stringify([change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room])))
   }
 
+  // On a cluster this travels on the user's shard channel: only processes with her sockets hear it.
+  async sendToSession (userId: string, sessionId: string, frame: string): Promise<void> {
+    await this.publishToUser(userId, ['s', userId, sessionId, frame])
+  }
+
   /** Cluster: this process has a socket of the user now (called before its first frame is processed). */
   userConnected?: (userId: string) => Promise<void>
   /** Cluster: this process's last socket of the user closed. */
@@ -451,6 +456,7 @@ class RedisBroker implements Broker {
     const [kind, userId, ...rest] = parts as [unknown, string, ...unknown[]]
     if (kind === 'm' && typeof rest[0] === 'string') return this.delivery?.userMessage(userId, rest[0])
     if (kind === 'd' && typeof rest[0] === 'number' && typeof rest[1] === 'string') return this.delivery?.userDisconnect(userId, rest[0], rest[1])
+    if (kind === 's' && typeof rest[0] === 'string' && typeof rest[1] === 'string') return this.delivery?.sessionFrame?.(userId, rest[0], rest[1])
     // Server-side joins and leaves: `j`/`l` for a user's sockets, `jc`/`lc` for one connection (the id in place of the user's).
     if (typeof rest[0] === 'string' && (kind === 'j' || kind === 'l' || kind === 'jc' || kind === 'lc')) {
       const target = kind.length === 1 ? { userId } : { connectionId: userId }
