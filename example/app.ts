@@ -50,6 +50,8 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
   await app.register(rooms, {
     jwt: false,
     metrics: true,
+    // Where WebSockets are blocked, the page's client falls back to Server-Sent Events by itself.
+    sse: true,
     allowedOrigins: options.allowedOrigins,
     ...(options.redisClusterNodes !== undefined
       ? { broker: redisBroker({ cluster: options.redisClusterNodes }) }

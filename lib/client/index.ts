@@ -3,8 +3,8 @@
 // browsers (native WebSocket) and in Node (pass WebSocket from ws).
 // ~660 lines on purpose: the file is served to browsers as one module; its types live in types.ts.
 import type {
-  AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, EventFrame, JoinAck, RefusalDetails, RequestOptions,
-  RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
+  AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, ClientTransport, EventFrame, EventSourceConstructor, EventSourceLike, JoinAck,
+  RefusalDetails, RequestOptions, RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
 } from './types.js'
 
 export type * from './types.js'
@@ -55,6 +55,92 @@ interface Attempt {
 
 type Listener = (...args: any[]) => void
 
+type FetchLike = (url: string, init: object) => Promise<{ status: number; headers: { get(name: string): string | null }; json(): Promise<unknown> }>
+
+/**
+ * The Server-Sent Events fallback in the shape of a WebSocket: a session opened by a POST (with the token,
+ * like the handshake), the frames from its EventSource stream, the client's frames POSTed one at a time so
+ * they keep their order. No EventSource reconnect of its own: a dropped stream closes the link (1006) and
+ * the client reconnects and resumes as it does after a dropped socket.
+ */
+class SseLink implements WebSocketLike {
+  readyState = 0
+  onopen: WebSocketLike['onopen'] = null
+  onmessage: WebSocketLike['onmessage'] = null
+  onclose: WebSocketLike['onclose'] = null
+  onerror: WebSocketLike['onerror'] = null
+  private source: EventSourceLike | undefined
+  private streamUrl = ''
+  private sending: Promise<void> = Promise.resolve()
+
+  constructor (private readonly base: string, public token: string | undefined, EventSourceImpl: EventSourceConstructor, private readonly fetchImpl: FetchLike) {
+    void this.start(EventSourceImpl)
+  }
+
+  send (data: string): void {
+    if (this.readyState !== 1) return
+    this.sending = this.sending.then(async () => {
+      if (this.readyState !== 1) return
+      try {
+        const response = await this.fetchImpl(this.streamUrl, { method: 'POST', headers: this.headers(), body: data, credentials: 'include', cache: 'no-store' })
+        if (response.status >= 400) this.finish(1006, `frame refused: HTTP ${response.status}`)
+      } catch {
+        this.finish(1006, 'frame POST failed')
+      }
+    })
+  }
+
+  close (code = 1000, reason = ''): void {
+    this.finish(code, reason)
+  }
+
+  private headers (): Record<string, string> {
+    return this.token === undefined ? { 'content-type': 'application/json' } : { 'content-type': 'application/json', authorization: `Bearer ${this.token}` }
+  }
+
+  private async start (EventSourceImpl: EventSourceConstructor): Promise<void> {
+    try {
+      const response = await this.fetchImpl(`${this.base}/sse`, { method: 'POST', headers: this.headers(), body: '{}', credentials: 'include', cache: 'no-store' })
+      if (this.readyState === 3) return
+      // Said the way ws says it, so a refusal is reported with its code like a refused upgrade.
+      if (response.status !== 201) return this.fail(`Unexpected server response: ${response.status}`)
+      const { stream } = await response.json() as { stream: string }
+      if (this.readyState === 3) return
+      this.streamUrl = new URL(stream, this.base).href
+      const source = new EventSourceImpl(this.streamUrl, { withCredentials: true })
+      this.source = source
+      source.onopen = () => {
+        if (this.readyState !== 0) return
+        this.readyState = 1
+        this.onopen?.({})
+      }
+      source.onmessage = (event) => this.onmessage?.({ data: event.data })
+      source.addEventListener('close', (event) => {
+        let closed: { code?: unknown; reason?: unknown } = {}
+        try {
+          closed = JSON.parse(event.data) as typeof closed
+        } catch {}
+        this.finish(typeof closed.code === 'number' ? closed.code : 1006, typeof closed.reason === 'string' ? closed.reason : '')
+      })
+      source.onerror = () => this.finish(1006, '')
+    } catch (err) {
+      this.fail(`SSE fallback unreachable: ${(err as Error)?.message}`)
+    }
+  }
+
+  private fail (message: string): void {
+    this.onerror?.({ message })
+    this.finish(1006, '')
+  }
+
+  private finish (code: number, reason: string): void {
+    if (this.readyState === 3) return
+    this.readyState = 3
+    this.source?.close()
+    this.onclose?.({ code, reason })
+  }
+}
+
 /** Why a refused or failed attempt failed, from the HTTP status of the upgrade or of the diagnostic request. */
 const REFUSALS: Record<number, string> = { 401: 'unauthorized', 403: 'origin_not_allowed', 429: 'rate_limited', 503: 'unavailable' }
 
@@ -69,8 +155,13 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   attempt = 0
   connectionId: string | undefined
 
-  private readonly WebSocketImpl: WebSocketConstructor
+  /** The transport in use (or being tried). */
+  transport: ClientTransport
+  private readonly WebSocketImpl: WebSocketConstructor | undefined
   private ws: WebSocketLike | undefined
+  /** Handshakes in a row that failed with a network error (two of them send 'auto' to the fallback). */
+  private networkFailures = 0
+  private probeTimer: ReturnType<typeof setInterval> | undefined
   private online = false
   private closedByUser = true
   private openedAt = 0
@@ -101,8 +192,10 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   constructor (private readonly options: ClientOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
-    if (WebSocketImpl === undefined) throw new TypeError('fastify-rooms client: no global WebSocket; pass options.WebSocket (e.g. from ws)')
+    const transport = options.transport ?? 'auto'
+    if (WebSocketImpl === undefined && transport === 'websocket') throw new TypeError('fastify-rooms client: no global WebSocket; pass options.WebSocket (e.g. from ws)')
     this.WebSocketImpl = WebSocketImpl
+    this.transport = transport === 'sse' || WebSocketImpl === undefined ? 'sse' : 'websocket'
     for (const room of options.rooms ?? []) this.positions.set(room, null)
     // Browsers: back at once when the network returns or a hidden tab is shown again.
     const page = globalThis as { addEventListener?: (type: string, fn: () => void) => void; document?: { addEventListener?: (type: string, fn: () => void) => void } }
@@ -312,7 +405,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const protocols = this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
     let ws: WebSocketLike
     try {
-      ws = new this.WebSocketImpl(url, protocols)
+      ws = this.transport === 'sse' ? this.openFallback(token) : new this.WebSocketImpl!(url, protocols)
     } catch (err) {
       this.emit('error', new RoomsClientError('connection', `cannot open ${this.options.url}: ${(err as Error)?.message}`, err))
       return this.scheduleReconnect()
@@ -386,6 +479,13 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const refusal = await this.diagnose(attempt)
     if (this.closedByUser) return
     this.emit('error', refusal)
+    // WebSockets may be blocked on the way (a proxy, a gateway): after two network failures, the fallback.
+    this.networkFailures = refusal.code === 'network' || refusal.code === 'connect_timeout' ? this.networkFailures + 1 : 0
+    if (this.networkFailures >= 2 && this.transport === 'websocket' && (this.options.transport ?? 'auto') === 'auto') {
+      this.networkFailures = 0
+      this.useTransport('sse')
+      this.wakePending = true
+    }
     if (refusal.code === 'unauthorized' || refusal.code === 'origin_not_allowed') {
       // Every attempt fetches a fresh token: a second refusal in a row will not change by retrying.
       if (++this.authRefusals >= 2) return this.stop(refusal)
@@ -458,6 +558,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     if (this.attemptInFlight !== undefined) clearTimeout(this.attemptInFlight.timer)
     this.attemptInFlight = undefined
     this.authRefusals = 0
+    this.networkFailures = 0
+    if (this.transport === 'sse') this.startProbing()
     this.retryAfterMs = 0
     this.wakePending = false
     this.online = true
@@ -597,6 +699,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const token = await this.options.getToken!()
       if (!this.online) return // the next connection takes a fresh token anyway
       await this.requestFrame('auth', { token }, {})
+      // The fallback's POSTs carry the token too.
+      if (this.ws instanceof SseLink) this.ws.token = token
       this.scheduleRefresh(token)
     } catch (err) {
       this.emit('error', err instanceof RoomsClientError ? err : new RoomsClientError('token', `token refresh failed: ${(err as Error)?.message}`, err))
@@ -631,7 +735,66 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.reconnectTimer = setTimeout(() => { void this.openSocket() }, delayMs)
   }
 
+  private openFallback (token: string | undefined): WebSocketLike {
+    const EventSourceImpl = this.options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource
+    const fetch = (globalThis as { fetch?: FetchLike }).fetch
+    if (EventSourceImpl === undefined || fetch === undefined) throw new TypeError('no EventSource or fetch for the SSE fallback')
+    // Bound: a browser's fetch called as another object's method throws "Illegal invocation".
+    return new SseLink(this.options.url.replace(/^ws/, 'http'), token, EventSourceImpl, fetch.bind(globalThis))
+  }
+
+  private useTransport (transport: ClientTransport): void {
+    if (this.transport === transport) return
+    this.transport = transport
+    this.emit('transport', transport)
+  }
+
+  /**
+   * On the fallback in 'auto', a WebSocket is tried every probeIntervalMs; when one reaches `welcome`, the
+   * client moves back: it closes the stream and reconnects over a socket, resuming every room from its
+   * positions (the client drops what it has seen, so nothing repeats; history fills what it missed).
+   */
+  private startProbing (): void {
+    clearInterval(this.probeTimer)
+    if ((this.options.transport ?? 'auto') !== 'auto' || this.WebSocketImpl === undefined) return
+    this.probeTimer = setInterval(() => { void this.probe() }, this.options.probeIntervalMs ?? 30_000)
+  }
+
+  private async probe (): Promise<void> {
+    if (this.transport !== 'sse' || !this.online || this.WebSocketImpl === undefined) return
+    let token: string | undefined
+    try {
+      token = await this.options.getToken?.()
+    } catch {
+      return
+    }
+    const protocols = this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
+    const url = this.options.tokenIn === 'query' && token !== undefined
+      ? `${this.options.url}${this.options.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
+      : this.options.url
+    let probe: WebSocketLike
+    try {
+      probe = new this.WebSocketImpl(url, protocols)
+    } catch {
+      return
+    }
+    const done = setTimeout(() => this.abandon(probe), this.options.connectTimeoutMs ?? 10_000)
+    probe.onerror = () => {}
+    probe.onclose = () => clearTimeout(done)
+    probe.onmessage = (event) => {
+      if (!String(event.data).includes('"type":"welcome"')) return
+      clearTimeout(done)
+      this.abandon(probe)
+      if (this.transport !== 'sse' || this.closedByUser) return
+      clearInterval(this.probeTimer)
+      this.useTransport('websocket')
+      this.wakePending = true
+      this.ws?.close(1000, 'moving to a WebSocket')
+    }
+  }
+
   private stopTimers (): void {
+    clearInterval(this.probeTimer)
     clearInterval(this.heartbeatTimer)
     clearTimeout(this.pongTimer)
     clearTimeout(this.refreshTimer)

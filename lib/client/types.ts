@@ -21,6 +21,19 @@ export interface WebSocketLike {
 }
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
 
+/** What the SSE fallback uses of an EventSource (browsers' own). */
+export interface EventSourceLike {
+  onopen: ((event: unknown) => void) | null
+  onmessage: ((event: { data: string }) => void) | null
+  onerror: ((event: unknown) => void) | null
+  addEventListener(type: string, listener: (event: { data: string }) => void): void
+  close(): void
+}
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike
+
+/** How the client reaches the server: a WebSocket, or the Server-Sent Events fallback (a stream plus POSTs). */
+export type ClientTransport = 'websocket' | 'sse'
+
 /**
  * What a client knows of a server: each message type's payload and the result its handler resolves, and
  * each event type's payload. `RoomsSchema<typeof options>` (from `fastify-rooms`) derives it from the
@@ -47,6 +60,17 @@ export interface ClientOptions {
   getToken?: () => string | Promise<string>
   /** Defaults to the global WebSocket (browsers, Node 22+); in Node 20 pass `WebSocket` from ws. */
   WebSocket?: WebSocketConstructor
+  /**
+   * 'auto' (default): a WebSocket, and the server's Server-Sent Events fallback (its `sse` option) when no
+   * socket can open — at once when there is no `WebSocket`, or after two handshakes failed with a network
+   * error — while a WebSocket is tried again every `probeIntervalMs`, and used again once it opens.
+   * 'websocket' or 'sse' forces one.
+   */
+  transport?: 'auto' | ClientTransport
+  /** Defaults to the global EventSource (browsers). */
+  EventSource?: EventSourceConstructor
+  /** While on the fallback, how often a WebSocket is tried again (default 30000 ms). */
+  probeIntervalMs?: number
   /** Rooms to join on connect. */
   rooms?: string[]
   /** App-level ping interval (default 15000 ms). */
@@ -139,6 +163,8 @@ export interface ClientEvents {
   welcome: (welcome: { connectionId: string; user: { id: string }; heartbeatMs: number; maxPayload: number }) => void
   /** A reconnect is scheduled: attempt number and the delay before it. */
   reconnect: (info: { attempt: number; delayMs: number }) => void
+  /** The client moved to another transport (`client.transport` says which is in use). */
+  transport: (transport: ClientTransport) => void
   /** Round trip of the last app-level ping. */
   pong: (latencyMs: number) => void
   /** Presence room events (users joining and leaving rooms this client is in). */
