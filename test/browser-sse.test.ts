@@ -113,3 +113,63 @@ if (componentAvailable(t, chromiumMissing(), 'browser SSE fallback') && componen
     t.equal(server.app.rooms.stats().connections, 1)
   })
 }
+
+// A page whose WebSocket upgrades fail (as behind a gateway that drops them) while window.blocked is true.
+const BLOCKABLE = `<!doctype html><meta charset="utf-8"><title>sse</title>
+<script>
+window.blocked = true
+const RealWebSocket = window.WebSocket
+window.WebSocket = class extends RealWebSocket {
+  constructor (url, protocols) { super(window.blocked ? 'ws://127.0.0.1:9/blocked' : url, protocols) }
+}
+</script>
+<script type="module">
+import { createClient } from '/client.js'
+window.start = () => {
+  const client = createClient({ url: 'ws://' + location.host + '/ws', getToken: async () => (await (await fetch('/token')).json()).token, rooms: ['news'], backoff: { initialMs: 50, maxMs: 200 }, probeIntervalMs: 300 })
+  window.client = client
+  window.got = []
+  window.transports = []
+  client.on('transport', (transport) => window.transports.push(transport))
+  client.on('story', (frame) => window.got.push(frame.payload.n))
+}
+window.ready = true
+</script>`
+
+if (componentAvailable(t, chromiumMissing(), 'browser SSE fallback')) {
+  t.test('#16 blocked upgrades: the client falls back after two network failures, probes, and moves back to a WebSocket without losing or repeating an event', { timeout: 60_000 }, async (t) => {
+    const { readFile } = await import('node:fs/promises')
+    const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8')).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')
+    const port = await freePort()
+    const server = await startServer(t, { sse: true, presence: false, handshakeRateLimit: false, allowedOrigins: [`http://127.0.0.1:${port}`] }, {
+      listenPort: port,
+      setup: (app) => {
+        app.get('/', async (_request, reply) => reply.type('text/html').send(BLOCKABLE))
+        app.get('/client.js', async (_request, reply) => reply.type('text/javascript').send(client))
+        app.get('/token', async () => ({ token: sign('ines') }))
+      },
+    })
+    const browser = await browserWithoutWebSocket(t)
+    const page = await browser.newPage()
+    await page.goto(`http://127.0.0.1:${port}/`)
+    await page.waitForFunction('window.ready === true', undefined, { timeout: 10_000 })
+    await page.evaluate('window.start()')
+    await page.waitForFunction('window.client.transport === "sse" && window.client.state === "open" && window.client.position("news") !== undefined', undefined, { timeout: 20_000 })
+    let n = 0
+    for (; n < 5; n++) await server.app.rooms.broadcast('news', 'story', { n })
+    await page.waitForFunction('window.got.length === 5', undefined, { timeout: 10_000 })
+    await page.evaluate('window.blocked = false')
+    // Publishing goes on while the client moves.
+    const deadline = Date.now() + 20_000
+    while (Date.now() < deadline && await page.evaluate('window.client.transport') !== 'websocket') {
+      await server.app.rooms.broadcast('news', 'story', { n: n++ })
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+    await page.waitForFunction('window.client.state === "open"', undefined, { timeout: 10_000 })
+    for (let i = 0; i < 5; i++) await server.app.rooms.broadcast('news', 'story', { n: n++ })
+    await page.waitForFunction(`window.got.length >= ${n}`, undefined, { timeout: 10_000 })
+    t.same(await page.evaluate('window.transports'), ['sse', 'websocket'], 'to the fallback and back')
+    t.same(await page.evaluate('window.got'), Array.from({ length: n }, (_, i) => i), `all ${n} events once, in order, across both moves`)
+    t.equal(server.app.websocketServer.clients.size, 1, 'on a WebSocket now')
+  })
+}
