@@ -197,6 +197,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       })
       const transport = sse
       registry.sessionFrames = (userId, sessionId, frame) => transport.deliver(userId, sessionId, frame)
+      registry.sseCounts = () => transport.counts()
       sse.register(scope)
     }
 

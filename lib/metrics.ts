@@ -11,6 +11,7 @@ function bump (counter: Record<string, number>, key: string | number, by = 1): v
 /** Current sizes, read when Prometheus scrapes. */
 export interface Gauges {
   connectionCount(): number
+  sseStreamCount(): number
   roomCount(): number
   memberCount(): number
   maxBufferedBytes(): number
@@ -72,7 +73,8 @@ export class Stats {
           this.set(gauges === undefined ? 0 : read(gauges))
         },
       })
-    gauge('rooms_connections', 'Open WebSocket connections on this process', (g) => g.connectionCount())
+    gauge('rooms_connections', 'Open connections (WebSocket and SSE) on this process', (g) => g.connectionCount())
+    gauge('rooms_sse_streams', 'Open SSE fallback streams on this process (counted in rooms_connections too)', (g) => g.sseStreamCount())
     gauge('rooms_rooms', 'Rooms with members on this process', (g) => g.roomCount())
     gauge('rooms_members', 'Room memberships (socket × room) on this process', (g) => g.memberCount())
     gauge('rooms_max_send_buffer_bytes', 'The largest send buffer of any open socket', (g) => g.maxBufferedBytes())

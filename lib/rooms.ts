@@ -170,9 +170,17 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     for (const connection of own) connection.close(code, reason)
   }
 
+  /** What the SSE fallback holds (set by index.ts when it is on). */
+  sseCounts: () => { sessions: number; streams: number } = () => ({ sessions: 0, streams: 0 })
+
+  sseStreamCount (): number {
+    return this.sseCounts().streams
+  }
+
   private snapshot (): RoomsStats {
     return {
       connections: this.membership.connections.size,
+      sse: this.sseCounts(),
       rooms: this.roomCount(),
       members: this.memberCount(),
       messagesIn: { ...this.stats.messagesIn },

@@ -174,8 +174,10 @@ export class SseTransport {
 
   constructor (private readonly options: SseOptions, private readonly hooks: SseHooks) {}
 
-  get size (): number {
-    return this.sessions.size
+  counts (): { sessions: number; streams: number } {
+    let streams = 0
+    for (const session of this.sessions.values()) if (session.socket !== undefined) streams++
+    return { sessions: this.sessions.size, streams }
   }
 
   register (scope: FastifyInstance): void {

@@ -146,7 +146,10 @@ export interface RoomHistory {
 }
 
 export interface RoomsStats {
+  /** Open connections, WebSocket and SSE (`sse.streams` of them are SSE streams). */
   connections: number
+  /** The SSE fallback on this process: open sessions, and those with a stream attached. */
+  sse: { sessions: number; streams: number }
   rooms: number
   members: number
   messagesIn: Record<string, number>

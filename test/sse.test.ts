@@ -14,7 +14,7 @@ const seqs = (frames: Array<{ type: string; seq?: number }>, type: string) => fr
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
 t.test('#16 a session: welcome on the stream, frames as POSTs, room events with the positions as their SSE id; a socket and a stream share a room', async (t) => {
-  const server = await startServer(t, { sse: true, presence: false })
+  const server = await startServer(t, { sse: true, presence: false, metrics: true })
   const { stream, post } = await openSession(server.port, 'alice')
   t.equal(stream.status, 200)
   t.match(stream.response.headers['content-type'], 'text/event-stream')
@@ -36,6 +36,10 @@ t.test('#16 a session: welcome on the stream, frames as POSTs, room events with 
   t.match(last.id, /^p1\./, 'room events carry an id')
   t.same(JSON.parse(Buffer.from(last.id!.slice(3), 'base64url').toString()), [['lobby', 3, ack.payload.epoch]], 'the id is the rooms\' positions')
   t.equal(server.app.rooms.stats().connections, 2, 'stats() counts the stream as a connection')
+  t.same(server.app.rooms.stats().sse, { sessions: 1, streams: 1 }, 'and says how many are SSE')
+  const metrics = (await server.app.rooms.metrics()).body
+  t.match(metrics, /^rooms_sse_streams 1$/m, 'the metric counts the stream')
+  t.match(metrics, /^rooms_connections 2$/m)
   t.same(await server.app.rooms.members('lobby'), [{ id: 'alice' }, { id: 'bob' }], 'members() sees both')
 })
 
