@@ -3,12 +3,13 @@
 // The three targets get the same client: ws, no UTF-8 validation, no JSON.parse per event (the publish
 // time is read straight from the bytes), so the clients stay far cheaper than the servers they load.
 // Socket.IO is spoken at the engine.io level (`0{…}` open, `40` connect, `2`/`3` ping/pong, `42[…]` events).
+import http from 'node:http'
 import { createSigner } from 'fast-jwt'
 import WebSocket from 'ws'
 import { emptyHistogram, record } from './histogram.js'
 import { BENCH_ORIGIN, BENCH_SECRET } from './servers/common.js'
 
-export type Target = 'plugin' | 'ws' | 'socketio'
+export type Target = 'plugin' | 'ws' | 'socketio' | 'plugin-sse'
 
 export interface ConnectCommand {
   cmd: 'connect'
@@ -25,7 +26,8 @@ const now = () => performance.timeOrigin + performance.now()
 const sign = createSigner({ key: BENCH_SECRET, expiresIn: 3_600_000 })
 const SENT_AT = Buffer.from('"sentAt":')
 let histogram = emptyHistogram()
-const sockets: WebSocket[] = []
+const sockets: Array<{ terminate(): void }> = []
+const sseAgent = new http.Agent({ keepAlive: true, maxSockets: 256 })
 let failed = 0
 
 /** Records the latency of an event frame; false when the frame carries no publish time. */
@@ -36,7 +38,51 @@ function onFrame (data: Buffer): boolean {
   return true
 }
 
+/** The plugin's SSE fallback: a session POST, its stream (read as it arrives), a join POSTed. */
+async function openSse (port: number, user: number, room: string): Promise<void> {
+  const token = sign({ sub: `u${user}` })
+  const post = (path: string, body: string) => new Promise<string>((resolve, reject) => {
+    const request = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent: sseAgent, headers: { authorization: `Bearer ${token}`, origin: BENCH_ORIGIN, 'content-type': 'application/json' } }, (response) => {
+      let text = ''
+      response.on('data', (chunk: Buffer) => { text += chunk.toString() })
+      response.on('end', () => (response.statusCode === 201 || response.statusCode === 202 ? resolve(text) : reject(new Error(`HTTP ${response.statusCode}`))))
+    })
+    request.on('error', reject)
+    request.end(body)
+  })
+  const { stream } = JSON.parse(await post('/ws/sse', '{}')) as { stream: string }
+  await new Promise<void>((resolve, reject) => {
+    const request = http.get({ host: '127.0.0.1', port, path: stream, headers: { origin: BENCH_ORIGIN, accept: 'text/event-stream' } }, (response) => {
+      let ready = false
+      let buffer = ''
+      response.on('data', (chunk: Buffer) => {
+        buffer += chunk.toString('latin1')
+        for (let end = buffer.indexOf('\n\n'); end !== -1; end = buffer.indexOf('\n\n')) {
+          const block = buffer.slice(0, end)
+          buffer = buffer.slice(end + 2)
+          if (ready) {
+            const at = block.indexOf('"sentAt":')
+            if (at >= 0) record(histogram, now() - Number.parseFloat(block.slice(at + 9, at + 33)))
+          } else if (block.includes('"type":"welcome"')) {
+            if (room === '') {
+              ready = true
+              resolve()
+            } else post(stream, JSON.stringify({ type: 'join', id: 1, room })).catch(reject)
+          } else if (block.includes('"type":"ack"')) {
+            ready = true
+            resolve()
+          }
+        }
+      })
+      response.on('error', reject)
+    })
+    request.on('error', reject)
+    sockets.push({ terminate: () => request.destroy() })
+  })
+}
+
 function open (target: Target, port: number, user: number, room: string): Promise<void> {
+  if (target === 'plugin-sse') return openSse(port, user, room)
   const options = { skipUTF8Validation: true, origin: BENCH_ORIGIN, maxPayload: 1 << 20 }
   const query = room === '' ? '' : `room=${encodeURIComponent(room)}`
   const socket = target === 'plugin'

@@ -14,7 +14,7 @@ const only = process.argv.find((arg) => arg.startsWith('--targets='))?.slice('--
 const TARGETS: Target[] = only ?? ['plugin', 'ws', 'socketio']
 /** --scenarios=fanout,rooms,handshakes,compression (default all); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
 const argument = (name: string) => process.argv.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3)
-const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes', 'compression']
+const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes', 'compression', 'sse']
 const PROFILE = process.argv.includes('--profile')
 const CONFIG: { fanout: number[]; repeats: number; durationMs: number; drainMs: number; rooms: { count: number; members: number }; handshakes: number; idle: number; clients: number; compression: number } = quick
   ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2, compression: 200 }
@@ -63,7 +63,10 @@ interface Server {
 
 async function startServer (target: Target, env: Record<string, string> = {}): Promise<Server> {
   const profile = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${here(`./results/profiles/${target}`)}`] : []
-  const [command, args] = node(0, here(`./servers/${target}.ts`), ['--expose-gc', ...profile])
+  // The SSE fallback is the plugin's own server with `sse` on.
+  const script = target === 'plugin-sse' ? 'plugin' : target
+  if (target === 'plugin-sse') env = { ...env, BENCH_SSE: '1' }
+  const [command, args] = node(0, here(`./servers/${script}.ts`), ['--expose-gc', ...profile])
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } })
   let output = ''
   await new Promise<void>((resolve, reject) => {
@@ -340,6 +343,25 @@ async function compression (variant: typeof COMPRESSION_VARIANTS[number]): Promi
   }
 }
 
+// The fallback against a socket: the same room, rate and payload, C = CONFIG.compression (1000 in a full run).
+const sseScenarioName = `transport ${(SUB_SATURATION_DELIVERIES_PER_SECOND / CONFIG.compression).toFixed(1)} msg/s`
+
+async function sseScenario (target: 'plugin' | 'plugin-sse'): Promise<void> {
+  const server = await startServer(target)
+  const clients = new Clients(CONFIG.clients)
+  try {
+    const connections = CONFIG.compression
+    const opened = await clients.connect(target, server.port, Array.from({ length: connections }, (_, i) => [i, 'fan'] as [number, string]), 20)
+    if (opened.failed > 0) console.warn(`${target}: ${opened.failed} of ${connections} connections failed`)
+    const runs: Array<Record<string, number>> = []
+    for (let i = 0; i < CONFIG.repeats; i++) runs.push(await measure(server, clients, connections, () => 'fan', SUB_SATURATION_DELIVERIES_PER_SECOND / connections))
+    summarize(sseScenarioName, target === 'plugin' ? 'plugin WebSocket' : 'plugin SSE', connections, runs)
+  } finally {
+    await clients.close()
+    await server.stop()
+  }
+}
+
 function ratio (scenario: string, connections: number, metric: string, against: string, of = 'plugin'): string {
   const plugin = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === of)?.[metric]
   const other = rows.find((row) => row.scenario === scenario && row.connections === connections && row.target === against)?.[metric]
@@ -364,6 +386,8 @@ function printTable (): void {
   console.log(`  compression, C=${CONFIG.compression}: egress per delivery compress-once / plain ${once('egressBytesPerDelivery', 'plugin plain')}; ` +
     `CPU per delivery compress-once / plain ${once('cpuUsPerDelivery', 'plugin plain')}, / ws per-socket deflate ${once('cpuUsPerDelivery', 'ws per-socket deflate')}, ` +
     `/ Socket.IO perMessageDeflate ${once('cpuUsPerDelivery', 'Socket.IO perMessageDeflate')}`)
+  const fallback = (metric: string) => ratio(sseScenarioName, CONFIG.compression, metric, 'plugin WebSocket', 'plugin SSE')
+  console.log(`  SSE fallback / WebSocket, C=${CONFIG.compression}: CPU per delivery ${fallback('cpuUsPerDelivery')}, egress bytes per delivery ${fallback('egressBytesPerDelivery')}, p99 ${fallback('p99ms')}`)
 }
 
 const started = performance.now()
@@ -372,6 +396,7 @@ if (SCENARIOS.includes('fanout')) for (const connections of CONFIG.fanout) for (
 if (SCENARIOS.includes('rooms')) for (const target of TARGETS) await manyRooms(target)
 if (SCENARIOS.includes('handshakes')) for (const target of TARGETS) await handshakesAndMemory(target)
 if (SCENARIOS.includes('compression')) for (const variant of COMPRESSION_VARIANTS) if (TARGETS.includes(variant.target)) await compression(variant)
+if (SCENARIOS.includes('sse')) for (const target of ['plugin', 'plugin-sse'] as const) if (TARGETS.includes('plugin')) await sseScenario(target)
 printTable()
 mkdirSync(here('./results'), { recursive: true })
 const file = here(`./results/${new Date().toISOString().replaceAll(':', '-')}${quick ? '-quick' : ''}.jsonl`)

@@ -156,3 +156,29 @@ if (componentAvailable(t, redisMissing(), 'SSE on Redis')) {
     t.same([...seqs(stream.frames, 'line'), ...seqs(moved.frames, 'line')], range(1, 9), 'every event exactly once across processes')
   })
 }
+
+t.test('#16 hooks, server-side joins and presence see a stream as a connection; a session without a stream expires', async (t) => {
+  const disconnects: number[] = []
+  const server = await startServer(t, {
+    sse: { sessionIdleMs: 200 },
+    onConnect: async (ctx) => { await ctx.join(`user:${ctx.user.id}`) },
+    onDisconnect: (_ctx, { code }) => { disconnects.push(code) },
+  })
+  const { stream, post } = await openSession(server.port, 'kim')
+  const joined = await waitForFrame(stream, (frame) => frame.type === 'joined', 'the onConnect join')
+  t.equal(joined.room, 'user:kim')
+  const watcher = await connect(server, 'lee')
+  await watcher.join('lobby')
+  await post({ type: 'join', id: 'j', room: 'lobby' })
+  t.same((await watcher.next((frame) => frame.type === 'presence' && frame.payload.user.id === 'kim', 'kim joins')).payload, { action: 'join', user: { id: 'kim' } }, 'presence announces the stream\'s user')
+  await server.app.rooms.join({ userId: 'kim' }, 'vip')
+  t.equal((await waitForFrame(stream, (frame) => frame.type === 'joined' && frame.room === 'vip', 'the server-side join')).room, 'vip')
+  await server.app.rooms.sendToUser('kim', 'notice', { hi: true })
+  t.same((await waitForFrame(stream, (frame) => frame.type === 'notice', 'sendToUser')).payload, { hi: true })
+  stream.close()
+  await until(() => disconnects.length === 1, 'onDisconnect ran')
+  t.same((await watcher.next((frame) => frame.type === 'presence' && frame.payload.action === 'leave', 'kim leaves')).payload, { action: 'leave', user: { id: 'kim' } })
+  // No stream for sessionIdleMs: the session is gone.
+  await until(() => server.app.rooms.stats().sse.sessions === 0, 'the idle session dropped')
+  t.equal((await openStream(server.port, stream.path)).status, 404, 'its stream can no longer be opened')
+})

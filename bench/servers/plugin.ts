@@ -12,6 +12,8 @@ await app.register(rooms, {
   presence: false,
   maxBufferedBytes: 1_048_576,
   compression: COMPRESSION ? { threshold: 1024 } : false,
+  // BENCH_SSE=1: the Server-Sent Events fallback too (the sse scenario's clients use it).
+  sse: process.env.BENCH_SSE === '1',
 })
 countEgress(app.server)
 app.addHook('onRequest', async (request, reply) => {
