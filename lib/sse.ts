@@ -190,10 +190,12 @@ export class SseTransport {
       config: this.hooks.rateLimit === false ? { rateLimit: false } : { rateLimit: this.hooks.rateLimit },
       handler: async (request, reply) => this.open(request, reply),
     })
-    scope.route({ method: 'GET', url: `${base}/:session`, handler: async (request, reply) => this.stream(request, reply) })
+    // The session id is the stream's credential: the request log lines show it redacted.
+    const logSerializers = { req: (request: FastifyRequest) => ({ method: request.method, url: `${base}/[REDACTED]`, host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
+    scope.route({ method: 'GET', url: `${base}/:session`, logSerializers, handler: async (request, reply) => this.stream(request, reply) })
     scope.route({ method: 'OPTIONS', url: base, handler: this.hooks.preflight })
     scope.route({ method: 'OPTIONS', url: `${base}/:session`, handler: this.hooks.preflight })
-    scope.route({ method: 'POST', url: `${base}/:session`, bodyLimit: this.options.maxPayload, handler: async (request, reply) => this.frame(request, reply) })
+    scope.route({ method: 'POST', url: `${base}/:session`, bodyLimit: this.options.maxPayload, logSerializers, handler: async (request, reply) => this.frame(request, reply) })
   }
 
   close (): void {

@@ -101,6 +101,8 @@ t.test('#16 admission is the socket\'s: Origin, token, limits — before any str
   const foreign = await openStream(server.port, `/ws/sse/${session}`, { origin: 'https://evil.test' })
   t.equal(foreign.status, 403, 'nor a stream for a foreign Origin')
   t.notOk(server.logs.some((line) => line.includes(sign('erin'))), 'no token in the logs')
+  t.notOk(server.logs.some((line) => line.includes(session)), 'nor the session id (the stream\'s credential)')
+  t.ok(server.logs.some((line) => line.includes('/ws/sse/[REDACTED]')), 'its requests are logged redacted')
   t.equal(stream.status, 200)
 })
 
