@@ -4,7 +4,7 @@
 // survivors remove them. On a cluster every key and channel of a room lives in the room's slot (sharded
 // pub/sub), a user's messages travel on the user's own shard channel, and a dead process's presence is
 // found by SCAN instead of a per-process index (which a join would have to write in another slot).
-// ~560 lines: connection handling for both topologies, the scripts' callers, presence reaping and message
+// ~600 lines: connection handling for both topologies, the scripts' callers, presence reaping and message
 // parsing; the Lua lives in redis-scripts.ts and ordered delivery in ordered-streams.ts.
 import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'

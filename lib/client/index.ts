@@ -1,7 +1,8 @@
 // The fastify-rooms client: reconnecting, token-refreshing, resuming, and saying why a connection is
 // refused. No runtime dependencies and no runtime imports (types.ts is type-only), so this one file runs in
 // browsers (native WebSocket) and in Node (pass WebSocket from ws).
-// ~660 lines on purpose: the file is served to browsers as one module; its types live in types.ts.
+// ~840 lines on purpose: the file is served to browsers as one module (the SSE fallback's link included,
+// so a page needs nothing else); its types live in types.ts.
 import type {
   AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, ClientTransport, EventFrame, EventSourceConstructor, EventSourceLike, JoinAck,
   RefusalDetails, RequestOptions, RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
@@ -479,12 +480,20 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const refusal = await this.diagnose(attempt)
     if (this.closedByUser) return
     this.emit('error', refusal)
-    // WebSockets may be blocked on the way (a proxy, a gateway): after two network failures, the fallback.
-    this.networkFailures = refusal.code === 'network' || refusal.code === 'connect_timeout' ? this.networkFailures + 1 : 0
-    if (this.networkFailures >= 2 && this.transport === 'websocket' && (this.options.transport ?? 'auto') === 'auto') {
-      this.networkFailures = 0
-      this.useTransport('sse')
-      this.wakePending = true
+    // WebSockets may be blocked on the way (a proxy, a gateway): after two network failures, the fallback
+    // (where there is one: Node has no EventSource). A fallback attempt that fails the same way means the
+    // server itself is away: back to WebSockets, so an outage does not leave the client on the fallback.
+    const networkFailure = refusal.code === 'network' || refusal.code === 'connect_timeout'
+    this.networkFailures = networkFailure ? this.networkFailures + 1 : 0
+    if ((this.options.transport ?? 'auto') === 'auto') {
+      if (this.transport === 'websocket' && this.networkFailures >= 2 && this.fallbackAvailable()) {
+        this.networkFailures = 0
+        this.useTransport('sse')
+        this.wakePending = true
+      } else if (this.transport === 'sse' && networkFailure && this.WebSocketImpl !== undefined) {
+        this.networkFailures = 0
+        this.useTransport('websocket')
+      }
     }
     if (refusal.code === 'unauthorized' || refusal.code === 'origin_not_allowed') {
       // Every attempt fetches a fresh token: a second refusal in a row will not change by retrying.
@@ -733,6 +742,10 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.emit('reconnect', { attempt: this.attempt, delayMs })
     clearTimeout(this.reconnectTimer)
     this.reconnectTimer = setTimeout(() => { void this.openSocket() }, delayMs)
+  }
+
+  private fallbackAvailable (): boolean {
+    return (this.options.EventSource ?? (globalThis as { EventSource?: unknown }).EventSource) !== undefined && typeof (globalThis as { fetch?: unknown }).fetch === 'function'
   }
 
   private openFallback (token: string | undefined): WebSocketLike {
