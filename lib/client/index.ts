@@ -110,12 +110,12 @@ class SseLink implements WebSocketLike {
       this.streamUrl = new URL(stream, this.base).href
       const source = new EventSourceImpl(this.streamUrl, { withCredentials: true })
       this.source = source
-      source.onopen = () => {
-        if (this.readyState !== 0) return
-        this.readyState = 1
-        this.onopen?.({})
+      source.onopen = () => this.opened()
+      source.onmessage = (event) => {
+        // An EventSource may hand over the first frame before its open event: the stream is open then.
+        this.opened()
+        this.onmessage?.({ data: event.data })
       }
-      source.onmessage = (event) => this.onmessage?.({ data: event.data })
       source.addEventListener('close', (event) => {
         let closed: { code?: unknown; reason?: unknown } = {}
         try {
@@ -127,6 +127,12 @@ class SseLink implements WebSocketLike {
     } catch (err) {
       this.fail(`SSE fallback unreachable: ${(err as Error)?.message}`)
     }
+  }
+
+  private opened (): void {
+    if (this.readyState !== 0) return
+    this.readyState = 1
+    this.onopen?.({})
   }
 
   private fail (message: string): void {
