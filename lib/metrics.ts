@@ -75,6 +75,19 @@ export class Stats {
       })
     gauge('rooms_connections', 'Open connections (WebSocket and SSE) on this process', (g) => g.connectionCount())
     gauge('rooms_sse_streams', 'Open SSE fallback streams on this process (counted in rooms_connections too)', (g) => g.sseStreamCount())
+    // Registered by its constructor; nothing else holds it.
+    void new Gauge({
+      name: 'rooms_connections_by_transport',
+      help: 'Open connections on this process by transport',
+      labelNames: ['transport'],
+      registers,
+      collect () {
+        const gauges = currentGauges()
+        const sse = gauges === undefined ? 0 : gauges.sseStreamCount()
+        this.set({ transport: 'websocket' }, gauges === undefined ? 0 : gauges.connectionCount() - sse)
+        this.set({ transport: 'sse' }, sse)
+      },
+    })
     gauge('rooms_rooms', 'Rooms with members on this process', (g) => g.roomCount())
     gauge('rooms_members', 'Room memberships (socket × room) on this process', (g) => g.memberCount())
     gauge('rooms_max_send_buffer_bytes', 'The largest send buffer of any open socket', (g) => g.maxBufferedBytes())

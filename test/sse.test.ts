@@ -40,6 +40,8 @@ t.test('#16 a session: welcome on the stream, frames as POSTs, room events with 
   const metrics = (await server.app.rooms.metrics()).body
   t.match(metrics, /^rooms_sse_streams 1$/m, 'the metric counts the stream')
   t.match(metrics, /^rooms_connections 2$/m)
+  t.match(metrics, /^rooms_connections_by_transport\{transport="websocket"\} 1$/m)
+  t.match(metrics, /^rooms_connections_by_transport\{transport="sse"\} 1$/m)
   t.same(await server.app.rooms.members('lobby'), [{ id: 'alice' }, { id: 'bob' }], 'members() sees both')
 })
 
@@ -183,4 +185,17 @@ t.test('#16 hooks, server-side joins and presence see a stream as a connection; 
   // No stream for sessionIdleMs: the session is gone.
   await until(() => server.app.rooms.stats().sse.sessions === 0, 'the idle session dropped')
   t.equal((await openStream(server.port, stream.path)).status, 404, 'its stream can no longer be opened')
+})
+
+t.test('#16 the session POST counts against the handshake rate limit; streams carry heartbeat comments', async (t) => {
+  const server = await startServer(t, { sse: true, presence: false, handshakeRateLimit: { max: 2, timeWindow: 60_000 }, heartbeatMs: 50 })
+  const open = () => httpRequest(server.port, 'POST', '/ws/sse', { authorization: `Bearer ${sign('pat')}`, origin: ORIGIN }, '{}')
+  const answers = [await open(), await open(), await open()]
+  t.same(answers.map((answer) => answer.status), [201, 201, 429], 'the third within the window is refused 429')
+  const stream = await openStream(server.port, answers[0]!.body.stream)
+  let comments = 0
+  stream.response.on('data', (chunk: Buffer) => { comments += (chunk.toString().match(/^: ping$/gm) ?? []).length })
+  await until(() => comments >= 2, 'two heartbeat comments')
+  t.ok(comments >= 2, `${comments} comments`)
+  t.equal(stream.response.destroyed, false, 'the stream stays open while it reads')
 })
