@@ -3,6 +3,7 @@
 // any end, close. No reconnect of its own (the client never relies on one).
 import http from 'node:http'
 import { ORIGIN } from './index.js'
+import { readEvents } from './sse.js'
 
 type Handler = ((event: { data: string }) => void) | null
 
@@ -18,23 +19,11 @@ export class NodeEventSource {
     this.request = http.get(url, { headers: { accept: 'text/event-stream', origin: ORIGIN } }, (response) => {
       if (response.statusCode !== 200) return this.fail()
       this.onopen?.({})
-      let buffer = ''
       response.setEncoding('utf8')
-      response.on('data', (chunk: string) => {
-        buffer += chunk
-        for (let end = buffer.indexOf('\n\n'); end !== -1; end = buffer.indexOf('\n\n')) {
-          const block = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          let data: string | undefined
-          let name = 'message'
-          for (const line of block.split('\n')) {
-            if (line.startsWith('data: ')) data = (data === undefined ? '' : data + '\n') + line.slice(6)
-            else if (line.startsWith('event: ')) name = line.slice(7)
-          }
-          if (data === undefined || this.closed) continue
-          if (name === 'message') this.onmessage?.({ data })
-          else for (const listener of this.named.get(name) ?? []) listener({ data })
-        }
+      readEvents(response, (event) => {
+        if (this.closed) return
+        if (event.event === undefined) this.onmessage?.({ data: event.data })
+        else for (const listener of this.named.get(event.event) ?? []) listener({ data: event.data })
       })
       response.on('close', () => this.fail())
     })

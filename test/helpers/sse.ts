@@ -63,32 +63,11 @@ export function openStream (port: number, path: string, headers: Record<string, 
         pause: () => response.pause(),
         close: () => request.destroy(),
       }
-      let buffer = ''
       response.setEncoding('utf8')
-      response.on('data', (chunk: string) => {
-        buffer += chunk
-        for (let end = buffer.indexOf('\n\n'); end !== -1; end = buffer.indexOf('\n\n')) {
-          const block = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          const event: SseEvent = { data: '' }
-          let isComment = true
-          for (const line of block.split('\n')) {
-            if (line.startsWith(':') || line === '') continue
-            const colon = line.indexOf(':')
-            const field = colon === -1 ? line : line.slice(0, colon)
-            const value = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '')
-            if (field === 'data') {
-              event.data += value
-              isComment = false
-            } else if (field === 'id') {
-              event.id = value
-              stream.lastEventId = value
-            } else if (field === 'event') event.event = value
-          }
-          if (isComment) continue
-          stream.events.push(event)
-          if (event.event === undefined) stream.frames.push(JSON.parse(event.data))
-        }
+      readEvents(response, (event) => {
+        if (event.id !== undefined) stream.lastEventId = event.id
+        stream.events.push(event)
+        if (event.event === undefined) stream.frames.push(JSON.parse(event.data))
       })
       resolve(stream)
     })
@@ -120,4 +99,28 @@ export async function waitForFrame (stream: SseStream, match: (frame: Frame) => 
     if (Date.now() > deadline) throw new Error(`${what} did not arrive within 10000 ms`)
     await new Promise((resolve) => setImmediate(resolve))
   }
+}
+
+/** Calls `onEvent` for each event of an SSE body as it arrives (comments skipped; `data` lines joined). */
+export function readEvents (body: NodeJS.ReadableStream, onEvent: (event: SseEvent) => void): void {
+  let buffer = ''
+  body.on('data', (chunk: string | Buffer) => {
+    buffer += chunk.toString()
+    for (let end = buffer.indexOf('\n\n'); end !== -1; end = buffer.indexOf('\n\n')) {
+      const block = buffer.slice(0, end)
+      buffer = buffer.slice(end + 2)
+      let event: SseEvent | undefined
+      for (const line of block.split('\n')) {
+        if (line.startsWith(':') || line === '') continue
+        const colon = line.indexOf(':')
+        const field = colon === -1 ? line : line.slice(0, colon)
+        const value = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '')
+        event ??= { data: '' }
+        if (field === 'data') event.data = event.data === '' ? value : `${event.data}\n${value}`
+        else if (field === 'id') event.id = value
+        else if (field === 'event') event.event = value
+      }
+      if (event !== undefined && (event.data !== '' || event.event !== undefined)) onEvent(event)
+    }
+  })
 }
