@@ -14,6 +14,8 @@ const OPEN = 1
 const CLOSING = 2
 const CLOSED = 3
 const ID_PREFIX = 'p1.'
+/** `{"type":<string>,"room":<string>,"seq":<n>,` — the head of every room event frame. */
+const ROOM_EVENT_HEAD = /^\{"type":"(?:[^"\\]|\\.)*","room":("(?:[^"\\]|\\.)*"),"seq":(\d+),/
 
 /** Where a stream's rooms stand, as its last event id carries them: room → [seq, epoch]. */
 export type StreamPositions = Map<string, [seq: number, epoch: string]>
@@ -103,18 +105,20 @@ export class SseSocket extends EventEmitter {
     this.tcp.destroy()
   }
 
-  /** Rooms and positions, from the frames that change them (a fallback transport may parse what it sends). */
+  /** Rooms and positions, from the frames that change them. */
   private follow (text: string): void {
-    const frame = JSON.parse(text) as { type: string; room?: string; seq?: number; payload?: Record<string, any> }
-    const room = frame.room
-    if (typeof frame.seq === 'number' && room !== undefined) {
-      const position = this.positions.get(room)
+    // A room event's head is fixed (protocol.ts roomEventFrameParts): its room and seq without parsing the payload.
+    const head = ROOM_EVENT_HEAD.exec(text)
+    if (head !== null) {
+      const position = this.positions.get(JSON.parse(head[1]!) as string)
       if (position !== undefined) {
-        position[0] = frame.seq
+        position[0] = Number(head[2])
         this.idChanged = true
       }
       return
     }
+    const frame = JSON.parse(text) as { type: string; room?: string; seq?: number; payload?: Record<string, any> }
+    const room = frame.room
     const payload = frame.payload
     if (frame.type === 'ack' && payload !== undefined && payload !== null) {
       if (typeof payload.room === 'string' && typeof payload.epoch === 'string' && typeof payload.seq === 'number') this.set(payload.room, payload.seq, payload.epoch)
