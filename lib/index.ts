@@ -186,7 +186,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       },
     })
     if (options.sse !== false) {
-      sse = new SseTransport({ path: options.path, sessionIdleMs: options.sse.sessionIdleMs, maxPayload: options.maxPayload, maxConnections: options.maxConnections, maxRoomsPerConnection: options.maxRoomsPerConnection }, {
+      sse = new SseTransport({ path: options.path, sessionIdleMs: options.sse.sessionIdleMs, maxPayload: options.maxPayload, maxConnections: options.maxConnections, maxConnectionsPerUser: options.maxConnectionsPerUser, maxRoomsPerConnection: options.maxRoomsPerConnection }, {
         admit: gate.admit,
         checkOrigin: gate.checkOrigin,
         preflight: gate.preflightFor('GET, POST', 'authorization, content-type, last-event-id'),

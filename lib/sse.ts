@@ -156,6 +156,7 @@ export interface SseOptions {
   sessionIdleMs: number
   maxPayload: number
   maxConnections: number
+  maxConnectionsPerUser: number
   maxRoomsPerConnection: number
 }
 
@@ -209,7 +210,12 @@ export class SseTransport {
   private async open (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     if (this.hooks.isClosing()) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'server is shutting down' })
     const admission = await this.hooks.admit(request, true)
-    if (this.sessions.size >= this.options.maxConnections) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
+    // Sessions waiting for their stream count too: one user cannot fill the table with them.
+    let own = 0
+    for (const session of this.sessions.values()) if (session.user.id === admission.user.id) own++
+    if (this.sessions.size >= this.options.maxConnections || own >= this.options.maxConnectionsPerUser) {
+      return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
+    }
     // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.
     let resume: unknown
     try {
