@@ -192,6 +192,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         preflight: gate.preflightFor('GET, POST', 'authorization, content-type, last-event-id'),
         start: (socket, admission, request) => start(socket as unknown as WebSocket, admission, request),
         isClosing: () => closing,
+        refused: (reason) => stats.handshake(reason),
         rateLimit: options.handshakeRateLimit === false ? false : { max: options.handshakeRateLimit.max, timeWindow: options.handshakeRateLimit.timeWindow },
         forward: broker.sendToSession === undefined ? undefined : (userId, sessionId, frame) => broker.sendToSession!(userId, sessionId, frame),
       })

@@ -167,6 +167,8 @@ export interface SseHooks {
   /** Starts a connection on the stream's socket (as the ws handler does for a socket); false when refused. */
   start(socket: SseSocket, admission: { user: RoomsUser; exp: number | undefined }, request: FastifyRequest): boolean
   isClosing(): boolean
+  /** Counts a session open refused here (past admission) as a refused handshake. */
+  refused(reason: 'unavailable'): void
   /** The handshake rate limit's route config, or false. */
   rateLimit: Record<string, unknown> | false
   /** Many processes: passes a frame for a session this process does not hold to the one that does. */
@@ -214,6 +216,7 @@ export class SseTransport {
     let own = 0
     for (const session of this.sessions.values()) if (session.user.id === admission.user.id) own++
     if (this.sessions.size >= this.options.maxConnections || own >= this.options.maxConnectionsPerUser) {
+      this.hooks.refused('unavailable')
       return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
     }
     // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.

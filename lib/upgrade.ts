@@ -199,9 +199,14 @@ function upgradeRequired (reply: FastifyReply, message = 'this route only accept
 export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
   /** Counts and logs a refused handshake (one line, with the reason; never the token) and returns its error. */
   function reject<E extends Error> (request: FastifyRequest, reason: HandshakeResult, error: E, details: Record<string, unknown> = {}): E {
-    // A diagnostic request repeats a handshake the client already made: it is logged, not counted again.
-    if (request.ws) stats.handshake(reason)
-    request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: ${request.ws ? 'handshake' : 'diagnostic request'} rejected: ${error.message}`)
+    // An upgrade and an SSE session's opening POST are handshakes; a diagnostic request repeats one the
+    // client already made, and a frame POST or a stream belongs to a session already counted: logged only.
+    const route = request.routeOptions.url ?? ''
+    const sse = route.endsWith('/sse') || route.endsWith('/sse/:session')
+    const opensSession = sse && request.method === 'POST' && route.endsWith('/sse')
+    if (request.ws || opensSession) stats.handshake(reason)
+    const kind = request.ws ? 'handshake' : opensSession ? 'SSE session' : sse ? 'SSE request' : 'diagnostic request'
+    request.log.info({ reason, ...details, remoteAddress: request.ip }, `fastify-rooms: ${kind} rejected: ${error.message}`)
     return error
   }
   function checkLimits (request: FastifyRequest, user: RoomsUser): void {

@@ -105,6 +105,8 @@ t.test('#16 admission is the socket\'s: Origin, token, limits — before any str
   t.equal((await openStream(server.port, '/ws/sse/no-such-session')).status, 404, 'an unknown session has no stream')
   const foreign = await openStream(server.port, `/ws/sse/${session}`, { origin: 'https://evil.test' })
   t.equal(foreign.status, 403, 'nor a stream for a foreign Origin')
+  t.same(server.app.rooms.stats().handshakes, { unauthorized: 2, forbidden_origin: 1, ok: 1, unavailable: 2 }, 'refused session opens count as handshakes; ok counts a stream started')
+  t.ok(server.logs.some((line) => line.includes('fastify-rooms: SSE session rejected')), 'and say so in the log')
   t.notOk(server.logs.some((line) => line.includes(sign('erin'))), 'no token in the logs')
   t.notOk(server.logs.some((line) => line.includes(session)), 'nor the session id (the stream\'s credential)')
   t.ok(server.logs.some((line) => line.includes('/ws/sse/[REDACTED]')), 'its requests are logged redacted')
