@@ -34,6 +34,23 @@ async function allKeys (inspect: Cluster): Promise<string[]> {
   return keys.sort()
 }
 
+/** Subscribers of `channel` on one node (`PUBSUB NUMSUB` or `SHARDNUMSUB`). */
+async function subscribers (port: number, command: 'NUMSUB' | 'SHARDNUMSUB', channel: string): Promise<number> {
+  const client = new Redis({ port, host: '127.0.0.1' })
+  try {
+    return (await client.call('PUBSUB', command, channel) as [string, number])[1]
+  } finally {
+    client.disconnect()
+  }
+}
+
+/** A raw client joins `room`; resolves with the join's ack. */
+async function rawJoin (client: { ws: WebSocket; frames: Frame[] }, room: string): Promise<Frame> {
+  client.ws.send(JSON.stringify({ type: 'join', id: 'j', room }))
+  await until(() => client.frames.some((frame) => frame.type === 'ack' && frame.id === 'j'), `joined ${room}`)
+  return client.frames.find((frame) => frame.type === 'ack' && frame.id === 'j')!
+}
+
 const seqsOf = (frames: Frame[], type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
@@ -45,8 +62,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     const b = await instance(t, cluster, { presence: false })
     const onA = await rawClient(a, 'alice')
     const onB = await rawClient(b, 'bob')
-    for (const client of [onA, onB]) client.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'chat' }))
-    await until(() => [onA, onB].every((client) => client.frames.some((frame) => frame.type === 'ack' && frame.id === 'j')), 'both joined')
+    await Promise.all([onA, onB].map((client) => rawJoin(client, 'chat')))
     // Publishes from both processes interleave; each room still has one order.
     for (let i = 0; i < 40; i++) await (i % 2 === 0 ? a : b).app.rooms.broadcast('chat', 'note', { i })
     await until(() => [onA, onB].every((client) => seqsOf(client.frames, 'note').length === 40), 'every event on both')
@@ -59,17 +75,9 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     t.same([...new Set(kinds)].sort(), ['history', 'meta', 'presence', 'proc:<process>', 'users'], 'the room\'s keys, all hash-tagged')
     t.same(keys.filter((key) => !key.startsWith('rooms:{chat}:') && !/^rooms:proc(s|:[0-9a-f-]+)$/.test(key)), [], 'nothing else but the processes\' heartbeats (no global room set, no per-process index)')
     const owner = await cluster.masterOf('rooms:{chat}:meta')
-    const numsub = async (port: number, command: string, channel: string) => {
-      const client = new Redis({ port, host: '127.0.0.1' })
-      try {
-        return (await client.call('PUBSUB', command, channel) as [string, number])[1]
-      } finally {
-        client.disconnect()
-      }
-    }
-    t.equal(await numsub(owner.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 2, 'both processes subscribed on the shard that owns the room')
-    for (const node of cluster.nodes.filter((node) => node !== owner)) t.equal(await numsub(node.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 0, `no subscription on ${node.port}`)
-    t.equal(await numsub(owner.port, 'NUMSUB', 'rooms:ev:chat'), 0, 'no classic room channel')
+    t.equal(await subscribers(owner.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 2, 'both processes subscribed on the shard that owns the room')
+    for (const node of cluster.nodes.filter((node) => node !== owner)) t.equal(await subscribers(node.port, 'SHARDNUMSUB', 'rooms:{chat}:ev'), 0, `no subscription on ${node.port}`)
+    t.equal(await subscribers(owner.port, 'NUMSUB', 'rooms:ev:chat'), 0, 'no classic room channel')
     const publishes = await Promise.all(cluster.nodes.map(async (node) => {
       const client = new Redis({ port: node.port, host: '127.0.0.1' })
       try {
@@ -88,8 +96,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     t.teardown(() => client.disconnect())
     const app = await startServer(t, { presence: false, broker: redisBroker({ client }) })
     const reader = await rawClient(app, 'jill')
-    reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'own' }))
-    await until(() => reader.frames.some((frame) => frame.type === 'ack'), 'joined')
+    await rawJoin(reader, 'own')
     t.same(await app.app.rooms.broadcast('own', 'note', {}), { seq: 1 })
     await until(() => seqsOf(reader.frames, 'note').length === 1, 'delivered on the sharded channel')
     t.equal(await client.exists('rooms:{own}:meta'), 1, 'through the host\'s cluster')
@@ -102,9 +109,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     const a = await instance(t, cluster, { presence: false })
     const b = await instance(t, cluster, { presence: false })
     const first = await rawClient(b, 'carol')
-    first.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'feed' }))
-    await until(() => first.frames.some((frame) => frame.type === 'ack'), 'joined')
-    const epoch = first.frames.find((frame) => frame.type === 'ack')!.payload.epoch
+    const { epoch } = (await rawJoin(first, 'feed')).payload
     for (let i = 0; i < 5; i++) await a.app.rooms.broadcast('feed', 'tick', { i })
     await until(() => seqsOf(first.frames, 'tick').length === 5, 'five live')
     first.ws.terminate()
@@ -169,14 +174,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     t.equal(runs, 1, 'the handler ran once')
 
     const owner = await cluster.masterOf('rooms:{user:4:erin}:u')
-    const subscribed = async () => {
-      const client = new Redis({ port: owner.port, host: '127.0.0.1' })
-      try {
-        return (await client.call('PUBSUB', 'SHARDNUMSUB', 'rooms:{user:4:erin}:u') as [string, number])[1]
-      } finally {
-        client.disconnect()
-      }
-    }
+    const subscribed = () => subscribers(owner.port, 'SHARDNUMSUB', 'rooms:{user:4:erin}:u')
     t.equal(await subscribed(), 0, 'no one subscribes for a user with no socket')
     const erin = await connect(b, 'erin')
     erin.send({ type: 'ping', id: 'p' })
@@ -234,8 +232,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
     const cluster = await startRedisCluster(t)
     const a = await instance(t, cluster, { presence: false })
     const watcher = await rawClient(a, 'frank')
-    watcher.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'news' }))
-    await until(() => watcher.frames.some((frame) => frame.type === 'ack'), 'joined')
+    await rawJoin(watcher, 'news')
     await a.app.rooms.broadcast('news', 'story', { n: 1 })
     await until(() => seqsOf(watcher.frames, 'story').length === 1, 'the first story')
     await Promise.all(cluster.nodes.map((node) => node.kill()))
@@ -260,8 +257,7 @@ if (componentAvailable(t, redisMissing(), 'Redis Cluster failover')) {
     const a = await instance(t, cluster, { presence: false })
     const b = await instance(t, cluster, { presence: false })
     const readers = [await rawClient(a, 'gina'), await rawClient(b, 'hank')]
-    for (const reader of readers) reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'live' }))
-    await until(() => readers.every((reader) => reader.frames.some((frame) => frame.type === 'ack' && frame.id === 'j')), 'both joined')
+    await Promise.all(readers.map((reader) => rawJoin(reader, 'live')))
     const master = await cluster.masterOf('rooms:{live}:meta')
     const acked: Array<{ seq: number; epoch: string; n: number }> = []
     let failures = 0
@@ -323,9 +319,7 @@ if (componentAvailable(t, redisMissing(), 'Redis stream regression')) {
     const a = await startServer(t, { broker: redisBroker({ url: `redis://127.0.0.1:${proxy.port}`, processTtlMs: 600 }), presence: false })
     const b = await startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600 }), presence: false })
     const reader = await rawClient(a, 'ivan')
-    reader.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'r' }))
-    await until(() => reader.frames.some((frame) => frame.type === 'ack'), 'joined')
-    const epoch = reader.frames.find((frame) => frame.type === 'ack')!.payload.epoch
+    const { epoch } = (await rawJoin(reader, 'r')).payload
     for (let n = 0; n < 10; n++) await b.app.rooms.broadcast('r', 'tick', { n })
     await until(() => seqsOf(reader.frames, 'tick').length === 10, 'ten delivered')
     proxy.stall()

@@ -406,10 +406,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       return this.scheduleReconnect()
     }
     if (this.closedByUser) return
-    const url = this.options.tokenIn === 'query' && token !== undefined
-      ? `${this.options.url}${this.options.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
-      : this.options.url
-    const protocols = this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
+    const { url, protocols } = this.socketArgs(token)
     let ws: WebSocketLike
     try {
       ws = this.transport === 'sse' ? this.openFallback(token) : new this.WebSocketImpl!(url, protocols)
@@ -460,6 +457,15 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const error = event as { message?: unknown; error?: { message?: unknown } }
       const message = error?.message ?? error?.error?.message
       if (typeof message === 'string') attempt.errorMessage = message
+    }
+  }
+
+  /** The URL and subprotocols a WebSocket attempt (or probe) opens with: the token in one of them. */
+  private socketArgs (token: string | undefined): { url: string; protocols: string[] } {
+    const inQuery = this.options.tokenIn === 'query' && token !== undefined
+    return {
+      url: inQuery ? `${this.options.url}${this.options.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}` : this.options.url,
+      protocols: this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`],
     }
   }
 
@@ -787,10 +793,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     } catch {
       return
     }
-    const protocols = this.options.tokenIn === 'query' || token === undefined ? ['rooms.v1'] : ['rooms.v1', `bearer.${token}`]
-    const url = this.options.tokenIn === 'query' && token !== undefined
-      ? `${this.options.url}${this.options.url.includes('?') ? '&' : '?'}token=${encodeURIComponent(token)}`
-      : this.options.url
+    const { url, protocols } = this.socketArgs(token)
     let probe: WebSocketLike
     try {
       probe = new this.WebSocketImpl(url, protocols)
