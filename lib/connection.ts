@@ -36,6 +36,12 @@ export interface ConnectionEvents {
   close(connection: Connection, code: number, reason: string, byServer: boolean): void
 }
 
+/** A transport that carries its rooms' positions itself (the SSE fallback's stream ids). */
+interface PositionTracker {
+  track(room: string, seq: number, epoch: string): void
+  untrack(room: string): void
+}
+
 export class Connection implements RoomsConnection {
   readonly id = randomUUID()
   readonly openedAt = Date.now()
@@ -57,6 +63,7 @@ export class Connection implements RoomsConnection {
   private queued: FramedEvent[] | undefined
   private queuedBytes = 0
   private readonly flushAtBytes: number
+  private readonly tracker: PositionTracker | undefined
 
   constructor (
     readonly socket: WebSocket,
@@ -71,12 +78,15 @@ export class Connection implements RoomsConnection {
      */
     private readonly baseLog: FastifyBaseLogger,
     private readonly reqId: string,
-    private readonly coalescer: WriteCoalescer
+    private readonly coalescer: WriteCoalescer,
+    /** The input budget; a transport whose connections come and go within one session passes the session's. */
+    rate?: FrameRate
   ) {
     this.mode = writeMode(socket)
     this.deflateFrom = this.mode === 'deflate' && limits.compression !== false ? limits.compression.threshold : Infinity
     this.flushAtBytes = Math.min(65_536, Math.floor(limits.maxBufferedBytes / 4))
-    this.rate = new FrameRate(limits)
+    this.rate = rate ?? new FrameRate(limits)
+    this.tracker = typeof (socket as unknown as Partial<PositionTracker>).track === 'function' ? socket as unknown as PositionTracker : undefined
     this.replay = new ReplayBuffer(limits.maxBufferedBytes)
     this.inbox = new SerialInbox<Frame>(
       limits.maxInboxBytes,
@@ -228,6 +238,15 @@ export class Connection implements RoomsConnection {
       case 'overflow': return this.closeSlowConsumer()
       default: return false
     }
+  }
+
+  /** The socket is at `seq` of the room's `epoch` now (joined, resumed, reset). */
+  notePosition (room: string, seq: number, epoch: string): void {
+    this.tracker?.track(room, seq, epoch)
+  }
+
+  noteLeft (room: string): void {
+    this.tracker?.untrack(room)
   }
 
   /** Sends a resumed room's replay and the live events held meanwhile (see ReplayBuffer.finish). */

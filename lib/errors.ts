@@ -8,6 +8,7 @@ export const InvalidOptionError = createError<[option: string, problem: string]>
 
 export const ForbiddenOriginError = createError('FST_ROOMS_FORBIDDEN_ORIGIN', 'Origin not allowed', 403)
 export const UnauthorizedError = createError<[reason: string]>('FST_ROOMS_UNAUTHORIZED', 'Unauthorized: %s', 401)
+export const TooManyAttemptsError = createError('FST_ROOMS_TOO_MANY_ATTEMPTS', 'too many failed sign-in attempts from this address: try again later', 429)
 export const UnavailableError = createError<[reason: string]>('FST_ROOMS_UNAVAILABLE', 'Service unavailable: %s', 503)
 export const BrokerError = createError<[reason: string]>('FST_ROOMS_BROKER', 'fastify-rooms broker: %s', 503)
 /** The broker's backend (Redis) did not answer within its command timeout: retry later. */

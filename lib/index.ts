@@ -6,11 +6,13 @@ import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { parse as parseDuration } from '@lukeed/ms'
 import type { TSchema } from 'typebox'
 import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
 import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
+import { FrameRate } from './frame-rate.js'
 import { InvalidArgumentError, InvalidOptionError } from './errors.js'
 import { InjectTickets, Injector } from './inject.js'
 import { INJECT_HEADER } from './inject-header.js'
@@ -138,7 +140,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       openConnectionsOf: (userId) => membership.connectionsOf(userId),
     }, stats)
 
-    if (options.handshakeRateLimit !== false && !scope.hasDecorator('createRateLimit')) {
+    if (options.handshakeRateLimit !== false && !scope.hasDecorator('rateLimit')) {
       await scope.register(rateLimit, { global: false })
     }
     scope.decorateRequest('roomsAdmission', null)
@@ -159,26 +161,26 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
     scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
     injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => membership.connection(id))
+    // One budget per client address for every handshake: upgrades, SSE session opens and stream attaches.
+    const handshakeLimit = options.handshakeRateLimit === false ? undefined : scope.rateLimit({
+      // Injected connections (a host's tests) are not network clients.
+      allowList: (request: FastifyRequest) => tickets.has(request.headers[INJECT_HEADER]),
+      max: options.handshakeRateLimit.max,
+      timeWindow: options.handshakeRateLimit.timeWindow,
+      onExceeded: (request) => {
+        if (request.ws || (request.method === 'POST' && request.routeOptions.url?.endsWith('/sse') === true)) stats.handshake('rate_limited')
+        request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
+      },
+    })
     scope.route({
       method: 'GET',
       url: options.path,
       websocket: true,
       logSerializers: { req: redactedRequest },
-      config: options.handshakeRateLimit === false
-        ? { rateLimit: false }
-        : {
-            rateLimit: {
-              // Injected connections (a host's tests) are not network clients.
-              allowList: (request: FastifyRequest) => tickets.has(request.headers[INJECT_HEADER]),
-              max: options.handshakeRateLimit.max,
-              timeWindow: options.handshakeRateLimit.timeWindow,
-              onExceeded: (request) => {
-                if (request.ws) stats.handshake('rate_limited')
-                request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
-              },
-            },
-          },
-      onRequest: gate.onRequest,
+      // A host's global rate limit does not apply twice: the handshake limit is ours.
+      config: { rateLimit: false },
+      // Cheap refusals first, then the rate limit, then the checks it must count (preValidation).
+      onRequest: handshakeLimit === undefined ? [gate.onRequest] : [gate.onRequest, handshakeLimit],
       preValidation: [gate.preValidation, keepUpgradeResponse],
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
@@ -186,34 +188,52 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       },
     })
     if (options.sse !== false) {
-      sse = new SseTransport({ path: options.path, sessionIdleMs: options.sse.sessionIdleMs, maxPayload: options.maxPayload, maxConnections: options.maxConnections, maxConnectionsPerUser: options.maxConnectionsPerUser, maxRoomsPerConnection: options.maxRoomsPerConnection }, {
+      sse = new SseTransport({
+        path: options.path,
+        sessionIdleMs: options.sse.sessionIdleMs,
+        maxPayload: options.maxPayload,
+        maxConnections: options.maxConnections,
+        maxConnectionsPerUser: options.maxConnectionsPerUser,
+        maxRoomsPerConnection: options.maxRoomsPerConnection,
+        rateLimit: options.rateLimit,
+        abuseLimit: options.abuseLimit,
+        failedAttempts: options.handshakeRateLimit === false ? false : { max: options.handshakeRateLimit.max, windowMs: durationMs(options.handshakeRateLimit.timeWindow) },
+      }, {
         admit: gate.admit,
+        signedInAgain: options.authenticate !== undefined,
         checkOrigin: gate.checkOrigin,
+        cors: gate.cors,
         preflight: gate.preflightFor('GET, POST', 'authorization, content-type, last-event-id'),
-        start: (socket, admission, request) => start(socket as unknown as WebSocket, admission, request),
+        start: (socket, admission, request, rate) => start(socket as unknown as WebSocket, admission, request, rate),
         isClosing: () => closing,
         refused: (reason) => stats.handshake(reason),
-        rateLimit: options.handshakeRateLimit === false ? false : { max: options.handshakeRateLimit.max, timeWindow: options.handshakeRateLimit.timeWindow },
+        rateLimit: handshakeLimit,
         forward: broker.sendToSession === undefined ? undefined : (userId, sessionId, frame) => broker.sendToSession!(userId, sessionId, frame),
       })
       const transport = sse
       registry.sessionFrames = (userId, sessionId, frame) => transport.deliver(userId, sessionId, frame)
+      registry.sessionsEnded = (userId) => transport.endSessionsOf(userId)
       registry.sseCounts = () => transport.counts()
       sse.register(scope)
     }
 
-    /** A socket (or an SSE stream in its shape) admitted: its connection starts; false when refused now. */
-    function start (socket: WebSocket, admission: Admission, request: FastifyRequest): boolean {
-      const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer)
-      connection.expiry.set(admission.exp)
-      // Admitted before shutdown or a limit filled up while this handshake was in flight.
+    /** A socket (or an SSE stream in its shape) admitted: its connection starts; undefined when refused now. */
+    function start (socket: WebSocket, admission: Admission, request: FastifyRequest, rate?: FrameRate): Connection | undefined {
+      const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer, rate)
+      // Admitted before shutdown or a limit filled up while this handshake was in flight; or a credential
+      // that ran out since it was checked (an SSE session's): nothing, not even welcome, is sent then.
       if (closing) {
         connection.close(CloseCode.goingAway, 'server shutting down')
-        return false
+        return undefined
       }
+      if (admission.exp !== undefined && admission.exp * 1000 <= Date.now()) {
+        connection.close(CloseCode.policyViolation, 'token expired')
+        return undefined
+      }
+      connection.expiry.set(admission.exp)
       if (membership.connections.size >= options.maxConnections || membership.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
         connection.close(CloseCode.tryAgainLater, 'connection limit reached')
-        return false
+        return undefined
       }
       membership.add(connection)
       stats.handshake('ok')
@@ -226,9 +246,14 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       }))
       request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
       membership.open(connection)
-      return true
+      return connection
     }
   })
+}
+
+/** A rate-limit window as @fastify/rate-limit reads it: milliseconds, or a duration such as '1 minute'. */
+function durationMs (timeWindow: number | string): number {
+  return typeof timeWindow === 'number' ? timeWindow : parseDuration(timeWindow) ?? 60_000
 }
 
 /** Our own @fastify/jwt, encapsulated in the route's scope, or the host's when `jwt: false`. */

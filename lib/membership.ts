@@ -199,6 +199,7 @@ export class Membership {
       announced = await this.attach(connection, room)
       const ack = await this.joinAck(room)
       const { room: _room, ...position } = ack
+      connection.notePosition(room, ack.seq, ack.epoch)
       if (connection.sendFrame(directRoomFrame('joined', room, position))) this.stats.messageOut('joined')
       connection.finishReplay(room, [], ack.seq)
       const state = stateOf(connection)
@@ -264,8 +265,12 @@ export class Membership {
       if (this.options.roomPolicy(room).latestOnJoin && ack.seq > 0) {
         // The ack then says "every event after seq - 1", and the latest event follows it.
         const latest = (await this.broker.history(room, ack.seq - 1)).events.find((event) => event.seq === ack.seq)
-        if (latest !== undefined) return { ack: { ...ack, seq: ack.seq - 1 }, latest: { frame: latest.frame, type: (JSON.parse(latest.frame) as { type: string }).type }, announced }
+        if (latest !== undefined) {
+          connection.notePosition(room, ack.seq - 1, ack.epoch)
+          return { ack: { ...ack, seq: ack.seq - 1 }, latest: { frame: latest.frame, type: (JSON.parse(latest.frame) as { type: string }).type }, announced }
+        }
       }
+      connection.notePosition(room, ack.seq, ack.epoch)
       return { ack, announced }
     } catch (err) {
       announced?.()
@@ -401,6 +406,7 @@ export class Membership {
     stateOf(connection).serverJoined?.delete(room)
     if (stateOf(connection).rooms?.delete(room) !== true) return
     connection.replay.clearFence(room)
+    connection.noteLeft(room)
     const local = this.localRooms.get(room)
     if (local !== undefined) {
       local.delete(connection)

@@ -92,10 +92,12 @@ async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<S
     const slice = await broker.history(room, from.seq)
     const { seq, epoch } = slice.position
     if (epoch === from.epoch && slice.complete) {
+      connection.notePosition(room, from.seq, epoch)
       const replayed = connection.finishReplay(room, slice.events, from.seq)
       stats.resume('replayed')
       return { outcome: { result: 'replayed', seq, epoch, replayed }, announced }
     }
+    connection.notePosition(room, seq, epoch)
     connection.sendFrame(directRoomFrame('reset', room, slice.position))
     connection.finishReplay(room, [], seq)
     stats.resume('reset')
@@ -121,10 +123,12 @@ async function catchUp (membership: Membership, broker: Broker, stats: Pick<Stat
       const slice = await broker.history(room, from.seq)
       const { seq, epoch } = slice.position
       if (epoch === from.epoch && slice.complete) {
+        connection.notePosition(room, from.seq, epoch)
         const replayed = connection.finishReplay(room, slice.events, from.seq)
         stats.resume('replayed')
         return { result: 'replayed', seq, epoch, replayed }
       }
+      connection.notePosition(room, seq, epoch)
       connection.sendFrame(directRoomFrame('reset', room, slice.position))
       connection.finishReplay(room, [], seq)
       stats.resume('reset')
@@ -135,6 +139,7 @@ async function catchUp (membership: Membership, broker: Broker, stats: Pick<Stat
     }
   }
   const position = await broker.position(room)
+  connection.notePosition(room, position.seq, position.epoch)
   connection.sendFrame(directRoomFrame('reset', room, position))
   stats.resume('reset')
   return { result: 'reset', ...position }

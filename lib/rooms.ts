@@ -144,6 +144,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const frame = directRoomFrame('reset', room, position)
     for (const connection of local) {
       connection.replay.clearFence(room)
+      connection.notePosition(room, position.seq, position.epoch)
       connection.sendFrame(frame)
     }
     this.stats.messageOut('reset', local.size)
@@ -166,9 +167,12 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
 
   userDisconnect (userId: string, code: number, reason: string): void {
     const own = this.membership.ownConnections(userId)
-    if (own === undefined) return
-    for (const connection of own) connection.close(code, reason)
+    if (own !== undefined) for (const connection of [...own]) connection.close(code, reason)
+    this.sessionsEnded?.(userId)
   }
+
+  /** Ends a user's SSE sessions on this process (set by index.ts when the fallback is on). */
+  sessionsEnded: ((userId: string) => void) | undefined
 
   /** What the SSE fallback holds (set by index.ts when it is on). */
   sseCounts: () => { sessions: number; streams: number } = () => ({ sessions: 0, streams: 0 })

@@ -7,8 +7,12 @@
 import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Socket } from 'node:net'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
+import { TooManyAttemptsError } from './errors.js'
+import { FailedAttempts } from './failed-attempts.js'
+import { FrameRate, type FrameRateLimits } from './frame-rate.js'
 import type { RoomsUser } from './types.js'
+import { redactUrl } from './upgrade.js'
 
 const OPEN = 1
 const CLOSING = 2
@@ -44,7 +48,9 @@ export function decodePositions (id: string | undefined, maxRooms: number): Reco
 /**
  * One EventSource stream in the shape of a ws socket (what Connection uses of one): `send` writes an SSE
  * event, `ping` a comment, `close` a last `close` event; what the client POSTs comes out as `message`.
- * It follows the frames it sends to know its rooms' positions, and stamps them on each event as its id.
+ * Its rooms' positions are told to it by the connection (`track`, `untrack`: the join and resume answers,
+ * `joined`, `reset`, `left`), never read from the frames it carries (an ack's payload may be the host's);
+ * a room event's seq is read from the event's fixed head. Each event that moves them carries them as its id.
  * It writes to the TCP socket itself, as ws does after an upgrade: through a ServerResponse every write of
  * one turn would sit in its corked buffer until the next tick, and `bufferedAmount` (what the slow-consumer
  * budget counts) would be the turn's output instead of what the peer has not read.
@@ -56,6 +62,8 @@ export class SseSocket extends EventEmitter {
   private idChanged = false
   private closeCode = 1006
   private closeReason = ''
+  /** The code the server closed the stream with; undefined when the peer went away (or was cut). */
+  closedByServer: number | undefined
 
   constructor (private readonly tcp: Socket) {
     super()
@@ -73,40 +81,6 @@ export class SseSocket extends EventEmitter {
   send (data: Buffer | string, _options?: unknown): void {
     if (this.readyState !== OPEN) return
     const text = typeof data === 'string' ? data : data.toString()
-    this.follow(text)
-    const id = this.idChanged ? `id: ${encodePositions(this.positions)}\n` : ''
-    this.idChanged = false
-    // JSON has no raw newline: one data line per frame.
-    this.tcp.write(`${id}data: ${text}\n\n`)
-  }
-
-  /** A frame the client POSTed for this stream's connection. */
-  receive (text: string): void {
-    if (this.readyState === OPEN) this.emit('message', Buffer.from(text), false)
-  }
-
-  /** A comment keeps proxies from timing the stream out; a peer that stopped reading fills the buffer instead of answering. */
-  ping (): void {
-    if (this.readyState !== OPEN) return
-    this.tcp.write(': ping\n\n')
-    setImmediate(() => this.emit('pong'))
-  }
-
-  close (code = 1000, reason = ''): void {
-    if (this.readyState !== OPEN) return
-    this.readyState = CLOSING
-    this.closeCode = code
-    this.closeReason = reason
-    // EventSource reconnects by itself unless told otherwise: the client reads this and decides.
-    this.tcp.end(`event: close\ndata: ${JSON.stringify({ code, reason })}\n\n`)
-  }
-
-  terminate (): void {
-    this.tcp.destroy()
-  }
-
-  /** Rooms and positions, from the frames that change them. */
-  private follow (text: string): void {
     // A room event's head is fixed (protocol.ts roomEventFrameParts): its room and seq without parsing the payload.
     const head = ROOM_EVENT_HEAD.exec(text)
     if (head !== null) {
@@ -115,71 +89,122 @@ export class SseSocket extends EventEmitter {
         position[0] = Number(head[2])
         this.idChanged = true
       }
-      return
     }
-    const frame = JSON.parse(text) as { type: string; room?: string; seq?: number; payload?: Record<string, any> }
-    const room = frame.room
-    const payload = frame.payload
-    if (frame.type === 'ack' && payload !== undefined && payload !== null) {
-      if (typeof payload.room === 'string' && typeof payload.epoch === 'string' && typeof payload.seq === 'number') this.set(payload.room, payload.seq, payload.epoch)
-      if (typeof payload.rooms === 'object' && payload.rooms !== null) {
-        for (const [name, outcome] of Object.entries(payload.rooms as Record<string, { result?: string; seq?: number; epoch?: string }>)) {
-          if ((outcome.result === 'replayed' || outcome.result === 'reset') && typeof outcome.seq === 'number' && typeof outcome.epoch === 'string') this.set(name, outcome.seq, outcome.epoch)
-        }
-      }
-    } else if ((frame.type === 'joined' || frame.type === 'reset') && room !== undefined && payload !== undefined) {
-      this.set(room, payload.seq, payload.epoch)
-    } else if (frame.type === 'left' && room !== undefined) {
-      this.idChanged = this.positions.delete(room) || this.idChanged
-    }
+    const id = this.idChanged ? `id: ${encodePositions(this.positions)}\n` : ''
+    this.idChanged = false
+    // JSON has no raw newline: one data line per frame.
+    this.tcp.write(`${id}data: ${text}\n\n`)
   }
 
-  private set (room: string, seq: number, epoch: string): void {
+  /** A room's position changed (joined, resumed, reset): carried by the next event's id. */
+  track (room: string, seq: number, epoch: string): void {
     this.positions.set(room, [seq, epoch])
     this.idChanged = true
+  }
+
+  untrack (room: string): void {
+    this.idChanged = this.positions.delete(room) || this.idChanged
+  }
+
+  /** A frame the client POSTed for this stream's connection; it proves the peer alive (see ping). */
+  receive (text: string): void {
+    if (this.readyState !== OPEN) return
+    this.emit('pong')
+    this.emit('message', Buffer.from(text), false)
+  }
+
+  /**
+   * A comment keeps proxies from timing the stream out. An EventSource cannot answer it, so a stream's
+   * peer proves itself alive by POSTing (the client's `ping` frame every heartbeat): a stream that POSTs
+   * nothing for two heartbeats is cut like a socket that missed its pong.
+   */
+  ping (): void {
+    if (this.readyState !== OPEN) return
+    this.tcp.write(': ping\n\n')
+  }
+
+  close (code = 1000, reason = ''): void {
+    if (this.readyState !== OPEN) return
+    this.readyState = CLOSING
+    this.closeCode = code
+    this.closeReason = reason
+    this.closedByServer = code
+    // EventSource reconnects by itself unless told otherwise: the client reads this and decides.
+    this.tcp.end(`event: close\ndata: ${JSON.stringify({ code, reason })}\n\n`)
+  }
+
+  terminate (): void {
+    this.tcp.destroy()
   }
 }
 
 export interface SseSession {
   id: string
   user: RoomsUser
+  /** The credential's end (seconds): the session ends then, stream or not. An `auth` refresh moves it. */
   exp: number | undefined
   socket: SseSocket | undefined
-  /** Dropped when no stream is attached for this long. */
+  /** The stream's connection, while one is attached. */
+  connection: StreamConnection | undefined
+  /** Frame and byte budgets and the abuse window, kept across the session's streams: re-attaching resets nothing. */
+  rate: FrameRate
+  /** Dropped when no stream is attached for `sessionIdleMs`, or at `exp`. */
   idleTimer: NodeJS.Timeout | undefined
   /** Positions the opening POST asked to resume (a client moving here from another process's session). */
   resume: Record<string, { seq: number; epoch: string }> | undefined
 }
 
-export interface SseOptions {
+/** What the transport reads of a stream's connection. */
+export interface StreamConnection {
+  readonly expiry: { readonly exp: number | undefined }
+}
+
+export interface SseOptions extends FrameRateLimits {
   path: string
   sessionIdleMs: number
   maxPayload: number
   maxConnections: number
   maxConnectionsPerUser: number
   maxRoomsPerConnection: number
+  /** Failed credential checks allowed per client address and window (the handshake rate limit's), or false. */
+  failedAttempts: { max: number; windowMs: number } | false
 }
 
 export interface SseHooks {
   admit(request: FastifyRequest, limits: boolean): Promise<{ user: RoomsUser; exp: number | undefined }>
+  /** With `authenticate`: the stream's request is signed in again (the cookie goes with an EventSource). */
+  signedInAgain: boolean
   checkOrigin(request: FastifyRequest): void
+  /** CORS headers on an answer to an allowed Origin. */
+  cors(request: FastifyRequest, reply: FastifyReply): void
   preflight(request: FastifyRequest, reply: FastifyReply): FastifyReply
-  /** Starts a connection on the stream's socket (as the ws handler does for a socket); false when refused. */
-  start(socket: SseSocket, admission: { user: RoomsUser; exp: number | undefined }, request: FastifyRequest): boolean
+  /** Starts a connection on the stream's socket (as the ws handler does for a socket); undefined when refused. */
+  start(socket: SseSocket, admission: { user: RoomsUser; exp: number | undefined }, request: FastifyRequest, rate: FrameRate): StreamConnection | undefined
   isClosing(): boolean
   /** Counts a session open refused here (past admission) as a refused handshake. */
   refused(reason: 'unavailable'): void
-  /** The handshake rate limit's route config, or false. */
-  rateLimit: Record<string, unknown> | false
+  /** The handshake rate limit, shared with the upgrade: an onRequest hook, or undefined when off. */
+  rateLimit: onRequestHookHandler | undefined
   /** Many processes: passes a frame for a session this process does not hold to the one that does. */
   forward: ((userId: string, sessionId: string, frame: string) => Promise<void>) | undefined
 }
 
-/** The sessions of this process and the three routes that serve them. */
+/** 24 random bytes, base64url: what `open` makes. Anything else is no session of any process. */
+const SESSION_ID = /^[A-Za-z0-9_-]{32}$/
+/** Server closes after which the client may attach again: the stream was too slow, or is replaced. */
+const REATTACHABLE = new Set([1013, 4000])
+const MAX_FORWARDING_USERS = 10_000
+
+/** The sessions of this process and the routes that serve them. */
 export class SseTransport {
   private readonly sessions = new Map<string, SseSession>()
+  /** Frames this process passed on to others, metered per user like a socket's (a POST is no cheaper there). */
+  private readonly forwarding = new Map<string, FrameRate>()
+  private readonly failures: FailedAttempts | undefined
 
-  constructor (private readonly options: SseOptions, private readonly hooks: SseHooks) {}
+  constructor (private readonly options: SseOptions, private readonly hooks: SseHooks) {
+    this.failures = options.failedAttempts === false ? undefined : new FailedAttempts(options.failedAttempts.max, options.failedAttempts.windowMs)
+  }
 
   counts (): { sessions: number; streams: number } {
     let streams = 0
@@ -191,31 +216,41 @@ export class SseTransport {
     const base = `${this.options.path}/sse`
     // Frames come up as they are, for the same parser as the socket's (shape limits, strict envelope).
     scope.addContentTypeParser(['application/json', 'text/plain'], { parseAs: 'string', bodyLimit: this.options.maxPayload }, (_request, body, done) => done(null, body))
-    scope.route({
-      method: 'POST',
-      url: base,
-      config: this.hooks.rateLimit === false ? { rateLimit: false } : { rateLimit: this.hooks.rateLimit },
-      handler: async (request, reply) => this.open(request, reply),
-    })
-    // The session id is the stream's credential: the request log lines show it redacted.
+    const cors = async (request: FastifyRequest, reply: FastifyReply) => this.hooks.cors(request, reply)
+    // Opening a session and attaching a stream are handshakes: they share the upgrade's rate limit.
+    const limited = this.hooks.rateLimit === undefined ? [cors] : [cors, this.hooks.rateLimit]
+    // The session id is the stream's credential, and `?token=` may be in the open's URL: logged redacted.
     const logSerializers = { req: (request: FastifyRequest) => ({ method: request.method, url: `${base}/[REDACTED]`, host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
-    scope.route({ method: 'GET', url: `${base}/:session`, logSerializers, handler: async (request, reply) => this.stream(request, reply) })
-    scope.route({ method: 'OPTIONS', url: base, handler: this.hooks.preflight })
-    scope.route({ method: 'OPTIONS', url: `${base}/:session`, handler: this.hooks.preflight })
-    scope.route({ method: 'POST', url: `${base}/:session`, bodyLimit: this.options.maxPayload, logSerializers, handler: async (request, reply) => this.frame(request, reply) })
+    const openLog = { req: (request: FastifyRequest) => ({ method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
+    scope.route({ method: 'POST', url: base, config: { rateLimit: false }, onRequest: limited, logSerializers: openLog, handler: async (request, reply) => this.open(request, reply) })
+    // No HEAD: it would attach a stream too.
+    scope.route({ method: 'GET', url: `${base}/:session`, exposeHeadRoute: false, config: { rateLimit: false }, onRequest: limited, logSerializers, handler: async (request, reply) => this.stream(request, reply) })
+    scope.route({ method: 'OPTIONS', url: base, logSerializers: openLog, handler: this.hooks.preflight })
+    scope.route({ method: 'OPTIONS', url: `${base}/:session`, logSerializers, handler: this.hooks.preflight })
+    scope.route({ method: 'POST', url: `${base}/:session`, config: { rateLimit: false }, onRequest: cors, bodyLimit: this.options.maxPayload, logSerializers, handler: async (request, reply) => this.frame(request, reply) })
   }
 
   close (): void {
     for (const session of this.sessions.values()) this.drop(session)
   }
 
+  /** `disconnectUser`: the user's sessions end with her connections (a session id is no way back in). */
+  endSessionsOf (userId: string): void {
+    for (const session of this.sessions.values()) if (session.user.id === userId) this.drop(session)
+  }
+
   private async open (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     if (this.hooks.isClosing()) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'server is shutting down' })
     const admission = await this.hooks.admit(request, true)
-    // Sessions waiting for their stream count too: one user cannot fill the table with them.
-    let own = 0
-    for (const session of this.sessions.values()) if (session.user.id === admission.user.id) own++
-    if (this.sessions.size >= this.options.maxConnections || own >= this.options.maxConnectionsPerUser) {
+    // Sessions waiting for their stream count too: one user cannot fill the table with them. At the user's
+    // limit, her oldest session without a stream (a frozen or vanished tab's) makes room for the new one.
+    const own = [...this.sessions.values()].filter((session) => session.user.id === admission.user.id)
+    const idle = own.length >= this.options.maxConnectionsPerUser ? own.find((session) => session.socket === undefined) : undefined
+    if (idle !== undefined) {
+      this.drop(idle)
+      own.splice(own.indexOf(idle), 1)
+    }
+    if (this.sessions.size >= this.options.maxConnections || own.length >= this.options.maxConnectionsPerUser) {
       this.hooks.refused('unavailable')
       return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
     }
@@ -231,6 +266,8 @@ export class SseTransport {
       user: admission.user,
       exp: admission.exp,
       socket: undefined,
+      connection: undefined,
+      rate: new FrameRate(this.options),
       idleTimer: undefined,
       resume: typeof resume === 'string' ? decodePositions(resume, this.options.maxRoomsPerConnection) : undefined,
     }
@@ -241,11 +278,28 @@ export class SseTransport {
 
   private async stream (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     const session = this.sessions.get((request.params as { session: string }).session)
-    if (session === undefined) return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session (it expired, or was opened on another process)' })
+    if (session === undefined) return noSession(reply)
     // EventSource sends no Authorization header: the unguessable session id is the credential here, from
-    // an allowed Origin.
+    // an allowed Origin, until the token's exp; with `authenticate`, the cookie must still sign the user in.
     this.hooks.checkOrigin(request)
-    session.socket?.close(4000, 'replaced by a newer stream')
+    if (this.expired(session)) {
+      this.drop(session)
+      return reply.code(401).send({ statusCode: 401, code: 'FST_ROOMS_SESSION_EXPIRED', error: 'Unauthorized', message: 'the session\'s token expired: open a new session' })
+    }
+    if (this.hooks.signedInAgain) {
+      const refusal = await this.checkCredentials(request, reply, session)
+      if (refusal !== undefined) {
+        this.drop(session)
+        return refusal
+      }
+      if (this.sessions.get(session.id) !== session) return noSession(reply)
+    }
+    const previous = session.socket
+    if (previous !== undefined) {
+      session.exp = session.connection?.expiry.exp ?? session.exp
+      session.socket = undefined
+      previous.close(4000, 'replaced by a newer stream')
+    }
     clearTimeout(session.idleTimer)
     reply.hijack()
     const tcp = request.raw.socket
@@ -264,12 +318,18 @@ export class SseTransport {
     const socket = new SseSocket(tcp)
     session.socket = socket
     socket.once('close', () => {
-      if (session.socket === socket) {
-        session.socket = undefined
-        this.idle(session)
-      }
+      if (session.socket !== socket) return
+      session.socket = undefined
+      // An `auth` refresh on the stream moved the credential's end.
+      session.exp = session.connection?.expiry.exp ?? session.exp
+      session.connection = undefined
+      // Closed by the server (a policy, a host's disconnect, an expired token, shutdown): the session is
+      // over, and only new credentials open another. The peer gone, or a slow reader: it may attach again.
+      if (socket.closedByServer !== undefined && !REATTACHABLE.has(socket.closedByServer)) this.drop(session)
+      else if (this.sessions.get(session.id) === session) this.idle(session)
     })
-    if (!this.hooks.start(socket, { user: session.user, exp: session.exp }, request)) return reply
+    session.connection = this.hooks.start(socket, { user: session.user, exp: session.exp }, request, session.rate)
+    if (session.connection === undefined) return reply
     const last = decodePositions(request.headers['last-event-id'] as string | undefined, this.options.maxRoomsPerConnection) ?? session.resume
     session.resume = undefined
     if (last !== undefined && Object.keys(last).length > 0) socket.receive(JSON.stringify({ type: 'resume', id: 'sse-resume', payload: { rooms: last } }))
@@ -279,19 +339,59 @@ export class SseTransport {
   private async frame (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
     const sessionId = (request.params as { session: string }).session
     const session = this.sessions.get(sessionId)
-    if (session === undefined && this.hooks.forward === undefined) return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session' })
-    const admission = await this.hooks.admit(request, false)
+    if (session === undefined && (this.hooks.forward === undefined || !SESSION_ID.test(sessionId))) return noSession(reply)
+    const admission = await this.admitCounted(request)
     if (typeof request.body !== 'string') return reply.code(415).send({ statusCode: 415, code: 'FST_ROOMS_FRAME_TEXT', error: 'Unsupported Media Type', message: 'send one frame as JSON text' })
     if (session === undefined) {
       // Held by another process (or by none any more): it gets the frame only if the session is this user's.
+      // Each process hears it, so it is metered here, per user, like a socket's frames.
+      if (!this.forwardingRate(admission.user.id).take(Date.now(), Buffer.byteLength(request.body))) {
+        return reply.code(429).send({ statusCode: 429, code: 'FST_ROOMS_RATE_LIMITED', error: 'Too Many Requests', message: 'too many frames: slow down' })
+      }
       await this.hooks.forward!(admission.user.id, sessionId, request.body)
       return reply.code(202).send({ accepted: true, forwarded: true })
     }
-    if (admission.user.id !== session.user.id) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+    if (admission.user.id !== session.user.id) {
+      this.failures?.failed(request.ip, Date.now())
+      return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+    }
     const socket = session.socket
     if (socket === undefined) return reply.code(409).send({ statusCode: 409, code: 'FST_ROOMS_NO_STREAM', error: 'Conflict', message: 'open the session\'s stream first' })
     socket.receive(request.body)
     return reply.code(202).send({ accepted: true })
+  }
+
+  /** Admission for a request that is not a handshake: a client whose checks keep failing gets 429 before the next one runs. */
+  private async admitCounted (request: FastifyRequest): Promise<{ user: RoomsUser; exp: number | undefined }> {
+    if (this.failures !== undefined && !this.failures.allowed(request.ip, Date.now())) throw new TooManyAttemptsError()
+    try {
+      return await this.hooks.admit(request, false)
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 401) this.failures?.failed(request.ip, Date.now())
+      throw err
+    }
+  }
+
+  /** The stream's request signs the session's user in again (the answer to send when it does not). */
+  private async checkCredentials (request: FastifyRequest, reply: FastifyReply, session: SseSession): Promise<FastifyReply | undefined> {
+    const { user } = await this.admitCounted(request)
+    if (user.id === session.user.id) return undefined
+    this.failures?.failed(request.ip, Date.now())
+    return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+  }
+
+  private forwardingRate (userId: string): FrameRate {
+    let rate = this.forwarding.get(userId)
+    if (rate === undefined) {
+      if (this.forwarding.size >= MAX_FORWARDING_USERS) this.forwarding.delete(this.forwarding.keys().next().value!)
+      rate = new FrameRate(this.options)
+      this.forwarding.set(userId, rate)
+    }
+    return rate
+  }
+
+  private expired (session: SseSession): boolean {
+    return session.exp !== undefined && session.exp * 1000 <= Date.now()
   }
 
   /** A frame another process took for a session of `userId`: fed to its stream if it is here and hers. */
@@ -303,15 +403,20 @@ export class SseTransport {
 
   private idle (session: SseSession): void {
     clearTimeout(session.idleTimer)
-    session.idleTimer = setTimeout(() => this.drop(session), this.options.sessionIdleMs)
+    const untilExp = session.exp === undefined ? Infinity : Math.max(0, session.exp * 1000 - Date.now())
+    session.idleTimer = setTimeout(() => this.drop(session), Math.min(this.options.sessionIdleMs, untilExp))
     session.idleTimer.unref()
   }
 
   private drop (session: SseSession): void {
     clearTimeout(session.idleTimer)
-    this.sessions.delete(session.id)
+    if (this.sessions.get(session.id) === session) this.sessions.delete(session.id)
     session.socket?.close(1001, 'session closed')
   }
+}
+
+function noSession (reply: FastifyReply): FastifyReply {
+  return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session (it ended, expired, or was opened on another process)' })
 }
 
 function corsHeaders (request: FastifyRequest): Record<string, string> {

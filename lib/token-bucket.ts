@@ -10,10 +10,15 @@ export class TokenBucket {
 
   /** Takes `amount` tokens if the bucket holds them. */
   take (now: number, amount = 1): boolean {
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.lastRefill) * this.perSecond) / 1000)
-    this.lastRefill = now
-    if (this.tokens < amount) return false
+    if (!this.has(now, amount)) return false
     this.tokens -= amount
     return true
+  }
+
+  /** Whether the bucket holds `amount` tokens now (takes none). */
+  has (now: number, amount: number): boolean {
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.lastRefill) * this.perSecond) / 1000)
+    this.lastRefill = now
+    return this.tokens >= amount
   }
 }

@@ -168,6 +168,8 @@ export interface UpgradeGate {
    * `authenticate`, then (unless `limits` is false) the connection limits. Throws the same HTTP errors.
    */
   admit(request: FastifyRequest, limits: boolean): Promise<Admission>
+  /** CORS headers on an answer to an allowed Origin (the SSE fallback's POSTs, read cross-origin). */
+  cors(request: FastifyRequest, reply: FastifyReply): void
   /** The Origin check alone (for a request that carries no credentials of its own: the SSE stream). */
   checkOrigin(request: FastifyRequest): void
   /** A CORS preflight for another transport's routes: allowed origins only. */
@@ -318,6 +320,7 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
       request.roomsAdmission = admission
     },
     admit,
+    cors: (request, reply) => { allowCors(request, reply) },
     checkOrigin,
     preflightFor,
     // The preflight of a cross-origin diagnostic request (it carries Authorization): allowed origins only.
