@@ -223,8 +223,9 @@ export class SseTransport {
     const logSerializers = { req: (request: FastifyRequest) => ({ method: request.method, url: `${base}/[REDACTED]`, host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
     const openLog = { req: (request: FastifyRequest) => ({ method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
     scope.route({ method: 'POST', url: base, config: { rateLimit: false }, onRequest: limited, logSerializers: openLog, handler: async (request, reply) => this.open(request, reply) })
-    // No HEAD: it would attach a stream too.
     scope.route({ method: 'GET', url: `${base}/:session`, exposeHeadRoute: false, config: { rateLimit: false }, onRequest: limited, logSerializers, handler: async (request, reply) => this.stream(request, reply) })
+    // Fastify's own HEAD would attach a stream too.
+    scope.route({ method: 'HEAD', url: `${base}/:session`, logSerializers, handler: async (_request, reply) => reply.code(405).header('allow', 'GET, POST, OPTIONS').send() })
     scope.route({ method: 'OPTIONS', url: base, logSerializers: openLog, handler: this.hooks.preflight })
     scope.route({ method: 'OPTIONS', url: `${base}/:session`, logSerializers, handler: this.hooks.preflight })
     scope.route({ method: 'POST', url: `${base}/:session`, config: { rateLimit: false }, onRequest: cors, bodyLimit: this.options.maxPayload, logSerializers, handler: async (request, reply) => this.frame(request, reply) })
@@ -287,7 +288,14 @@ export class SseTransport {
       return reply.code(401).send({ statusCode: 401, code: 'FST_ROOMS_SESSION_EXPIRED', error: 'Unauthorized', message: 'the session\'s token expired: open a new session' })
     }
     if (this.hooks.signedInAgain) {
-      const refusal = await this.checkCredentials(request, reply, session)
+      let refusal: FastifyReply | undefined
+      try {
+        refusal = await this.checkCredentials(request, reply, session)
+      } catch (err) {
+        // Not signed in (or not any more): the session is over, whatever the answer.
+        if ((err as { statusCode?: number }).statusCode !== 429) this.drop(session)
+        throw err
+      }
       if (refusal !== undefined) {
         this.drop(session)
         return refusal

@@ -589,7 +589,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.connectionId = frame.payload?.connectionId
     this.setState('open')
     this.emit('welcome', frame.payload)
-    this.startHeartbeat()
+    this.startHeartbeat((frame.payload as { heartbeatMs?: unknown } | undefined)?.heartbeatMs)
     this.scheduleRefresh(token)
     const ws = this.ws!
     // Rooms seen before: resume from the last seq. Rooms never acked: join, unless a join is already waiting.
@@ -684,8 +684,11 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.emit('pong', this.latencyMs)
   }
 
-  private startHeartbeat (): void {
-    const heartbeatMs = this.options.heartbeatMs ?? 15_000
+  private startHeartbeat (serverHeartbeatMs: unknown): void {
+    let heartbeatMs = this.options.heartbeatMs ?? 15_000
+    // A stream cannot answer the server's ping: on the fallback, our pings are what keep it open, so they
+    // go at least twice per server heartbeat.
+    if (this.transport === 'sse' && typeof serverHeartbeatMs === 'number' && serverHeartbeatMs > 0) heartbeatMs = Math.min(heartbeatMs, serverHeartbeatMs / 2)
     this.heartbeatTimer = setInterval(() => {
       if (this.ping !== undefined || !this.online) return
       this.ping = { id: `${this.idPrefix}-p${++this.nextId}`, sentAt: Date.now() }
