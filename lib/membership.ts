@@ -24,6 +24,7 @@ export interface MembershipOptions {
   onConnect: ((ctx: ConnectContext) => void | Promise<void>) | undefined
   onDisconnect: ((ctx: ConnectContext, close: { code: number; reason: string }) => void | Promise<void>) | undefined
   hookTimeoutMs: number
+  maxBufferedBytes: number
 }
 
 export interface JoinAck extends RoomPosition {
@@ -31,7 +32,13 @@ export interface JoinAck extends RoomPosition {
   members?: RoomMember[]
   /** Presence 'count' rooms: how many users are in the room. */
   count?: number
+  /** Set when `members` is not everyone (a big room): how many users are in the room. */
+  memberCount?: number
 }
+
+/** A join's answer names at most this many members, in at most this many bytes (and a quarter of maxBufferedBytes). */
+const MAX_ACK_MEMBERS = 100
+const MAX_ACK_MEMBER_BYTES = 65_536
 
 interface MemberState {
   user: RoomsUser
@@ -323,8 +330,7 @@ export class Membership {
       const { maxMembers } = this.options.roomPolicy(room)
       if (capped && maxMembers !== Infinity) {
         // Counted across processes; two joins racing for the last place may both get in.
-        const present = await this.broker.presence(room)
-        if (present.length >= maxMembers && !present.includes(connection.user.id)) {
+        if (await this.presence.count(room) >= maxMembers && !(await this.presence.isPresent(room, connection.user.id))) {
           throw new FrameError(ErrorCode.roomFull, `"${room}" is full (${maxMembers} members)`)
         }
       }
@@ -446,8 +452,10 @@ export class Membership {
     const position = await this.broker.position(room)
     const { presence } = this.options.roomPolicy(room)
     if (presence === false) return { room, ...position }
-    if (presence === 'count') return { room, ...position, count: (await this.broker.presence(room)).length }
-    return { room, ...position, members: await this.members(room) }
+    if (presence === 'count') return { room, ...position, count: await this.presence.count(room) }
+    // A big room's whole member list would not fit a joiner's send buffer: some members and the total.
+    const { members, total } = await this.presence.sample(room, MAX_ACK_MEMBERS, Math.min(MAX_ACK_MEMBER_BYTES, this.options.maxBufferedBytes / 4))
+    return total > members.length ? { room, ...position, members, memberCount: total } : { room, ...position, members }
   }
 
   members (room: string): Promise<RoomMember[]> {

@@ -3,7 +3,7 @@
 // the joiner's own ack), or throttled counts for 'count' rooms.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Broker } from './brokers/broker.js'
+import type { Broker, PresenceSample } from './brokers/broker.js'
 import { isBrokerError } from './errors.js'
 import type { Connection } from './connection.js'
 import type { RoomPolicy } from './namespaces.js'
@@ -34,6 +34,38 @@ export class Presence {
       const info = infos[id]
       return info === undefined ? { id } : { id, info: JSON.parse(info) as Record<string, unknown> }
     })
+  }
+
+  /** How many users are present: one read, whatever the room's size. */
+  async count (room: string): Promise<number> {
+    return this.broker.presenceCount === undefined ? (await this.broker.presence(room)).length : this.broker.presenceCount(room)
+  }
+
+  async isPresent (room: string, userId: string): Promise<boolean> {
+    return this.broker.isPresent === undefined ? (await this.broker.presence(room)).includes(userId) : this.broker.isPresent(room, userId)
+  }
+
+  /**
+   * At most `limit` members, within `maxBytes` of JSON, and how many there are: what a join answers with, so
+   * that a joiner of a room of any size gets an ack its send buffer can hold.
+   */
+  async sample (room: string, limit: number, maxBytes: number): Promise<{ members: RoomMember[]; total: number }> {
+    let sample: PresenceSample
+    if (this.broker.presenceSample !== undefined) {
+      sample = await this.broker.presenceSample(room, limit)
+    } else {
+      const [ids, info] = await Promise.all([this.broker.presence(room), this.broker.presenceInfo?.(room) ?? Promise.resolve({} as Record<string, string>)])
+      sample = { total: ids.length, ids: ids.slice(0, limit), info }
+    }
+    const members: RoomMember[] = []
+    let bytes = 0
+    for (const id of sample.ids) {
+      const info = sample.info[id]
+      bytes += id.length * 3 + 16 + (info === undefined ? 0 : info.length * 3)
+      if (bytes > maxBytes) break
+      members.push(info === undefined ? { id } : { id, info: JSON.parse(info) as Record<string, unknown> })
+    }
+    return { members, total: sample.total }
   }
 
   /** The user's presence data as JSON, bounded; a host function that throws or returns too much is logged, not fatal. */
@@ -109,7 +141,7 @@ export class Presence {
 
   private async publishCount (room: string): Promise<void> {
     try {
-      const count = (await this.broker.presence(room)).length
+      const count = await this.count(room)
       await this.broker.publish({ room, type: 'presence', payloadJson: JSON.stringify({ action: 'count', count }), traceId: randomUUID() })
     } catch (err) {
       if (isBrokerError(err)) this.log.warn({ err, room }, 'fastify-rooms: presence count failed: broker unavailable')

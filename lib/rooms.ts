@@ -43,7 +43,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
       sendToUser: (userId, type, payload) => this.sendToUser(userId, type, payload),
       members: async (room) => this.membership.members(checkRoom(room)),
-      count: async (room) => (await this.broker.presence(checkRoom(room))).length,
+      count: async (room) => this.presence.count(checkRoom(room)),
       rooms: () => this.broker.rooms(),
       disconnectUser: async (userId, code = CloseCode.policyViolation, reason = 'disconnected by the server') => {
         checkUserId(userId)

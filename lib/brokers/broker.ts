@@ -108,6 +108,14 @@ export interface Broker extends Partial<SharedAnswers> {
   presence(room: string): Promise<string[]>
   /** The presence data (JSON) of the users present who have some, by user id. */
   presenceInfo?(room: string): Promise<Record<string, string>>
+  /**
+   * Optional, for rooms of any size (a join reads these, never the whole member list): how many users are
+   * present; whether one is; and at most `limit` of them with their presence data. Without them the
+   * plugin falls back to `presence()` and `presenceInfo()`.
+   */
+  presenceCount?(room: string): Promise<number>
+  isPresent?(room: string, userId: string): Promise<boolean>
+  presenceSample?(room: string, limit: number): Promise<PresenceSample>
   /** Rooms with at least one member on any process. */
   rooms(): Promise<string[]>
   sendToUser(userId: string, frame: string): Promise<void>
@@ -127,6 +135,13 @@ export interface Broker extends Partial<SharedAnswers> {
    * publish the leaves of users who did not rejoin elsewhere), instead of going at once.
    */
   close(options?: { lingerMs?: number }): Promise<void>
+}
+
+/** Some of a room's users (at most the limit asked for), with the presence data of those who have some, and how many there are. */
+export interface PresenceSample {
+  total: number
+  ids: string[]
+  info: Record<string, string>
 }
 
 export function isBroker (value: unknown): value is Broker {

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrame } from '../protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange } from './broker.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
 import { EventHistory } from './history.js'
 
 interface RoomState {
@@ -18,6 +18,8 @@ interface RoomState {
   history: EventHistory
   /** Presence data by user id, for users who have some. */
   infos?: Map<string, string>
+  /** A host event was published here: until then the room only carried presence. */
+  hosted?: boolean
 }
 
 export interface MemoryBrokerOptions {
@@ -27,6 +29,8 @@ export interface MemoryBrokerOptions {
 
 // What a room costs besides its events (state, maps, ring), counted toward the history budget.
 const ROOM_STATE_BYTES = 512
+// A room nobody is in that only carried presence is forgotten this long after its last event (Redis: idleRoomTtlMs).
+const IDLE_ROOM_MS = 120_000
 // Idempotency keys remembered at most, whatever the window: the oldest go first.
 const MAX_IDEMPOTENCY_KEYS = 100_000
 
@@ -62,7 +66,7 @@ class MemoryBroker implements Broker {
       } catch (err) {
         settings.log?.error({ err }, 'fastify-rooms: memory broker sweep failed')
       }
-    }, Math.max(10, Math.min(this.historyLimits.maxAgeMs, 60_000)))
+    }, Math.max(10, Math.min(this.historyLimits.maxAgeMs, IDLE_ROOM_MS / 4, 60_000)))
     this.sweepTimer.unref()
   }
 
@@ -77,6 +81,7 @@ class MemoryBroker implements Broker {
     const state = this.state(request.room)
     const seq = ++state.seq
     state.lastEventAt = time
+    if (request.type !== 'presence') state.hosted = true
     // Most recently published last: the budget takes from the front.
     this.roomStates.delete(request.room)
     this.roomStates.set(request.room, state)
@@ -143,6 +148,28 @@ class MemoryBroker implements Broker {
     return Object.fromEntries(this.roomStates.get(room)?.infos ?? [])
   }
 
+  async presenceCount (room: string): Promise<number> {
+    return this.roomStates.get(room)?.presence.size ?? 0
+  }
+
+  async isPresent (room: string, userId: string): Promise<boolean> {
+    return this.roomStates.get(room)?.presence.has(userId) === true
+  }
+
+  async presenceSample (room: string, limit: number): Promise<PresenceSample> {
+    const state = this.roomStates.get(room)
+    const ids: string[] = []
+    const info: Record<string, string> = {}
+    if (state === undefined) return { total: 0, ids, info }
+    for (const id of state.presence.keys()) {
+      if (ids.length === limit) break
+      ids.push(id)
+      const data = state.infos?.get(id)
+      if (data !== undefined) info[id] = data
+    }
+    return { total: state.presence.size, ids, info }
+  }
+
   async presence (room: string): Promise<string[]> {
     const presence = this.roomStates.get(room)?.presence
     return presence === undefined ? [] : [...presence.keys()]
@@ -199,6 +226,12 @@ class MemoryBroker implements Broker {
   private enforceBudget (): void {
     const { maxBytes } = this.historyLimits
     if (this.heldBytes <= maxBytes) return
+    // Rooms nobody is in that only ever carried presence go first: join/leave churn of fresh names never
+    // pushes out another room's history.
+    for (const [name, state] of this.roomStates) {
+      if (state.hosted !== true && this.isIdle(state)) this.forget(name)
+      if (this.heldBytes <= maxBytes) return
+    }
     for (const [name, state] of this.roomStates) {
       while (state.history.length > 0 && this.heldBytes > maxBytes) this.heldBytes -= state.history.dropOldest()
       if (this.heldBytes <= maxBytes) return
@@ -230,7 +263,8 @@ class MemoryBroker implements Broker {
   private sweep (): void {
     const now = Date.now()
     for (const [name, state] of this.roomStates) {
-      if (this.isIdle(state) && state.lastEventAt < now - state.history.maxAgeMs) this.forget(name)
+      const keptMs = state.hosted === true ? state.history.maxAgeMs : Math.min(state.history.maxAgeMs, IDLE_ROOM_MS)
+      if (this.isIdle(state) && state.lastEventAt < now - keptMs) this.forget(name)
       else this.heldBytes -= state.history.expire(now)
     }
     for (const [key, entry] of this.idempotency) {

@@ -88,14 +88,20 @@ return ensure_room(KEYS[1], ARGV[1], ARGV[2])
 `
 
 /**
- * KEYS: meta, history. ARGV: candidate epoch, idleRoomTtlMs, maxAgeMs. Returns { seq, epoch, entries } read
- * together, so "complete" is judged against the same seq the entries end at.
+ * KEYS: meta, history. ARGV: candidate epoch, idleRoomTtlMs, maxAgeMs, after. Returns { seq, epoch, entries }
+ * read together, so "complete" is judged against the same seq the entries end at. Only the entries after
+ * `after` are read (newest first, at most seq - after of them): an up-to-date reader reads nothing, however
+ * much history the room keeps.
  */
 export const HISTORY = `${ENSURE_ROOM}
 local position = ensure_room(KEYS[1], ARGV[1], ARGV[2])
-local now = redis.call('TIME')
-local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
-local entries = redis.call('XRANGE', KEYS[2], oldest, '+')
+local wanted = tonumber(position[1]) - tonumber(ARGV[4])
+local entries = {}
+if wanted > 0 then
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+  entries = redis.call('XREVRANGE', KEYS[2], '+', oldest, 'COUNT', wanted)
+end
 return { position[1], position[2], entries }
 `
 

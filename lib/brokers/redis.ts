@@ -11,7 +11,7 @@ import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../errors.js'
 import { preciseNow } from '../metrics.js'
 import { roomEventFrameParts } from '../protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange } from './broker.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis-scripts.js'
 
@@ -67,6 +67,7 @@ class RedisBroker implements Broker {
   private readonly localPresence = new Map<string, Map<string, { userId: string; info: string }>>()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private closed = false
+  private roomsKeptAt = 0
   private everReady = false
   private down = false
   private log: BrokerSettings['log']
@@ -195,13 +196,14 @@ class RedisBroker implements Broker {
 
   async history (room: string, after: number): Promise<HistorySlice> {
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
-      randomUUID(), this.idleRoomTtlMs, this.historyFor(room).maxAgeMs,
+      randomUUID(), this.idleRoomTtlMs, this.historyFor(room).maxAgeMs, Math.max(0, Math.floor(after)),
     ])
     const seq = Number(seqText)
     const events: HistorySlice['events'] = []
-    // Entries are written as [s, seq, f, frame].
-    const oldest = entries.length > 0 ? Number(entries[0]![1][1]) : seq + 1
-    for (const [, fields] of entries) {
+    // Entries are written as [s, seq, f, frame], and read newest first.
+    const oldest = entries.length > 0 ? Number(entries[entries.length - 1]![1][1]) : seq + 1
+    for (let index = entries.length - 1; index >= 0; index--) {
+      const fields = entries[index]![1]
       const eventSeq = Number(fields[1])
       if (eventSeq > after) events.push({ seq: eventSeq, frame: fields[3]! })
     }
@@ -233,15 +235,16 @@ class RedisBroker implements Broker {
 
   async claimAnswer (userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
     const prefix = this.answerPrefix(userId)
-    const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [prefix + answerId, prefix + 'ids'], [
-      fingerprint, limits.windowMs, limits.maxIdsPerUser, answerId, prefix,
+    const key = answerKey(answerId)
+    const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [prefix + key, prefix + 'ids'], [
+      fingerprint, limits.windowMs, limits.maxIdsPerUser, key, prefix,
     ])
     if (state === 'done') return { state, outcome: outcome! }
     return { state: state === 'pending' ? 'pending' : 'new' }
   }
 
   async storeAnswer (userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
-    await this.run(STORE_ANSWER, [this.answerPrefix(userId) + answerId], [fingerprint, outcome, ttlMs])
+    await this.run(STORE_ANSWER, [this.answerPrefix(userId) + answerKey(answerId)], [fingerprint, outcome, ttlMs])
   }
 
   /** One hash tag per user: the answers and their index share a slot. The length makes the tag unambiguous. */
@@ -272,6 +275,28 @@ class RedisBroker implements Broker {
 
   async presenceInfo (room: string): Promise<Record<string, string>> {
     return this.wrap(this.command.hgetall(this.key(room, 'info')))
+  }
+
+  async presenceCount (room: string): Promise<number> {
+    return this.wrap(this.command.hlen(this.key(room, 'users')))
+  }
+
+  async isPresent (room: string, userId: string): Promise<boolean> {
+    return (await this.wrap(this.command.hexists(this.key(room, 'users'), userId))) === 1
+  }
+
+  /** O(limit): HLEN, then HRANDFIELD (any `limit` users; all of them when there are fewer) and their data. */
+  async presenceSample (room: string, limit: number): Promise<PresenceSample> {
+    const total = await this.presenceCount(room)
+    if (total === 0 || limit === 0) return { total, ids: [], info: {} }
+    const ids = total <= limit ? await this.wrap(this.command.hkeys(this.key(room, 'users'))) : await this.wrap(this.command.hrandfield(this.key(room, 'users'), limit)) as string[]
+    const values = ids.length === 0 ? [] : await this.wrap(this.command.hmget(this.key(room, 'info'), ...ids))
+    const info: Record<string, string> = {}
+    ids.forEach((id, index) => {
+      const value = values[index]
+      if (typeof value === 'string') info[id] = value
+    })
+    return { total, ids, info }
   }
 
   async rooms (): Promise<string[]> {
@@ -511,9 +536,25 @@ class RedisBroker implements Broker {
       for (const processId of await this.command.smembers(this.prefix + 'procs')) {
         if (processId !== this.processId) await this.reapIfDead(processId)
       }
+      await this.keepOccupiedRooms()
     } catch {
       // Redis is away; the next beat tries again.
     }
+  }
+
+  /**
+   * A room that only carries presence expires `idleRoomTtlMs` after its last event; while members sit in it
+   * here its position must stay, or the next join would find a new epoch and reset them all. Its keys'
+   * expiry is pushed out (never shortened: GT) a few times per idleRoomTtlMs.
+   */
+  private async keepOccupiedRooms (): Promise<void> {
+    const now = Date.now()
+    if (now - this.roomsKeptAt < this.idleRoomTtlMs / 4) return
+    this.roomsKeptAt = now
+    await Promise.all([...this.localPresence.keys()].flatMap((room) => [
+      this.command.pexpire(this.key(room, 'meta'), this.idleRoomTtlMs, 'GT'),
+      this.command.pexpire(this.key(room, 'history'), this.idleRoomTtlMs, 'GT'),
+    ]))
   }
 
   private async reapIfDead (processId: string): Promise<void> {
@@ -601,4 +642,12 @@ function redactUrl (url: string): string {
 /** A broker for many processes sharing one Redis (>= 6.2) or a Redis Cluster (>= 7, sharded pub/sub). */
 export function redisBroker (options: RedisBrokerOptions): Broker {
   return new RedisBroker(options)
+}
+
+/**
+ * A client's frame id, spelled so that no id can make a key that looks like another kind (a cluster's
+ * `rooms()` finds rooms by their `}:users` suffix) or like the user's id index.
+ */
+function answerKey (answerId: string): string {
+  return 'a.' + Buffer.from(answerId).toString('base64url')
 }

@@ -139,7 +139,12 @@ export interface JoinAck {
   room: string
   seq: number
   epoch: string
-  members?: Array<{ id: string }>
+  /** Presence rooms: the members, or (a big room) up to 100 of them. */
+  members?: Array<{ id: string; info?: Record<string, unknown> }>
+  /** Set when `members` is not everyone: how many users are in the room. */
+  memberCount?: number
+  /** Presence 'count' rooms: how many users are in the room. */
+  count?: number
 }
 
 /** Why a connection attempt failed, in `RoomsClientError.details`. */
