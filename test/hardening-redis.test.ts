@@ -94,8 +94,8 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
     const answers = (await inspect.keys('rooms:{answer:*')).filter((key) => !key.endsWith(':ids'))
     t.equal(answers.length, 20, 'the 20 newest answers, not 60')
     t.equal(await inspect.zcard('rooms:{answer:5:alice}:ids'), 20)
-    t.ok(await inspect.exists('rooms:{answer:5:alice}:sid-59'), 'the newest is kept')
-    t.notOk(await inspect.exists('rooms:{answer:5:alice}:sid-0'), 'the oldest is gone')
+    t.ok(await inspect.exists(`rooms:{answer:5:alice}:a.${Buffer.from('sid-59').toString('base64url')}`), 'the newest is kept')
+    t.notOk(await inspect.exists(`rooms:{answer:5:alice}:a.${Buffer.from('sid-0').toString('base64url')}`), 'the oldest is gone')
   })
 
   t.test('#10 Redis hung (SIGSTOP): bounded, retryable answers; everything works again when it answers', async (t) => {
