@@ -162,16 +162,19 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     scope.route({ method: 'OPTIONS', url: options.path, handler: gate.preflight })
     injector = new Injector(fastify, `${scope.prefix}${options.path}`, tickets, (id) => membership.connection(id))
     // One budget per client address for every handshake: upgrades, SSE session opens and stream attaches.
-    const handshakeLimit = options.handshakeRateLimit === false ? undefined : scope.rateLimit({
-      // Injected connections (a host's tests) are not network clients.
-      allowList: (request: FastifyRequest) => tickets.has(request.headers[INJECT_HEADER]),
-      max: options.handshakeRateLimit.max,
-      timeWindow: options.handshakeRateLimit.timeWindow,
-      onExceeded: (request) => {
-        if (request.ws || (request.method === 'POST' && request.routeOptions.url?.endsWith('/sse') === true)) stats.handshake('rate_limited')
-        request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
-      },
-    })
+    const handshakeLimits = options.handshakeRateLimit
+    const handshakeLimit = handshakeLimits === false
+      ? undefined
+      : scope.rateLimit({
+        // Injected connections (a host's tests) are not network clients.
+        allowList: (request: FastifyRequest) => tickets.has(request.headers[INJECT_HEADER]),
+        max: handshakeLimits.max,
+        timeWindow: handshakeLimits.timeWindow,
+        onExceeded: (request) => {
+          if (request.ws || (request.method === 'POST' && request.routeOptions.url?.endsWith('/sse') === true)) stats.handshake('rate_limited')
+          request.log.info({ reason: 'rate_limited', remoteAddress: request.ip }, 'fastify-rooms: handshake rejected: too many handshakes')
+        },
+      })
     scope.route({
       method: 'GET',
       url: options.path,

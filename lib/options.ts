@@ -1,6 +1,7 @@
 // Options: the schema, the defaults, and the resolved shape the rest of the plugin reads.
 // Everything is checked here, at `register`, with an error that names the option.
 // Past 300 lines: one check per option, each naming it; split by option they would share nothing but fail().
+import { parse as parseDuration } from '@lukeed/ms'
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import type { FastifyJWTOptions } from '@fastify/jwt'
@@ -298,6 +299,11 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
       if (origin === '*') fail('allowedOrigins', "takes '*' on its own, not inside a list")
       if (!isExactOrigin(origin)) fail('allowedOrigins', `has "${origin}", which is not an origin like https://chat.example.com (scheme, host, optional port; no path)`)
     }
+  }
+
+  const timeWindow = checked.handshakeRateLimit === undefined || checked.handshakeRateLimit === false ? undefined : checked.handshakeRateLimit.timeWindow
+  if (typeof timeWindow === 'string' && parseDuration(timeWindow) === undefined) {
+    fail('handshakeRateLimit.timeWindow', `"${timeWindow}" is not a duration (a number of ms, or e.g. '1 minute')`)
   }
 
   const maxPayload = checked.maxPayload ?? defaults.maxPayload

@@ -38,7 +38,8 @@ export class Presence {
 
   /** How many users are present: one read, whatever the room's size. */
   async count (room: string): Promise<number> {
-    return this.broker.presenceCount === undefined ? (await this.broker.presence(room)).length : this.broker.presenceCount(room)
+    if (this.broker.presenceCount !== undefined) return this.broker.presenceCount(room)
+    return (await this.broker.presence(room)).length
   }
 
   async isPresent (room: string, userId: string): Promise<boolean> {

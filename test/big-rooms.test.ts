@@ -67,7 +67,7 @@ if (componentAvailable(t, redisMissing(), 'big rooms on Redis')) {
     })
     const inspect = new Redis(redis.url)
     t.teardown(() => inspect.quit())
-        for (const room of ['capped:hall', 'counted:hall']) {
+    for (const room of ['capped:hall', 'counted:hall']) {
       const pipeline = inspect.pipeline()
       for (let n = 0; n < 5000; n++) pipeline.hset(`rooms:{${room}}:users`, `member-number-${n}`, '1')
       await pipeline.exec()

@@ -289,7 +289,8 @@ class RedisBroker implements Broker {
   async presenceSample (room: string, limit: number): Promise<PresenceSample> {
     const total = await this.presenceCount(room)
     if (total === 0 || limit === 0) return { total, ids: [], info: {} }
-    const ids = total <= limit ? await this.wrap(this.command.hkeys(this.key(room, 'users'))) : await this.wrap(this.command.hrandfield(this.key(room, 'users'), limit)) as string[]
+    const users = this.key(room, 'users')
+    const ids = total <= limit ? await this.wrap(this.command.hkeys(users)) : await this.wrap(this.command.hrandfield(users, limit)) as string[]
     const values = ids.length === 0 ? [] : await this.wrap(this.command.hmget(this.key(room, 'info'), ...ids))
     const info: Record<string, string> = {}
     ids.forEach((id, index) => {

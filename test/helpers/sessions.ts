@@ -48,4 +48,3 @@ export async function login (server: TestServer, name: string): Promise<string> 
   const cookie = response.headers.get('set-cookie') ?? ''
   return cookie.split(';')[0]!
 }
-
