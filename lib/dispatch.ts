@@ -35,6 +35,8 @@ const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waitin
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
 const UNAVAILABLE = new FrameError(ErrorCode.unavailable, 'a dependency of the server did not answer in time; send the frame again later')
 const MAX_REPORTED_LATENCY_MS = 60_000
+/** Frames up to this size are read even when refused, so that their rate_limited answer carries their id. */
+const UNREAD_REFUSAL_BYTES = 4096
 
 export class Dispatcher implements ConnectionEvents {
   /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
@@ -62,6 +64,13 @@ export class Dispatcher implements ConnectionEvents {
     if (isBinary) {
       this.stats.messageIn('(binary)')
       if (this.admit(connection, now, bytes, undefined)) connection.sendError(BINARY_FRAME)
+      return
+    }
+    // A large frame over an empty budget is refused unread (no scan, no parse): a flood of small compressed
+    // frames that inflate to maxPayload costs its inflate only. Its rate_limited answer has no id.
+    if (bytes > UNREAD_REFUSAL_BYTES && connection.rate.empty(now, bytes)) {
+      this.stats.messageIn('(unread)')
+      this.admit(connection, now, bytes, undefined)
       return
     }
     // The shape is bounded before JSON.parse or any schema runs (one cheap pass over the bytes); the

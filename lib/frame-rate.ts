@@ -26,6 +26,12 @@ export class FrameRate {
     return this.bytes.take(now, bytes) && this.frames.take(now)
   }
 
+  /** Whether a frame of `bytes` would be refused now (takes nothing). */
+  empty (now: number, bytes: number): boolean {
+    if (this.bytes === undefined || this.frames === undefined) return false
+    return !this.bytes.has(now, bytes) || !this.frames.has(now, 1)
+  }
+
   /** Counts a refused frame; true when the abuse limit is crossed (the caller closes the socket 1008). */
   abused (now: number): boolean {
     const abuse = this.limits.abuseLimit
