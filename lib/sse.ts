@@ -4,6 +4,8 @@
 // which looks to Connection like a ws socket, so everything past it (protocol, dispatch, rooms, brokers)
 // is shared. Every event's SSE `id` is the positions of the socket's rooms, so a reconnecting EventSource
 // resumes them from `Last-Event-ID` — on any process, since the positions are all a resume needs.
+// Past 300 lines: the session's lifetime rules (credential, exp, server closes, budgets) and the socket they
+// attach are one concern; split apart, each half would need the other's private state.
 import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Socket } from 'node:net'
@@ -12,7 +14,7 @@ import { TooManyAttemptsError } from './errors.js'
 import { FailedAttempts } from './failed-attempts.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
 import type { RoomsUser } from './types.js'
-import { redactUrl } from './upgrade.js'
+import { redactedRequest } from './upgrade.js'
 
 const OPEN = 1
 const CLOSING = 2
@@ -221,7 +223,7 @@ export class SseTransport {
     const limited = this.hooks.rateLimit === undefined ? [cors] : [cors, this.hooks.rateLimit]
     // The session id is the stream's credential, and `?token=` may be in the open's URL: logged redacted.
     const logSerializers = { req: (request: FastifyRequest) => ({ method: request.method, url: `${base}/[REDACTED]`, host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
-    const openLog = { req: (request: FastifyRequest) => ({ method: request.method, url: redactUrl(request.url), host: request.host, remoteAddress: request.ip, remotePort: request.socket?.remotePort }) }
+    const openLog = { req: redactedRequest }
     scope.route({ method: 'POST', url: base, config: { rateLimit: false }, onRequest: limited, logSerializers: openLog, handler: async (request, reply) => this.open(request, reply) })
     scope.route({ method: 'GET', url: `${base}/:session`, exposeHeadRoute: false, config: { rateLimit: false }, onRequest: limited, logSerializers, handler: async (request, reply) => this.stream(request, reply) })
     // Fastify's own HEAD would attach a stream too.
@@ -361,7 +363,7 @@ export class SseTransport {
     }
     if (admission.user.id !== session.user.id) {
       this.failures?.failed(request.ip, Date.now())
-      return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+      return notYourSession(reply)
     }
     const socket = session.socket
     if (socket === undefined) return reply.code(409).send({ statusCode: 409, code: 'FST_ROOMS_NO_STREAM', error: 'Conflict', message: 'open the session\'s stream first' })
@@ -385,7 +387,7 @@ export class SseTransport {
     const { user } = await this.admitCounted(request)
     if (user.id === session.user.id) return undefined
     this.failures?.failed(request.ip, Date.now())
-    return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+    return notYourSession(reply)
   }
 
   private forwardingRate (userId: string): FrameRate {
@@ -421,6 +423,10 @@ export class SseTransport {
     if (this.sessions.get(session.id) === session) this.sessions.delete(session.id)
     session.socket?.close(1001, 'session closed')
   }
+}
+
+function notYourSession (reply: FastifyReply): FastifyReply {
+  return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
 }
 
 function noSession (reply: FastifyReply): FastifyReply {
