@@ -185,6 +185,11 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       // Cheap refusals first, then the rate limit, then the checks it must count (preValidation).
       onRequest: handshakeLimit === undefined ? [gate.onRequest] : [gate.onRequest, handshakeLimit],
       preValidation: [gate.preValidation, keepUpgradeResponse],
+      // injectWS reports a refusal by its status alone: the answer is kept for the injected client.
+      onSend: async (request, reply, payload) => {
+        if (reply.statusCode >= 400 && request.headers[INJECT_HEADER] !== undefined) tickets.noteRefusal(request.headers[INJECT_HEADER], reply.statusCode, payload)
+        return payload
+      },
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
         start(socket, request.roomsAdmission as Admission, request)

@@ -13,16 +13,27 @@ import { isUserId } from './upgrade.js'
 import type { RoomsUser } from './types.js'
 
 const TICKET_TTL_MS = 10_000
+// Refusals are read right after they happen; a host's test that leaks thousands is bounded anyway.
+const MAX_REFUSALS = 1000
+
+interface InjectRefusal {
+  status: number
+  code?: string
+  message?: string
+}
 const CONNECTING = 0
 const CLOSED = 3
 
 /** Admission tickets for injected connections: random, single use, short-lived. */
 export class InjectTickets {
   private readonly tickets = new Map<string, { user: RoomsUser; expiresAt: number }>()
+  /** Why the route refused a ticket's upgrade: injectWS itself reports only the status. */
+  private readonly refusals = new Map<string, { refusal: InjectRefusal; expiresAt: number }>()
 
   issue (user: RoomsUser): string {
     const now = Date.now()
     for (const [ticket, entry] of this.tickets) if (entry.expiresAt < now) this.tickets.delete(ticket)
+    for (const [ticket, entry] of this.refusals) if (entry.expiresAt < now) this.refusals.delete(ticket)
     const ticket = randomBytes(24).toString('base64url')
     this.tickets.set(ticket, { user, expiresAt: now + TICKET_TTL_MS })
     return ticket
@@ -32,6 +43,30 @@ export class InjectTickets {
   has (ticket: unknown): boolean {
     const entry = typeof ticket === 'string' ? this.tickets.get(ticket) : undefined
     return entry !== undefined && entry.expiresAt >= Date.now()
+  }
+
+  /** The route's answer to a refused injected upgrade (its JSON `{ code, message }`), kept for the client. */
+  noteRefusal (ticket: unknown, status: number, body: unknown): void {
+    if (typeof ticket !== 'string' || this.refusals.size >= MAX_REFUSALS) return
+    let parsed: { code?: unknown; message?: unknown } | undefined
+    try {
+      parsed = typeof body === 'string' ? JSON.parse(body) : undefined
+    } catch {
+      parsed = undefined
+    }
+    const refusal: InjectRefusal = {
+      status,
+      code: typeof parsed?.code === 'string' ? parsed.code : undefined,
+      message: typeof parsed?.message === 'string' ? parsed.message : undefined,
+    }
+    this.refusals.set(ticket, { refusal, expiresAt: Date.now() + TICKET_TTL_MS })
+  }
+
+  /** The refusal noted for the ticket, once. */
+  takeRefusal (ticket: string): InjectRefusal | undefined {
+    const entry = this.refusals.get(ticket)
+    this.refusals.delete(ticket)
+    return entry?.refusal
   }
 
   /** The ticket's user, once; undefined for an unknown, used or expired ticket. */
@@ -57,7 +92,7 @@ class InjectedSocket implements WebSocketLike {
   private failed = false
   private closeWhenOpen: [number | undefined, string | undefined] | undefined
 
-  constructor (fastify: FastifyInstance, path: string, ticket: string, protocols: string | string[] | undefined) {
+  constructor (fastify: FastifyInstance, path: string, tickets: InjectTickets, ticket: string, protocols: string | string[] | undefined) {
     const headers = { [INJECT_HEADER]: ticket, 'sec-websocket-protocol': [protocols ?? []].flat().join(', ') }
     fastify.injectWS(path, { headers, socket: { remoteAddress: '127.0.0.1' } } as never, {
       onInit: (socket) => {
@@ -72,7 +107,18 @@ class InjectedSocket implements WebSocketLike {
       },
     }).catch((err: Error) => {
       this.failed = true
-      this.onerror?.({ message: err.message })
+      const status = Number(/Unexpected server response: (\d{3})/.exec(err.message)?.[1] ?? 0)
+      // The route's own refusal says why; a status the route never sent came from before it (no route at
+      // this path) or after it (ws refusing the handshake, e.g. a ws and @fastify/websocket that disagree).
+      const refusal = tickets.takeRefusal(ticket) ?? (status === 0
+        ? undefined
+        : {
+            status,
+            message: status === 404
+              ? `no route at ${path} (injected upgrade refused with HTTP 404)`
+              : `the WebSocket handshake was refused (HTTP ${status}) after fastify-rooms admitted it: ws refused the injected upgrade; check that the installed ws and @fastify/websocket work together`,
+          })
+      this.onerror?.({ message: err.message, refusal })
       this.onclose?.({ code: 1006, reason: '' })
     })
   }
@@ -140,7 +186,7 @@ export class Injector {
     const { fastify, path, tickets } = this
     const Socket = class extends InjectedSocket {
       constructor (_url: string, protocols?: string | string[]) {
-        super(fastify, path, tickets.issue(user), protocols)
+        super(fastify, path, tickets, tickets.issue(user), protocols)
       }
     }
     const client = createClient<S>({ ...clientOptions, url: `ws://inject${path}`, WebSocket: Socket, autoConnect: false })

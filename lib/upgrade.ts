@@ -52,7 +52,7 @@ const PROBLEM_MESSAGES: Record<TokenProblem, string> = {
   malformed: 'token malformed',
   invalid: 'token rejected',
   no_user: 'token does not name a user (a well-formed id of 1 to 256 characters without control characters)',
-  no_exp: 'token has no exp',
+  no_exp: "token has no exp (sign tokens with an expiry, e.g. @fastify/jwt's sign: { expiresIn: '15m' }, or set token.requireExp: false)",
   too_long_lived: 'token exp is further away than the server allows',
   no_session: 'not signed in',
   authenticate_failed: 'not signed in',
@@ -296,6 +296,11 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
   return {
     // Cheap refusals first, before @fastify/rate-limit (appended after this hook) counts the attempt.
     async onRequest (request: FastifyRequest, reply: FastifyReply) {
+      // @fastify/websocket's injectWS sends Sec-WebSocket-Version as the number 13 (after the caller's
+      // headers), and ws ≥ 8.23.1 compares it as a string: every injected upgrade was refused with 400. A
+      // request off the network always has a string here; only an injected one can have a number.
+      const version: unknown = request.raw.headers['sec-websocket-version']
+      if (typeof version === 'number') request.raw.headers['sec-websocket-version'] = String(version)
       if (!request.ws) {
         // A plain GET is the client's diagnostic after a failed handshake (browsers hide its status): the
         // same checks, answered over HTTP. Readable cross-origin only by allowed origins.

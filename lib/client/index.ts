@@ -51,7 +51,29 @@ interface Attempt {
   closeReason: string
   timedOut: boolean
   errorMessage: string | undefined
+  /** The refused handshake's answer, when the WebSocket implementation let the client read it (ws, inject). */
+  refusal: HandshakeRefusal | undefined
   timer: ReturnType<typeof setTimeout>
+}
+
+/** A refused handshake's HTTP answer: the status, and the server's JSON `{ code, message }` when readable. */
+interface HandshakeRefusal {
+  status: number
+  code?: string
+  message?: string
+  retryAfterMs?: number
+}
+
+/** What the client reads of a refused handshake's response body (ws hands it over): enough for `{ code, message }`. */
+const MAX_REFUSAL_BODY = 8192
+const REFUSAL_READ_MS = 2000
+
+/** The part of Node's IncomingMessage read from a refused handshake (ws's `unexpected-response`). */
+interface RefusedResponse {
+  statusCode?: number
+  headers: Record<string, string | string[] | undefined>
+  on(event: 'data', listener: (chunk: { length: number; toString(): string }) => void): unknown
+  on(event: 'end' | 'error' | 'close', listener: () => void): unknown
 }
 
 type Listener = (...args: any[]) => void
@@ -104,7 +126,7 @@ class SseLink implements WebSocketLike {
       const response = await this.fetchImpl(`${this.base}/sse`, { method: 'POST', headers: this.headers(), body: '{}', credentials: 'include', cache: 'no-store' })
       if (this.readyState === 3) return
       // Said the way ws says it, so a refusal is reported with its code like a refused upgrade.
-      if (response.status !== 201) return this.fail(`Unexpected server response: ${response.status}`)
+      if (response.status !== 201) return this.fail(`Unexpected server response: ${response.status}`, await refusalOf(response))
       const { stream } = await response.json() as { stream: string }
       if (this.readyState === 3) return
       this.streamUrl = new URL(stream, this.base).href
@@ -135,8 +157,8 @@ class SseLink implements WebSocketLike {
     this.onopen?.({})
   }
 
-  private fail (message: string): void {
-    this.onerror?.({ message })
+  private fail (message: string, refusal?: HandshakeRefusal): void {
+    this.onerror?.({ message, refusal })
     this.finish(1006, '')
   }
 
@@ -409,7 +431,9 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const { url, protocols } = this.socketArgs(token)
     let ws: WebSocketLike
     try {
-      ws = this.transport === 'sse' ? this.openFallback(token) : new this.WebSocketImpl!(url, protocols)
+      ws = this.transport === 'sse'
+        ? this.openFallback(token)
+        : new this.WebSocketImpl!(url, protocols, this.options.origin === undefined ? undefined : { origin: this.options.origin })
     } catch (err) {
       this.emit('error', new RoomsClientError('connection', `cannot open ${this.options.url}: ${(err as Error)?.message}`, err))
       return this.scheduleReconnect()
@@ -424,6 +448,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       closeReason: '',
       timedOut: false,
       errorMessage: undefined,
+      refusal: undefined,
       // A handshake that never completes (a black-holed network, a stalled proxy) is abandoned.
       timer: setTimeout(() => {
         attempt.timedOut = true
@@ -454,10 +479,53 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     }
     // ws (Node) says why a handshake failed ("Unexpected server response: 401"); a browser says nothing.
     ws.onerror = (event) => {
-      const error = event as { message?: unknown; error?: { message?: unknown } }
+      const error = event as { message?: unknown; error?: { message?: unknown }; refusal?: HandshakeRefusal }
       const message = error?.message ?? error?.error?.message
       if (typeof message === 'string') attempt.errorMessage = message
+      if (error?.refusal !== undefined) attempt.refusal ??= error.refusal
     }
+    // ws (Node) hands a refused handshake's response to an `unexpected-response` listener: its JSON body
+    // says why (`token has no exp`), which the status alone does not.
+    const emitter = ws as { on?: (event: string, listener: (request: unknown, response: RefusedResponse) => void) => unknown }
+    if (typeof emitter.on === 'function') emitter.on.call(ws, 'unexpected-response', (_request, response) => this.readRefusal(attempt, response))
+  }
+
+  /** Reads a refused handshake's answer (bounded in bytes and time), then ends the attempt as ws would have. */
+  private readRefusal (attempt: Attempt, response: RefusedResponse): void {
+    const status = response.statusCode ?? 0
+    let body = ''
+    let done = false
+    const finish = (): void => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      let parsed: { code?: unknown; message?: unknown } | undefined
+      try {
+        parsed = JSON.parse(body)
+      } catch {
+        parsed = undefined
+      }
+      attempt.refusal = {
+        status,
+        code: typeof parsed?.code === 'string' ? parsed.code : undefined,
+        message: typeof parsed?.message === 'string' ? parsed.message : undefined,
+        retryAfterMs: retryAfterMs(response.headers['retry-after']),
+      }
+      attempt.errorMessage = `Unexpected server response: ${status}`
+      try {
+        attempt.ws.terminate?.()
+      } catch {
+        // Already closed: its close event ends the attempt either way.
+      }
+    }
+    const timer = setTimeout(finish, REFUSAL_READ_MS)
+    response.on('data', (chunk) => {
+      if (body.length + chunk.length > MAX_REFUSAL_BODY) return finish()
+      body += chunk.toString()
+    })
+    response.on('end', finish)
+    response.on('error', finish)
+    response.on('close', finish)
   }
 
   /** The URL and subprotocols a WebSocket attempt (or probe) opens with: the token in one of them. */
@@ -527,6 +595,10 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     if (attempt.timedOut) {
       return new RoomsClientError('connect_timeout', `no welcome from ${this.options.url} within ${this.options.connectTimeoutMs ?? 10_000} ms`, {})
     }
+    if (attempt.refusal !== undefined && !attempt.opened) {
+      const { status, code, message, retryAfterMs } = attempt.refusal
+      return refusal(status, message, retryAfterMs, code)
+    }
     const upgradeStatus = Number(/Unexpected server response: (\d{3})/.exec(attempt.errorMessage ?? '')?.[1] ?? 0)
     if (attempt.opened) {
       // Admitted, then closed before welcome: a limit filled up meanwhile, or the server is going away.
@@ -543,9 +615,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const headers: Record<string, string> = {}
       if (attempt.token !== undefined) headers.authorization = `Bearer ${attempt.token}`
       const response = await fetch(this.options.url.replace(/^ws/, 'http'), { headers, credentials: 'include', cache: 'no-store' })
-      const body = await response.json().catch(() => undefined) as { message?: unknown } | undefined
-      const retryAfter = Number(response.headers.get('retry-after'))
-      return refusal(response.status, typeof body?.message === 'string' ? body.message : undefined, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined)
+      const { status, code, message, retryAfterMs } = await refusalOf(response)
+      return refusal(status, message, retryAfterMs, code)
     } catch {
       // Unreachable, or a cross-origin answer the browser will not show (an origin the server does not allow).
       return upgradeStatus === 0 ? new RoomsClientError('network', `cannot reach ${this.options.url}`, {}) : refusal(upgradeStatus, undefined)
@@ -606,9 +677,12 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       this.resumeId = id
       ws.send(JSON.stringify({ type: 'resume', id, payload: { rooms: resume } }))
     }
-    // Unanswered requests go again with their ids, in order, then joins for rooms never acked (each sent once).
-    for (const pending of this.pending.values()) this.write(pending)
+    // Joins for rooms never acked first (each sent once; the server runs a socket's frames in order, so a
+    // queued request for one of these rooms meets the socket in it), then unanswered requests again with
+    // their ids, in order.
+    const unanswered = [...this.pending.values()]
     for (const room of toJoin) void this.join(room).catch((err: RoomsClientError) => this.emit('error', err))
+    for (const pending of unanswered) this.write(pending)
   }
 
   private onAnswer (frame: ServerFrame): void {
@@ -839,9 +913,28 @@ function tokenExp (token: string): number | undefined {
   }
 }
 
+/** A refused request's answer: its status, Retry-After and the server's JSON `{ code, message }`. */
+async function refusalOf (response: Awaited<ReturnType<FetchLike>>): Promise<HandshakeRefusal> {
+  const body = await response.json().catch(() => undefined) as { code?: unknown; message?: unknown } | undefined
+  return {
+    status: response.status,
+    code: typeof body?.code === 'string' ? body.code : undefined,
+    message: typeof body?.message === 'string' ? body.message : undefined,
+    retryAfterMs: retryAfterMs(response.headers.get('retry-after')),
+  }
+}
+
+/** Retry-After in seconds, as milliseconds; undefined when absent or not a positive number. */
+function retryAfterMs (header: string | string[] | null | undefined): number | undefined {
+  const seconds = Number(header)
+  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : undefined
+}
+
 /** A refusal from an HTTP status: the codes of `RefusalDetails`; 426 means the credentials passed. */
-function refusal (status: number, message: string | undefined, retryAfterMs?: number): RoomsClientError {
-  const details: RefusalDetails = retryAfterMs === undefined ? { status } : { status, retryAfterMs }
+function refusal (status: number, message: string | undefined, retryAfterMs?: number, serverCode?: string): RoomsClientError {
+  const details: RefusalDetails = { status }
+  if (retryAfterMs !== undefined) details.retryAfterMs = retryAfterMs
+  if (serverCode !== undefined) details.serverCode = serverCode
   if (status === 426) return new RoomsClientError('network', 'the server accepts these credentials, but the WebSocket handshake failed (a proxy?)', details)
   return new RoomsClientError(REFUSALS[status] ?? 'refused', message ?? `the server refused the connection (HTTP ${status})`, details)
 }

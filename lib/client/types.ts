@@ -16,10 +16,17 @@ export interface WebSocketLike {
   onopen?: EventHandler<unknown> | null
   onmessage: EventHandler<{ data: unknown }> | null
   onclose: EventHandler<{ code: number; reason: string }> | null
-  /** ws's error event carries `message` ("Unexpected server response: 401"); browsers' carries nothing. */
+  /**
+   * ws's error event carries `message` ("Unexpected server response: 401"); browsers' carries nothing. An
+   * implementation that read the refused handshake's answer may add it as `refusal`.
+   */
   onerror: EventHandler<unknown> | null
 }
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike
+/**
+ * The client always passes its subprotocols as an array, and `{ origin }` when the `origin` option is set
+ * (ws's third argument; browsers' WebSocket ignores it and sends the page's own Origin).
+ */
+export type WebSocketConstructor = new (url: string, protocols: string[], options?: { origin?: string }) => WebSocketLike
 
 /** What the SSE fallback uses of an EventSource (browsers' own). */
 export interface EventSourceLike {
@@ -58,8 +65,14 @@ export interface ClientOptions {
    * that signs sockets in with `authenticate` (a cookie session): the browser sends the cookie itself.
    */
   getToken?: () => string | Promise<string>
-  /** Defaults to the global WebSocket (browsers, Node 22+); in Node 20 pass `WebSocket` from ws. */
+  /** Defaults to the global WebSocket (browsers, Node 22+); in Node pass `WebSocket` from ws (with `origin`). */
   WebSocket?: WebSocketConstructor
+  /**
+   * The Origin a Node client's handshake sends (ws's `origin` option), e.g. `http://localhost:3000`: the
+   * server refuses a missing or unknown Origin unless its `allowedOrigins` allows it. Browsers send the
+   * page's own Origin and ignore this.
+   */
+  origin?: string
   /**
    * 'auto' (default): a WebSocket, and the server's Server-Sent Events fallback (its `sse` option) when no
    * socket can open — at once when there is no `WebSocket`, or after two handshakes failed with a network
@@ -153,6 +166,8 @@ export interface RefusalDetails {
   status?: number
   /** From `Retry-After` on a 429. */
   retryAfterMs?: number
+  /** The `code` of the server's JSON answer (`FST_ROOMS_UNAUTHORIZED`, `FST_ROOMS_FORBIDDEN_ORIGIN`…), when it was read. */
+  serverCode?: string
 }
 
 export interface ClientEvents {
