@@ -10,6 +10,7 @@ import { parse as parseDuration } from '@lukeed/ms'
 import type { TSchema } from 'typebox'
 import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
+import { loadClientBundle, registerClientRoutes } from './client-bundle.js'
 import { Connection } from './connection.js'
 import { Dispatcher } from './dispatch.js'
 import { FrameRate } from './frame-rate.js'
@@ -195,6 +196,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         start(socket, request.roomsAdmission as Admission, request)
       },
     })
+    if (options.serveClient) registerClientRoutes(scope, options.path, await loadClientBundle())
     if (options.sse !== false) {
       sse = new SseTransport({
         path: options.path,

@@ -73,6 +73,7 @@ const DataOptions = Type.Object({
     Type.Boolean(),
     Type.Object({ sessionIdleMs: Type.Optional(PositiveInteger) }, { additionalProperties: false }),
   ])),
+  serveClient: Type.Optional(Type.Boolean()),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -126,6 +127,11 @@ export interface RoomsOptions {
    * session with no stream attached is dropped after this long (default 30000).
    */
   sse?: boolean | { sessionIdleMs?: number }
+  /**
+   * Serve the browser client as one ES module on `<path>/client.js` (revalidated by ETag) and
+   * `<path>/client@<version>.js` (immutable), for pages without a bundler (default true).
+   */
+  serveClient?: boolean
   /** `{ [name]: options }` for the rooms named `name:…` (see NamespaceOptions). */
   namespaces?: Record<string, NamespaceOptions>
   /**
@@ -209,6 +215,7 @@ export interface ResolvedOptions {
   hookTimeoutMs: number
   compression: { threshold: number } | false
   sse: { sessionIdleMs: number } | false
+  serveClient: boolean
   /** The policy of a room: its namespace's, or the top-level one. */
   roomPolicy: (room: string) => RoomPolicy
   presenceInfo: RoomsOptions['presenceInfo']
@@ -348,6 +355,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     hookTimeoutMs: checked.hookTimeoutMs ?? defaults.hookTimeoutMs,
     compression: checked.compression === undefined || checked.compression === false ? false : { threshold: checked.compression.threshold ?? 1024 },
     sse: checked.sse === undefined || checked.sse === false ? false : { sessionIdleMs: (checked.sse === true ? undefined : checked.sse.sessionIdleMs) ?? 30_000 },
+    serveClient: checked.serveClient ?? true,
     presenceInfo: checkFunction(options, 'presenceInfo'),
     roomPolicy: namespacePolicies(options.namespaces, {
       history: { maxEvents: (checked.history ?? defaults.history).maxEvents, maxAgeMs: (checked.history ?? defaults.history).maxAgeMs },

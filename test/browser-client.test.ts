@@ -1,7 +1,6 @@
 // Issue #12 in real headless Chromium: queued requests survive a 30 s outage (offline through the DevTools
 // protocol, and the server unreachable), and a refused connection says why — learned through the
 // diagnostic request, since the browser hides the handshake's status.
-import { readFile } from 'node:fs/promises'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import t from 'tap'
 import Type from 'typebox'
@@ -15,7 +14,7 @@ import { startProxy, type TcpProxy } from './helpers/proxy.js'
 // helpers the page does not have, so the logic lives here and the tests call it).
 const PAGE = `<!doctype html><meta charset="utf-8"><title>client test</title>
 <script type="module">
-import { createClient } from '/client.js'
+import { createClient } from '/ws/client.js'
 window.start = (tokenPath, backoff) => {
   const client = createClient({ url: 'ws://' + location.host + '/ws', getToken: async () => (await (await fetch(tokenPath)).json()).token, backoff })
   window.client = client
@@ -40,7 +39,6 @@ window.ready = true
 
 /** A server with the plugin, a page that loads the built client, and a /token route; through a proxy. */
 async function pageServer (t: Parameters<typeof startServer>[0], options: Partial<RoomsOptions>, runs: string[] = []): Promise<{ server: TestServer; proxy: TcpProxy; origin: string }> {
-  const client = await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8')
   // The page's origin is the proxy's: the proxy listens first and is pointed at the server once it does.
   const proxy = await startProxy(0)
   t.teardown(() => proxy.close())
@@ -56,7 +54,6 @@ async function pageServer (t: Parameters<typeof startServer>[0], options: Partia
   }, {
     setup: (app) => {
       app.get('/', async (_request, reply) => reply.type('text/html').send(PAGE))
-      app.get('/client.js', async (_request, reply) => reply.type('text/javascript').send(client.replace(/\n\/\/# sourceMappingURL=.*$/, '\n')))
       app.get('/token', async (request) => ({ token: (request.query as { bad?: string }).bad === undefined ? sign('alice') : 'not.a.token' }))
     },
   })

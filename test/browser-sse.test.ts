@@ -61,10 +61,10 @@ if (componentAvailable(t, chromiumMissing(), 'browser SSE fallback')) {
   })
 }
 
-// A bare page that loads the built client (the example's /client.js is the same file).
+// A bare page that loads the client the plugin serves on <path>/client.js.
 const PAGE = `<!doctype html><meta charset="utf-8"><title>sse</title>
 <script type="module">
-import { createClient } from '/client.js'
+import { createClient } from '/ws/client.js'
 window.start = () => {
   const client = createClient({ url: 'ws://' + location.host + '/ws', getToken: async () => (await (await fetch('/token')).json()).token, rooms: ['news'], backoff: { initialMs: 100, maxMs: 500 } })
   window.client = client
@@ -81,13 +81,10 @@ if (componentAvailable(t, chromiumMissing(), 'browser SSE fallback') && componen
   t.test('#16 a server restart resumes a fallback client with no lost message (rooms on Redis)', { timeout: 60_000 }, async (t) => {
     const redis = await startRedis(t)
     const port = await freePort()
-    const { readFile } = await import('node:fs/promises')
-    const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8')).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')
     const start = () => startServer(t, { sse: true, presence: false, handshakeRateLimit: false, allowedOrigins: [`http://127.0.0.1:${port}`], broker: redisBroker({ url: redis.url, processTtlMs: 600 }) }, {
       listenPort: port,
       setup: (app) => {
         app.get('/', async (_request, reply) => reply.type('text/html').send(PAGE))
-        app.get('/client.js', async (_request, reply) => reply.type('text/javascript').send(client))
         app.get('/token', async () => ({ token: sign('hana') }))
       },
     })
@@ -124,7 +121,7 @@ window.WebSocket = class extends RealWebSocket {
 }
 </script>
 <script type="module">
-import { createClient } from '/client.js'
+import { createClient } from '/ws/client.js'
 window.start = () => {
   const client = createClient({ url: 'ws://' + location.host + '/ws', getToken: async () => (await (await fetch('/token')).json()).token, rooms: ['news'], backoff: { initialMs: 50, maxMs: 200 }, probeIntervalMs: 300 })
   window.client = client
@@ -138,14 +135,11 @@ window.ready = true
 
 if (componentAvailable(t, chromiumMissing(), 'browser SSE fallback')) {
   t.test('#16 blocked upgrades: the client falls back after two network failures, probes, and moves back to a WebSocket without losing or repeating an event', { timeout: 60_000 }, async (t) => {
-    const { readFile } = await import('node:fs/promises')
-    const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8')).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')
     const port = await freePort()
     const server = await startServer(t, { sse: true, presence: false, handshakeRateLimit: false, allowedOrigins: [`http://127.0.0.1:${port}`] }, {
       listenPort: port,
       setup: (app) => {
         app.get('/', async (_request, reply) => reply.type('text/html').send(BLOCKABLE))
-        app.get('/client.js', async (_request, reply) => reply.type('text/javascript').send(client))
         app.get('/token', async () => ({ token: sign('ines') }))
       },
     })

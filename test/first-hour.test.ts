@@ -112,3 +112,39 @@ t.test('#21 the origin option: a Node client sends the Origin the server allows,
   withoutOrigin.close()
   t.match(refused, { code: 'origin_not_allowed', message: 'Origin not allowed', details: { status: 403, serverCode: 'FST_ROOMS_FORBIDDEN_ORIGIN' } })
 })
+
+t.test('#21 the plugin serves the client as one ES module: <path>/client.js (revalidated) and <path>/client@<version>.js (immutable)', async (t) => {
+  const { version } = createRequire(import.meta.url)('../package.json') as { version: string }
+  const server = await startServer(t)
+  const stable = await fetch(`${server.url.replace('ws:', 'http:')}/ws/client.js`)
+  t.equal(stable.status, 200)
+  t.equal(stable.headers.get('content-type'), 'text/javascript; charset=utf-8')
+  t.equal(stable.headers.get('cache-control'), 'no-cache')
+  t.equal(stable.headers.get('access-control-allow-origin'), '*', 'a module script is a CORS fetch: importable from another origin')
+  const code = await stable.text()
+  t.match(code, /export function createClient/)
+  t.notMatch(code, /^\s*import\s/m, 'no imports: the file is the whole client')
+  t.match(code, new RegExp(`//# sourceMappingURL=client@${version.replaceAll('.', '\\.')}\\.js\\.map\\n$`))
+  const etag = stable.headers.get('etag')!
+  t.match(etag, /^"[A-Za-z0-9_-]{22}"$/)
+  const revalidated = await fetch(`${server.url.replace('ws:', 'http:')}/ws/client.js`, { headers: { 'if-none-match': etag } })
+  t.equal(revalidated.status, 304, 'unchanged: 304')
+  const pinned = await fetch(`${server.url.replace('ws:', 'http:')}/ws/client@${version}.js`)
+  t.equal(pinned.status, 200)
+  t.equal(pinned.headers.get('cache-control'), 'public, max-age=31536000, immutable')
+  t.equal(await pinned.text(), code, 'the same module')
+  const map = await fetch(`${server.url.replace('ws:', 'http:')}/ws/client@${version}.js.map`)
+  t.equal(map.status, 200)
+  t.match(await map.json(), { version: 3, sourcesContent: [/export class RoomsClient/] })
+  for (const other of ['/ws/client@0.0.0.js', '/ws/client@../../package.json', '/ws/client.js.map', '/ws/../package.json']) {
+    t.equal((await fetch(`${server.url.replace('ws:', 'http:')}${other}`)).status, 404, `${other}: 404`)
+  }
+})
+
+t.test('#21 serveClient: false registers no client route; a wrong value is refused at register', async (t) => {
+  const server = await startServer(t, { serveClient: false })
+  t.equal((await fetch(`${server.url.replace('ws:', 'http:')}/ws/client.js`)).status, 404)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await t.rejects(app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], serveClient: 'yes' as never }).ready(), { code: 'FST_ROOMS_INVALID_OPTION', message: /serveClient/ })
+})

@@ -123,3 +123,32 @@ t.test(`#11: a host with its own ws ${OLD_WS} (two ws copies in the tree) still 
   t.equal(versionsOf(tree, 'fastify').size, 1, 'one fastify')
   checkReport(t, await typeCheckAndRun(t, dir))
 })
+
+t.test('#21: a frontend installs fastify-rooms-client alone — nothing of the server in its tree — and it type-checks and loads', async (t) => {
+  const clientRoot = path.join(root, 'packages', 'client')
+  const manifest = JSON.parse(await readFile(path.join(clientRoot, 'package.json'), 'utf8')) as { version: string; dependencies?: object; peerDependencies?: object }
+  const main = JSON.parse(await readFile(path.join(root, 'package.json'), 'utf8')) as { version: string }
+  t.equal(manifest.version, main.version, 'released together: one version')
+  t.same([manifest.dependencies, manifest.peerDependencies], [undefined, undefined], 'no dependencies, no peers')
+  const clientPacked = JSON.parse(await run('npm', ['pack', '--json', '--pack-destination', work], clientRoot, 180_000)) as Array<{ filename: string; files: Array<{ path: string }> }>
+  t.same(clientPacked[0]!.files.map((file) => file.path).filter((file) => !file.endsWith('.map')).sort(),
+    ['LICENSE', 'README.md', 'dist/index.d.ts', 'dist/index.js', 'dist/types.d.ts', 'dist/types.js', 'package.json'])
+  const dir = path.join(work, 'frontend')
+  await run('mkdir', ['-p', dir], work, 10_000)
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'frontend', private: true, type: 'module', dependencies: { 'fastify-rooms-client': `file:${path.join(work, clientPacked[0]!.filename)}` } }))
+  await run('npm', ['install', '--no-audit', '--no-fund', '--offline', '--loglevel=error'], dir, 120_000)
+  const tree = JSON.parse(await run('npm', ['ls', '--all', '--json'], dir, 60_000)) as NpmLsNode
+  t.same(Object.keys(tree.dependencies ?? {}), ['fastify-rooms-client'], 'one package installed')
+  t.same(tree.dependencies?.['fastify-rooms-client']?.dependencies, undefined, 'and it brings nothing')
+  await writeFile(path.join(dir, 'app.ts'), [
+    "import { createClient, type RoomsClientError } from 'fastify-rooms-client'",
+    "const client = createClient({ url: 'ws://127.0.0.1:1/ws', autoConnect: false, rooms: ['lobby'] })",
+    "client.on('error', (err: RoomsClientError) => console.log(err.code))",
+    'console.log(client.state)',
+    '',
+  ].join('\n'))
+  await writeFile(path.join(dir, 'tsconfig.json'), JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, types: [] }, files: ['app.ts'] }))
+  await run(tsc, ['-p', 'tsconfig.json'], dir, 120_000).then(() => t.pass('types resolve with no @types and no server packages'))
+  const loaded = await run(process.execPath, ['--input-type=module', '-e', "import('fastify-rooms-client').then((m) => console.log(typeof m.createClient, m.createClient({ url: 'ws://127.0.0.1:1/ws', autoConnect: false }).state))"], dir, 30_000)
+  t.equal(loaded.trim(), 'function closed')
+})
