@@ -4,7 +4,7 @@ import neostandard from 'neostandard'
 export default [
   ...neostandard({
     ts: true,
-    ignores: ['dist/**', '.tap/**', 'test-artifacts/**', 'bench/results/**', '.readme-snippets/**', 'coverage/**'],
+    ignores: ['dist/**', 'packages/*/dist/**', '.type-tests/**', '.tap/**', 'test-artifacts/**', 'bench/results/**', '.readme-snippets/**', 'coverage/**'],
   }),
   {
     rules: {
