@@ -146,5 +146,5 @@ t.test('#21 serveClient: false registers no client route; a wrong value is refus
   t.equal((await fetch(`${server.url.replace('ws:', 'http:')}/ws/client.js`)).status, 404)
   const app = Fastify()
   t.teardown(() => app.close())
-  await t.rejects(app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], serveClient: 'yes' as never }).ready(), { code: 'FST_ROOMS_INVALID_OPTION', message: /serveClient/ })
+  await t.rejects(async () => { await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], serveClient: 'yes' as never }).ready() }, { code: 'FST_ROOMS_INVALID_OPTION', message: /serveClient/ })
 })
