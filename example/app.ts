@@ -68,14 +68,13 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
     },
   })
 
+  // The page imports the client the plugin serves on /ws/client.js.
   const page = await readFile(new URL('./public/index.html', import.meta.url), 'utf8')
   app.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(page))
-  // The client, built by `npm run build` (or by `npm run example`, which builds just this file): one
-  // dependency-free ESM file.
-  const client = (await readFile(new URL('../dist/client/index.js', import.meta.url), 'utf8').catch(() => {
-    throw new Error('dist/client/index.js is missing: run `npm run build` first')
-  })).replace(/\n\/\/# sourceMappingURL=.*$/, '\n')
-  app.get('/client.js', async (_request, reply) => reply.type('text/javascript; charset=utf-8').send(client))
+  const icon = await readFile(new URL('./public/favicon.svg', import.meta.url))
+  for (const url of ['/favicon.svg', '/favicon.ico']) {
+    app.get(url, async (_request, reply) => reply.type('image/svg+xml').header('cache-control', 'public, max-age=86400').send(icon))
+  }
 
   // DEMO ONLY: anyone can log in as any name. A real app authenticates the user here.
   app.post('/login', {
@@ -131,6 +130,15 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
   // Open event streams would hold fastify.close() forever: end them first.
   app.addHook('preClose', async () => {
     for (const stream of streams) stream.end()
+  })
+
+  // Scrollback for a page that joins late: the room's retained events, as clients receive them. The page
+  // joins first and shows the events up to its join ack's seq, so nothing falls between the two.
+  // DEMO: any signed-in user may read any room, as any may join it (no authorizeJoin here).
+  app.get('/rooms/:room/history', { schema: { params: RoomParam }, onRequest: signedIn }, async (request) => {
+    const { room } = request.params as { room: string }
+    const { seq, epoch, complete, events } = await app.rooms.history(room)
+    return { room, seq, epoch, complete, events }
   })
 
   // Presence is for signed-in users only.

@@ -16,7 +16,14 @@ const redisClusterNodes = process.env.REDIS_CLUSTER_NODES?.split(',').filter((no
   const at = node.lastIndexOf(':')
   return { host: node.slice(0, at), port: Number(node.slice(at + 1)) }
 })
+// Readable lines in a terminal; JSON (for a log shipper) when piped, or with LOG_FORMAT=json.
+const logFormat = process.env.LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json')
 const app = await buildChatApp({
+  fastify: {
+    logger: logFormat === 'pretty'
+      ? { transport: { target: 'pino-pretty', options: { translateTime: 'HH:MM:ss', ignore: 'pid,hostname' } } }
+      : true,
+  },
   jwtSecret,
   allowedOrigins,
   ...(redisUrl === undefined ? {} : { redisUrl }),

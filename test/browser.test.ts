@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildChatApp, type ChatAppOptions } from '../example/app.js'
 import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing } from './helpers/chromium.js'
 import { componentAvailable, freePort } from './helpers/components.js'
+import { until } from './helpers/index.js'
 import { startProxy } from './helpers/proxy.js'
 
 /** The example app on a free port and a Chromium to open it in, both closed with the test. */
@@ -145,10 +146,83 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     await page.click('#login button')
     await page.waitForFunction('window.chatClient?.state === "closed"', undefined, { timeout: 20_000 })
     const pill = await page.textContent('#state')
-    t.match(pill, /^stopped — origin not allowed: Origin not allowed$/, `the pill says why: "${pill}"`)
+    t.match(pill, /^stopped — this page's address is not allowed by the server$/, `the pill says why: "${pill}"`)
     t.equal(await page.$$eval('#log div.error', (divs) => divs.length), 0, 'no error line per retry in the chat')
     await mkdir('test-artifacts', { recursive: true })
     await page.screenshot({ path: 'test-artifacts/example-refused.png' })
+  })
+
+  t.test('#21 the example page: scrollback for a late joiner, an outage that reads as one, a reset without a badge, logout', { timeout: 120_000 }, async (t) => {
+    const port = await freePort()
+    const build = async () => {
+      const app = await buildChatApp({ jwtSecret: 'first-hour-secret', allowedOrigins: [`http://127.0.0.1:${port}`], fastify: { logger: false } })
+      await app.listen({ port, host: '127.0.0.1' })
+      return app
+    }
+    let app: FastifyInstance = await build()
+    t.teardown(() => app.close())
+    const browser: Browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS })
+    t.teardown(() => browser.close())
+    const url = `http://127.0.0.1:${port}/`
+    const errors: string[] = []
+    const failedRequests: string[] = []
+    const watch = (page: Page) => {
+      page.on('pageerror', (err) => errors.push(err.message))
+      page.on('response', (response) => { if (response.status() === 404) failedRequests.push(response.url()) })
+      return page
+    }
+    const alice = watch(await browser.newPage({ viewport: { width: 1280, height: 800 } }))
+    await enterLobby(alice, url, 'alice')
+    for (const text of ['before you came', 'and this too']) {
+      await alice.fill('#text', text)
+      await alice.click('#send button')
+      await alice.waitForFunction((text) => [...document.querySelectorAll('#log div')].some((div) => div.textContent?.includes(text)), text)
+    }
+
+    // A late joiner sees what was said before, in order, then her own arrival: every seq once.
+    await mkdir('test-artifacts', { recursive: true })
+    for (const [width, height] of [[390, 844], [1280, 800]] as const) {
+      const carol = watch(await browser.newPage({ viewport: { width, height } }))
+      await enterLobby(carol, url, `carol${width}`)
+      await carol.waitForFunction(() => document.querySelector('#log .scrollback-end') !== null, undefined, { timeout: 20_000 })
+      const shown = await carol.$$eval('#log div', (divs) => divs.map((div) => [(div as HTMLElement).dataset.seq ?? null, div.className, div.textContent]))
+      const marker = shown.findIndex(([, cls]) => cls === 'scrollback-end')
+      t.ok(marker >= 3, `${width} px: the scrollback (${marker} lines) is marked off from what came live`)
+      const seqs = shown.filter(([seq]) => seq !== null).map(([seq]) => Number(seq))
+      t.same(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), `${width} px: seqs 1…${seqs.length}, once each, in order`)
+      t.ok(shown.some(([, cls, text]) => cls === 'chat' && text?.includes('before you came')), `${width} px: the earlier chat is shown`)
+      await carol.screenshot({ path: `test-artifacts/example-scrollback-${width}.png`, fullPage: true })
+      await carol.close()
+    }
+
+    // The server goes away: the pill says so, not "token: getToken failed: Failed to fetch".
+    await app.close()
+    await alice.waitForFunction(() => document.getElementById('state')?.textContent?.includes('server unreachable'), undefined, { timeout: 30_000 })
+    const pill = await alice.textContent('#state')
+    t.match(pill, /^(reconnecting|connecting…) — server unreachable$/, `during the outage: "${pill}"`)
+    await alice.waitForFunction(() => document.getElementById('retry')?.textContent?.startsWith('next try in'), undefined, { timeout: 30_000 })
+    t.match(await alice.textContent('#retry'), /^next try in \d+ s \(attempt \d+\)$/, 'one attempt counter, beside the pill')
+    await alice.screenshot({ path: 'test-artifacts/example-outage.png' })
+
+    // Back on a fresh memory broker: a reset line, without a seq badge.
+    app = await build()
+    await alice.waitForSelector('#log div.reset', { timeout: 30_000 })
+    await alice.waitForSelector('#state[data-state="open"]')
+    const reset = await alice.$eval('#log div.reset', (div) => ({ seq: (div as HTMLElement).dataset.seq ?? null, text: div.textContent }))
+    t.same(reset.seq, null, 'the reset line has no seq')
+    t.notMatch(reset.text, /#\d/, `no badge: "${reset.text}"`)
+    t.equal(await alice.textContent('#retry'), '', 'the retry note is gone once connected')
+
+    // Logout: the socket closes, the page is signed out, another name can sign in.
+    await alice.click('#logout')
+    await alice.waitForFunction(() => (window as any).chatClient?.state === 'closed')
+    t.equal(await alice.textContent('#state'), 'signed out')
+    await alice.waitForFunction(() => document.getElementById('logout')?.hidden === true)
+    await until(() => app.rooms.stats().connections === 0, 'the server seeing the socket close')
+    await enterLobby(alice, url, 'dave')
+    t.equal(await alice.textContent('#me'), 'dave')
+    t.same(errors, [], 'no page errors')
+    t.same(failedRequests, [], 'no 404 (favicon included)')
   })
 
   t.test('the dashboard charts live connections, message rate and broadcast latency', { timeout: 60_000 }, async (t) => {

@@ -1,7 +1,7 @@
 // The example chat app, end to end over real sockets: login, chat, announce, presence.
 import t from 'tap'
 import { buildChatApp } from '../example/app.js'
-import { Client, connect, rejectedUpgrade, type TestServer } from './helpers/index.js'
+import { bounded, Client, connect, rejectedUpgrade, type TestServer } from './helpers/index.js'
 
 const SECRET = 'example-test-secret'
 
@@ -28,15 +28,37 @@ t.test('GET / serves the page', async (t) => {
   t.match(await response.text(), 'fastify-rooms chat')
 })
 
-t.test('GET /client.js serves the built client: one ESM file with no imports', async (t) => {
+t.test('#21 the page imports the client the plugin serves; /favicon.ico and /favicon.svg answer (no 404 in the console)', async (t) => {
   const server = await startExample(t)
-  const response = await fetch(`${server.http}/client.js`)
-  t.equal(response.status, 200)
-  t.match(response.headers.get('content-type'), 'text/javascript')
-  const source = await response.text()
-  t.match(source, 'export function createClient')
-  t.notMatch(source, /^\s*import\s/m, 'no imports')
-  t.notMatch(source, 'sourceMappingURL', 'no map reference the server cannot serve')
+  t.match(await (await fetch(`${server.http}/`)).text(), "import { createClient } from '/ws/client.js'")
+  const client = await fetch(`${server.http}/ws/client.js`)
+  t.equal(client.status, 200)
+  t.match(await client.text(), 'export function createClient')
+  t.equal((await fetch(`${server.http}/client.js`)).status, 404, 'the example serves no copy of its own')
+  for (const icon of ['/favicon.ico', '/favicon.svg']) {
+    const response = await fetch(`${server.http}${icon}`)
+    t.equal(response.status, 200, icon)
+    t.equal(response.headers.get('content-type'), 'image/svg+xml')
+    t.match(await response.text(), /^<svg /)
+  }
+})
+
+t.test('#21 GET /rooms/:room/history: a late joiner\'s scrollback, for signed-in users only', async (t) => {
+  const server = await startExample(t)
+  const alice: Client = await connect(server, 'alice', { token: await login(server.http, 'alice') })
+  await alice.join('lobby')
+  await alice.request({ type: 'chat', room: 'lobby', payload: { text: 'before you came' } })
+  const token = await login(server.http, 'carol')
+  const history = await fetch(`${server.http}/rooms/lobby/history`, { headers: { authorization: `Bearer ${token}` } })
+  t.equal(history.status, 200)
+  const body = await history.json() as { seq: number; complete: boolean; events: Array<{ type: string; seq: number; payload: unknown }> }
+  t.same([body.seq, body.complete], [2, true])
+  t.same(body.events.map((event) => [event.seq, event.type, event.payload]), [
+    [1, 'presence', { action: 'join', user: { id: 'alice' } }],
+    [2, 'chat', { from: 'alice', text: 'before you came' }],
+  ])
+  t.equal((await fetch(`${server.http}/rooms/lobby/history`)).status, 401, 'no token: 401')
+  t.equal((await fetch(`${server.http}/rooms/${'x'.repeat(129)}/history`, { headers: { authorization: `Bearer ${token}` } })).status, 414, 'a room name past the route\'s parameter length: 414')
 })
 
 t.test('login → token; two users chat, see presence; announce over HTTP; members', async (t) => {
@@ -129,4 +151,27 @@ t.test('the example refuses foreign origins and missing tokens before the 101', 
   const server = await startExample(t)
   t.equal((await rejectedUpgrade(server, 'alice', { token: await login(server.http, 'alice'), origin: 'http://evil.test' })).status, 403)
   t.equal((await rejectedUpgrade(server, 'alice', { token: null })).status, 401)
+})
+
+t.test('#21 npm run example logs readable lines in a terminal (LOG_FORMAT=pretty), JSON when piped', async (t) => {
+  const { spawn } = await import('node:child_process')
+  const { freePort } = await import('./helpers/components.js')
+  for (const format of ['pretty', 'json'] as const) {
+    const port = await freePort()
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== 'NODE_OPTIONS' && name !== 'NODE_V8_COVERAGE'))
+    const child = spawn(process.execPath, ['--import', 'tsx', 'example/server.ts'], { env: { ...env, PORT: String(port), LOG_FORMAT: format, JWT_SECRET: 'log-format-secret' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    t.teardown(() => child.kill('SIGKILL'))
+    let output = ''
+    child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    await bounded(new Promise<void>((resolve) => {
+      const check = () => (output.includes('chat example ready') ? resolve() : setTimeout(check, 50))
+      check()
+    }), `the example with LOG_FORMAT=${format}`, 30_000)
+    const ready = output.split('\n').find((line) => line.includes('chat example ready'))!
+    if (format === 'pretty') t.match(ready, /^\[\d\d:\d\d:\d\d\] INFO: chat example ready at http:\/\/127\.0\.0\.1:\d+/, `a readable line: ${ready}`)
+    else t.match(JSON.parse(ready), { level: 30, msg: `chat example ready at http://127.0.0.1:${port}` })
+    child.kill('SIGTERM')
+    await bounded(new Promise((resolve) => child.once('exit', resolve)), 'the example exiting')
+  }
 })
