@@ -85,8 +85,9 @@ for (const [name, Impl] of [['Node (status from the upgrade)', BrowserLikeWebSoc
     const queued = client.request('anything', { n: 1 })
     await stateReached(client, 'closed')
     t.same(seen.map((err) => [err.code, (err.details as { status?: number }).status]), [['unauthorized', 401], ['unauthorized', 401]])
-    // Browsers learn the server's reason from the diagnostic; ws in Node only has the status.
-    t.match(seen[0]!.message, Impl === StatusHidingWebSocket ? /token malformed/ : /HTTP 401/)
+    // Browsers learn the server's reason from the diagnostic; Node from the refused handshake's own body (#21).
+    t.match(seen[0]!.message, /^Unauthorized: token malformed$/)
+    t.equal((seen[0]!.details as { serverCode?: string }).serverCode, 'FST_ROOMS_UNAUTHORIZED')
     t.notMatch(seen[0]!.message, /bad\.token/, 'the token is not echoed')
     t.equal(tokens, 2, 'a fresh token was fetched for the second attempt, and no third')
     await t.rejects(queued, { code: 'unauthorized' }, 'a queued request rejects with the reason, not silently')
