@@ -1,4 +1,6 @@
 // Plugin entry: option checking, the `fastify.rooms` decorator, the /ws route and its hooks, shutdown.
+// Just past 300 lines: it wires every stage together (the one place that knows them all) and lists the
+// package's public exports.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fastifyJwt from '@fastify/jwt'
@@ -10,24 +12,27 @@ import { parse as parseDuration } from '@lukeed/ms'
 import type { TSchema } from 'typebox'
 import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
-import { loadClientBundle, registerClientRoutes } from './client-bundle.js'
-import { Connection } from './connection.js'
-import { Dispatcher } from './dispatch.js'
-import { FrameRate } from './frame-rate.js'
-import { InvalidArgumentError, InvalidOptionError } from './errors.js'
-import { InjectTickets, Injector } from './inject.js'
-import { INJECT_HEADER } from './inject-header.js'
-import { Stats } from './metrics.js'
-import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './options.js'
-import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol.js'
-import { Membership } from './membership.js'
-import { WriteCoalescer } from './write-coalescer.js'
-import { Presence } from './presence.js'
-import { RoomRegistry } from './rooms.js'
-import { SseTransport } from './sse.js'
+import { loadClientBundle, registerClientRoutes } from './http/client-bundle.js'
+import { Connection } from './socket/connection.js'
+import { Dispatcher } from './dispatch/dispatch.js'
+import { FrameRate } from './socket/frame-rate.js'
+import { InvalidArgumentError, InvalidOptionError } from './config/errors.js'
+import { InjectTickets, Injector } from './admission/inject.js'
+import { INJECT_HEADER } from './admission/inject-header.js'
+import { Stats } from './observability/metrics.js'
+import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './config/options.js'
+import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol/protocol.js'
+import { Membership } from './rooms/membership.js'
+import { Resumer } from './rooms/resume.js'
+import { WriteCoalescer } from './out/write-coalescer.js'
+import { Presence } from './rooms/presence.js'
+import { RoomRegistry } from './rooms/registry.js'
+import { SseTransport } from './sse/transport.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
-import { createTokenVerifier, createUpgradeGate, handleProtocols, redactedRequest, refuseTokens, type Admission, type JwtVerifier } from './upgrade.js'
-import { keepUpgradeResponse, releaseUpgradeResponse } from './upgrade-release.js'
+import { createUpgradeGate, handleProtocols } from './admission/upgrade.js'
+import { createTokenVerifier, refuseTokens, type Admission, type JwtVerifier } from './admission/token.js'
+import { redactedRequest } from './admission/log-redaction.js'
+import { keepUpgradeResponse, releaseUpgradeResponse } from './admission/upgrade-release.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -133,7 +138,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     const verifyToken = options.jwt === undefined
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
-    const dispatcher = new Dispatcher(options, membership, registry, verifyToken, stats)
+    const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats), registry, verifyToken, stats)
     const gate = createUpgradeGate(options, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,
@@ -297,7 +302,8 @@ export default plugin
 export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
 export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
-export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol.js'
-export { handleProtocols, redactedRequest as requestSerializer } from './upgrade.js'
-export type { RoomsOptions, JwtOptions } from './options.js'
+export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol/protocol.js'
+export { handleProtocols } from './admission/upgrade.js'
+export { redactedRequest as requestSerializer } from './admission/log-redaction.js'
+export type { RoomsOptions, JwtOptions } from './config/options.js'
 export type * from './types.js'

@@ -2,9 +2,8 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Static, TSchema } from 'typebox'
 import type { RoomsClient } from './client/index.js'
-import type { AnySchema, ClientSchema } from './client/types.js'
-import type { InjectClientOptions } from './inject.js'
-import type { FrameIdValue } from './protocol.js'
+import type { AnySchema, ClientOptions, ClientSchema } from './client/types.js'
+import type { FrameIdValue } from './protocol/protocol.js'
 
 /** What `userFromToken` makes of a verified JWT payload; `id` names the user everywhere (presence, `sendToUser`). */
 export interface RoomsUser {
@@ -190,6 +189,9 @@ export interface RoomsApi {
   /** Prometheus text for a /metrics route; rejects with FST_ROOMS_METRICS_DISABLED unless `metrics` is on. */
   metrics(): Promise<{ contentType: string; body: string }>
 }
+
+/** What `inject(user, options)` takes of the client's options: no URL, socket class or token (the user is given). */
+export type InjectClientOptions = Omit<ClientOptions, 'url' | 'WebSocket' | 'getToken' | 'tokenIn'>
 
 /** `fastify.rooms`: the API above, and `inject` for a host's own tests. */
 export interface RoomsDecorator extends RoomsApi {

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { constants, deflateRawSync } from 'node:zlib'
 import t from 'tap'
-import { roomEventFrame } from '../lib/protocol.js'
+import { roomEventFrame } from '../lib/protocol/protocol.js'
 import { componentAvailable } from './helpers/components.js'
 import { bounded, connect, ORIGIN, sign, startServer, until } from './helpers/index.js'
 

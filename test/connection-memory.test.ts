@@ -1,7 +1,7 @@
 // Issue #14 (leaner sockets): an open socket holds nothing of its upgrade request. @fastify/websocket
 // routes the upgrade through a ServerResponse bound to the socket and adds a socket 'error' listener that
 // closes over the request and reply; both kept the request, reply, IncomingMessage and every header (the
-// token's subprotocol too) alive for the socket's life. These tests pin what lib/upgrade-release.ts and
+// token's subprotocol too) alive for the socket's life. These tests pin what lib/admission/upgrade-release.ts and
 // the Connection's own error listener rely on.
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'

@@ -2,7 +2,7 @@
 // of that user that joins or resumes the room meanwhile, on any process, makes the whole drop invisible.
 import t, { type Test } from 'tap'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { resolveOptions } from '../lib/options.js'
+import { resolveOptions } from '../lib/config/options.js'
 import { componentAvailable } from './helpers/components.js'
 import { connect, ORIGIN, SECRET, startServer, until, type Client, type Frame, type TestServer } from './helpers/index.js'
 import { redisMissing, startRedis } from './helpers/redis.js'

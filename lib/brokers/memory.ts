@@ -3,8 +3,8 @@
 // room that published least recently go first, so their resumers get a `reset` instead of the process
 // growing without bound.
 import { randomUUID } from 'node:crypto'
-import { preciseNow } from '../metrics.js'
-import { roomEventFrame } from '../protocol.js'
+import { preciseNow } from '../observability/metrics.js'
+import { roomEventFrame } from '../protocol/protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
 import { EventHistory } from './history.js'
 

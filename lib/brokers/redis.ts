@@ -4,13 +4,13 @@
 // survivors remove them. On a cluster every key and channel of a room lives in the room's slot (sharded
 // pub/sub), a user's messages travel on the user's own shard channel, and a dead process's presence is
 // found by SCAN instead of a per-process index (which a join would have to write in another slot).
-// ~600 lines: connection handling for both topologies, the scripts' callers, presence reaping and message
+// Past 300 lines (~650): connection handling for both topologies, the scripts' callers, presence reaping and message
 // parsing; the Lua lives in redis-scripts.ts and ordered delivery in ordered-streams.ts.
 import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
-import { BrokerError, BrokerTimeoutError } from '../errors.js'
-import { preciseNow } from '../metrics.js'
-import { roomEventFrameParts } from '../protocol.js'
+import { BrokerError, BrokerTimeoutError } from '../config/errors.js'
+import { preciseNow } from '../observability/metrics.js'
+import { roomEventFrameParts } from '../protocol/protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis-scripts.js'

@@ -1,32 +1,21 @@
 // The fastify-rooms client: reconnecting, token-refreshing, resuming, and saying why a connection is
-// refused. No runtime dependencies and no runtime imports (types.ts is type-only), so this one file runs in
-// browsers (native WebSocket) and in Node (pass WebSocket from ws).
-// ~840 lines on purpose: the file is served to browsers as one module (the SSE fallback's link included,
-// so a page needs nothing else); its types live in types.ts.
+// refused. No runtime dependencies: it runs in browsers (native WebSocket) and in Node (pass WebSocket
+// from ws); the plugin serves it bundled into one module. Its parts: errors.ts, refusals.ts (why an
+// attempt was refused), sse-link.ts (the fallback's link), token.ts; types in types.ts.
+// Past 300 lines on purpose: one connection's lifecycle (attempts, welcome, resume, heartbeat, token
+// refresh, moving between transports) and its request queue share one state; split further, each piece
+// would reach into the others' fields.
+import { RoomsClientError } from './errors.js'
+import { readRefusedResponse, refusal, refusalOf, type FetchLike, type HandshakeRefusal, type RefusedResponse } from './refusals.js'
+import { SseLink } from './sse-link.js'
+import { tokenExp } from './token.js'
 import type {
-  AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, ClientTransport, EventFrame, EventSourceConstructor, EventSourceLike, JoinAck,
+  AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, ClientTransport, EventFrame, EventSourceConstructor, JoinAck,
   RefusalDetails, RequestOptions, RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
 } from './types.js'
 
+export { RoomsClientError } from './errors.js'
 export type * from './types.js'
-
-export class RoomsClientError extends Error {
-  constructor (
-    /**
-     * The server's error code (`forbidden`, `not_in_room`…), a refused connection's (`unauthorized`,
-     * `origin_not_allowed`, `rate_limited`, `unavailable`, `connect_timeout`, `network`, `refused`), or the
-     * client's own: `timeout`, `queue_timeout`, `closed`, `queue_full`, `token`, `connection`, `listener`.
-     */
-    readonly code: string,
-    message: string,
-    readonly details?: unknown,
-    /** The room an error is about, when there is one (resume outcomes). */
-    readonly room?: string
-  ) {
-    super(message)
-    this.name = 'RoomsClientError'
-  }
-}
 
 interface Pending {
   frame: { type: string; id: string; room?: string; payload?: unknown }
@@ -56,122 +45,7 @@ interface Attempt {
   timer: ReturnType<typeof setTimeout>
 }
 
-/** A refused handshake's HTTP answer: the status, and the server's JSON `{ code, message }` when readable. */
-interface HandshakeRefusal {
-  status: number
-  code?: string
-  message?: string
-  retryAfterMs?: number
-}
-
-/** What the client reads of a refused handshake's response body (ws hands it over): enough for `{ code, message }`. */
-const MAX_REFUSAL_BODY = 8192
-const REFUSAL_READ_MS = 2000
-
-/** The part of Node's IncomingMessage read from a refused handshake (ws's `unexpected-response`). */
-interface RefusedResponse {
-  statusCode?: number
-  headers: Record<string, string | string[] | undefined>
-  on(event: 'data', listener: (chunk: { length: number; toString(): string }) => void): unknown
-  on(event: 'end' | 'error' | 'close', listener: () => void): unknown
-}
-
 type Listener = (...args: any[]) => void
-
-type FetchLike = (url: string, init: object) => Promise<{ status: number; headers: { get(name: string): string | null }; json(): Promise<unknown> }>
-
-/**
- * The Server-Sent Events fallback in the shape of a WebSocket: a session opened by a POST (with the token,
- * like the handshake), the frames from its EventSource stream, the client's frames POSTed one at a time so
- * they keep their order. No EventSource reconnect of its own: a dropped stream closes the link (1006) and
- * the client reconnects and resumes as it does after a dropped socket.
- */
-class SseLink implements WebSocketLike {
-  readyState = 0
-  onopen: WebSocketLike['onopen'] = null
-  onmessage: WebSocketLike['onmessage'] = null
-  onclose: WebSocketLike['onclose'] = null
-  onerror: WebSocketLike['onerror'] = null
-  private source: EventSourceLike | undefined
-  private streamUrl = ''
-  private sending: Promise<void> = Promise.resolve()
-
-  constructor (private readonly base: string, public token: string | undefined, EventSourceImpl: EventSourceConstructor, private readonly fetchImpl: FetchLike) {
-    void this.start(EventSourceImpl)
-  }
-
-  send (data: string): void {
-    if (this.readyState !== 1) return
-    this.sending = this.sending.then(async () => {
-      if (this.readyState !== 1) return
-      try {
-        const response = await this.fetchImpl(this.streamUrl, { method: 'POST', headers: this.headers(), body: data, credentials: 'include', cache: 'no-store' })
-        if (response.status >= 400) this.finish(1006, `frame refused: HTTP ${response.status}`)
-      } catch {
-        this.finish(1006, 'frame POST failed')
-      }
-    })
-  }
-
-  close (code = 1000, reason = ''): void {
-    this.finish(code, reason)
-  }
-
-  private headers (): Record<string, string> {
-    return this.token === undefined ? { 'content-type': 'application/json' } : { 'content-type': 'application/json', authorization: `Bearer ${this.token}` }
-  }
-
-  private async start (EventSourceImpl: EventSourceConstructor): Promise<void> {
-    try {
-      const response = await this.fetchImpl(`${this.base}/sse`, { method: 'POST', headers: this.headers(), body: '{}', credentials: 'include', cache: 'no-store' })
-      if (this.readyState === 3) return
-      // Said the way ws says it, so a refusal is reported with its code like a refused upgrade.
-      if (response.status !== 201) return this.fail(`Unexpected server response: ${response.status}`, await refusalOf(response))
-      const { stream } = await response.json() as { stream: string }
-      if (this.readyState === 3) return
-      this.streamUrl = new URL(stream, this.base).href
-      const source = new EventSourceImpl(this.streamUrl, { withCredentials: true })
-      this.source = source
-      source.onopen = () => this.opened()
-      source.onmessage = (event) => {
-        // An EventSource may hand over the first frame before its open event: the stream is open then.
-        this.opened()
-        this.onmessage?.({ data: event.data })
-      }
-      source.addEventListener('close', (event) => {
-        let closed: { code?: unknown; reason?: unknown } = {}
-        try {
-          closed = JSON.parse(event.data) as typeof closed
-        } catch {}
-        this.finish(typeof closed.code === 'number' ? closed.code : 1006, typeof closed.reason === 'string' ? closed.reason : '')
-      })
-      source.onerror = () => this.finish(1006, '')
-    } catch (err) {
-      this.fail(`SSE fallback unreachable: ${(err as Error)?.message}`)
-    }
-  }
-
-  private opened (): void {
-    if (this.readyState !== 0) return
-    this.readyState = 1
-    this.onopen?.({})
-  }
-
-  private fail (message: string, refusal?: HandshakeRefusal): void {
-    this.onerror?.({ message, refusal })
-    this.finish(1006, '')
-  }
-
-  private finish (code: number, reason: string): void {
-    if (this.readyState === 3) return
-    this.readyState = 3
-    this.source?.close()
-    this.onclose?.({ code, reason })
-  }
-}
-
-/** Why a refused or failed attempt failed, from the HTTP status of the upgrade or of the diagnostic request. */
-const REFUSALS: Record<number, string> = { 401: 'unauthorized', 403: 'origin_not_allowed', 429: 'rate_limited', 503: 'unavailable' }
 
 type MessageOf<S extends ClientSchema> = keyof S['messages'] & string
 type EventOf<S extends ClientSchema> = keyof S['events'] & string
@@ -492,40 +366,15 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   /** Reads a refused handshake's answer (bounded in bytes and time), then ends the attempt as ws would have. */
   private readRefusal (attempt: Attempt, response: RefusedResponse): void {
-    const status = response.statusCode ?? 0
-    let body = ''
-    let done = false
-    const finish = (): void => {
-      if (done) return
-      done = true
-      clearTimeout(timer)
-      let parsed: { code?: unknown; message?: unknown } | undefined
-      try {
-        parsed = JSON.parse(body)
-      } catch {
-        parsed = undefined
-      }
-      attempt.refusal = {
-        status,
-        code: typeof parsed?.code === 'string' ? parsed.code : undefined,
-        message: typeof parsed?.message === 'string' ? parsed.message : undefined,
-        retryAfterMs: retryAfterMs(response.headers['retry-after']),
-      }
-      attempt.errorMessage = `Unexpected server response: ${status}`
+    void readRefusedResponse(response).then((refused) => {
+      attempt.refusal = refused
+      attempt.errorMessage = `Unexpected server response: ${refused.status}`
       try {
         attempt.ws.terminate?.()
       } catch {
         // Already closed: its close event ends the attempt either way.
       }
-    }
-    const timer = setTimeout(finish, REFUSAL_READ_MS)
-    response.on('data', (chunk) => {
-      if (body.length + chunk.length > MAX_REFUSAL_BODY) return finish()
-      body += chunk.toString()
     })
-    response.on('end', finish)
-    response.on('error', finish)
-    response.on('close', finish)
   }
 
   /** The URL and subprotocols a WebSocket attempt (or probe) opens with: the token in one of them. */
@@ -899,44 +748,6 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     clearTimeout(this.refreshTimer)
     this.ping = undefined
   }
-}
-
-/** The token's exp in ms, read without verifying (the server verifies); undefined when absent or unreadable. */
-function tokenExp (token: string): number | undefined {
-  try {
-    const part = token.split('.')[1] ?? ''
-    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/'))
-    const exp = (JSON.parse(json) as { exp?: unknown }).exp
-    return typeof exp === 'number' ? exp * 1000 : undefined
-  } catch {
-    return undefined
-  }
-}
-
-/** A refused request's answer: its status, Retry-After and the server's JSON `{ code, message }`. */
-async function refusalOf (response: Awaited<ReturnType<FetchLike>>): Promise<HandshakeRefusal> {
-  const body = await response.json().catch(() => undefined) as { code?: unknown; message?: unknown } | undefined
-  return {
-    status: response.status,
-    code: typeof body?.code === 'string' ? body.code : undefined,
-    message: typeof body?.message === 'string' ? body.message : undefined,
-    retryAfterMs: retryAfterMs(response.headers.get('retry-after')),
-  }
-}
-
-/** Retry-After in seconds, as milliseconds; undefined when absent or not a positive number. */
-function retryAfterMs (header: string | string[] | null | undefined): number | undefined {
-  const seconds = Number(header)
-  return Number.isFinite(seconds) && seconds > 0 ? seconds * 1000 : undefined
-}
-
-/** A refusal from an HTTP status: the codes of `RefusalDetails`; 426 means the credentials passed. */
-function refusal (status: number, message: string | undefined, retryAfterMs?: number, serverCode?: string): RoomsClientError {
-  const details: RefusalDetails = { status }
-  if (retryAfterMs !== undefined) details.retryAfterMs = retryAfterMs
-  if (serverCode !== undefined) details.serverCode = serverCode
-  if (status === 426) return new RoomsClientError('network', 'the server accepts these credentials, but the WebSocket handshake failed (a proxy?)', details)
-  return new RoomsClientError(REFUSALS[status] ?? 'refused', message ?? `the server refused the connection (HTTP ${status})`, details)
 }
 
 /** `createClient<RoomsSchema<typeof options>>({ … })` types requests and events from the server's options. */

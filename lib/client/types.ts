@@ -1,5 +1,6 @@
-// The client's types. Type-only: index.ts imports them with `import type`, which leaves no import in the
-// emitted JavaScript, so the client stays one dependency-free ESM file.
+// The client's types. Type-only (erased from the emitted JavaScript); the client's one error class is
+// errors.ts's.
+import type { RoomsClientError } from './errors.js'
 
 export type ClientState = 'connecting' | 'open' | 'reconnecting' | 'closed'
 
@@ -160,15 +161,7 @@ export interface JoinAck {
   count?: number
 }
 
-/** Why a connection attempt failed, in `RoomsClientError.details`. */
-export interface RefusalDetails {
-  /** The HTTP status of the refused upgrade (or of the diagnostic request), when there was one. */
-  status?: number
-  /** From `Retry-After` on a 429. */
-  retryAfterMs?: number
-  /** The `code` of the server's JSON answer (`FST_ROOMS_UNAUTHORIZED`, `FST_ROOMS_FORBIDDEN_ORIGIN`…), when it was read. */
-  serverCode?: string
-}
+export type { RefusalDetails } from './errors.js'
 
 export interface ClientEvents {
   state: (state: ClientState) => void
@@ -177,7 +170,7 @@ export interface ClientEvents {
    * `origin_not_allowed` (403), `rate_limited` (429), `unavailable` (503), `connect_timeout`, `network`
    * or `refused` (any other status), with `RefusalDetails`.
    */
-  error: (error: import('./index.js').RoomsClientError) => void
+  error: (error: RoomsClientError) => void
   /** History no longer covered the gap (or the server restarted): refetch the room's state. */
   reset: (reset: { room: string; seq: number; epoch: string }) => void
   welcome: (welcome: { connectionId: string; user: { id: string }; heartbeatMs: number; maxPayload: number }) => void

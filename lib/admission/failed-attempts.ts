@@ -2,7 +2,7 @@
 // handshakes (an SSE frame POST, a stream re-checked with `authenticate`): a client guessing cookies or
 // tokens there gets 429 before the host's `authenticate` runs again. Bounded: the oldest address is
 // forgotten first.
-import { TokenBucket } from './token-bucket.js'
+import { TokenBucket } from '../socket/token-bucket.js'
 
 const MAX_ADDRESSES = 10_000
 

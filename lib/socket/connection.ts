@@ -3,20 +3,27 @@
 // input budget (frame-rate.ts), the serial inbox (serial-inbox.ts), the replay buffer (replay-buffer.ts)
 // and the token's expiry timer (token-expiry.ts). Who the socket is and which rooms it is in belongs to
 // membership.ts (the `member`), the only writer of both.
+// Past 300 lines: sending has three paths that must keep one order (direct frames, the per-turn queue of
+// room events, and writes on a busy ws sender), all counted against the one send budget.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
-import type { HistoryEvent } from './brokers/broker.js'
+import type { HistoryEvent } from '../brokers/broker.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
-import { deflatedFrame, writeFramedBatch, writeMode, type FramedEvent } from './framing.js'
-import type { Member } from './membership.js'
-import type { Stats } from './metrics.js'
-import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from './protocol.js'
+import { deflatedFrame, writeFramedBatch, writeMode, type FramedEvent } from '../out/framing.js'
+import type { Stats } from '../observability/metrics.js'
+import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from '../protocol/protocol.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { SerialInbox } from './serial-inbox.js'
 import { TokenExpiry } from './token-expiry.js'
-import type { RoomsConnection, RoomsUser } from './types.js'
-import type { WriteCoalescer } from './write-coalescer.js'
+import type { RoomsConnection, RoomsUser } from '../types.js'
+import type { WriteCoalescer } from '../out/write-coalescer.js'
+
+/** Who a socket is and which rooms it is in, as the socket reads it (membership.ts's Member is the writer). */
+export interface SocketMember {
+  readonly user: RoomsUser
+  readonly rooms: ReadonlySet<string>
+}
 
 export interface ConnectionLimits extends FrameRateLimits {
   maxBufferedBytes: number
@@ -68,7 +75,7 @@ export class Connection implements RoomsConnection {
   constructor (
     readonly socket: WebSocket,
     /** Who this socket is and which rooms it is in; written by membership.ts only. */
-    readonly member: Member,
+    readonly member: SocketMember,
     private readonly limits: ConnectionLimits,
     events: ConnectionEvents,
     private readonly stats: Stats,

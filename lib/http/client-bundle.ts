@@ -1,6 +1,6 @@
 // The browser client served as one ES module, for a page without a bundler: `<path>/client.js` (a page's
 // stable URL: revalidated by ETag, so a deploy is seen at once) and `<path>/client@<version>.js` (immutable,
-// cached for a year). The client is dependency-free, so the built file is the bundle as it is.
+// cached for a year): the client's files bundled into one module by the build (scripts/build-client.js).
 import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
@@ -15,10 +15,10 @@ export interface ClientBundle {
 
 // Beside the compiled plugin (the installed package); from the TypeScript sources (this repository's tests
 // and example), the build's output.
-const LOCATIONS = ['./client/index.js', '../dist/client/index.js']
+const LOCATIONS = ['../client/module.js', '../../dist/client/module.js']
 
 export async function loadClientBundle (): Promise<ClientBundle | undefined> {
-  const { version } = createRequire(import.meta.url)('../package.json') as { version: string }
+  const { version } = createRequire(import.meta.url)('../../package.json') as { version: string }
   for (const location of LOCATIONS) {
     const url = new URL(location, import.meta.url)
     const code = await readFile(url, 'utf8').catch(() => undefined)

@@ -8,10 +8,10 @@ import type { FastifyJWTOptions } from '@fastify/jwt'
 import type { FastifyRequest } from 'fastify'
 import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
-import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from './protocol.js'
-import { isBroker, type Broker } from './brokers/broker.js'
+import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from '../protocol/protocol.js'
+import { isBroker, type Broker } from '../brokers/broker.js'
 import { namespacePolicies, type NamespaceOptions, type RoomPolicy } from './namespaces.js'
-import type { ConnectContext, MessageDefinition, RoomsUser } from './types.js'
+import type { ConnectContext, MessageDefinition, RoomsUser } from '../types.js'
 
 export type { NamespaceOptions, RoomPolicy } from './namespaces.js'
 

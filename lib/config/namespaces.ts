@@ -1,7 +1,7 @@
 // Namespaces: the rooms named `<name>:…` take their namespace's options (history, presence, maxMembers,
 // authorizeJoin, latestOnJoin) over the top-level ones. Checked at register, like every option.
 import { InvalidOptionError } from './errors.js'
-import type { RoomsUser } from './types.js'
+import type { RoomsUser } from '../types.js'
 
 /** What rooms named `<namespace>:…` get instead of the top-level options. */
 export interface NamespaceOptions {

@@ -3,7 +3,7 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import secureJson from 'secure-json-parse'
-import { InvalidArgumentError, PayloadTooLargeError } from './errors.js'
+import { InvalidArgumentError, PayloadTooLargeError } from '../config/errors.js'
 
 export const PROTOCOL_VERSION = 1
 /** The subprotocol the server answers with; a token offered as `bearer.<jwt>` is never echoed. */
@@ -294,4 +294,11 @@ export function roomEventFrameParts (type: string, room: string, payloadJson: st
     `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
     `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`,
   ]
+}
+
+const MAX_USER_ID_LENGTH = 256
+
+/** A user id that can name a user everywhere (presence, Redis keys, logs) without colliding with another. */
+export function isUserId (id: unknown): id is string {
+  return typeof id === 'string' && id.length > 0 && id.length <= MAX_USER_ID_LENGTH && isSafeText(id)
 }

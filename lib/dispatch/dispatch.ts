@@ -2,20 +2,21 @@
 // or host handler and send exactly one `ack` or `error` for a frame with an `id`.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Connection, ConnectionEvents } from './connection.js'
-import { isBrokerError } from './errors.js'
-import { frameShapeProblem, type FrameShapeLimits } from './frame-shape.js'
-import type { Stats } from './metrics.js'
-import type { CompiledMessage, ResolvedOptions } from './options.js'
+import type { Connection, ConnectionEvents } from '../socket/connection.js'
+import { isBrokerError } from '../config/errors.js'
+import { frameShapeProblem, type FrameShapeLimits } from '../protocol/frame-shape.js'
+import type { Stats } from '../observability/metrics.js'
+import type { CompiledMessage, ResolvedOptions } from '../config/options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
   BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
   pongFrame, type Frame, type FrameIdValue,
-} from './protocol.js'
-import type { Membership } from './membership.js'
-import type { RoomRegistry } from './rooms.js'
-import type { MessageContext, RoomsApi, RoomsUser } from './types.js'
-import { TokenRejectedError, type TokenVerifier } from './upgrade.js'
+} from '../protocol/protocol.js'
+import type { Membership } from '../rooms/membership.js'
+import type { Resumer } from '../rooms/resume.js'
+import type { RoomRegistry } from '../rooms/registry.js'
+import type { MessageContext, RoomsApi, RoomsUser } from '../types.js'
+import { TokenRejectedError, type TokenVerifier } from '../admission/token.js'
 
 export interface DispatcherOptions {
   events: ResolvedOptions['events']
@@ -47,6 +48,7 @@ export class Dispatcher implements ConnectionEvents {
   constructor (
     private readonly options: DispatcherOptions,
     private readonly membership: Membership,
+    private readonly resumer: Resumer,
     private readonly registry: RoomRegistry,
     private readonly verifyToken: TokenVerifier,
     private readonly stats: Stats
@@ -232,10 +234,10 @@ export class Dispatcher implements ConnectionEvents {
     }
   }
 
-  /** Re-joins rooms after a reconnect, replaying what was missed (membership.ts); presence joins follow the ack. */
+  /** Re-joins rooms after a reconnect, replaying what was missed (resume.ts); presence joins follow the ack. */
   private async resume (connection: Connection, frame: Frame): Promise<void> {
     const { rooms } = checkResumePayload(frame.payload)
-    const { outcomes, announce } = await this.membership.resumeRooms(connection, rooms)
+    const { outcomes, announce } = await this.resumer.resume(connection, rooms)
     this.ack(connection, frame.id, { rooms: outcomes })
     announce()
   }

@@ -5,12 +5,12 @@
 import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket } from 'ws'
-import { createClient, RoomsClient, RoomsClientError } from './client/index.js'
-import type { AnySchema, ClientOptions, ClientSchema, WebSocketLike } from './client/types.js'
-import { InvalidArgumentError } from './errors.js'
+import { createClient, RoomsClient, RoomsClientError } from '../client/index.js'
+import type { AnySchema, ClientSchema, WebSocketLike } from '../client/types.js'
+import { InvalidArgumentError } from '../config/errors.js'
 import { INJECT_HEADER } from './inject-header.js'
-import { isUserId } from './upgrade.js'
-import type { RoomsUser } from './types.js'
+import { isUserId } from '../protocol/protocol.js'
+import type { InjectClientOptions, RoomsUser } from '../types.js'
 
 const TICKET_TTL_MS = 10_000
 // Refusals are read right after they happen; a host's test that leaks thousands is bounded anyway.
@@ -142,8 +142,6 @@ class InjectedSocket implements WebSocketLike {
     else this.socket.terminate()
   }
 }
-
-export type InjectClientOptions = Omit<ClientOptions, 'url' | 'WebSocket' | 'getToken' | 'tokenIn'>
 
 /** The server side of an injected connection, as the Injector needs it. */
 export interface InjectedServerSide {

@@ -7,15 +7,14 @@
 // and close all share admit/attach and the undo on failure; split apart, the single writer of membership
 // would become several. What could leave did: resume.ts orchestrates resumes, presence.ts announcements.
 import type { FastifyBaseLogger } from 'fastify'
-import type { Broker, RoomPosition } from './brokers/broker.js'
-import type { Connection } from './connection.js'
-import type { Stats } from './metrics.js'
+import type { Broker, RoomPosition } from '../brokers/broker.js'
+import type { Connection } from '../socket/connection.js'
+import type { Stats } from '../observability/metrics.js'
 import { HookTimeout, runHook } from './hooks.js'
-import { resumeRooms, type ResumeOutcome } from './resume.js'
 import type { Presence } from './presence.js'
-import { CloseCode, directRoomFrame, ErrorCode, FrameError } from './protocol.js'
-import type { RoomPolicy } from './namespaces.js'
-import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from './types.js'
+import { CloseCode, directRoomFrame, ErrorCode, FrameError } from '../protocol/protocol.js'
+import type { RoomPolicy } from '../config/namespaces.js'
+import type { ConnectContext, JoinPosition, RoomMember, RoomsApi, RoomsUser } from '../types.js'
 
 export interface MembershipOptions {
   leaveGraceMs: number
@@ -284,11 +283,6 @@ export class Membership {
       await this.leave(connection, room).catch(() => {})
       throw err
     }
-  }
-
-  /** Re-joins rooms after a reconnect, replaying what was missed: see resume.ts. */
-  resumeRooms (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
-    return resumeRooms(this, this.broker, this.stats, connection, rooms)
   }
 
   get maxRoomsPerConnection (): number {

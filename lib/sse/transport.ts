@@ -10,11 +10,11 @@ import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import { TooManyAttemptsError } from './errors.js'
-import { FailedAttempts } from './failed-attempts.js'
-import { FrameRate, type FrameRateLimits } from './frame-rate.js'
-import type { RoomsUser } from './types.js'
-import { redactedRequest } from './upgrade.js'
+import { TooManyAttemptsError } from '../config/errors.js'
+import { FailedAttempts } from '../admission/failed-attempts.js'
+import { FrameRate, type FrameRateLimits } from '../socket/frame-rate.js'
+import type { RoomsUser } from '../types.js'
+import { redactedRequest } from '../admission/log-redaction.js'
 
 const OPEN = 1
 const CLOSING = 2

@@ -1,8 +1,8 @@
 // Per socket and room: which live events may go out while a resume replays history, and which the socket
 // already has. A replay read from history (on Redis) can run ahead of this process's live stream, and live
 // events can arrive while the replay is being read: each seq must reach the socket once, in order.
-import type { HistoryEvent } from './brokers/broker.js'
-import type { FramedEvent } from './framing.js'
+import type { HistoryEvent } from '../brokers/broker.js'
+import type { FramedEvent } from '../out/framing.js'
 
 /** What to do with a live event: send it, drop it (already sent), or nothing (held for the replay). */
 export type LiveVerdict = 'send' | 'drop' | 'held' | 'overflow'

@@ -3,19 +3,19 @@
 // room is membership.ts's; this module only reads it.
 import { randomUUID } from 'node:crypto'
 import { Compile } from 'typebox/compile'
-import type { Broker, BrokerDelivery, MembershipChange, RoomPosition, SharedAnswers } from './brokers/broker.js'
+import type { Broker, BrokerDelivery, MembershipChange, RoomPosition, SharedAnswers } from '../brokers/broker.js'
 import type { Membership } from './membership.js'
 import type { Presence } from './presence.js'
-import { InvalidArgumentError, MetricsDisabledError, PayloadTooLargeError } from './errors.js'
-import { frameText } from './framing.js'
-import type { ResolvedOptions } from './options.js'
-import { preciseNow, type Gauges, type Stats } from './metrics.js'
+import { InvalidArgumentError, MetricsDisabledError, PayloadTooLargeError } from '../config/errors.js'
+import { frameText } from '../out/framing.js'
+import type { ResolvedOptions } from '../config/options.js'
+import { preciseNow, type Gauges, type Stats } from '../observability/metrics.js'
 import {
   boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, isRoomName, isSafeText, MessageType, payloadJson,
   SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
-} from './protocol.js'
-import { isUserId } from './upgrade.js'
-import type { BroadcastOptions, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from './types.js'
+} from '../protocol/protocol.js'
+import { isUserId } from '../protocol/protocol.js'
+import type { BroadcastOptions, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from '../types.js'
 
 export interface RegistryOptions {
   /** Validators of the payloads of the event types the host declared. */

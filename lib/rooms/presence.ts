@@ -3,11 +3,11 @@
 // the joiner's own ack), or throttled counts for 'count' rooms.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Broker, PresenceSample } from './brokers/broker.js'
-import { isBrokerError } from './errors.js'
-import type { Connection } from './connection.js'
-import type { RoomPolicy } from './namespaces.js'
-import type { RoomMember, RoomsUser } from './types.js'
+import type { Broker, PresenceSample } from '../brokers/broker.js'
+import { isBrokerError } from '../config/errors.js'
+import type { Connection } from '../socket/connection.js'
+import type { RoomPolicy } from '../config/namespaces.js'
+import type { RoomMember, RoomsUser } from '../types.js'
 
 /** A user's presence data is public and sent with every join: small by design. */
 const MAX_PRESENCE_INFO_BYTES = 1024

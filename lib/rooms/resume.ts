@@ -1,11 +1,11 @@
 // Resume: a reconnecting client's rooms, each re-joined with what it missed since its last seq — the
 // retained events, then the live ones that arrived meanwhile, each once and in order — or a `reset`. All
 // of it lives here; the membership writes it needs (admit, attach, leave) are membership.ts's.
-import type { Broker, RoomPosition } from './brokers/broker.js'
-import type { Connection } from './connection.js'
+import type { Broker, RoomPosition } from '../brokers/broker.js'
+import type { Connection } from '../socket/connection.js'
 import type { Membership } from './membership.js'
-import type { Stats } from './metrics.js'
-import { directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from './protocol.js'
+import type { Stats } from '../observability/metrics.js'
+import { directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from '../protocol/protocol.js'
 
 export type ResumeOutcome =
   | { result: 'replayed'; seq: number; epoch: string; replayed: number }
@@ -19,7 +19,19 @@ export type ResumeOutcome =
  * (forbidden, too many rooms) is reported in its outcome and does not stop the others. The caller
  * sends the ack, then calls `announce` (presence joins follow the ack).
  */
-export async function resumeRooms (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+export class Resumer {
+  constructor (
+    private readonly membership: Membership,
+    private readonly broker: Broker,
+    private readonly stats: Pick<Stats, 'resume'>
+  ) {}
+
+  resume (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+    return resumeRooms(this.membership, this.broker, this.stats, connection, rooms)
+  }
+}
+
+async function resumeRooms (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
   const entries = Object.entries(rooms)
   if (entries.length > membership.maxRoomsPerConnection) {
     throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${membership.maxRoomsPerConnection} rooms`)

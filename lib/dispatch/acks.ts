@@ -2,8 +2,8 @@
 // the first answer again, and the handler does not run twice. Kept per user (a retry arrives on a new
 // connection), bounded by count per user and by age.
 import { createHash } from 'node:crypto'
-import type { SharedAnswers } from './brokers/broker.js'
-import { ErrorCode, FrameError, type FrameIdValue } from './protocol.js'
+import type { SharedAnswers } from '../brokers/broker.js'
+import { ErrorCode, FrameError, type FrameIdValue } from '../protocol/protocol.js'
 
 export type AckOutcome = { ok: true; payload: unknown } | { ok: false; error: FrameError }
 
