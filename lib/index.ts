@@ -29,6 +29,7 @@ import { Presence } from './rooms/presence.js'
 import { RoomRegistry } from './rooms/registry.js'
 import { SseTransport } from './sse/transport.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
+import { limitReached } from './admission/connection-limits.js'
 import { createUpgradeGate, handleProtocols } from './admission/upgrade.js'
 import { createTokenVerifier, refuseTokens, type Admission, type JwtVerifier } from './admission/token.js'
 import { redactedRequest } from './admission/log-redaction.js'
@@ -245,8 +246,8 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         connection.close(CloseCode.policyViolation, 'token expired')
         return undefined
       }
-      connection.expiry.set(admission.exp)
-      if (membership.connections.size >= options.maxConnections || membership.connectionsOf(admission.user.id) >= options.maxConnectionsPerUser) {
+      connection.expireAt(admission.exp)
+      if (limitReached(options, membership.connections.size, membership.connectionsOf(admission.user.id)) !== undefined) {
         connection.close(CloseCode.tryAgainLater, 'connection limit reached')
         return undefined
       }

@@ -5,6 +5,7 @@ import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationH
 import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from '../config/errors.js'
 import type { HandshakeResult, Stats } from '../observability/metrics.js'
 import type { TokenPolicy } from '../config/options.js'
+import { limitReached, LIMIT_MESSAGES, type ConnectionLimits } from './connection-limits.js'
 import { INJECT_HEADER } from './inject-header.js'
 import { extractToken, PROBLEM_MESSAGES, TokenRejectedError, type Admission, type TokenVerifier } from './token.js'
 import { isUserId, SUBPROTOCOL } from '../protocol/protocol.js'
@@ -34,14 +35,12 @@ export interface UpgradeGate {
   preflightFor(methods: string, headers: string): (request: FastifyRequest, reply: FastifyReply) => FastifyReply
 }
 
-export interface UpgradeGateOptions {
+export interface UpgradeGateOptions extends ConnectionLimits {
   token: TokenPolicy
   authenticate: ((request: FastifyRequest) => RoomsUser | null | Promise<RoomsUser | null>) | undefined
   authenticateTimeoutMs: number
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
-  maxConnections: number
-  maxConnectionsPerUser: number
 }
 
 export interface UpgradeState {
@@ -70,12 +69,9 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
     return error
   }
   function checkLimits (request: FastifyRequest, user: RoomsUser): void {
-    if (state.openConnections() >= options.maxConnections) {
-      throw reject(request, 'unavailable', new UnavailableError('connection limit reached'))
-    }
-    if (state.openConnectionsOf(user.id) >= options.maxConnectionsPerUser) {
-      throw reject(request, 'unavailable', new UnavailableError('connection limit for this user reached'), { userId: user.id })
-    }
+    const reached = limitReached(options, state.openConnections(), state.openConnectionsOf(user.id))
+    if (reached === 'total') throw reject(request, 'unavailable', new UnavailableError(LIMIT_MESSAGES.total))
+    if (reached === 'user') throw reject(request, 'unavailable', new UnavailableError(LIMIT_MESSAGES.user), { userId: user.id })
   }
   /** CORS headers for an allowed Origin (credentials included, so the origin is echoed, never `*`). */
   function allowCors (request: FastifyRequest, reply: FastifyReply): boolean {

@@ -70,7 +70,7 @@ export class Dispatcher implements ConnectionEvents {
     }
     // A large frame over an empty budget is refused unread (no scan, no parse): a flood of small compressed
     // frames that inflate to maxPayload costs its inflate only. Its rate_limited answer has no id.
-    if (bytes > UNREAD_REFUSAL_BYTES && connection.rate.empty(now, bytes)) {
+    if (bytes > UNREAD_REFUSAL_BYTES && connection.budgetEmpty(now, bytes)) {
       this.stats.messageIn('(unread)')
       this.admit(connection, now, bytes, undefined)
       return
@@ -102,7 +102,7 @@ export class Dispatcher implements ConnectionEvents {
 
   /** Takes a frame and its bytes from the connection's buckets; answers `rate_limited` (or closes 1008) when either is empty. */
   private admit (connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
-    if (connection.rate.take(now, bytes)) return true
+    if (connection.takeBudget(now, bytes)) return true
     if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
     else this.stats.error(ErrorCode.rateLimited)
     return false

@@ -199,7 +199,7 @@ export class Membership {
     if (connection.rooms.has(room)) return this.joinAck(room)
     await this.admit(connection, room, { authorized: true, capped: false })
     // The client learns of the room from the `joined` frame: live events wait until it is out.
-    connection.replay.start(room)
+    connection.holdLive(room)
     let announced: (() => void) | undefined
     try {
       announced = await this.attach(connection, room)
@@ -212,7 +212,7 @@ export class Membership {
       ;(state.serverJoined ??= new Map()).set(room, ack.seq)
       return ack
     } catch (err) {
-      connection.replay.cancel(room)
+      connection.cancelReplay(room)
       await this.leave(connection, room).catch(() => {})
       throw err
     } finally {
@@ -267,7 +267,7 @@ export class Membership {
     try {
       const ack = await this.joinAck(room)
       // On Redis this process's live stream may still bring events at or below ack.seq: not again.
-      connection.replay.setFence(room, ack.seq)
+      connection.fenceAt(room, ack.seq)
       if (this.options.roomPolicy(room).latestOnJoin && ack.seq > 0) {
         // The ack then says "every event after seq - 1", and the latest event follows it.
         const latest = (await this.broker.history(room, ack.seq - 1)).events.find((event) => event.seq === ack.seq)
@@ -380,7 +380,7 @@ export class Membership {
    */
   async reauthenticate (connection: Connection, user: RoomsUser, exp: number | undefined): Promise<void> {
     stateOf(connection).user = user
-    connection.expiry.set(exp)
+    connection.expireAt(exp)
     for (const room of [...connection.rooms]) {
       if (this.options.roomPolicy(room).authorizeJoin === undefined) continue
       try {
@@ -405,7 +405,7 @@ export class Membership {
   async leave (connection: Connection, room: string, graceMs = 0): Promise<void> {
     stateOf(connection).serverJoined?.delete(room)
     if (stateOf(connection).rooms?.delete(room) !== true) return
-    connection.replay.clearFence(room)
+    connection.clearFence(room)
     connection.noteLeft(room)
     const local = this.localRooms.get(room)
     if (local !== undefined) {

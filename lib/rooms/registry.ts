@@ -143,7 +143,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     if (local === undefined) return
     const frame = directRoomFrame('reset', room, position)
     for (const connection of local) {
-      connection.replay.clearFence(room)
+      connection.clearFence(room)
       connection.notePosition(room, position.seq, position.epoch)
       connection.sendFrame(frame)
     }

@@ -97,7 +97,7 @@ async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<S
   // The caller authorized the room before reading anything about it.
   await membership.admit(connection, room, { authorized: true, capped: true })
   // Hold live events back from before membership starts until the replay is out.
-  connection.replay.start(room)
+  connection.holdLive(room)
   let announced: (() => void) | undefined
   try {
     announced = await membership.attach(connection, room)
@@ -116,7 +116,7 @@ async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<S
     return { outcome: { result: 'reset', seq, epoch }, announced }
   } catch (err) {
     announced?.()
-    connection.replay.cancel(room)
+    connection.cancelReplay(room)
     await membership.leave(connection, room).catch(() => {})
     throw err
   }
@@ -129,8 +129,8 @@ async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<S
  */
 async function catchUp (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
   const joinedAt = membership.takeServerJoin(connection, room)
-  if (joinedAt !== undefined && connection.replay.fenceOf(room) === joinedAt) {
-    connection.replay.start(room)
+  if (joinedAt !== undefined && connection.fenceOf(room) === joinedAt) {
+    connection.holdLive(room)
     try {
       const slice = await broker.history(room, from.seq)
       const { seq, epoch } = slice.position

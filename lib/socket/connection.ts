@@ -54,9 +54,9 @@ export class Connection implements RoomsConnection {
   readonly openedAt = Date.now()
   /** Cleared by each heartbeat tick, set again by the peer's pong. */
   alive = true
-  readonly rate: FrameRate
-  readonly replay: ReplayBuffer
-  readonly expiry: TokenExpiry
+  private readonly rate: FrameRate
+  private readonly replay: ReplayBuffer
+  private readonly expiry: TokenExpiry
   private readonly inbox: SerialInbox<Frame>
 
   private closeCode: number | undefined
@@ -254,6 +254,50 @@ export class Connection implements RoomsConnection {
 
   noteLeft (room: string): void {
     this.tracker?.untrack(room)
+  }
+
+  /** Live events of the room are held back from now until `finishReplay` (or `cancelReplay`). */
+  holdLive (room: string): void {
+    this.replay.start(room)
+  }
+
+  /** A replay that will not happen (its room could not be joined): held events are dropped. */
+  cancelReplay (room: string): void {
+    this.replay.cancel(room)
+  }
+
+  /** The socket was given the room up to `seq` (a join ack): a live event at or below it is not sent again. */
+  fenceAt (room: string, seq: number): void {
+    this.replay.setFence(room, seq)
+  }
+
+  /** The last seq of the room this socket was given, while no live event has gone out since. */
+  fenceOf (room: string): number | undefined {
+    return this.replay.fenceOf(room)
+  }
+
+  /** The room was left or reset: its numbering starts over for this socket. */
+  clearFence (room: string): void {
+    this.replay.clearFence(room)
+  }
+
+  /** The credential's exp in seconds (undefined: none); the socket is closed 1008 when it passes. */
+  expireAt (exp: number | undefined): void {
+    this.expiry.set(exp)
+  }
+
+  get exp (): number | undefined {
+    return this.expiry.exp
+  }
+
+  /** Whether a frame of `bytes` would meet an empty budget (then it is refused unread). */
+  budgetEmpty (now: number, bytes: number): boolean {
+    return this.rate.empty(now, bytes)
+  }
+
+  /** Takes a frame of `bytes` from the budget; false when it is rate limited. */
+  takeBudget (now: number, bytes: number): boolean {
+    return this.rate.take(now, bytes)
   }
 
   /** Sends a resumed room's replay and the live events held meanwhile (see ReplayBuffer.finish). */

@@ -14,6 +14,7 @@ import { TooManyAttemptsError } from '../config/errors.js'
 import { FailedAttempts } from '../admission/failed-attempts.js'
 import { FrameRate, type FrameRateLimits } from '../socket/frame-rate.js'
 import type { RoomsUser } from '../types.js'
+import { limitReached, LIMIT_MESSAGES } from '../admission/connection-limits.js'
 import { redactedRequest } from '../admission/log-redaction.js'
 
 const OPEN = 1
@@ -158,7 +159,8 @@ export interface SseSession {
 
 /** What the transport reads of a stream's connection. */
 export interface StreamConnection {
-  readonly expiry: { readonly exp: number | undefined }
+  /** The credential's exp in seconds, as an `auth` refresh on the stream may have moved it. */
+  readonly exp: number | undefined
 }
 
 export interface SseOptions extends FrameRateLimits {
@@ -253,9 +255,10 @@ export class SseTransport {
       this.drop(idle)
       own.splice(own.indexOf(idle), 1)
     }
-    if (this.sessions.size >= this.options.maxConnections || own.length >= this.options.maxConnectionsPerUser) {
+    const reached = limitReached(this.options, this.sessions.size, own.length)
+    if (reached !== undefined) {
       this.hooks.refused('unavailable')
-      return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'connection limit reached' })
+      return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: LIMIT_MESSAGES[reached] })
     }
     // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.
     let resume: unknown
@@ -306,7 +309,7 @@ export class SseTransport {
     }
     const previous = session.socket
     if (previous !== undefined) {
-      session.exp = session.connection?.expiry.exp ?? session.exp
+      session.exp = session.connection?.exp ?? session.exp
       session.socket = undefined
       previous.close(4000, 'replaced by a newer stream')
     }
@@ -331,7 +334,7 @@ export class SseTransport {
       if (session.socket !== socket) return
       session.socket = undefined
       // An `auth` refresh on the stream moved the credential's end.
-      session.exp = session.connection?.expiry.exp ?? session.exp
+      session.exp = session.connection?.exp ?? session.exp
       session.connection = undefined
       // Closed by the server (a policy, a host's disconnect, an expired token, shutdown): the session is
       // over, and only new credentials open another. The peer gone, or a slow reader: it may attach again.
