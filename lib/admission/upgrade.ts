@@ -2,7 +2,7 @@
 // `authenticate`, the connection limits. These run as hooks of the /ws route, so a rejected client gets an
 // HTTP status and no WebSocket is ever created.
 import type { FastifyReply, FastifyRequest, onRequestHookHandler, preValidationHookHandler } from 'fastify'
-import { ForbiddenOriginError, UnauthorizedError, UnavailableError } from '../config/errors.js'
+import { answer, ForbiddenOriginError, UnauthorizedError, UnavailableError, UpgradeRequiredError } from '../config/errors.js'
 import type { HandshakeResult, Stats } from '../observability/metrics.js'
 import type { TokenPolicy } from '../config/options.js'
 import { limitReached, LIMIT_MESSAGES, type ConnectionLimits } from './connection-limits.js'
@@ -52,7 +52,7 @@ export interface UpgradeState {
 }
 
 function upgradeRequired (reply: FastifyReply, message = 'this route only accepts WebSocket upgrades'): FastifyReply {
-  return reply.code(426).header('upgrade', 'websocket').send({ statusCode: 426, code: 'FST_ROOMS_UPGRADE_REQUIRED', error: 'Upgrade Required', message })
+  return answer(reply.header('upgrade', 'websocket'), new UpgradeRequiredError(message))
 }
 
 export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: TokenVerifier, state: UpgradeState, stats: Stats): UpgradeGate {
@@ -124,7 +124,7 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
   }
   function preflightFor (methods: string, headers: string) {
     return (request: FastifyRequest, reply: FastifyReply): FastifyReply => {
-      if (!allowCors(request, reply)) return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_FORBIDDEN_ORIGIN', error: 'Forbidden', message: 'Origin not allowed' })
+      if (!allowCors(request, reply)) return answer(reply, new ForbiddenOriginError())
       return reply.code(204)
         .header('access-control-allow-methods', methods)
         .header('access-control-allow-headers', headers)

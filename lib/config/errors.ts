@@ -1,5 +1,8 @@
-// Errors the plugin throws to Fastify: at registration (bad options) and before the 101 (rejected upgrades).
-import createError from '@fastify/error'
+// Every `FST_ROOMS_*` code the plugin answers or throws: at registration (bad options), before the 101
+// (rejected upgrades), on the SSE fallback's routes and the client module's, and from `fastify.rooms`.
+import { STATUS_CODES } from 'node:http'
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
+import type { FastifyReply } from 'fastify'
 
 export const InvalidOptionError = createError<[option: string, problem: string]>(
   'FST_ROOMS_INVALID_OPTION',
@@ -30,3 +33,22 @@ export const InvalidArgumentError = createError<[argument: string, problem: stri
   'fastify-rooms: %s %s',
   400
 )
+
+// Answers of the SSE fallback's routes and the client module's route, sent as the body of a reply.
+export const UpgradeRequiredError = createError<[message: string]>('FST_ROOMS_UPGRADE_REQUIRED', '%s', 426)
+export const BadSessionRequestError = createError('FST_ROOMS_BAD_SESSION_REQUEST', 'the body is JSON: {} or { "resume": <last event id> }', 400)
+export const SessionExpiredError = createError('FST_ROOMS_SESSION_EXPIRED', 'the session\'s token expired: open a new session', 401)
+export const FrameTextError = createError('FST_ROOMS_FRAME_TEXT', 'send one frame as JSON text', 415)
+export const RateLimitedError = createError('FST_ROOMS_RATE_LIMITED', 'too many frames: slow down', 429)
+export const NoStreamError = createError('FST_ROOMS_NO_STREAM', 'open the session\'s stream first', 409)
+export const NotYourSessionError = createError('FST_ROOMS_NOT_YOUR_SESSION', 'this session belongs to another user', 403)
+export const NoSessionError = createError('FST_ROOMS_NO_SESSION', 'no such session (it ended, expired, or was opened on another process)', 404)
+export const ClientNotBuiltError = createError('FST_ROOMS_CLIENT_NOT_BUILT', 'the client module is not built (run `npm run build` in fastify-rooms)', 503)
+/** Refusals whose message is the reason itself (no prefix), as the SSE routes answer them. */
+export const PlainUnavailableError = createError<[reason: string]>('FST_ROOMS_UNAVAILABLE', '%s', 503)
+
+/** Answers with an error's body as Fastify's error handler would write it, without going through it. */
+export function answer (reply: FastifyReply, error: InstanceType<FastifyErrorConstructor>): FastifyReply {
+  const statusCode = error.statusCode ?? 500
+  return reply.code(statusCode).send({ statusCode, code: error.code, error: STATUS_CODES[statusCode], message: error.message })
+}

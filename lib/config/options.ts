@@ -8,7 +8,7 @@ import type { FastifyJWTOptions } from '@fastify/jwt'
 import type { FastifyRequest } from 'fastify'
 import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
-import { BUILT_IN_CLIENT_TYPES, SERVER_TYPES } from '../protocol/protocol.js'
+import { RESERVED_TYPES } from '../protocol/protocol.js'
 import { isBroker, type Broker } from '../brokers/broker.js'
 import { namespacePolicies, type NamespaceOptions, type RoomPolicy } from './namespaces.js'
 import type { ConnectContext, MessageDefinition, RoomsUser } from '../types.js'
@@ -85,7 +85,6 @@ const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'event
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
-const RESERVED_TYPES = new Set<string>([...BUILT_IN_CLIENT_TYPES, ...SERVER_TYPES])
 const MESSAGE_TYPE_PATTERN = /^[A-Za-z][A-Za-z0-9_.:-]{0,63}$/
 
 export interface JwtOptions {

@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { answer, ClientNotBuiltError } from '../config/errors.js'
 
 export interface ClientBundle {
   version: string
@@ -33,12 +34,7 @@ export async function loadClientBundle (): Promise<ClientBundle | undefined> {
 }
 
 export function registerClientRoutes (scope: FastifyInstance, path: string, bundle: ClientBundle | undefined): void {
-  const missing = (_request: FastifyRequest, reply: FastifyReply) => reply.code(503).send({
-    statusCode: 503,
-    code: 'FST_ROOMS_CLIENT_NOT_BUILT',
-    error: 'Service Unavailable',
-    message: 'the client module is not built (run `npm run build` in fastify-rooms)',
-  })
+  const missing = (_request: FastifyRequest, reply: FastifyReply) => answer(reply, new ClientNotBuiltError())
   const serve = (cacheControl: string) => (request: FastifyRequest, reply: FastifyReply) => {
     if (bundle === undefined) return missing(request, reply)
     // Public code, imported cross-origin by `<script type="module">` (a CORS fetch, without credentials).

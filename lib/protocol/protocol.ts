@@ -68,6 +68,8 @@ export function truncateCloseReason (reason: string): string {
 export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume', 'latency'] as const
 /** Types the server sends on its own; neither host messages nor room events may use them. */
 export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left', 'joined'] as const
+/** Types no host message or event may use: every frame type of the protocol, in either direction. */
+export const RESERVED_TYPES: ReadonlySet<string> = new Set<string>([...BUILT_IN_CLIENT_TYPES, ...SERVER_TYPES])
 
 export const RoomName = Type.String({ minLength: 1, maxLength: 128 })
 export const MessageType = Type.String({ pattern: '^[A-Za-z][A-Za-z0-9_.:-]{0,63}$' })

@@ -12,7 +12,7 @@ import type { ResolvedOptions } from '../config/options.js'
 import { preciseNow, type Gauges, type Stats } from '../observability/metrics.js'
 import {
   boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, isRoomName, isSafeText, MessageType, payloadJson,
-  SAFE_TEXT_MESSAGE, SERVER_TYPES, truncateCloseReason,
+  SAFE_TEXT_MESSAGE, RESERVED_TYPES, truncateCloseReason,
 } from '../protocol/protocol.js'
 import { isUserId } from '../protocol/protocol.js'
 import type { BroadcastOptions, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from '../types.js'
@@ -25,7 +25,6 @@ export interface RegistryOptions {
 }
 
 const messageTypeValidator = Compile(MessageType)
-const RESERVED_EVENT_TYPES = new Set<string>(SERVER_TYPES)
 // Keys, the seq digits, the time and a WebSocket header around a room event's payload, type, room and traceId.
 const ROOM_EVENT_OVERHEAD_BYTES = 96
 
@@ -223,7 +222,7 @@ function checkBroadcastOptions (options: BroadcastOptions): void {
 
 function checkEventType (type: string): void {
   if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
-  if (RESERVED_EVENT_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
+  if (RESERVED_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
 }
 
 function checkTarget (target: unknown): MembershipTarget {

@@ -10,7 +10,9 @@ import { randomBytes } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
-import { TooManyAttemptsError } from '../config/errors.js'
+import {
+  answer, BadSessionRequestError, FrameTextError, NoSessionError, NoStreamError, NotYourSessionError, PlainUnavailableError, RateLimitedError, SessionExpiredError, TooManyAttemptsError,
+} from '../config/errors.js'
 import { FailedAttempts } from '../admission/failed-attempts.js'
 import { FrameRate, type FrameRateLimits } from '../socket/frame-rate.js'
 import type { RoomsUser } from '../types.js'
@@ -245,7 +247,7 @@ export class SseTransport {
   }
 
   private async open (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
-    if (this.hooks.isClosing()) return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: 'server is shutting down' })
+    if (this.hooks.isClosing()) return answer(reply, new PlainUnavailableError('server is shutting down'))
     const admission = await this.hooks.admit(request, true)
     // Sessions waiting for their stream count too: one user cannot fill the table with them. At the user's
     // limit, her oldest session without a stream (a frozen or vanished tab's) makes room for the new one.
@@ -258,14 +260,14 @@ export class SseTransport {
     const reached = limitReached(this.options, this.sessions.size, own.length)
     if (reached !== undefined) {
       this.hooks.refused('unavailable')
-      return reply.code(503).send({ statusCode: 503, code: 'FST_ROOMS_UNAVAILABLE', error: 'Service Unavailable', message: LIMIT_MESSAGES[reached] })
+      return answer(reply, new PlainUnavailableError(LIMIT_MESSAGES[reached]))
     }
     // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.
     let resume: unknown
     try {
       resume = typeof request.body === 'string' && request.body !== '' ? (JSON.parse(request.body) as { resume?: unknown } | null)?.resume : undefined
     } catch {
-      return reply.code(400).send({ statusCode: 400, code: 'FST_ROOMS_BAD_SESSION_REQUEST', error: 'Bad Request', message: 'the body is JSON: {} or { "resume": <last event id> }' })
+      return answer(reply, new BadSessionRequestError())
     }
     const session: SseSession = {
       id: randomBytes(24).toString('base64url'),
@@ -290,7 +292,7 @@ export class SseTransport {
     this.hooks.checkOrigin(request)
     if (this.expired(session)) {
       this.drop(session)
-      return reply.code(401).send({ statusCode: 401, code: 'FST_ROOMS_SESSION_EXPIRED', error: 'Unauthorized', message: 'the session\'s token expired: open a new session' })
+      return answer(reply, new SessionExpiredError())
     }
     if (this.hooks.signedInAgain) {
       let refusal: FastifyReply | undefined
@@ -354,12 +356,12 @@ export class SseTransport {
     const session = this.sessions.get(sessionId)
     if (session === undefined && (this.hooks.forward === undefined || !SESSION_ID.test(sessionId))) return noSession(reply)
     const admission = await this.admitCounted(request)
-    if (typeof request.body !== 'string') return reply.code(415).send({ statusCode: 415, code: 'FST_ROOMS_FRAME_TEXT', error: 'Unsupported Media Type', message: 'send one frame as JSON text' })
+    if (typeof request.body !== 'string') return answer(reply, new FrameTextError())
     if (session === undefined) {
       // Held by another process (or by none any more): it gets the frame only if the session is this user's.
       // Each process hears it, so it is metered here, per user, like a socket's frames.
       if (!this.forwardingRate(admission.user.id).take(Date.now(), Buffer.byteLength(request.body))) {
-        return reply.code(429).send({ statusCode: 429, code: 'FST_ROOMS_RATE_LIMITED', error: 'Too Many Requests', message: 'too many frames: slow down' })
+        return answer(reply, new RateLimitedError())
       }
       await this.hooks.forward!(admission.user.id, sessionId, request.body)
       return reply.code(202).send({ accepted: true, forwarded: true })
@@ -369,7 +371,7 @@ export class SseTransport {
       return notYourSession(reply)
     }
     const socket = session.socket
-    if (socket === undefined) return reply.code(409).send({ statusCode: 409, code: 'FST_ROOMS_NO_STREAM', error: 'Conflict', message: 'open the session\'s stream first' })
+    if (socket === undefined) return answer(reply, new NoStreamError())
     socket.receive(request.body)
     return reply.code(202).send({ accepted: true })
   }
@@ -429,11 +431,11 @@ export class SseTransport {
 }
 
 function notYourSession (reply: FastifyReply): FastifyReply {
-  return reply.code(403).send({ statusCode: 403, code: 'FST_ROOMS_NOT_YOUR_SESSION', error: 'Forbidden', message: 'this session belongs to another user' })
+  return answer(reply, new NotYourSessionError())
 }
 
 function noSession (reply: FastifyReply): FastifyReply {
-  return reply.code(404).send({ statusCode: 404, code: 'FST_ROOMS_NO_SESSION', error: 'Not Found', message: 'no such session (it ended, expired, or was opened on another process)' })
+  return answer(reply, new NoSessionError())
 }
 
 function corsHeaders (request: FastifyRequest): Record<string, string> {
