@@ -224,8 +224,6 @@ export interface ResolvedOptions {
   allowMissingOrigin: boolean
   messages: ReadonlyMap<string, CompiledMessage>
   events: ReadonlyMap<string, Validator<any, TSchema>>
-  authorizeJoin: ((user: RoomsUser, room: string) => boolean | Promise<boolean>) | undefined
-  presence: boolean
   /** How long a closed socket's presence lingers (see RoomsOptions.presence). */
   leaveGraceMs: number
   heartbeatMs: number
@@ -329,8 +327,6 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     allowMissingOrigin: checked.allowMissingOrigin ?? defaults.allowMissingOrigin,
     messages: compileMessages(options.messages),
     events: compileEvents(options.events),
-    authorizeJoin: checkFunction(options, 'authorizeJoin'),
-    presence: checked.presence !== false,
     // Without presence events there is no flapping to avoid: a closed socket leaves at once.
     leaveGraceMs: checked.presence === false ? 0 : typeof checked.presence === 'object' ? checked.presence.leaveGraceMs ?? defaults.leaveGraceMs : defaults.leaveGraceMs,
     heartbeatMs: checked.heartbeatMs ?? defaults.heartbeatMs,

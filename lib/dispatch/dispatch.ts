@@ -27,7 +27,6 @@ export interface DispatcherOptions {
   /** Exactly-once answers for retried frames; false keeps none (every frame runs). */
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   messages: ReadonlyMap<string, CompiledMessage>
-  userFromToken: (payload: Record<string, unknown>) => RoomsUser
 }
 
 const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are not supported: send JSON text frames')

@@ -159,10 +159,6 @@ export function checkEventPayload (events: ReadonlyMap<string, Validator<any, TS
   throw new InvalidArgumentError('payload', `does not match events.${type}${first === undefined ? '' : `: ${first.path || '/'} ${first.message}`}`)
 }
 
-export function compileSchema<S extends TSchema> (schema: S): Validator<any, S> {
-  return Compile(schema) as Validator<any, S>
-}
-
 export function checkPayload<S extends TSchema> (validator: Validator<any, S>, payload: unknown, type: string): Static<S> {
   if (!validator.Check(payload)) {
     throw new FrameError(ErrorCode.invalidMessage, `invalid payload for "${type}"`, {
