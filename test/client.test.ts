@@ -4,7 +4,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { createClient, type ClientOptions, type RoomsClient, type ServerFrame } from '../lib/client/index.js'
 import { defineMessage } from '../lib/index.js'
-import { bounded, connect, ORIGIN, sign, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, range, sign, startServer, until, type TestServer } from './helpers/index.js'
 import { startProxy, type TcpProxy } from './helpers/proxy.js'
 
 /** ws with the Origin a browser would send (the server refuses a missing Origin by default). */
@@ -51,7 +51,6 @@ function collect (rooms: RoomsClient, type: string): ServerFrame[] {
   return frames
 }
 
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 const echo = { echo: defineMessage({ schema: Type.Object({ text: Type.String() }), room: true, handler: (ctx, p) => ctx.rooms.broadcast(ctx.room!, 'echo', p) }) }
 
 t.test('connects, joins, requests and receives; a server error rejects with its code', async (t) => {

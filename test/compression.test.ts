@@ -2,7 +2,7 @@
 // (no server context takeover), plain for the others; every size boundary decodes, order kept.
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
-import { connect, startServer, until } from './helpers/index.js'
+import { connect, startServer, tcpSocketOf, until } from './helpers/index.js'
 
 // Lengths around the frame-length encodings (125/126, 65535/65536) and the threshold, and 1 MiB.
 const sizes = [0, 100, 125, 126, 1023, 1024, 5000, 65_535, 65_536, 200_000, 1_048_576]
@@ -41,7 +41,7 @@ t.test('#14 a compressible event travels compressed to a deflate socket, and the
   const plain = await connect(server, 'plain', { wsOptions: { perMessageDeflate: false, maxPayload: 4_000_000 } })
   await deflating.join('r')
   await plain.join('r')
-  const socketOf = (client: typeof plain) => (client.ws as unknown as { _socket: import('node:net').Socket })._socket
+  const socketOf = (client: typeof plain) => tcpSocketOf(client.ws)
   const before = [socketOf(deflating).bytesRead, socketOf(plain).bytesRead]
   await server.app.rooms.broadcast('r', 'big', { body: 'a'.repeat(500_000) })
   await server.app.rooms.sendToUser('deflating', 'after', {})
@@ -60,7 +60,7 @@ t.test('#14 a client that asks for a smaller server window gets plain frames (on
   const narrow = await connect(server, 'narrow', { wsOptions: { perMessageDeflate: { serverMaxWindowBits: 10 }, maxPayload: 4_000_000 } })
   t.equal(narrow.ws.extensions, 'permessage-deflate')
   await narrow.join('r')
-  const socket = (narrow.ws as unknown as { _socket: import('node:net').Socket })._socket
+  const socket = tcpSocketOf(narrow.ws)
   const before = socket.bytesRead
   await server.app.rooms.broadcast('r', 'big', { body: 'a'.repeat(100_000) })
   t.equal((await narrow.nextOfType('big')).payload.body.length, 100_000, 'decoded')
@@ -83,7 +83,7 @@ t.test('#14 a stalled deflate reader under coalesced, compressed fan-out is clos
   await deflating.join('feed')
   await plain.join('feed')
   const { payload: joined } = await stalled.join('feed')
-  const raw = (stalled.ws as unknown as { _socket: import('node:net').Socket })._socket
+  const raw = tcpSocketOf(stalled.ws)
   raw.pause()
   // Random text compresses to about three quarters: the compressed frames still fill the stalled socket.
   const body = () => randomBytes(12 * 1024).toString('base64')

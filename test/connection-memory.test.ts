@@ -6,7 +6,7 @@
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { connect, startServer } from './helpers/index.js'
+import { connect, startServer, tcpSocketOf } from './helpers/index.js'
 
 setFlagsFromString('--expose-gc')
 const gc = runInNewContext('gc') as () => void
@@ -64,7 +64,7 @@ t.test('#14 a peer protocol error reaches the Connection: closed 1002, logged at
   const good = await connect(server, 'alice')
   await good.join('r')
   // A frame with RSV2 set: no extension defines it, so ws fails the connection with 1002.
-  const raw = (bad.ws as unknown as { _socket: import('node:net').Socket })._socket
+  const raw = tcpSocketOf(bad.ws)
   raw.write(Buffer.from([0xa1, 0x80, 0, 0, 0, 0]))
   t.equal((await bad.closed).code, 1002)
   const warned = () => server.logs.some((line) => line.includes('"level":40') && line.includes('fastify-rooms: socket error'))

@@ -11,12 +11,12 @@ import { PUBLISH } from '../lib/brokers/redis-scripts.js'
 import { createClient, type ServerFrame } from '../lib/client/index.js'
 import { roomEventFrameParts, SUBPROTOCOL } from '../lib/protocol/protocol.js'
 import { TokenBucket } from '../lib/socket/token-bucket.js'
-import { bounded, connect, sign, startServer, until, type Client } from './helpers/index.js'
+import { TokenExpiry } from '../lib/socket/token-expiry.js'
+import { bounded, connect, range, sign, startServer, until, type Client } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 
 const seqsOf = (client: Client) => client.frames.filter((frame) => frame.type === 'tick').map((frame) => frame.seq)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
 t.test('#11 the token bucket never holds more than its burst, however long it was idle', async (t) => {
   const bucket = new TokenBucket(10, 5)
@@ -59,6 +59,18 @@ t.test('#11 a token that expires in 30 days (past setTimeout\'s 24.8-day limit) 
   t.equal(client.ws.readyState, WebSocket.OPEN, 'not closed for expiry')
   t.same(warnings.filter((name) => name === 'TimeoutOverflowWarning'), [], 'no timer overflowed')
   t.equal(server.app.rooms.stats().closes['1008'] ?? 0, 0)
+})
+
+t.test('#22 the expiry timer re-arms until exp is really reached, and fires once, not before', async (t) => {
+  // The longest wait is shortened to 20 ms so the re-arm happens within the test (in production: 24.8 days).
+  const exp = Math.ceil(Date.now() / 1000) + 1
+  const fired: number[] = []
+  const expiry = new TokenExpiry(() => fired.push(Date.now()), 20)
+  t.teardown(() => expiry.clear())
+  expiry.set(exp)
+  await until(() => fired.length > 0, 'the expiry')
+  t.equal(fired.length, 1)
+  t.ok(fired[0]! >= exp * 1000, `fired ${fired[0]! - exp * 1000} ms after exp, not at the first 20 ms wait`)
 })
 
 t.test('#11 the client drops a room event it has already seen (replay and live overlap)', async (t) => {

@@ -56,13 +56,12 @@ t.test('metrics after scripted traffic: handshakes, messages, errors, closes, co
   t.equal(metric(body, 'rooms_rooms'), 1)
   t.equal(metric(body, 'rooms_members'), 1)
   t.equal(metric(body, 'rooms_broadcast_seconds_count'), 2, 'one observation per publish, not per recipient')
-  t.ok(metric(body, 'rooms_broadcast_seconds_sum')! >= 0)
   t.equal(metric(body, 'rooms_broadcast_seconds_bucket', { le: '+Inf' }), 2)
 
   const stats = server.app.rooms.stats()
   t.same(stats.handshakes, { unauthorized: 3, forbidden_origin: 1, ok: 2 })
   t.equal(stats.broadcast.count, 2)
-  t.ok(stats.broadcast.maxSeconds >= 0 && stats.broadcast.maxSeconds < 5)
+  t.ok(stats.broadcast.maxSeconds <= stats.broadcast.sumSeconds, 'the largest observation is within the sum of the two')
 })
 
 t.test('resumes, rate-limited handshakes and slow-consumer closes are counted', async (t) => {

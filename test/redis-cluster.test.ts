@@ -8,7 +8,7 @@ import Type from 'typebox'
 import WebSocket from 'ws'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { bounded, connect, ORIGIN, rawClient, retryUntil, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { bounded, connect, ORIGIN, range, rawClient, retryUntil, seqsOf, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { startProxy } from './helpers/proxy.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
@@ -50,9 +50,6 @@ async function rawJoin (client: { ws: WebSocket; frames: Frame[] }, room: string
   await until(() => client.frames.some((frame) => frame.type === 'ack' && frame.id === 'j'), `joined ${room}`)
   return client.frames.find((frame) => frame.type === 'ack' && frame.id === 'j')!
 }
-
-const seqsOf = (frames: Frame[], type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
 if (componentAvailable(t, redisMissing(), 'Redis Cluster')) {
   t.test('#15 two processes on a cluster: order and seq across processes; every key and channel of a room in its slot; sharded pub/sub only', async (t) => {

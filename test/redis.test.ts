@@ -8,12 +8,9 @@ import Fastify from 'fastify'
 import Type from 'typebox'
 import rooms, { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { Client, connect, ORIGIN, SECRET, startServer, until, type Frame, type TestServer } from './helpers/index.js'
+import { connect, ORIGIN, range, retryUntil, SECRET, seqsOf, startServer, until, type Frame, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
-
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
-const seqsOf = (client: Client, type: string) => client.frames.filter((f) => f.type === type).map((f) => f.seq!)
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600 }), ...options })
@@ -23,18 +20,6 @@ function inspector (t: { teardown(fn: () => unknown): void }, redis: RedisServer
   const client = new Redis(redis.url)
   t.teardown(() => client.disconnect())
   return client
-}
-
-async function retry<T> (attempt: () => Promise<T>, what: string): Promise<T> {
-  const deadline = Date.now() + 10_000
-  for (;;) {
-    try {
-      return await attempt()
-    } catch (err) {
-      if (Date.now() > deadline) throw new Error(`${what}: still failing after 10 s: ${(err as Error).message}`)
-      await new Promise((resolve) => setTimeout(resolve, 50))
-    }
-  }
 }
 
 if (componentAvailable(t, redisMissing(), 'Redis broker')) {
@@ -147,7 +132,7 @@ if (componentAvailable(t, redisMissing(), 'Redis broker')) {
     await until(() => seqsOf(alice, 'item').length === 1)
     // Cut every pubsub connection; publish at once, while the subscribers reconnect.
     await inspect.client('KILL', 'TYPE', 'pubsub')
-    for (let i = 2; i <= 10; i++) await retry(() => b.app.rooms.broadcast('feed', 'item', { i }), 'publish')
+    for (let i = 2; i <= 10; i++) await retryUntil(() => b.app.rooms.broadcast('feed', 'item', { i }), 10_000, 'publish')
     await until(() => seqsOf(alice, 'item').length >= 10, 'alice got everything')
     t.same(seqsOf(alice, 'item'), range(1, 10))
   })
@@ -165,18 +150,18 @@ if (componentAvailable(t, redisMissing(), 'Redis broker')) {
     const during = await alice.request({ type: 'join', room: 'other' })
     t.equal(during.payload.code, 'unavailable', 'a join that needs Redis fails cleanly, with the retryable code')
     await redis.start() // empty: the room's seq and epoch are gone
-    const { seq } = await retry(() => a.app.rooms.broadcast('lobby', 'note', { after: true }), 'broadcast after restart')
+    const { seq } = await retryUntil(() => a.app.rooms.broadcast('lobby', 'note', { after: true }), 10_000, 'broadcast after restart')
     const reset = await alice.nextOfType('reset')
     t.equal(reset.room, 'lobby')
     t.not(reset.payload.epoch, joined.payload.epoch, 'a new epoch')
     t.ok(reset.payload.seq < seq, 'the reset comes before the first event of the new epoch')
     const note = await alice.nextOfType('note')
     t.same({ seq: note.seq, payload: note.payload }, { seq, payload: { after: true } })
-    t.same(await retry(async () => {
+    t.same(await retryUntil(async () => {
       const members = await a.app.rooms.members('lobby')
       if (members.length === 0) throw new Error('presence not restored yet')
       return members
-    }, 'presence restored'), [{ id: 'alice' }])
+    }, 10_000, 'presence restored'), [{ id: 'alice' }])
   })
 
   t.test('a retried id is answered once across processes, even while the first attempt still runs', async (t) => {

@@ -1,14 +1,8 @@
 // No silent loss. Resume replays exactly what was missed, or says `reset`; retried ids run once.
-import type { Socket } from 'node:net'
 import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, memoryBroker, type Broker } from '../lib/index.js'
-import { Client, connect, startServer, type Frame } from './helpers/index.js'
-
-const seqsOf = (frames: Frame[], type: string, room?: string) =>
-  frames.filter((f) => f.type === type && (room === undefined || f.room === room)).map((f) => f.seq!)
-
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+import { Client, connect, range, seqsOf, startServer, tcpSocketOf, type Frame } from './helpers/index.js'
 
 function lastPosition (client: Client, room: string, epoch: string): { seq: number; epoch: string } {
   const seqs = client.frames.filter((f) => f.room === room && typeof f.seq === 'number').map((f) => f.seq!)
@@ -232,7 +226,7 @@ t.test('a slow consumer closed 1013 resumes and loses nothing still in history',
   const server = await startServer(t, { maxBufferedBytes: 64 * 1024, presence: false })
   const stalled = await connect(server, 'stalled')
   const { payload: joined } = await stalled.join('feed')
-  const raw = (stalled.ws as unknown as { _socket: Socket })._socket
+  const raw = tcpSocketOf(stalled.ws)
   raw.pause()
   const payload = { blob: 'x'.repeat(8 * 1024) }
   let published = 0

@@ -1,17 +1,16 @@
 // fastify.close(): 1001 to open sockets, 503 to new upgrades meanwhile, nothing left running afterwards.
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import type { Socket } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { connect, rejectedUpgrade, startServer } from './helpers/index.js'
+import { connect, rejectedUpgrade, startServer, tcpSocketOf } from './helpers/index.js'
 
 t.test('close: open sockets get 1001, upgrades during the grace period get 503', async (t) => {
   const server = await startServer(t, { closeTimeoutMs: 10_000 })
   const fast = await connect(server, 'fast')
   const slow = await connect(server, 'slow')
   // A client that does not read holds the close open until it answers (or closeTimeoutMs passes).
-  const slowSocket = (slow.ws as unknown as { _socket: Socket })._socket
+  const slowSocket = tcpSocketOf(slow.ws)
   slowSocket.pause()
   const closing = server.app.close()
   t.same(await fast.closed, { code: 1001, reason: 'server shutting down' })
@@ -27,7 +26,7 @@ t.test('close: open sockets get 1001, upgrades during the grace period get 503',
 t.test('close: 503 comes from the plugin too when Fastify is told not to answer 503 itself', async (t) => {
   const server = await startServer(t, { closeTimeoutMs: 10_000 }, { fastify: { return503OnClosing: false } })
   const slow = await connect(server, 'slow')
-  const slowSocket = (slow.ws as unknown as { _socket: Socket })._socket
+  const slowSocket = tcpSocketOf(slow.ws)
   slowSocket.pause()
   const closing = server.app.close()
   const refused = await rejectedUpgrade(server, 'late')
@@ -40,7 +39,7 @@ t.test('close: 503 comes from the plugin too when Fastify is told not to answer 
 t.test('close: a peer that never answers is cut after closeTimeoutMs', async (t) => {
   const server = await startServer(t, { closeTimeoutMs: 100 })
   const stuck = await connect(server, 'stuck')
-  const socket = (stuck.ws as unknown as { _socket: Socket })._socket
+  const socket = tcpSocketOf(stuck.ws)
   socket.pause()
   await server.app.close()
   t.equal(server.app.rooms.stats().connections, 0)

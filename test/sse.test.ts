@@ -6,12 +6,11 @@ import Type from 'typebox'
 import { defineMessage } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { componentAvailable } from './helpers/components.js'
-import { connect, ORIGIN, sign, startServer, until } from './helpers/index.js'
+import { connect, ORIGIN, range, sign, startServer, until } from './helpers/index.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { httpRequest, openSession, openStream, waitForFrame } from './helpers/sse.js'
 
 const seqs = (frames: Array<{ type: string; seq?: number }>, type: string) => frames.filter((frame) => frame.type === type).map((frame) => frame.seq!)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
 t.test('#16 a session: welcome on the stream, frames as POSTs, room events with the positions as their SSE id; a socket and a stream share a room', async (t) => {
   const server = await startServer(t, { sse: true, presence: false, metrics: true })

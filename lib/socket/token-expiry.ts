@@ -8,7 +8,11 @@ export class TokenExpiry {
   exp: number | undefined
 
   /** `expired` runs in a timer callback: it must not throw (the caller guards it). */
-  constructor (private readonly expired: () => void) {}
+  constructor (
+    private readonly expired: () => void,
+    /** The longest single wait; the timer re-arms until exp (a parameter so tests can make it short). */
+    private readonly maxTimerMs = MAX_TIMER_MS
+  ) {}
 
   set (exp: number | undefined): void {
     clearTimeout(this.timer)
@@ -18,7 +22,7 @@ export class TokenExpiry {
     this.timer = setTimeout(() => {
       if (Date.now() < exp * 1000) this.set(exp)
       else this.expired()
-    }, Math.min(Math.max(delay, 0), MAX_TIMER_MS))
+    }, Math.min(Math.max(delay, 0), this.maxTimerMs))
     this.timer.unref()
   }
 

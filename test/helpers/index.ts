@@ -284,14 +284,35 @@ export function rawClient (server: TestServer | string, sub: string): Promise<{ 
  * Retries an async check every 50 ms until it stops throwing, for at most `ms` (then its last error):
  * for state in another process or in Redis that no event announces.
  */
-export async function retryUntil<T> (attempt: () => Promise<T>, ms = 20_000): Promise<T> {
+export async function retryUntil<T> (attempt: () => Promise<T>, ms = 20_000, what?: string): Promise<T> {
   const deadline = Date.now() + ms
   for (;;) {
     try {
       return await attempt()
     } catch (err) {
-      if (Date.now() > deadline) throw err
+      if (Date.now() > deadline) throw what === undefined ? err : new Error(`${what}: still failing after ${ms} ms: ${(err as Error).message}`)
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
   }
+}
+
+/** from, from + 1, …, to. */
+export function range (from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i)
+}
+
+/** The seqs of the frames of one type (and room, when given), in the order they arrived. */
+export function seqsOf (frames: readonly Frame[] | Client, type: string, room?: string): number[] {
+  const list = Array.isArray(frames) ? frames : (frames as Client).frames
+  return list.filter((frame) => frame.type === type && (room === undefined || frame.room === room)).map((frame) => frame.seq!)
+}
+
+/**
+ * The TCP socket under a ws client, to pause or cut it as a network would. ws has no public accessor;
+ * `_socket` is pinned by the tests that use it (a stalled reader must stall, a cut must close).
+ */
+export function tcpSocketOf (ws: unknown): import('node:net').Socket {
+  const socket = (ws as { _socket?: import('node:net').Socket })._socket
+  if (socket === undefined) throw new Error('ws has no _socket: its internals changed')
+  return socket
 }
