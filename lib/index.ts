@@ -302,7 +302,10 @@ const plugin: FastifyPluginAsync<RoomsOptions> = fp(fastifyRooms, { fastify: '5.
 export default plugin
 export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
-export type { Broker, BrokerDelivery, PublishRequest, RoomPosition } from './brokers/broker.js'
+export type {
+  Broker, BrokerDelivery, BrokerSettings, EventBroker, HistoryEvent, HistorySlice, MembershipChange, PresenceBroker, PresenceSample,
+  PublishRequest, RoomPosition, SharedAnswers, UserRouting,
+} from './brokers/broker.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol/protocol.js'
 export { handleProtocols } from './admission/upgrade.js'
 export { redactedRequest as requestSerializer } from './admission/log-redaction.js'

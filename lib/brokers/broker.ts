@@ -1,4 +1,5 @@
-// The Broker is the only part that knows whether there is one process or many.
+// The Broker is the only part that knows whether there is one process or many. Its parts follow
+// Centrifuge's split: room events and history, presence, routing to a user, and shared answers.
 
 /** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
 export interface BrokerDelivery {
@@ -83,10 +84,11 @@ export interface SharedAnswers {
   storeAnswer(userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void>
 }
 
-export interface Broker extends Partial<SharedAnswers> {
-  readonly name: string
-  /** Connects and starts delivering; rejects with a clear error when its backend cannot be reached. */
-  start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void>
+/**
+ * A room's events: one `seq` per event across every process, bounded history, and delivery to the
+ * processes that subscribed to the room.
+ */
+export interface EventBroker {
   /** Assigns the next `seq` of the room, records the event and fans it out to every process. */
   publish(request: PublishRequest): Promise<RoomPosition>
   position(room: string): Promise<RoomPosition>
@@ -97,6 +99,10 @@ export interface Broker extends Partial<SharedAnswers> {
   /** This process has local members in `room` and wants its events. */
   subscribe(room: string): Promise<void>
   unsubscribe(room: string): Promise<void>
+}
+
+/** Who is in which room, on every process. */
+export interface PresenceBroker {
   /**
    * Records one connection of a user in a room; true when the user was not present before. `info`: the
    * user's public presence data (JSON), kept while the user is present.
@@ -118,6 +124,10 @@ export interface Broker extends Partial<SharedAnswers> {
   presenceSample?(room: string, limit: number): Promise<PresenceSample>
   /** Rooms with at least one member on any process. */
   rooms(): Promise<string[]>
+}
+
+/** Messages for a user (or one connection), wherever the user's sockets are. */
+export interface UserRouting {
   sendToUser(userId: string, frame: string): Promise<void>
   /** Delivers a server-side join or leave to every process (each applies it to the target's local sockets). */
   changeMembership(change: MembershipChange): Promise<void>
@@ -127,9 +137,19 @@ export interface Broker extends Partial<SharedAnswers> {
    * its first socket of the user (its frames wait for this), or closed its last.
    */
   userConnected?(userId: string): Promise<void>
+  userDisconnected?(userId: string): void
   /** Optional, for many processes: a frame for an SSE session that may live on another process of `userId`'s. */
   sendToSession?(userId: string, sessionId: string, frame: string): Promise<void>
-  userDisconnected?(userId: string): void
+}
+
+/**
+ * What the plugin runs on: events and history, presence and user routing, with a lifecycle; answers to
+ * retried frames may be shared too (without them each process remembers its own).
+ */
+export interface Broker extends EventBroker, PresenceBroker, UserRouting, Partial<SharedAnswers> {
+  readonly name: string
+  /** Connects and starts delivering; rejects with a clear error when its backend cannot be reached. */
+  start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void>
   /**
    * `lingerMs`: this process's presence entries stay this long before other processes remove them (and
    * publish the leaves of users who did not rejoin elsewhere), instead of going at once.

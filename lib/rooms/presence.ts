@@ -3,7 +3,7 @@
 // the joiner's own ack), or throttled counts for 'count' rooms.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
-import type { Broker, PresenceSample } from '../brokers/broker.js'
+import type { EventBroker, PresenceBroker, PresenceSample } from '../brokers/broker.js'
 import { isBrokerError } from '../config/errors.js'
 import type { Connection } from '../socket/connection.js'
 import type { RoomPolicy } from '../config/namespaces.js'
@@ -23,7 +23,8 @@ export class Presence {
   constructor (
     private readonly roomPolicy: (room: string) => RoomPolicy,
     private readonly presenceInfo: ((user: RoomsUser) => Record<string, unknown> | undefined) | undefined,
-    private readonly broker: Broker,
+    // Presence is stored in the broker's presence part and announced as room events.
+    private readonly broker: PresenceBroker & Pick<EventBroker, 'publish'>,
     private readonly log: FastifyBaseLogger
   ) {}
 

@@ -1,7 +1,7 @@
 // Resume: a reconnecting client's rooms, each re-joined with what it missed since its last seq — the
 // retained events, then the live ones that arrived meanwhile, each once and in order — or a `reset`. All
 // of it lives here; the membership writes it needs (admit, attach, leave) are membership.ts's.
-import type { Broker, RoomPosition } from '../brokers/broker.js'
+import type { EventBroker, RoomPosition } from '../brokers/broker.js'
 import type { Connection } from '../socket/connection.js'
 import type { Membership } from './membership.js'
 import type { Stats } from '../observability/metrics.js'
@@ -22,7 +22,7 @@ export type ResumeOutcome =
 export class Resumer {
   constructor (
     private readonly membership: Membership,
-    private readonly broker: Broker,
+    private readonly broker: EventBroker,
     private readonly stats: Pick<Stats, 'resume'>
   ) {}
 
@@ -31,7 +31,7 @@ export class Resumer {
   }
 }
 
-async function resumeRooms (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+async function resumeRooms (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
   const entries = Object.entries(rooms)
   if (entries.length > membership.maxRoomsPerConnection) {
     throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${membership.maxRoomsPerConnection} rooms`)
@@ -93,7 +93,7 @@ async function resumeRooms (membership: Membership, broker: Broker, stats: Pick<
  * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
  * history no longer reaches back to from.seq + 1.
  */
-async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+async function resumeRoom (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
   // The caller authorized the room before reading anything about it.
   await membership.admit(connection, room, { authorized: true, capped: true })
   // Hold live events back from before membership starts until the replay is out.
@@ -127,7 +127,7 @@ async function resumeRoom (membership: Membership, broker: Broker, stats: Pick<S
  * the join (its fence stands), the events after the client's position are replayed exactly; once one
  * has, a replay would arrive out of order, so the client gets a `reset` instead.
  */
-async function catchUp (membership: Membership, broker: Broker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
+async function catchUp (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
   const joinedAt = membership.takeServerJoin(connection, room)
   if (joinedAt !== undefined && connection.fenceOf(room) === joinedAt) {
     connection.holdLive(room)
