@@ -51,13 +51,12 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     throw new InvalidOptionError('jwt', 'is false, but no @fastify/jwt was registered before fastify-rooms')
   }
 
-  const stats = new Stats(options.metrics)
+  // Made in the order they depend on each other; the thunks reach the parts made after them.
+  const stats = new Stats(options.metrics, () => registry)
   const broker = options.broker ?? memoryBroker()
   const presence = new Presence(options.roomPolicy, options.presenceInfo, broker, fastify.log)
-  const membership = new Membership(options, broker, presence, stats, fastify.log)
-  const registry = new RoomRegistry(options, membership, presence, broker, stats)
-  membership.api = registry.api
-  stats.gauges = registry
+  const membership = new Membership(options, broker, presence, stats, fastify.log, () => registry.api)
+  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse)
   await broker.start(registry, {
     history: options.history,
     historyFor: (room) => options.roomPolicy(room).history,
@@ -226,10 +225,6 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         rateLimit: handshakeLimit,
         forward: broker.sendToSession === undefined ? undefined : (userId, sessionId, frame) => broker.sendToSession!(userId, sessionId, frame),
       })
-      const transport = sse
-      registry.sessionFrames = (userId, sessionId, frame) => transport.deliver(userId, sessionId, frame)
-      registry.sessionsEnded = (userId) => transport.endSessionsOf(userId)
-      registry.sseCounts = () => transport.counts()
       sse.register(scope)
     }
 

@@ -4,16 +4,21 @@
 // survivors remove them. On a cluster every key and channel of a room lives in the room's slot (sharded
 // pub/sub), a user's messages travel on the user's own shard channel, and a dead process's presence is
 // found by SCAN instead of a per-process index (which a join would have to write in another slot).
-// Past 300 lines (~650): connection handling for both topologies, the scripts' callers, presence reaping and message
-// parsing; the Lua lives in redis-scripts.ts and ordered delivery in ordered-streams.ts.
+// Past 300 lines: the connections and their recovery, the scripts' callers, presence and its reaping
+// stay together here; what differs between one Redis and a cluster is redis/topology.ts, key names
+// redis/keys.ts, message formats redis/messages.ts, the Lua redis/scripts.ts and ordered delivery
+// redis/ordered-streams.ts.
 import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../config/errors.js'
 import { preciseNow } from '../observability/metrics.js'
 import { roomEventFrameParts } from '../protocol/protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
-import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
-import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis-scripts.js'
+import { RedisKeys } from './redis/keys.js'
+import { deliverUserMessage, encodeUserMessage, parseLiveEvent, type UserMessage } from './redis/messages.js'
+import { clusterTopology, singleTopology, type Topology } from './redis/topology.js'
+import { backoff, OrderedStreams } from './redis/ordered-streams.js'
+import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
 
 export interface RedisBrokerOptions {
   /** `redis://host:port/db`; or pass `cluster` or `client`. */
@@ -48,7 +53,8 @@ type HistoryReply = [seq: string, epoch: string, entries: Array<[id: string, fie
 
 class RedisBroker implements Broker {
   readonly name = 'redis'
-  private readonly prefix: string
+  private readonly keys: RedisKeys
+  private readonly topology: Topology
   private readonly processId = randomUUID()
   private readonly processTtlMs: number
   private readonly roomTtlMs: number
@@ -56,8 +62,6 @@ class RedisBroker implements Broker {
   private idempotencyWindowMs = 300_000
   private command!: Redis | Cluster
   private subscriber!: Redis | Cluster
-  /** Redis Cluster: sharded channels, per-user channels, no global room set or per-process index. */
-  private readonly sharded: boolean
   private ownsCommand = false
   private delivery: BrokerDelivery | undefined
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
@@ -76,12 +80,12 @@ class RedisBroker implements Broker {
   constructor (private readonly options: RedisBrokerOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisBroker: pass { url }, { cluster } or { client }')
     if (options.cluster !== undefined && (!Array.isArray(options.cluster) || options.cluster.length === 0)) throw new TypeError('redisBroker: cluster must list at least one { host, port }')
-    this.sharded = options.cluster !== undefined || options.client instanceof Cluster
-    if (this.sharded) {
-      this.userConnected = (userId) => this.subscribeUser(userId)
-      this.userDisconnected = (userId) => this.unsubscribeUser(userId)
+    this.keys = new RedisKeys(options.keyPrefix ?? 'rooms:')
+    this.topology = options.cluster !== undefined || options.client instanceof Cluster ? clusterTopology(this.keys) : singleTopology(this.keys)
+    if (this.topology.routesUsers) {
+      this.userConnected = async (userId) => { await this.wrap(this.topology.subscribeUser(this.subscriber, userId)) }
+      this.userDisconnected = (userId) => { this.wrap(this.topology.unsubscribeUser(this.subscriber, userId)).catch(() => {}) }
     }
-    this.prefix = options.keyPrefix ?? 'rooms:'
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
@@ -161,8 +165,8 @@ class RedisBroker implements Broker {
       this.afterReconnect().catch((err: unknown) => this.log?.error({ err }, 'fastify-rooms: catching up after a Redis reconnect failed'))
     }
     this.subscriber.on('ready', catchUp)
-    if (this.sharded) this.subscriber.on('subscribersReady', catchUp)
-    await this.subscriber.subscribe(this.channel('users'))
+    if (this.topology.routesUsers) this.subscriber.on('subscribersReady', catchUp)
+    await this.subscriber.subscribe(this.keys.global('users'))
     await this.beat()
     this.heartbeatTimer = setInterval(() => { void this.beat() }, Math.max(50, Math.floor(this.processTtlMs / 3)))
     this.heartbeatTimer.unref()
@@ -172,30 +176,30 @@ class RedisBroker implements Broker {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
     const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
-    const keys = [this.key(request.room, 'meta'), this.key(request.room, 'history')]
-    if (request.idempotencyKey !== undefined) keys.push(`${this.key(request.room, 'idem')}:${request.idempotencyKey}`)
+    const keys = [this.keys.room(request.room, 'meta'), this.keys.room(request.room, 'history')]
+    if (request.idempotencyKey !== undefined) keys.push(`${this.keys.room(request.room, 'idem')}:${request.idempotencyKey}`)
     // maxEvents 0 (a namespace without history): no stream at all.
     const limits = this.historyFor(request.room)
     const [seq, epoch] = await this.run<[number, string]>(PUBLISH, keys, [
       randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
-      this.roomChannel(request.room), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
-      this.sharded ? 'SPUBLISH' : 'PUBLISH',
+      this.topology.roomChannel(request.room), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
+      this.topology.publishCommand,
     ])
     return { seq: Number(seq), epoch }
   }
 
   async position (room: string): Promise<RoomPosition> {
-    const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.key(room, 'meta')], [randomUUID(), this.idleRoomTtlMs])
+    const [seq, epoch] = await this.run<[string, string]>(POSITION, [this.keys.room(room, 'meta')], [randomUUID(), this.idleRoomTtlMs])
     return { seq: Number(seq), epoch }
   }
 
   async peekPosition (room: string): Promise<RoomPosition | undefined> {
-    const [seq, epoch] = await this.wrap(this.command.hmget(this.key(room, 'meta'), 'seq', 'epoch'))
+    const [seq, epoch] = await this.wrap(this.command.hmget(this.keys.room(room, 'meta'), 'seq', 'epoch'))
     return epoch === null || epoch === undefined ? undefined : { seq: Number(seq ?? 0), epoch }
   }
 
   async history (room: string, after: number): Promise<HistorySlice> {
-    const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.key(room, 'meta'), this.key(room, 'history')], [
+    const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.keys.room(room, 'meta'), this.keys.room(room, 'history')], [
       randomUUID(), this.idleRoomTtlMs, this.historyFor(room).maxAgeMs, Math.max(0, Math.floor(after)),
     ])
     const seq = Number(seqText)
@@ -211,7 +215,7 @@ class RedisBroker implements Broker {
   }
 
   private async renewEpoch (room: string, epoch: string): Promise<RoomPosition> {
-    const [seq, renewed] = await this.run<[string, string]>(RENEW_EPOCH, [this.key(room, 'meta'), this.key(room, 'history')], [epoch, randomUUID(), this.idleRoomTtlMs])
+    const [seq, renewed] = await this.run<[string, string]>(RENEW_EPOCH, [this.keys.room(room, 'meta'), this.keys.room(room, 'history')], [epoch, randomUUID(), this.idleRoomTtlMs])
     this.log?.warn({ room, epoch, renewed }, 'fastify-rooms: a room\'s Redis lost events this process had delivered (a failover or a restore?); the room has a new epoch and its members are reset')
     return { seq: Number(seq), epoch: renewed }
   }
@@ -219,7 +223,7 @@ class RedisBroker implements Broker {
   async subscribe (room: string): Promise<void> {
     this.streams.open(room)
     try {
-      await this.wrap(this.sharded ? this.subscriber.ssubscribe(this.roomChannel(room)) : this.subscriber.subscribe(this.roomChannel(room)))
+      await this.wrap(this.topology.subscribeRoom(this.subscriber, room))
       // Events up to this position happened before the first local member joined; the rest are live.
       this.streams.start(room, await this.position(room))
     } catch (err) {
@@ -230,11 +234,11 @@ class RedisBroker implements Broker {
 
   async unsubscribe (room: string): Promise<void> {
     this.streams.close(room)
-    await this.wrap(this.sharded ? this.subscriber.sunsubscribe(this.roomChannel(room)) : this.subscriber.unsubscribe(this.roomChannel(room))).catch(() => {})
+    await this.wrap(this.topology.unsubscribeRoom(this.subscriber, room)).catch(() => {})
   }
 
   async claimAnswer (userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {
-    const prefix = this.answerPrefix(userId)
+    const prefix = this.keys.answers(userId)
     const key = answerKey(answerId)
     const [state, outcome] = await this.run<[string, string?]>(CLAIM_ANSWER, [prefix + key, prefix + 'ids'], [
       fingerprint, limits.windowMs, limits.maxIdsPerUser, key, prefix,
@@ -244,12 +248,7 @@ class RedisBroker implements Broker {
   }
 
   async storeAnswer (userId: string, answerId: string, fingerprint: string, outcome: string, ttlMs: number): Promise<void> {
-    await this.run(STORE_ANSWER, [this.answerPrefix(userId) + answerKey(answerId)], [fingerprint, outcome, ttlMs])
-  }
-
-  /** One hash tag per user: the answers and their index share a slot. The length makes the tag unambiguous. */
-  private answerPrefix (userId: string): string {
-    return `${this.prefix}{answer:${userId.length}:${userId}}:`
+    await this.run(STORE_ANSWER, [this.keys.answers(userId) + answerKey(answerId)], [fingerprint, outcome, ttlMs])
   }
 
   async presenceJoin (room: string, userId: string, connectionId: string, info = ''): Promise<boolean> {
@@ -259,39 +258,39 @@ class RedisBroker implements Broker {
       this.localPresence.set(room, local)
     }
     local.set(connectionId, { userId, info })
-    return (await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), this.joinArgs(room, connectionId, userId, info))) === 1
+    return (await this.run<number>(PRESENCE_JOIN, this.topology.presenceKeys(room, this.processId), this.topology.joinArgs(room, connectionId, userId, info))) === 1
   }
 
   async presenceLeave (room: string, _userId: string, connectionId: string): Promise<boolean> {
     const local = this.localPresence.get(room)
     local?.delete(connectionId)
     if (local?.size === 0) this.localPresence.delete(room)
-    return (await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, this.processId), this.leaveArgs(room, connectionId))) !== null
+    return (await this.run<string | null>(PRESENCE_LEAVE, this.topology.presenceKeys(room, this.processId), this.topology.leaveArgs(room, connectionId))) !== null
   }
 
   async presence (room: string): Promise<string[]> {
-    return this.wrap(this.command.hkeys(this.key(room, 'users')))
+    return this.wrap(this.command.hkeys(this.keys.room(room, 'users')))
   }
 
   async presenceInfo (room: string): Promise<Record<string, string>> {
-    return this.wrap(this.command.hgetall(this.key(room, 'info')))
+    return this.wrap(this.command.hgetall(this.keys.room(room, 'info')))
   }
 
   async presenceCount (room: string): Promise<number> {
-    return this.wrap(this.command.hlen(this.key(room, 'users')))
+    return this.wrap(this.command.hlen(this.keys.room(room, 'users')))
   }
 
   async isPresent (room: string, userId: string): Promise<boolean> {
-    return (await this.wrap(this.command.hexists(this.key(room, 'users'), userId))) === 1
+    return (await this.wrap(this.command.hexists(this.keys.room(room, 'users'), userId))) === 1
   }
 
   /** O(limit): HLEN, then HRANDFIELD (any `limit` users; all of them when there are fewer) and their data. */
   async presenceSample (room: string, limit: number): Promise<PresenceSample> {
     const total = await this.presenceCount(room)
     if (total === 0 || limit === 0) return { total, ids: [], info: {} }
-    const users = this.key(room, 'users')
+    const users = this.keys.room(room, 'users')
     const ids = total <= limit ? await this.wrap(this.command.hkeys(users)) : await this.wrap(this.command.hrandfield(users, limit)) as string[]
-    const values = ids.length === 0 ? [] : await this.wrap(this.command.hmget(this.key(room, 'info'), ...ids))
+    const values = ids.length === 0 ? [] : await this.wrap(this.command.hmget(this.keys.room(room, 'info'), ...ids))
     const info: Record<string, string> = {}
     ids.forEach((id, index) => {
       const value = values[index]
@@ -301,14 +300,9 @@ class RedisBroker implements Broker {
   }
 
   async rooms (): Promise<string[]> {
-    if (!this.sharded) return this.wrap(this.command.smembers(this.prefix + 'rooms'))
-    // No global set on a cluster (every join would write it in another slot): a room's users hash exists
-    // while it has members. An operator's call, so a SCAN of every master is affordable.
-    const suffix = '}:users'
-    return (await this.scanMasters(`${globEscape(this.prefix)}{*${suffix}`)).map((key) => key.slice(this.prefix.length + 1, -suffix.length))
+    return this.wrap(this.topology.rooms(this.command))
   }
 
-  // User messages are JSON arrays: no user id or reason can spell a separator and reach someone else.
   async sendToUser (userId: string, frame: string): Promise<void> {
     await this.publishToUser(userId, ['m', userId, frame])
   }
@@ -320,7 +314,7 @@ class RedisBroker implements Broker {
   async changeMembership (change: MembershipChange): Promise<void> {
     if ('userId' in change.target) return this.publishToUser(change.target.userId, [change.action === 'join' ? 'j' : 'l', change.target.userId, change.room])
     // Which process holds a connection is known to that process only: this one goes to every process.
-    await this.wrap(this.command.publish(this.channel('users'), JSON.stringify([change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room])))
+    await this.wrap(this.command.publish(this.keys.global('users'), encodeUserMessage([change.action === 'join' ? 'jc' : 'lc', change.target.connectionId, change.room])))
   }
 
   // On a cluster this travels on the user's shard channel: only processes with her sockets hear it.
@@ -333,33 +327,8 @@ class RedisBroker implements Broker {
   /** Cluster: this process's last socket of the user closed. */
   userDisconnected?: (userId: string) => void
 
-  private async publishToUser (userId: string, message: unknown[]): Promise<void> {
-    const text = JSON.stringify(message)
-    await this.wrap(this.sharded ? this.command.spublish(this.userChannel(userId), text) : this.command.publish(this.channel('users'), text))
-  }
-
-  // Both go through the one shard subscriber of the user's slot, so a quick reconnect's subscribe runs after
-  // the unsubscribe of the socket before it.
-  private async subscribeUser (userId: string): Promise<void> {
-    await this.wrap(this.subscriber.ssubscribe(this.userChannel(userId)))
-  }
-
-  private unsubscribeUser (userId: string): void {
-    this.wrap(this.subscriber.sunsubscribe(this.userChannel(userId))).catch(() => {})
-  }
-
-  /** Every key matching `pattern` on every master of the cluster (SCAN, a thousand at a time). */
-  private async scanMasters (pattern: string): Promise<string[]> {
-    const keys = new Set<string>()
-    for (const node of (this.command as Cluster).nodes('master')) {
-      let cursor = '0'
-      do {
-        const [next, found] = await this.wrap(node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000))
-        for (const key of found) keys.add(key)
-        cursor = next
-      } while (cursor !== '0')
-    }
-    return [...keys]
+  private async publishToUser (userId: string, message: UserMessage): Promise<void> {
+    await this.wrap(this.topology.publishToUser(this.command, userId, encodeUserMessage(message)))
   }
 
   async close (options: { lingerMs?: number } = {}): Promise<void> {
@@ -368,14 +337,14 @@ class RedisBroker implements Broker {
     if (this.everReady && options.lingerMs !== undefined && options.lingerMs > 0 && this.localPresence.size > 0) {
       // Presence leaves in their grace: survivors remove this process's entries once its heartbeat key
       // expires, and publish the leaves of users who did not rejoin elsewhere (a restart does not flap).
-      await Promise.allSettled([this.command.pexpire(this.prefix + `proc:${this.processId}`, options.lingerMs)])
+      await Promise.allSettled([this.command.pexpire(this.keys.global(`proc:${this.processId}`), options.lingerMs)])
     } else if (this.everReady) {
       // Members were removed as their sockets closed; what remains of this process goes now (one key per
       // DEL: on a cluster they live in different slots).
       await Promise.allSettled([
-        this.command.del(this.prefix + `proc:${this.processId}`),
-        this.sharded ? Promise.resolve() : this.command.del(this.prefix + `member:${this.processId}`),
-        this.command.srem(this.prefix + 'procs', this.processId),
+        this.command.del(this.keys.global(`proc:${this.processId}`)),
+        ...this.topology.processIndexKeys(this.processId).map((key) => this.command.del(key)),
+        this.command.srem(this.keys.global('procs'), this.processId),
       ])
     }
     this.disconnect()
@@ -385,45 +354,6 @@ class RedisBroker implements Broker {
   private disconnect (): void {
     this.subscriber?.disconnect()
     if (this.ownsCommand) this.command?.disconnect()
-  }
-
-  private key (room: string, kind: 'meta' | 'history' | 'presence' | 'users' | 'info' | 'idem'): string {
-    return `${this.prefix}{${room}}:${kind}`
-  }
-
-  private channel (name: string): string {
-    return this.prefix + name
-  }
-
-  /** A room's events: in its slot on a cluster (SPUBLISH from the publish script must stay in that slot). */
-  private roomChannel (room: string): string {
-    return this.sharded ? `${this.prefix}{${room}}:ev` : this.channel(`ev:${room}`)
-  }
-
-  /** One user's messages on a cluster; the length makes the hash tag unambiguous. */
-  private userChannel (userId: string): string {
-    return `${this.prefix}{user:${userId.length}:${userId}}:u`
-  }
-
-  /** A process's presence entries in a room (cluster): in the room's slot. */
-  private processEntriesKey (room: string, processId: string): string {
-    return `${this.prefix}{${room}}:proc:${processId}`
-  }
-
-  private presenceKeys (room: string, processId: string): string[] {
-    if (this.sharded) {
-      const presence = this.key(room, 'presence')
-      return [presence, this.key(room, 'users'), presence, this.processEntriesKey(room, processId), this.key(room, 'info')]
-    }
-    return [this.key(room, 'presence'), this.key(room, 'users'), this.prefix + 'rooms', this.prefix + `member:${processId}`, this.key(room, 'info')]
-  }
-
-  private joinArgs (room: string, connectionId: string, userId: string, info: string): string[] {
-    return this.sharded ? [connectionId, userId, '', connectionId, info] : [connectionId, userId, room, memberField(room, connectionId), info]
-  }
-
-  private leaveArgs (room: string, connectionId: string): string[] {
-    return this.sharded ? [connectionId, '', connectionId] : [connectionId, room, memberField(room, connectionId)]
   }
 
   /** Runs a script by its hash (the text goes over the wire only when Redis does not know it yet). */
@@ -466,29 +396,9 @@ class RedisBroker implements Broker {
 
   /** Throws on a malformed message; the listener logs and drops it. */
   private onMessage (channel: string, message: string): void {
-    if (channel === this.channel('users')) return this.onUserMessage(message)
-    if (this.sharded) {
-      if (channel.endsWith('}:u') && channel.startsWith(`${this.prefix}{user:`)) return this.onUserMessage(message)
-      if (!channel.startsWith(`${this.prefix}{`) || !channel.endsWith('}:ev')) throw new Error('message on an unknown channel')
-      return this.streams.receive(channel.slice(this.prefix.length + 1, -'}:ev'.length), parseLiveEvent(message))
-    }
-    if (!channel.startsWith(this.channel('ev:'))) throw new Error('message on an unknown channel')
-    this.streams.receive(channel.slice(this.channel('ev:').length), parseLiveEvent(message))
-  }
-
-  private onUserMessage (message: string): void {
-    const parts = JSON.parse(message) as unknown
-    if (!Array.isArray(parts) || typeof parts[1] !== 'string') throw new Error('malformed user message')
-    const [kind, userId, ...rest] = parts as [unknown, string, ...unknown[]]
-    if (kind === 'm' && typeof rest[0] === 'string') return this.delivery?.userMessage(userId, rest[0])
-    if (kind === 'd' && typeof rest[0] === 'number' && typeof rest[1] === 'string') return this.delivery?.userDisconnect(userId, rest[0], rest[1])
-    if (kind === 's' && typeof rest[0] === 'string' && typeof rest[1] === 'string') return this.delivery?.sessionFrame?.(userId, rest[0], rest[1])
-    // Server-side joins and leaves: `j`/`l` for a user's sockets, `jc`/`lc` for one connection (the id in place of the user's).
-    if (typeof rest[0] === 'string' && (kind === 'j' || kind === 'l' || kind === 'jc' || kind === 'lc')) {
-      const target = kind.length === 1 ? { userId } : { connectionId: userId }
-      return this.delivery?.serverMembership({ action: kind[0] === 'j' ? 'join' : 'leave', room: rest[0], target })
-    }
-    throw new Error('malformed user message')
+    const whose = this.topology.channelOf(channel)
+    if (whose === 'user') return deliverUserMessage(message, this.delivery)
+    this.streams.receive(whose.room, parseLiveEvent(message))
   }
 
   /**
@@ -518,7 +428,7 @@ class RedisBroker implements Broker {
   private async restorePresence (): Promise<void> {
     for (const [room, entries] of this.localPresence) {
       for (const [connectionId, { userId, info }] of entries) {
-        const first = await this.run<number>(PRESENCE_JOIN, this.presenceKeys(room, this.processId), this.joinArgs(room, connectionId, userId, info))
+        const first = await this.run<number>(PRESENCE_JOIN, this.topology.presenceKeys(room, this.processId), this.topology.joinArgs(room, connectionId, userId, info))
         if (first === 1) this.delivery?.presenceChanged(room, userId, 'join')
       }
     }
@@ -528,13 +438,13 @@ class RedisBroker implements Broker {
   private async beat (): Promise<void> {
     if (this.closed) return
     try {
-      const alive = await this.command.set(this.prefix + `proc:${this.processId}`, '1', 'PX', this.processTtlMs, 'GET')
-      await this.command.sadd(this.prefix + 'procs', this.processId)
+      const alive = await this.command.set(this.keys.global(`proc:${this.processId}`), '1', 'PX', this.processTtlMs, 'GET')
+      await this.command.sadd(this.keys.global('procs'), this.processId)
       if (alive === null && this.localPresence.size > 0 && this.heartbeatTimer !== undefined) {
         // Our heartbeat had lapsed: survivors may have removed our members.
         await this.restorePresence()
       }
-      for (const processId of await this.command.smembers(this.prefix + 'procs')) {
+      for (const processId of await this.command.smembers(this.keys.global('procs'))) {
         if (processId !== this.processId) await this.reapIfDead(processId)
       }
       await this.keepOccupiedRooms()
@@ -553,87 +463,24 @@ class RedisBroker implements Broker {
     if (now - this.roomsKeptAt < this.idleRoomTtlMs / 4) return
     this.roomsKeptAt = now
     await Promise.all([...this.localPresence.keys()].flatMap((room) => [
-      this.command.pexpire(this.key(room, 'meta'), this.idleRoomTtlMs, 'GT'),
-      this.command.pexpire(this.key(room, 'history'), this.idleRoomTtlMs, 'GT'),
+      this.command.pexpire(this.keys.room(room, 'meta'), this.idleRoomTtlMs, 'GT'),
+      this.command.pexpire(this.keys.room(room, 'history'), this.idleRoomTtlMs, 'GT'),
     ]))
   }
 
   private async reapIfDead (processId: string): Promise<void> {
-    if ((await this.command.exists(this.prefix + `proc:${processId}`)) === 1) return
+    if ((await this.command.exists(this.keys.global(`proc:${processId}`))) === 1) return
     // One survivor reaps a dead process.
-    const lock = await this.command.set(this.prefix + `reap:${processId}`, this.processId, 'PX', this.processTtlMs, 'NX')
-    if (lock === null) return
-    if (this.sharded) return this.reapOnCluster(processId)
-    const members = await this.command.hgetall(this.prefix + `member:${processId}`)
-    for (const [entry, userId] of Object.entries(members)) {
-      const member = parseMemberField(entry)
-      if (member === undefined) {
-        this.log?.warn({ entry }, 'fastify-rooms: dropped a malformed presence entry of a dead process')
-        continue
-      }
-      const [room, connectionId] = member
-      const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), [connectionId, room, entry])
+    const lock = this.keys.global(`reap:${processId}`)
+    if ((await this.command.set(lock, this.processId, 'PX', this.processTtlMs, 'NX')) === null) return
+    const malformed = (entry: string) => this.log?.warn({ entry }, 'fastify-rooms: dropped a malformed presence entry of a dead process')
+    for (const { room, connectionId, userId } of await this.topology.deadEntries(this.command, processId, malformed)) {
+      const last = await this.run<string | null>(PRESENCE_LEAVE, this.topology.presenceKeys(room, processId), this.topology.leaveArgs(room, connectionId))
       if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
     }
-    await this.command.del(this.prefix + `member:${processId}`, this.prefix + `reap:${processId}`)
-    await this.command.srem(this.prefix + 'procs', processId)
+    await this.command.del(...this.topology.processIndexKeys(processId), lock)
+    await this.command.srem(this.keys.global('procs'), processId)
   }
-
-  /** A dead process's entries on a cluster: one hash per room it had members in, found by SCAN. */
-  private async reapOnCluster (processId: string): Promise<void> {
-    const suffix = `}:proc:${processId}`
-    for (const key of await this.scanMasters(`${globEscape(this.prefix)}{*${globEscape(suffix)}`)) {
-      const room = key.slice(this.prefix.length + 1, -suffix.length)
-      for (const [connectionId, userId] of Object.entries(await this.command.hgetall(key))) {
-        const last = await this.run<string | null>(PRESENCE_LEAVE, this.presenceKeys(room, processId), this.leaveArgs(room, connectionId))
-        if (last !== null) this.delivery?.presenceChanged(room, userId, 'leave')
-      }
-    }
-    await this.command.del(this.prefix + `reap:${processId}`)
-    await this.command.srem(this.prefix + 'procs', processId)
-  }
-}
-
-/** A process's presence entry names its room and connection as a JSON pair: any room name round-trips. */
-function memberField (room: string, connectionId: string): string {
-  return JSON.stringify([room, connectionId])
-}
-
-function parseMemberField (entry: string): [room: string, connectionId: string] | undefined {
-  try {
-    const parsed = JSON.parse(entry) as unknown
-    if (Array.isArray(parsed) && parsed.length === 2 && typeof parsed[0] === 'string' && typeof parsed[1] === 'string') return [parsed[0], parsed[1]]
-  } catch {
-    // Not ours: reported by the caller.
-  }
-  return undefined
-}
-
-/**
- * The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw
- * newline, so the frame is the rest). Throws on anything else.
- */
-function parseLiveEvent (message: string): LiveEvent {
-  const a = message.indexOf('\n')
-  const b = message.indexOf('\n', a + 1)
-  const c = message.indexOf('\n', b + 1)
-  const d = message.indexOf('\n', c + 1)
-  const e = message.indexOf('\n', d + 1)
-  const seq = Number(message.slice(b + 1, c))
-  if (a === -1 || e === -1 || !Number.isInteger(seq) || seq < 1 || message.charCodeAt(e + 1) !== 0x7b) throw new Error('malformed room event message')
-  return {
-    except: message.slice(0, a),
-    type: message.slice(a + 1, b),
-    seq,
-    epoch: message.slice(c + 1, d),
-    publishedAt: Number(message.slice(d + 1, e)),
-    frame: message.slice(e + 1),
-  }
-}
-
-/** A literal for a SCAN MATCH pattern. */
-function globEscape (text: string): string {
-  return text.replace(/[*?[\]\\]/g, '\\$&')
 }
 
 function redactUrl (url: string): string {

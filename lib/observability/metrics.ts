@@ -53,13 +53,13 @@ export class Stats {
   readonly registry: Registry | undefined
   private readonly prom: PromMetrics | undefined
 
-  /** `metrics`: false, true (a registry of our own) or the host's prom-client Registry. */
-  /** Set once the registry exists; read at scrape time. */
-  gauges: Gauges | undefined
-
-  constructor (metrics: boolean | Registry) {
+  /**
+   * `metrics`: false, true (a registry of our own) or the host's prom-client Registry. `gauges`: what the
+   * gauges read at scrape time (the room registry, made after this).
+   */
+  constructor (metrics: boolean | Registry, private readonly gauges: () => Gauges | undefined = () => undefined) {
     if (metrics === false) return
-    const currentGauges = () => this.gauges
+    const currentGauges = () => this.gauges()
     const registry = metrics === true ? new Registry() : metrics
     this.registry = registry
     const registers = [registry]

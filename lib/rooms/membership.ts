@@ -82,15 +82,14 @@ export class Membership {
   private readonly leaving = new Set<Promise<void>>()
   /** Presence leaves of closed sockets, waiting out leaveGraceMs. */
   private readonly graces = new Set<NodeJS.Timeout>()
-  /** The API handed to hooks (set once the registry exists: it reads this module, not the other way round). */
-  api: RoomsApi | undefined
-
   constructor (
     private readonly options: MembershipOptions,
     private readonly broker: Broker,
     private readonly presence: Presence,
     private readonly stats: Pick<Stats, 'resume' | 'messageOut'>,
-    private readonly log: FastifyBaseLogger
+    private readonly log: FastifyBaseLogger,
+    /** The API handed to hooks: the registry's, made after this module (it reads membership, not the other way round). */
+    private readonly api: () => RoomsApi
   ) {}
 
   member (user: RoomsUser): Member {
@@ -174,7 +173,7 @@ export class Membership {
       connection,
       user: connection.user,
       log: connection.log,
-      rooms: this.api!,
+      rooms: this.api(),
       join: (room) => this.serverJoin(connection, room),
       leave: (room) => this.serverLeave(connection, room),
     }

@@ -28,6 +28,14 @@ const messageTypeValidator = Compile(MessageType)
 // Keys, the seq digits, the time and a WebSocket header around a room event's payload, type, room and traceId.
 const ROOM_EVENT_OVERHEAD_BYTES = 96
 
+/** What the registry asks of the SSE fallback's sessions on this process. */
+export interface SessionDirectory {
+  deliver(userId: string, sessionId: string, frame: string): void
+  /** `disconnectUser`: the user's sessions end with her connections. */
+  endSessionsOf(userId: string): void
+  counts(): { sessions: number; streams: number }
+}
+
 export class RoomRegistry implements BrokerDelivery, Gauges {
   readonly api: RoomsApi
 
@@ -36,7 +44,9 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     private readonly membership: Membership,
     private readonly presence: Presence,
     private readonly broker: Broker,
-    private readonly stats: Stats
+    private readonly stats: Stats,
+    /** This process's SSE sessions, when the fallback is on (made with the route, after this). */
+    private readonly sessions: () => SessionDirectory | undefined = () => undefined
   ) {
     this.api = {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
@@ -153,11 +163,9 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     this.presence.changed(room, userId, action)
   }
 
-  /** Where frames POSTed on other processes for this process's SSE sessions go (set by index.ts). */
-  sessionFrames: ((userId: string, sessionId: string, frame: string) => void) | undefined
-
+  /** A frame POSTed on another process for one of this process's SSE sessions. */
   sessionFrame (userId: string, sessionId: string, frame: string): void {
-    this.sessionFrames?.(userId, sessionId, frame)
+    this.sessions()?.deliver(userId, sessionId, frame)
   }
 
   serverMembership (change: MembershipChange): void {
@@ -167,14 +175,12 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
   userDisconnect (userId: string, code: number, reason: string): void {
     const own = this.membership.ownConnections(userId)
     if (own !== undefined) for (const connection of [...own]) connection.close(code, reason)
-    this.sessionsEnded?.(userId)
+    this.sessions()?.endSessionsOf(userId)
   }
 
-  /** Ends a user's SSE sessions on this process (set by index.ts when the fallback is on). */
-  sessionsEnded: ((userId: string) => void) | undefined
-
-  /** What the SSE fallback holds (set by index.ts when it is on). */
-  sseCounts: () => { sessions: number; streams: number } = () => ({ sessions: 0, streams: 0 })
+  private sseCounts (): { sessions: number; streams: number } {
+    return this.sessions()?.counts() ?? { sessions: 0, streams: 0 }
+  }
 
   sseStreamCount (): number {
     return this.sseCounts().streams

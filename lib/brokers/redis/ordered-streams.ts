@@ -2,7 +2,7 @@
 // (a message lost while a connection was down) filled from history first, an epoch change announced as a
 // reset, and a stream that went back (its Redis lost events this process delivered) given a new epoch.
 // Used by the Redis broker, whose pub/sub gives no delivery guarantee across reconnects or failovers.
-import type { BrokerDelivery, HistorySlice, RoomPosition } from './broker.js'
+import type { BrokerDelivery, HistorySlice, RoomPosition } from '../broker.js'
 
 export interface LiveEvent {
   seq: number

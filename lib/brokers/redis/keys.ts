@@ -1,0 +1,37 @@
+// Every key and channel name of the Redis broker, under one prefix. A room's keys carry the hash tag
+// `{<room>}` (one slot on a cluster); a user's the tag `{…:<length>:<id>}`, the length making it unambiguous.
+
+export type RoomKeyKind = 'meta' | 'history' | 'presence' | 'users' | 'info' | 'idem'
+
+export class RedisKeys {
+  constructor (readonly prefix: string) {}
+
+  room (room: string, kind: RoomKeyKind): string {
+    return `${this.prefix}{${room}}:${kind}`
+  }
+
+  /** A key or channel of the whole deployment (`procs`, `users`, `rooms`, `proc:<id>`…). */
+  global (name: string): string {
+    return this.prefix + name
+  }
+
+  /** The answers of one user and their index share a slot. */
+  answers (userId: string): string {
+    return `${this.prefix}{answer:${userId.length}:${userId}}:`
+  }
+
+  /** One user's messages on a cluster. */
+  userChannel (userId: string): string {
+    return `${this.prefix}{user:${userId.length}:${userId}}:u`
+  }
+
+  /** A process's presence entries in a room (cluster): in the room's slot. */
+  processEntries (room: string, processId: string): string {
+    return `${this.prefix}{${room}}:proc:${processId}`
+  }
+}
+
+/** A literal for a SCAN MATCH pattern. */
+export function globEscape (text: string): string {
+  return text.replace(/[*?[\]\\]/g, '\\$&')
+}
