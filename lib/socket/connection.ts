@@ -44,8 +44,11 @@ export interface ConnectionEvents {
 }
 
 /** A transport that carries its rooms' positions itself (the SSE fallback's stream ids). */
+/** A transport that carries room positions itself (the SSE stream's event ids): told by the connection, never parsed from frames. */
 interface PositionTracker {
   track(room: string, seq: number, epoch: string): void
+  /** The next frame written is the room's event `seq`. */
+  advance(room: string, seq: number): void
   untrack(room: string): void
 }
 
@@ -205,6 +208,18 @@ export class Connection implements RoomsConnection {
   }
 
   /**
+   * A room event on a transport that carries positions (the SSE stream): written at once, right after
+   * the transport is told its seq, so the position it stamps is always that of the frame it writes.
+   */
+  private sendTracked (room: string, seq: number, event: FramedEvent): boolean {
+    if (!this.isOpen) return false
+    if (this.socket.bufferedAmount + event.payload.length > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
+    this.tracker!.advance(room, seq)
+    this.socket.send(event.payload, { binary: false })
+    return true
+  }
+
+  /**
    * Writes the queued room events: pre-framed in one corked write, or each through ws (order kept either
    * way). Runs from setImmediate too, where a throw would be uncaught: anything unexpected cuts this socket.
    */
@@ -240,7 +255,7 @@ export class Connection implements RoomsConnection {
   deliver (room: string, seq: number, event: FramedEvent): boolean {
     if (!this.isOpen) return false
     switch (this.replay.live(room, seq, event)) {
-      case 'send': return this.sendEvent(event)
+      case 'send': return this.tracker === undefined ? this.sendEvent(event) : this.sendTracked(room, seq, event)
       case 'held': return true
       case 'overflow': return this.closeSlowConsumer()
       default: return false
@@ -302,7 +317,10 @@ export class Connection implements RoomsConnection {
 
   /** Sends a resumed room's replay and the live events held meanwhile (see ReplayBuffer.finish). */
   finishReplay (room: string, history: readonly HistoryEvent[], after: number): number {
-    return this.replay.finish(room, history, after, (frame) => this.sendFrame(frame), (event) => this.sendEvent(event))
+    return this.replay.finish(room, history, after, (frame, seq) => {
+      this.tracker?.advance(room, seq)
+      this.sendFrame(frame)
+    }, (event, seq) => this.tracker === undefined ? this.sendEvent(event) : this.sendTracked(room, seq, event))
   }
 
   /** Runs `task` (onConnect) before this socket's first frame; frames arriving meanwhile wait, in order. */

@@ -58,20 +58,20 @@ export class ReplayBuffer {
    * The replayed events after `after`, then the live ones held back meanwhile, each seq once and in order;
    * the room goes live behind a fence at the last one. Returns how many replayed events were written.
    */
-  finish (room: string, history: readonly HistoryEvent[], after: number, write: (frame: string) => void, writeLive: (event: FramedEvent) => void): number {
+  finish (room: string, history: readonly HistoryEvent[], after: number, write: (frame: string, seq: number) => void, writeLive: (event: FramedEvent, seq: number) => void): number {
     const held = this.replays?.get(room)
     this.cancel(room)
     let last = after
     let replayed = 0
     for (const event of history) {
       if (event.seq <= last) continue
-      write(event.frame)
+      write(event.frame, event.seq)
       last = event.seq
       replayed++
     }
     for (const { seq, event } of held?.events ?? []) {
       if (seq <= last) continue
-      writeLive(event)
+      writeLive(event, seq)
       last = seq
     }
     this.setFence(room, last)

@@ -24,7 +24,6 @@ const CLOSING = 2
 const CLOSED = 3
 const ID_PREFIX = 'p1.'
 /** `{"type":<string>,"room":<string>,"seq":<n>,` — the head of every room event frame. */
-const ROOM_EVENT_HEAD = /^\{"type":"(?:[^"\\]|\\.)*","room":("(?:[^"\\]|\\.)*"),"seq":(\d+),/
 
 /** Where a stream's rooms stand, as its last event id carries them: room → [seq, epoch]. */
 export type StreamPositions = Map<string, [seq: number, epoch: string]>
@@ -86,15 +85,6 @@ export class SseSocket extends EventEmitter {
   send (data: Buffer | string, _options?: unknown): void {
     if (this.readyState !== OPEN) return
     const text = typeof data === 'string' ? data : data.toString()
-    // A room event's head is fixed (protocol.ts roomEventFrameParts): its room and seq without parsing the payload.
-    const head = ROOM_EVENT_HEAD.exec(text)
-    if (head !== null) {
-      const position = this.positions.get(JSON.parse(head[1]!) as string)
-      if (position !== undefined) {
-        position[0] = Number(head[2])
-        this.idChanged = true
-      }
-    }
     const id = this.idChanged ? `id: ${encodePositions(this.positions)}\n` : ''
     this.idChanged = false
     // JSON has no raw newline: one data line per frame.
@@ -104,6 +94,14 @@ export class SseSocket extends EventEmitter {
   /** A room's position changed (joined, resumed, reset): carried by the next event's id. */
   track (room: string, seq: number, epoch: string): void {
     this.positions.set(room, [seq, epoch])
+    this.idChanged = true
+  }
+
+  /** The next frame is the room's event `seq` (the connection says so: frames are never parsed here). */
+  advance (room: string, seq: number): void {
+    const position = this.positions.get(room)
+    if (position === undefined) return
+    position[0] = seq
     this.idChanged = true
   }
 
