@@ -1,6 +1,5 @@
 // Plugin entry: option checking, the `fastify.rooms` decorator, the /ws route and its hooks, shutdown.
-// Just past 300 lines: it wires every stage together (the one place that knows them all) and lists the
-// package's public exports.
+// It wires the stages together (the one place that knows them all) and lists the package's public exports.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fastifyJwt from '@fastify/jwt'
@@ -13,23 +12,20 @@ import type { TSchema } from 'typebox'
 import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
 import { loadClientBundle, registerClientRoutes } from './http/client-bundle.js'
-import { Connection } from './socket/connection.js'
 import { Dispatcher } from './dispatch/dispatch.js'
-import { FrameRate } from './socket/frame-rate.js'
 import { InvalidArgumentError, InvalidOptionError } from './config/errors.js'
 import { InjectTickets, Injector } from './admission/inject.js'
 import { INJECT_HEADER } from './admission/inject-header.js'
 import { Stats } from './observability/metrics.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './config/options.js'
-import { CloseCode, directFrame, PROTOCOL_VERSION } from './protocol/protocol.js'
 import { Membership } from './rooms/membership.js'
 import { Resumer } from './rooms/resume.js'
+import { ConnectionLifecycle } from './rooms/lifecycle.js'
 import { WriteCoalescer } from './out/write-coalescer.js'
 import { Presence } from './rooms/presence.js'
 import { RoomRegistry } from './rooms/registry.js'
 import { SseTransport } from './sse/transport.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
-import { limitReached } from './admission/connection-limits.js'
 import { createUpgradeGate, handleProtocols } from './admission/upgrade.js'
 import { createTokenVerifier, refuseTokens, type Admission, type JwtVerifier } from './admission/token.js'
 import { redactedRequest } from './admission/log-redaction.js'
@@ -139,6 +135,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats), registry, verifyToken, stats)
+    const lifecycle = new ConnectionLifecycle(options, membership, dispatcher, stats, fastify.log, coalescer, () => closing)
     const gate = createUpgradeGate(options, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,
@@ -198,7 +195,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       },
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
-        start(socket, request.roomsAdmission as Admission, request)
+        lifecycle.start(socket, request.roomsAdmission as Admission, request)
       },
     })
     if (options.serveClient) registerClientRoutes(scope, options.path, await loadClientBundle())
@@ -219,45 +216,13 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
         checkOrigin: gate.checkOrigin,
         cors: gate.cors,
         preflight: gate.preflightFor('GET, POST', 'authorization, content-type, last-event-id'),
-        start: (socket, admission, request, rate) => start(socket as unknown as WebSocket, admission, request, rate),
+        start: (socket, admission, request, rate) => lifecycle.start(socket as unknown as WebSocket, admission, request, rate),
         isClosing: () => closing,
         refused: (reason) => stats.handshake(reason),
         rateLimit: handshakeLimit,
         forward: broker.sendToSession === undefined ? undefined : (userId, sessionId, frame) => broker.sendToSession!(userId, sessionId, frame),
       })
       sse.register(scope)
-    }
-
-    /** A socket (or an SSE stream in its shape) admitted: its connection starts; undefined when refused now. */
-    function start (socket: WebSocket, admission: Admission, request: FastifyRequest, rate?: FrameRate): Connection | undefined {
-      const connection = new Connection(socket, membership.member(admission.user), options, dispatcher, stats, fastify.log, String(request.id), coalescer, rate)
-      // Admitted before shutdown or a limit filled up while this handshake was in flight; or a credential
-      // that ran out since it was checked (an SSE session's): nothing, not even welcome, is sent then.
-      if (closing) {
-        connection.close(CloseCode.goingAway, 'server shutting down')
-        return undefined
-      }
-      if (admission.exp !== undefined && admission.exp * 1000 <= Date.now()) {
-        connection.close(CloseCode.policyViolation, 'token expired')
-        return undefined
-      }
-      connection.expireAt(admission.exp)
-      if (limitReached(options, membership.connections.size, membership.connectionsOf(admission.user.id)) !== undefined) {
-        connection.close(CloseCode.tryAgainLater, 'connection limit reached')
-        return undefined
-      }
-      membership.add(connection)
-      stats.handshake('ok')
-      connection.sendFrame(directFrame('welcome', {
-        connectionId: connection.id,
-        user: admission.user,
-        heartbeatMs: options.heartbeatMs,
-        maxPayload: options.maxPayload,
-        protocol: PROTOCOL_VERSION,
-      }))
-      request.log.info({ connectionId: connection.id, userId: admission.user.id }, 'fastify-rooms: connection opened')
-      membership.open(connection)
-      return connection
     }
   })
 }

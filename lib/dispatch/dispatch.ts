@@ -38,7 +38,7 @@ const MAX_REPORTED_LATENCY_MS = 60_000
 /** Frames up to this size are read even when refused, so that their rate_limited answer carries their id. */
 const UNREAD_REFUSAL_BYTES = 4096
 
-export class Dispatcher implements ConnectionEvents {
+export class Dispatcher implements Pick<ConnectionEvents, 'message' | 'process'> {
   /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
   private readonly knownTypes: ReadonlySet<string>
   private readonly shapeLimits: FrameShapeLimits
@@ -134,15 +134,6 @@ export class Dispatcher implements ConnectionEvents {
     }
     connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
     return INTERNAL_ERROR
-  }
-
-  close (connection: Connection, code: number, reason: string, byServer: boolean): void {
-    this.stats.close(code, byServer)
-    connection.log.info(
-      { userId: connection.user.id, rooms: connection.rooms.size, code, reason, durationMs: Date.now() - connection.openedAt },
-      'fastify-rooms: connection closed'
-    )
-    this.membership.remove(connection, code, reason)
   }
 
   private ack (connection: Connection, id: FrameIdValue | undefined, payload: unknown): void {

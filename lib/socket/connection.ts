@@ -43,7 +43,6 @@ export interface ConnectionEvents {
   close(connection: Connection, code: number, reason: string, byServer: boolean): void
 }
 
-/** A transport that carries its rooms' positions itself (the SSE fallback's stream ids). */
 /** A transport that carries room positions itself (the SSE stream's event ids): told by the connection, never parsed from frames. */
 interface PositionTracker {
   track(room: string, seq: number, epoch: string): void
