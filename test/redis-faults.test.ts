@@ -1,15 +1,18 @@
-// Issue #10 on a real redis-server: no message can crash a process, a client cannot fill Redis, a hung
-// Redis gets a bounded, retryable answer, and the wire promises hold across processes for raw clients.
+// The Redis broker under faults, on a real redis-server: no message can crash a process, a client cannot
+// fill Redis, a hung Redis gets a bounded, retryable answer, a lost or late fan-out message is filled from
+// history, and the wire promises hold across processes for raw clients.
 import { spawn } from 'node:child_process'
 import { Redis } from 'ioredis'
 import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
-import { bounded, connect, rawClient, retryUntil, startServer, until, type TestServer } from './helpers/index.js'
+import { bounded, connect, rawClient, retryUntil, startServer, until, type TestServer, range, type Client } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
+import { PUBLISH } from '../lib/brokers/redis/scripts.js'
+import { roomEventFrameParts } from '../lib/protocol/protocol.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, ...broker }), ...options })
@@ -21,7 +24,9 @@ function inspector (t: { teardown(fn: () => unknown): void }, redis: RedisServer
   return client
 }
 
-if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
+const seqsOf = (client: Client) => client.frames.filter((frame) => frame.type === 'tick').map((frame) => frame.seq)
+
+if (componentAvailable(t, redisMissing(), 'Redis under faults')) {
   t.test('#10 disconnectUser with a 41+ character CJK reason closes the user everywhere and kills no process', async (t) => {
     const redis = await startRedis(t)
     const a = await instance(t, redis)
@@ -257,4 +262,45 @@ if (componentAvailable(t, redisMissing(), 'Redis hardening')) {
 /** A server in its own process (test/fixtures/redis-server.ts); resolves with its ws:// base URL. */
 async function serverProcess (t: { teardown(fn: () => unknown): void }, redis: RedisServer, env: Record<string, string> = {}): Promise<string> {
   return (await startServerProcess(t, redis, env)).url
+}
+
+if (componentAvailable(t, redisMissing(), 'Redis: lost and late fan-out messages')) {
+  t.test('#11 Redis: a fan-out message lost while connected is noticed at the next one and filled from history', async (t) => {
+    const redis = await startRedis(t)
+    const server = await startServer(t, { presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const raw = await connect(server, 'alice')
+    await raw.join('lobby')
+    await server.app.rooms.broadcast('lobby', 'tick', { n: 1 })
+    await raw.next((frame) => frame.seq === 1, 'seq 1')
+    // Seq 2 is stored as a publish stores it, but its pub/sub message goes to a channel nobody hears.
+    const direct = new Redis(redis.url)
+    t.teardown(() => direct.disconnect())
+    const [head, tail] = roomEventFrameParts('tick', 'lobby', '{"n":2}', 'lost-trace', Date.now())
+    const lost = await direct.eval(PUBLISH, 2, 'rooms:{lobby}:meta', 'rooms:{lobby}:history',
+      'unused-epoch', head, tail, 'tick', '', 1000, 300_000, 'rooms:ev:nobody-listens', 86_400_000, Date.now(), 120_000, 300_000, 'PUBLISH') as [number, string]
+    t.equal(lost[0], 2)
+    await server.app.rooms.broadcast('lobby', 'tick', { n: 3 })
+    await raw.next((frame) => frame.seq === 3, 'seq 3')
+    t.same(seqsOf(raw), [1, 2, 3], 'seq 2 arrives from history before seq 3, once')
+    t.same(raw.frames.filter((frame) => frame.type === 'tick').map((frame) => frame.payload), [{ n: 1 }, { n: 2 }, { n: 3 }])
+  })
+
+  t.test('#11 Redis: events published while the subscriber reconnects are held, then caught up in order', async (t) => {
+    const redis = await startRedis(t)
+    const server = await startServer(t, { presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
+    const raw = await connect(server, 'alice')
+    await raw.join('lobby')
+    for (let n = 1; n <= 5; n++) await server.app.rooms.broadcast('lobby', 'tick', { n })
+    await raw.next((frame) => frame.seq === 5, 'seq 5')
+    const admin = new Redis(redis.url)
+    t.teardown(() => admin.disconnect())
+    // Cut the subscriber; the last events are published before it is back, and nothing is published after,
+    // so only the catch-up after the reconnect can deliver them.
+    const killed = await admin.client('KILL', 'TYPE', 'pubsub') as number
+    t.equal(killed, 1, 'the one subscriber was cut')
+    for (let n = 6; n <= 10; n++) await server.app.rooms.broadcast('lobby', 'tick', { n })
+    await raw.next((frame) => frame.seq === 10, 'seq 10 after the reconnect')
+    await until(() => seqsOf(raw).length >= 10)
+    t.same(seqsOf(raw), range(1, 10), 'every seq once, in order')
+  })
 }
