@@ -45,6 +45,13 @@ interface Attempt {
   timer: ReturnType<typeof setTimeout>
 }
 
+/**
+ * The client's life: `stopped` (not started, or ended), `offline` (between attempts: a token being
+ * fetched, a reconnect scheduled), `attempting` (a socket or fallback link opening, up to `welcome`),
+ * `open` (past `welcome`).
+ */
+type Phase = { name: 'stopped' } | { name: 'offline' } | { name: 'attempting'; attempt: Attempt } | { name: 'open' }
+
 type Listener = (...args: any[]) => void
 
 type MessageOf<S extends ClientSchema> = keyof S['messages'] & string
@@ -65,8 +72,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   /** Handshakes in a row that failed with a network error (two of them send 'auto' to the fallback). */
   private networkFailures = 0
   private probeTimer: ReturnType<typeof setInterval> | undefined
-  private online = false
-  private closedByUser = true
+  /** Where the client is in its life, in one field (see Phase). */
+  private phase: Phase = { name: 'stopped' }
   private openedAt = 0
   /** room → last seen position; null until the first join ack or event. */
   private readonly positions = new Map<string, RoomPosition | null>()
@@ -82,7 +89,6 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   private ping: { id: string; sentAt: number } | undefined
   private resumeId: string | undefined
   private everOpened = false
-  private attemptInFlight: Attempt | undefined
   /** Consecutive 401/403 refusals: the second (with a freshly fetched token) stops the client. */
   private authRefusals = 0
   private retryAfterMs = 0
@@ -107,6 +113,20 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     if (options.autoConnect !== false) this.connect()
   }
 
+  /** Open: a socket past `welcome`. */
+  private get online (): boolean {
+    return this.phase.name === 'open'
+  }
+
+  /** Stopped: never connected, `close()`d, or stopped by a refusal; nothing reconnects. */
+  private get closedByUser (): boolean {
+    return this.phase.name === 'stopped'
+  }
+
+  private get attemptInFlight (): Attempt | undefined {
+    return this.phase.name === 'attempting' ? this.phase.attempt : undefined
+  }
+
   /** Rooms this client is in (or will re-join on connect). */
   get rooms (): string[] {
     return [...this.positions.keys()]
@@ -118,8 +138,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   }
 
   connect (): void {
-    if (!this.closedByUser) return
-    this.closedByUser = false
+    if (this.phase.name !== 'stopped') return
+    this.phase = { name: 'offline' }
     this.attempt = 0
     this.setState('connecting')
     void this.openSocket()
@@ -132,7 +152,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   /** Ends the client: no reconnect, every waiting request rejected with `reason`. */
   private stop (reason: RoomsClientError): void {
-    this.closedByUser = true
+    const attempt = this.attemptInFlight
+    this.phase = { name: 'stopped' }
     this.stopTimers()
     clearTimeout(this.reconnectTimer)
     this.reconnectTimer = undefined
@@ -141,9 +162,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     page.document?.removeEventListener?.('visibilitychange', this.onVisibility)
     const ws = this.ws
     this.ws = undefined
-    this.online = false
-    if (this.attemptInFlight !== undefined) clearTimeout(this.attemptInFlight.timer)
-    this.attemptInFlight = undefined
+    if (attempt !== undefined) clearTimeout(attempt.timer)
     try {
       ws?.close(1000, 'client closed')
     } catch {
@@ -307,7 +326,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     try {
       ws = this.transport === 'sse'
         ? this.openFallback(token)
-        : new this.WebSocketImpl!(url, protocols, this.options.origin === undefined ? undefined : { origin: this.options.origin })
+        : this.newWebSocket(url, protocols)
     } catch (err) {
       this.emit('error', new RoomsClientError('connection', `cannot open ${this.options.url}: ${(err as Error)?.message}`, err))
       return this.scheduleReconnect()
@@ -330,7 +349,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
         void this.onAttemptFailed(attempt)
       }, connectTimeoutMs),
     }
-    this.attemptInFlight = attempt
+    this.phase = { name: 'attempting', attempt }
     ws.onopen = () => {
       attempt.opened = true
     }
@@ -386,6 +405,11 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     }
   }
 
+  /** A WebSocket to the server, with the Origin a Node client names (attempts and probes alike). */
+  private newWebSocket (url: string, protocols: string[]): WebSocketLike {
+    return new this.WebSocketImpl!(url, protocols, this.options.origin === undefined ? undefined : { origin: this.options.origin })
+  }
+
   /** Drops a socket whose events no longer matter. */
   private abandon (ws: WebSocketLike): void {
     if (this.ws === ws) this.ws = undefined
@@ -403,7 +427,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   /** An attempt ended before `welcome`: find out why, say it, and retry or stop. */
   private async onAttemptFailed (attempt: Attempt): Promise<void> {
     if (this.attemptInFlight !== attempt) return
-    this.attemptInFlight = undefined
+    this.phase = { name: 'offline' }
     clearTimeout(attempt.timer)
     if (this.ws === attempt.ws) this.ws = undefined
     const refusal = await this.diagnose(attempt)
@@ -497,13 +521,12 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   private onWelcome (frame: ServerFrame, token: string | undefined): void {
     if (this.attemptInFlight !== undefined) clearTimeout(this.attemptInFlight.timer)
-    this.attemptInFlight = undefined
+    this.phase = { name: 'open' }
     this.authRefusals = 0
     this.networkFailures = 0
     if (this.transport === 'sse') this.startProbing()
     this.retryAfterMs = 0
     this.wakePending = false
-    this.online = true
     this.everOpened = true
     this.openedAt = Date.now()
     this.connectionId = frame.payload?.connectionId
@@ -656,7 +679,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   private onDisconnect (): void {
     const wasOnline = this.online
-    this.online = false
+    if (this.phase.name !== 'stopped') this.phase = { name: 'offline' }
     this.ws = undefined
     this.resumeId = undefined
     this.stopTimers()
@@ -722,7 +745,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const { url, protocols } = this.socketArgs(token)
     let probe: WebSocketLike
     try {
-      probe = new this.WebSocketImpl(url, protocols)
+      probe = this.newWebSocket(url, protocols)
     } catch {
       return
     }
