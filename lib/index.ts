@@ -21,6 +21,7 @@ import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './
 import { Membership } from './rooms/membership.js'
 import { Resumer } from './rooms/resume.js'
 import { ConnectionLifecycle } from './rooms/lifecycle.js'
+import { FrameIntake } from './socket/intake.js'
 import { WriteCoalescer } from './out/write-coalescer.js'
 import { Presence } from './rooms/presence.js'
 import { RoomRegistry } from './rooms/registry.js'
@@ -135,7 +136,8 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats), registry, verifyToken, stats)
-    const lifecycle = new ConnectionLifecycle(options, membership, dispatcher, stats, fastify.log, coalescer, () => closing)
+    const intake = new FrameIntake({ ...options, messageTypes: options.messages.keys() }, stats)
+    const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, () => closing)
     const gate = createUpgradeGate(options, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,

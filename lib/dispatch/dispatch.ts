@@ -1,16 +1,14 @@
-// From a raw message to its answer: parse and validate (protocol.ts), rate-limit, then run the built-in
-// or host handler and send exactly one `ack` or `error` for a frame with an `id`.
+// From a parsed frame (socket/intake.ts) to its answer: run the built-in or host handler, validate its
+// payload, and send exactly one `ack` or `error` for a frame with an `id`.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Connection, ConnectionEvents } from '../socket/connection.js'
 import { isBrokerError } from '../config/errors.js'
-import { frameShapeProblem, type FrameShapeLimits } from '../protocol/frame-shape.js'
 import type { Stats } from '../observability/metrics.js'
 import type { CompiledMessage, ResolvedOptions } from '../config/options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
-  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, CloseCode, directFrame, ErrorCode, FrameError, parseFrame,
-  pongFrame, type Frame, type FrameIdValue,
+  checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, directFrame, ErrorCode, FrameError, type Frame, type FrameIdValue,
 } from '../protocol/protocol.js'
 import type { Membership } from '../rooms/membership.js'
 import type { Resumer } from '../rooms/resume.js'
@@ -20,28 +18,17 @@ import { TokenRejectedError, type TokenVerifier } from '../admission/token.js'
 
 export interface DispatcherOptions {
   events: ResolvedOptions['events']
-  maxPayload: number
-  maxFrameDepth: number
-  maxFrameKeys: number
   maxRoomsPerConnection: number
   /** Exactly-once answers for retried frames; false keeps none (every frame runs). */
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   messages: ReadonlyMap<string, CompiledMessage>
 }
 
-const BINARY_FRAME = new FrameError(ErrorCode.invalidMessage, 'binary frames are not supported: send JSON text frames')
-const RATE_LIMITED = new FrameError(ErrorCode.rateLimited, 'too many frames: slow down')
-const INBOX_FULL = new FrameError(ErrorCode.rateLimited, 'too many frames waiting for earlier ones to finish')
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
 const UNAVAILABLE = new FrameError(ErrorCode.unavailable, 'a dependency of the server did not answer in time; send the frame again later')
 const MAX_REPORTED_LATENCY_MS = 60_000
-/** Frames up to this size are read even when refused, so that their rate_limited answer carries their id. */
-const UNREAD_REFUSAL_BYTES = 4096
 
-export class Dispatcher implements Pick<ConnectionEvents, 'message' | 'process'> {
-  /** Types counted in stats under their own name; anything else a client sends counts as `(unknown)`. */
-  private readonly knownTypes: ReadonlySet<string>
-  private readonly shapeLimits: FrameShapeLimits
+export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
   readonly acks: AckCache | undefined
 
   constructor (
@@ -52,59 +39,7 @@ export class Dispatcher implements Pick<ConnectionEvents, 'message' | 'process'>
     private readonly verifyToken: TokenVerifier,
     private readonly stats: Stats
   ) {
-    this.knownTypes = new Set([...BUILT_IN_CLIENT_TYPES, ...options.messages.keys()])
-    this.shapeLimits = { maxDepth: options.maxFrameDepth, maxKeys: options.maxFrameKeys }
     this.acks = options.retryWindow === false ? undefined : new AckCache(options.retryWindow)
-  }
-
-  message (connection: Connection, data: Buffer, isBinary: boolean): void {
-    // ws enforces maxPayload itself; this covers an @fastify/websocket the host registered with a larger one.
-    if (data.length > this.options.maxPayload) return connection.close(CloseCode.messageTooBig, 'message too big')
-    const now = Date.now()
-    const bytes = data.length
-    if (isBinary) {
-      this.stats.messageIn('(binary)')
-      if (this.admit(connection, now, bytes, undefined)) connection.sendError(BINARY_FRAME)
-      return
-    }
-    // A large frame over an empty budget is refused unread (no scan, no parse): a flood of small compressed
-    // frames that inflate to maxPayload costs its inflate only. Its rate_limited answer has no id.
-    if (bytes > UNREAD_REFUSAL_BYTES && connection.budgetEmpty(now, bytes)) {
-      this.stats.messageIn('(unread)')
-      this.admit(connection, now, bytes, undefined)
-      return
-    }
-    // The shape is bounded before JSON.parse or any schema runs (one cheap pass over the bytes); the
-    // rate after the parse, so that a rate_limited answer can carry the frame's id.
-    const shapeProblem = frameShapeProblem(data, this.shapeLimits)
-    if (shapeProblem !== undefined) {
-      this.stats.messageIn('(invalid)')
-      if (this.admit(connection, now, bytes, undefined)) connection.sendError(new FrameError(ErrorCode.invalidMessage, `frame ${shapeProblem}`))
-      return
-    }
-    const parsed = parseFrame(data.toString())
-    if (parsed.error !== undefined) {
-      this.stats.messageIn('(invalid)')
-      if (this.admit(connection, now, bytes, parsed.id)) connection.sendError(parsed.error, parsed.id)
-      return
-    }
-    const frame = parsed.frame
-    this.stats.messageIn(this.knownTypes.has(frame.type) ? frame.type : '(unknown)')
-    if (!this.admit(connection, now, bytes, frame.id)) return
-    // Liveness must not wait behind a slow handler.
-    if (frame.type === 'ping') {
-      if (connection.sendFrame(pongFrame(frame.id))) this.stats.messageOut('pong')
-      return
-    }
-    if (!connection.enqueue(frame, bytes)) connection.sendError(INBOX_FULL, frame.id)
-  }
-
-  /** Takes a frame and its bytes from the connection's buckets; answers `rate_limited` (or closes 1008) when either is empty. */
-  private admit (connection: Connection, now: number, bytes: number, id: FrameIdValue | undefined): boolean {
-    if (connection.takeBudget(now, bytes)) return true
-    if (!connection.recordRateLimited(now)) connection.sendError(RATE_LIMITED, id)
-    else this.stats.error(ErrorCode.rateLimited)
-    return false
   }
 
   async process (connection: Connection, frame: Frame): Promise<void> {

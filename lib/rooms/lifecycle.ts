@@ -19,13 +19,15 @@ export interface LifecycleOptions extends ConnectionLimits, OpenLimits {
   maxPayload: number
 }
 
-/** What runs a connection's frames (the dispatcher). */
-export type FrameRunner = Pick<ConnectionEvents, 'message' | 'process'>
+/** What turns a connection's raw messages into frames (socket/intake.ts), and what runs them (the dispatcher). */
+export type FrameIntakeLike = Pick<ConnectionEvents, 'message'>
+export type FrameRunner = Pick<ConnectionEvents, 'process'>
 
 export class ConnectionLifecycle implements ConnectionEvents {
   constructor (
     private readonly options: LifecycleOptions,
     private readonly membership: Membership,
+    private readonly intake: FrameIntakeLike,
     private readonly frames: FrameRunner,
     private readonly stats: Stats,
     private readonly log: FastifyBaseLogger,
@@ -66,7 +68,7 @@ export class ConnectionLifecycle implements ConnectionEvents {
   }
 
   message (connection: Connection, data: Buffer, isBinary: boolean): void {
-    this.frames.message(connection, data, isBinary)
+    this.intake.message(connection, data, isBinary)
   }
 
   process (connection: Connection, frame: Frame): Promise<void> {
