@@ -51,3 +51,11 @@ t.test('#22 one list of reserved types: what register refuses in events, broadca
     await other.close()
   }
 })
+
+t.test('#22 docs/architecture.md names every file of lib/', async (t) => {
+  const guide = readFileSync(fileURLToPath(new URL('../docs/architecture.md', import.meta.url)), 'utf8')
+  for (const file of sources) {
+    const relative = file.split(path.sep).join('/')
+    t.ok(guide.includes(`\`${relative}\``) || guide.includes(`\`${path.basename(file)}\``), `${relative} is in the map`)
+  }
+})
