@@ -456,3 +456,17 @@ function checkMetrics (metrics: unknown): boolean | Registry {
   if (typeof registry.registerMetric !== 'function' || typeof registry.metrics !== 'function') fail('metrics', 'must be true, false or a prom-client Registry')
   return metrics as Registry
 }
+
+// The schema validates what the interface documents: each data option's type must be the same in both
+// (arrays compared without `readonly`, which only widens what callers may pass), so the two lists cannot
+// drift apart: a disagreement is a compile error naming the option.
+type DataOptionTypes = Static<typeof DataOptions>
+type Writable<T> = T extends ReadonlyArray<infer U> ? U[] : T
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+type Agreement = { [K in keyof DataOptionTypes]-?: K extends keyof RoomsOptions ? Same<NonNullable<DataOptionTypes[K]>, Writable<NonNullable<RoomsOptions[K]>>> : false }
+type Disagreeing = { [K in keyof Agreement]: Agreement[K] extends true ? never : K }[keyof Agreement]
+const everyDataOptionAgrees: [Disagreeing] extends [never] ? true : Disagreeing = true
+void everyDataOptionAgrees
+// And every option of the interface is either in the schema or checked by hand (an unknown key is refused).
+const everyOptionKnown: Same<keyof DataOptionTypes | (typeof HAND_CHECKED)[number], keyof RoomsOptions> = true
+void everyOptionKnown
