@@ -101,19 +101,7 @@ async function resumeRoom (membership: Membership, broker: EventBroker, stats: P
   let announced: (() => void) | undefined
   try {
     announced = await membership.attach(connection, room)
-    const slice = await broker.history(room, from.seq)
-    const { seq, epoch } = slice.position
-    if (epoch === from.epoch && slice.complete) {
-      connection.notePosition(room, from.seq, epoch)
-      const replayed = connection.finishReplay(room, slice.events, from.seq)
-      stats.resume('replayed')
-      return { outcome: { result: 'replayed', seq, epoch, replayed }, announced }
-    }
-    connection.notePosition(room, seq, epoch)
-    connection.sendFrame(directRoomFrame('reset', room, slice.position))
-    connection.finishReplay(room, [], seq)
-    stats.resume('reset')
-    return { outcome: { result: 'reset', seq, epoch }, announced }
+    return { outcome: await replayOrReset(broker, stats, connection, room, from), announced }
   } catch (err) {
     announced?.()
     connection.cancelReplay(room)
@@ -132,19 +120,7 @@ async function catchUp (membership: Membership, broker: EventBroker, stats: Pick
   if (joinedAt !== undefined && connection.fenceOf(room) === joinedAt) {
     connection.holdLive(room)
     try {
-      const slice = await broker.history(room, from.seq)
-      const { seq, epoch } = slice.position
-      if (epoch === from.epoch && slice.complete) {
-        connection.notePosition(room, from.seq, epoch)
-        const replayed = connection.finishReplay(room, slice.events, from.seq)
-        stats.resume('replayed')
-        return { result: 'replayed', seq, epoch, replayed }
-      }
-      connection.notePosition(room, seq, epoch)
-      connection.sendFrame(directRoomFrame('reset', room, slice.position))
-      connection.finishReplay(room, [], seq)
-      stats.resume('reset')
-      return { result: 'reset', seq, epoch }
+      return await replayOrReset(broker, stats, connection, room, from)
     } catch (err) {
       connection.finishReplay(room, [], from.seq)
       throw err
@@ -159,4 +135,24 @@ async function catchUp (membership: Membership, broker: EventBroker, stats: Pick
 
 function resumePath (room: string): string {
   return `/payload/rooms/${room.replaceAll('~', '~0').replaceAll('/', '~1')}`
+}
+
+/**
+ * Replays the room's events after the client's position when history still holds them in its epoch
+ * (each once, then the live ones held meanwhile); otherwise a `reset` to the room's position.
+ */
+async function replayOrReset (broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
+  const slice = await broker.history(room, from.seq)
+  const { seq, epoch } = slice.position
+  if (epoch === from.epoch && slice.complete) {
+    connection.notePosition(room, from.seq, epoch)
+    const replayed = connection.finishReplay(room, slice.events, from.seq)
+    stats.resume('replayed')
+    return { result: 'replayed', seq, epoch, replayed }
+  }
+  connection.notePosition(room, seq, epoch)
+  connection.sendFrame(directRoomFrame('reset', room, slice.position))
+  connection.finishReplay(room, [], seq)
+  stats.resume('reset')
+  return { result: 'reset', seq, epoch }
 }
