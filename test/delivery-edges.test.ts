@@ -5,9 +5,10 @@ import { WebSocketServer } from 'ws'
 import WebSocket from 'ws'
 import { createClient, type ServerFrame } from '../lib/client/index.js'
 import { SUBPROTOCOL } from '../lib/protocol/protocol.js'
-import { bounded, connect, sign, startServer, until, type Frame } from './helpers/index.js'
+import { bounded, connect, sign, startServer, until, type Frame, range } from './helpers/index.js'
 import { memoryBroker, type Broker } from '../lib/index.js'
 import type { BrokerDelivery, BrokerSettings } from '../lib/brokers/broker.js'
+import { OrderedStreams } from '../lib/brokers/redis/ordered-streams.js'
 
 t.test('#10 resume authorizes before it reads anything: a refused room reveals no seq', async (t) => {
   const server = await startServer(t, { presence: false, authorizeJoin: (_user, room) => room !== 'secret' })
@@ -112,4 +113,50 @@ t.test('#11 the client drops a room event it has already seen (replay and live o
   await done
   t.same(seen, [1, 2, 3, 4], 'each seq once, in order')
   t.same(client.position('lobby'), { seq: 4, epoch: 'e1' })
+})
+
+t.test('#22 after a reconnect, live events wait for the catch-up: a run a failover rewrote is reset, never continued silently', async (t) => {
+  // The ordering a real Redis gives only by chance, made exact: the subscriber is back, the catch-up has
+  // not started (the broker restores presence first), and the new master (which lost seqs 9 and 10 of the
+  // old run and handed them out again) publishes seq 11. Without holding live events until the catch-up, seq 11 would
+  // reach members after the old 10 with no reset, ever: the catch-up would then find history consistent.
+  const frame = (text: string) => JSON.stringify({ type: 'tick', room: 'r', payload: text })
+  const history = new Map<number, string>()
+  for (let seq = 1; seq <= 8; seq++) history.set(seq, frame(`a${seq}`))
+  const got: Array<string | number> = []
+  let answer: (() => void) | undefined
+  const streams = new OrderedStreams(
+    (_room, after) => new Promise((resolve) => {
+      const slice = { position: { seq: Math.max(...history.keys()), epoch: 'e1' }, events: [...history].filter(([seq]) => seq > after).map(([seq, text]) => ({ seq, frame: text })), complete: true }
+      answer = () => resolve(slice)
+    }),
+    () => ({
+      roomEvent: (_room, _type, seq) => { got.push(seq) },
+      roomReset: (_room, position) => { got.push(`reset ${position.seq} ${position.epoch}`) },
+      userMessage: () => {},
+      userDisconnect: () => {},
+      presenceChanged: () => {},
+      serverMembership: () => {},
+    }),
+    () => false,
+    async () => ({ seq: 11, epoch: 'e2' })
+  )
+  streams.open('r')
+  streams.start('r', { seq: 0, epoch: 'e1' })
+  const live = (seq: number, text: string) => streams.receive('r', { seq, epoch: 'e1', type: 'tick', frame: frame(text), except: '', publishedAt: 0 })
+  for (let seq = 1; seq <= 10; seq++) live(seq, `a${seq}`)
+  t.same(got, range(1, 10))
+  // The old master dies after 9 and 10 reached this process but not its replica; the new one reuses them.
+  history.set(9, frame('b9'))
+  history.set(10, frame('b10'))
+  history.set(11, frame('b11'))
+  // The broker holds live events as soon as the subscriber is back, and catches up once its presence is
+  // restored: seq 11 arrives in between.
+  streams.holdAll()
+  live(11, 'b11')
+  const caughtUp = streams.catchUpAll()
+  await until(() => answer !== undefined, 'the catch-up reading history')
+  answer!()
+  await caughtUp
+  t.same(got, [...range(1, 10), 'reset 11 e2'], 'the rewritten run ends in a reset to a new epoch; b11 of the old epoch is never delivered')
 })

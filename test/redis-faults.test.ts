@@ -285,7 +285,7 @@ if (componentAvailable(t, redisMissing(), 'Redis: lost and late fan-out messages
     t.same(raw.frames.filter((frame) => frame.type === 'tick').map((frame) => frame.payload), [{ n: 1 }, { n: 2 }, { n: 3 }])
   })
 
-  t.test('#11 Redis: events published while the subscriber reconnects are held, then caught up in order', async (t) => {
+  t.test('#11 Redis: events published while the subscriber is away are caught up from history, in order (holding live events meanwhile: delivery-edges.test.ts)', async (t) => {
     const redis = await startRedis(t)
     const server = await startServer(t, { presence: false, broker: redisBroker({ url: redis.url, processTtlMs: 600 }) })
     const raw = await connect(server, 'alice')
