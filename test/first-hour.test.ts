@@ -6,6 +6,7 @@ import t from 'tap'
 import Type from 'typebox'
 import WebSocket from 'ws'
 import { createClient, type RoomsClientError } from '../lib/client/index.js'
+import { registerClientRoutes } from '../lib/http/client-bundle.js'
 import rooms, { defineMessage } from '../lib/index.js'
 import { bounded, ORIGIN, SECRET, sign, startServer } from './helpers/index.js'
 
@@ -147,4 +148,13 @@ t.test('#21 serveClient: false registers no client route; a wrong value is refus
   const app = Fastify()
   t.teardown(() => app.close())
   await t.rejects(async () => { await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], serveClient: 'yes' as never }).ready() }, { code: 'FST_ROOMS_INVALID_OPTION', message: /serveClient/ })
+})
+
+t.test('#21 a plugin running without its built client module answers 503 FST_ROOMS_CLIENT_NOT_BUILT, not a crash', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  registerClientRoutes(app, '/ws', undefined)
+  const response = await app.inject({ method: 'GET', url: '/ws/client.js' })
+  t.equal(response.statusCode, 503)
+  t.same(response.json(), { statusCode: 503, code: 'FST_ROOMS_CLIENT_NOT_BUILT', error: 'Service Unavailable', message: 'the client module is not built (run `npm run build` in fastify-rooms)' })
 })

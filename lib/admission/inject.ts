@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type { WebSocket } from 'ws'
 import { createClient, RoomsClient, RoomsClientError } from '../client/index.js'
+import { handshakeRefusal, parseBody, unexpectedResponseStatus, type HandshakeRefusal } from '../client/refusals.js'
 import type { AnySchema, ClientSchema, WebSocketLike } from '../client/types.js'
 import { InvalidArgumentError } from '../config/errors.js'
 import { INJECT_HEADER } from './inject-header.js'
@@ -16,11 +17,6 @@ const TICKET_TTL_MS = 10_000
 // Refusals are read right after they happen; a host's test that leaks thousands is bounded anyway.
 const MAX_REFUSALS = 1000
 
-interface InjectRefusal {
-  status: number
-  code?: string
-  message?: string
-}
 const CONNECTING = 0
 const CLOSED = 3
 
@@ -28,7 +24,7 @@ const CLOSED = 3
 export class InjectTickets {
   private readonly tickets = new Map<string, { user: RoomsUser; expiresAt: number }>()
   /** Why the route refused a ticket's upgrade: injectWS itself reports only the status. */
-  private readonly refusals = new Map<string, { refusal: InjectRefusal; expiresAt: number }>()
+  private readonly refusals = new Map<string, { refusal: HandshakeRefusal; expiresAt: number }>()
 
   issue (user: RoomsUser): string {
     const now = Date.now()
@@ -48,22 +44,11 @@ export class InjectTickets {
   /** The route's answer to a refused injected upgrade (its JSON `{ code, message }`), kept for the client. */
   noteRefusal (ticket: unknown, status: number, body: unknown): void {
     if (typeof ticket !== 'string' || this.refusals.size >= MAX_REFUSALS) return
-    let parsed: { code?: unknown; message?: unknown } | undefined
-    try {
-      parsed = typeof body === 'string' ? JSON.parse(body) : undefined
-    } catch {
-      parsed = undefined
-    }
-    const refusal: InjectRefusal = {
-      status,
-      code: typeof parsed?.code === 'string' ? parsed.code : undefined,
-      message: typeof parsed?.message === 'string' ? parsed.message : undefined,
-    }
-    this.refusals.set(ticket, { refusal, expiresAt: Date.now() + TICKET_TTL_MS })
+    this.refusals.set(ticket, { refusal: handshakeRefusal(status, parseBody(body)), expiresAt: Date.now() + TICKET_TTL_MS })
   }
 
   /** The refusal noted for the ticket, once. */
-  takeRefusal (ticket: string): InjectRefusal | undefined {
+  takeRefusal (ticket: string): HandshakeRefusal | undefined {
     const entry = this.refusals.get(ticket)
     this.refusals.delete(ticket)
     return entry?.refusal
@@ -107,7 +92,7 @@ class InjectedSocket implements WebSocketLike {
       },
     }).catch((err: Error) => {
       this.failed = true
-      const status = Number(/Unexpected server response: (\d{3})/.exec(err.message)?.[1] ?? 0)
+      const status = unexpectedResponseStatus(err.message)
       // The route's own refusal says why; a status the route never sent came from before it (no route at
       // this path) or after it (ws refusing the handshake, e.g. a ws and @fastify/websocket that disagree).
       const refusal = tickets.takeRefusal(ticket) ?? (status === 0

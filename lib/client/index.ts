@@ -6,7 +6,7 @@
 // refresh, moving between transports) and its request queue share one state; split further, each piece
 // would reach into the others' fields.
 import { RoomsClientError } from './errors.js'
-import { readRefusedResponse, refusal, refusalOf, type FetchLike, type HandshakeRefusal, type RefusedResponse } from './refusals.js'
+import { readRefusedResponse, refusal, refusalOf, unexpectedResponseStatus, type FetchLike, type HandshakeRefusal, type RefusedResponse } from './refusals.js'
 import { SseLink } from './sse-link.js'
 import { tokenExp } from './token.js'
 import type {
@@ -472,7 +472,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const { status, code, message, retryAfterMs } = attempt.refusal
       return refusal(status, message, retryAfterMs, code)
     }
-    const upgradeStatus = Number(/Unexpected server response: (\d{3})/.exec(attempt.errorMessage ?? '')?.[1] ?? 0)
+    const upgradeStatus = unexpectedResponseStatus(attempt.errorMessage)
     if (attempt.opened) {
       // Admitted, then closed before welcome: a limit filled up meanwhile, or the server is going away.
       const busy = attempt.closeCode === 1013 || attempt.closeCode === 1001 || attempt.closeCode === 1012

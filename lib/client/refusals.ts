@@ -36,18 +36,7 @@ export function readRefusedResponse (response: RefusedResponse): Promise<Handsha
       if (done) return
       done = true
       clearTimeout(timer)
-      let parsed: { code?: unknown; message?: unknown } | undefined
-      try {
-        parsed = JSON.parse(body)
-      } catch {
-        parsed = undefined
-      }
-      resolve({
-        status: response.statusCode ?? 0,
-        code: typeof parsed?.code === 'string' ? parsed.code : undefined,
-        message: typeof parsed?.message === 'string' ? parsed.message : undefined,
-        retryAfterMs: retryAfterMs(response.headers['retry-after']),
-      })
+      resolve(handshakeRefusal(response.statusCode ?? 0, parseBody(body), retryAfterMs(response.headers['retry-after'])))
     }
     const timer = setTimeout(finish, REFUSAL_READ_MS)
     response.on('data', (chunk) => {
@@ -62,12 +51,32 @@ export function readRefusedResponse (response: RefusedResponse): Promise<Handsha
 
 /** A refused request's answer: its status, Retry-After and the server's JSON `{ code, message }`. */
 export async function refusalOf (response: Awaited<ReturnType<FetchLike>>): Promise<HandshakeRefusal> {
-  const body = await response.json().catch(() => undefined) as { code?: unknown; message?: unknown } | undefined
+  return handshakeRefusal(response.status, await response.json().catch(() => undefined), retryAfterMs(response.headers.get('retry-after')))
+}
+
+/** A refusal from its status and the server's JSON body (`{ code, message }`, when it is one). */
+export function handshakeRefusal (status: number, body: unknown, retryAfter?: number): HandshakeRefusal {
+  const { code, message } = (typeof body === 'object' && body !== null ? body : {}) as { code?: unknown; message?: unknown }
   return {
-    status: response.status,
-    code: typeof body?.code === 'string' ? body.code : undefined,
-    message: typeof body?.message === 'string' ? body.message : undefined,
-    retryAfterMs: retryAfterMs(response.headers.get('retry-after')),
+    status,
+    code: typeof code === 'string' ? code : undefined,
+    message: typeof message === 'string' ? message : undefined,
+    retryAfterMs: retryAfter,
+  }
+}
+
+/** The HTTP status in ws's (and injectWS's) "Unexpected server response: 401"; 0 when there is none. */
+export function unexpectedResponseStatus (message: string | undefined): number {
+  return Number(/Unexpected server response: (\d{3})/.exec(message ?? '')?.[1] ?? 0)
+}
+
+/** A body's JSON, or undefined when it is not JSON. */
+export function parseBody (text: unknown): unknown {
+  if (typeof text !== 'string') return undefined
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
   }
 }
 

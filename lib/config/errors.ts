@@ -44,8 +44,6 @@ export const NoStreamError = createError('FST_ROOMS_NO_STREAM', 'open the sessio
 export const NotYourSessionError = createError('FST_ROOMS_NOT_YOUR_SESSION', 'this session belongs to another user', 403)
 export const NoSessionError = createError('FST_ROOMS_NO_SESSION', 'no such session (it ended, expired, or was opened on another process)', 404)
 export const ClientNotBuiltError = createError('FST_ROOMS_CLIENT_NOT_BUILT', 'the client module is not built (run `npm run build` in fastify-rooms)', 503)
-/** Refusals whose message is the reason itself (no prefix), as the SSE routes answer them. */
-export const PlainUnavailableError = createError<[reason: string]>('FST_ROOMS_UNAVAILABLE', '%s', 503)
 
 /** Answers with an error's body as Fastify's error handler would write it, without going through it. */
 export function answer (reply: FastifyReply, error: InstanceType<FastifyErrorConstructor>): FastifyReply {

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import {
-  answer, BadSessionRequestError, FrameTextError, NoSessionError, NoStreamError, NotYourSessionError, PlainUnavailableError, RateLimitedError, SessionExpiredError, TooManyAttemptsError,
+  answer, BadSessionRequestError, FrameTextError, NoSessionError, NoStreamError, NotYourSessionError, RateLimitedError, SessionExpiredError, TooManyAttemptsError, UnavailableError,
 } from '../config/errors.js'
 import { FailedAttempts } from '../admission/failed-attempts.js'
 import { FrameRate, type FrameRateLimits } from '../socket/frame-rate.js'
@@ -245,7 +245,7 @@ export class SseTransport {
   }
 
   private async open (request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
-    if (this.hooks.isClosing()) return answer(reply, new PlainUnavailableError('server is shutting down'))
+    if (this.hooks.isClosing()) return answer(reply, new UnavailableError('server is shutting down'))
     const admission = await this.hooks.admit(request, true)
     // Sessions waiting for their stream count too: one user cannot fill the table with them. At the user's
     // limit, her oldest session without a stream (a frozen or vanished tab's) makes room for the new one.
@@ -258,7 +258,7 @@ export class SseTransport {
     const reached = limitReached(this.options, this.sessions.size, own.length)
     if (reached !== undefined) {
       this.hooks.refused('unavailable')
-      return answer(reply, new PlainUnavailableError(LIMIT_MESSAGES[reached]))
+      return answer(reply, new UnavailableError(LIMIT_MESSAGES[reached]))
     }
     // The body may name where a previous session's stream stood (its last event id): resumed on the new stream.
     let resume: unknown
