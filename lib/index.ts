@@ -13,7 +13,8 @@ import type { WebSocket } from 'ws'
 import { memoryBroker } from './brokers/memory.js'
 import { loadClientBundle, registerClientRoutes } from './http/client-bundle.js'
 import { Dispatcher } from './dispatch/dispatch.js'
-import { InvalidArgumentError, InvalidOptionError } from './config/errors.js'
+import { BrokerError, InvalidArgumentError, InvalidOptionError } from './config/errors.js'
+import { Outbox } from './brokers/outbox.js'
 import { InjectTickets, Injector } from './admission/inject.js'
 import { INJECT_HEADER } from './admission/inject-header.js'
 import { Stats } from './observability/metrics.js'
@@ -53,13 +54,22 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const broker = options.broker ?? memoryBroker()
   const presence = new Presence(options.roomPolicy, options.presenceInfo, broker, fastify.log)
   const membership = new Membership(options, broker, presence, stats, fastify.log, () => registry.api)
-  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse)
+  const outbox = options.outbox === undefined ? undefined : new Outbox(options.outbox, broker, fastify.log)
+  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse, outbox)
   await broker.start(registry, {
     history: options.history,
     historyFor: (room) => options.roomPolicy(room).history,
     idempotencyWindowMs: options.retryWindow === false ? defaults.retryWindow.windowMs : options.retryWindow.windowMs,
     log: fastify.log,
   })
+  if (outbox !== undefined) {
+    try {
+      await outbox.start()
+    } catch (err) {
+      await broker.close()
+      throw new BrokerError(`cannot use the outbox's PostgreSQL: ${(err as Error).message}`)
+    }
+  }
   const tickets = new InjectTickets()
   const coalescer = new WriteCoalescer()
   let injector: Injector | undefined
@@ -100,6 +110,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     clearInterval(heartbeat)
     fastify.server.off('upgrade', endRefusedUpgrade)
     presence.stop()
+    await outbox?.close()
     await broker.close({ lingerMs: membership.dropGraces() ? options.leaveGraceMs : 0 })
   })
 
@@ -266,8 +277,9 @@ export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
 export type {
   Broker, BrokerDelivery, BrokerSettings, EventBroker, HistoryEvent, HistorySlice, MembershipChange, PresenceBroker, PresenceSample,
-  PublishRequest, RoomPosition, SharedAnswers, UserRouting,
+  PublishRequest, RoomPosition, SharedAnswers, SqlTransaction, UserRouting,
 } from './brokers/broker.js'
+export type { OutboxOptions, OutboxPool } from './brokers/outbox.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol/protocol.js'
 export { handleProtocols } from './admission/upgrade.js'
 export { redactedRequest as requestSerializer } from './admission/log-redaction.js'

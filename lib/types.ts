@@ -4,6 +4,7 @@ import type { Static, TSchema } from 'typebox'
 import type { RoomsClient } from './client/index.js'
 import type { AnySchema, ClientOptions, ClientSchema } from './client/types.js'
 import type { FrameIdValue } from './protocol/protocol.js'
+import type { RoomPosition, SqlTransaction } from './brokers/broker.js'
 
 /** What `userFromToken` makes of a verified JWT payload; `id` names the user everywhere (presence, `sendToUser`). */
 export interface RoomsUser {
@@ -116,6 +117,21 @@ export interface BroadcastOptions {
    * or 5 minutes) publishes once, on every process, and resolves the first `seq`.
    */
   idempotencyKey?: string
+  /**
+   * The host's `pg` client inside `BEGIN`: the event exists iff that transaction commits. On the Postgres
+   * broker it is published in the transaction (delivered after COMMIT, seq order = commit order); with
+   * the `outbox` option it is written to the outbox and published by the relay after COMMIT.
+   */
+  transaction?: SqlTransaction
+}
+
+/**
+ * What `broadcast` resolves: the event's `seq`. An outbox write (`transaction` with the `outbox` option)
+ * has no seq before its COMMIT: `seq` is 0 and `outboxId` is its row.
+ */
+export interface BroadcastResult {
+  seq: number
+  outboxId?: string
 }
 
 export interface RoomMember {
@@ -169,7 +185,13 @@ export interface RoomsStats {
 
 /** `fastify.rooms` */
 export interface RoomsApi {
-  broadcast<T extends RoomsEventType>(room: string, type: T, payload: RoomsEventPayload<T>, options?: BroadcastOptions): Promise<{ seq: number }>
+  broadcast<T extends RoomsEventType>(room: string, type: T, payload: RoomsEventPayload<T>, options?: BroadcastOptions): Promise<BroadcastResult>
+  /**
+   * The room's position: `{ seq, epoch }` of its last event. With `transaction` (a REPEATABLE READ one),
+   * the position that transaction's snapshot sees, so a page can load rows and the position together and
+   * join from it (`client.join(room, { from })`) with no gap and no duplicate.
+   */
+  position(room: string, options?: { transaction?: SqlTransaction }): Promise<RoomPosition>
   sendToUser<T extends RoomsEventType>(userId: string, type: T, payload: RoomsEventPayload<T>): Promise<void>
   members(room: string): Promise<RoomMember[]>
   count(room: string): Promise<number>

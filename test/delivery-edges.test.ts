@@ -8,7 +8,7 @@ import { SUBPROTOCOL } from '../lib/protocol/protocol.js'
 import { bounded, connect, sign, startServer, until, type Frame, range } from './helpers/index.js'
 import { memoryBroker, type Broker } from '../lib/index.js'
 import type { BrokerDelivery, BrokerSettings } from '../lib/brokers/broker.js'
-import { OrderedStreams } from '../lib/brokers/redis/ordered-streams.js'
+import { OrderedStreams } from '../lib/brokers/ordered-streams.js'
 
 t.test('#10 resume authorizes before it reads anything: a refused room reveals no seq', async (t) => {
   const server = await startServer(t, { presence: false, authorizeJoin: (_user, room) => room !== 'secret' })

@@ -85,6 +85,14 @@ export interface SharedAnswers {
 }
 
 /**
+ * A SQL client inside the caller's open transaction: a `pg` PoolClient or Client after `BEGIN`. Only
+ * `query` is used, with a text and its values.
+ */
+export interface SqlTransaction {
+  query(config: { text: string; values?: unknown[] }): Promise<{ rows: any[] }>
+}
+
+/**
  * A room's events: one `seq` per event across every process, bounded history, and delivery to the
  * processes that subscribed to the room.
  */
@@ -96,6 +104,13 @@ export interface EventBroker {
   peekPosition(room: string): Promise<RoomPosition | undefined>
   /** The room's retained events after `after`, read after this process subscribed to the room. */
   history(room: string, after: number): Promise<HistorySlice>
+  /**
+   * Optional (the Postgres broker): publishes inside the caller's transaction. The event exists iff that
+   * transaction commits; it is delivered after the commit, and seq order is the room's commit order.
+   */
+  publishIn?(transaction: SqlTransaction, request: PublishRequest): Promise<RoomPosition>
+  /** Optional (the Postgres broker): the room's position as the caller's transaction sees it. */
+  positionIn?(transaction: SqlTransaction, room: string): Promise<RoomPosition>
   /** This process has local members in `room` and wants its events. */
   subscribe(room: string): Promise<void>
   unsubscribe(room: string): Promise<void>

@@ -7,7 +7,7 @@
 // Past 300 lines: the connections and their recovery, the scripts' callers, presence and its reaping
 // stay together here; what differs between one Redis and a cluster is redis/topology.ts, key names
 // redis/keys.ts, message formats redis/messages.ts, the Lua redis/scripts.ts and ordered delivery
-// redis/ordered-streams.ts.
+// ordered-streams.ts.
 import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../config/errors.js'
@@ -15,9 +15,10 @@ import { preciseNow } from '../observability/metrics.js'
 import { roomEventFrameParts } from '../protocol/protocol.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
 import { RedisKeys } from './redis/keys.js'
-import { deliverUserMessage, encodeUserMessage, parseLiveEvent, type UserMessage } from './redis/messages.js'
+import { parseLiveEvent } from './redis/messages.js'
+import { deliverUserMessage, encodeUserMessage, type UserMessage } from './user-messages.js'
 import { clusterTopology, singleTopology, type Topology } from './redis/topology.js'
-import { backoff, OrderedStreams } from './redis/ordered-streams.js'
+import { backoff, OrderedStreams } from './ordered-streams.js'
 import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
 
 export interface RedisBrokerOptions {

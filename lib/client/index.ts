@@ -203,8 +203,13 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     return () => set.delete(listener)
   }
 
-  /** Joins a room (and re-joins it after every reconnect); resolves with the join ack. */
-  async join (room: string): Promise<JoinAck> {
+  /**
+   * Joins a room (and re-joins it after every reconnect); resolves with the join ack. With `from` (a
+   * position the server gave with data you loaded, `fastify.rooms.position`): every event after it, then
+   * live ones — or a `reset` event when history no longer reaches back.
+   */
+  async join (room: string, options: { from?: RoomPosition } = {}): Promise<JoinAck> {
+    if (options.from !== undefined) return this.joinFrom(room, options.from)
     if (!this.positions.has(room)) this.positions.set(room, null)
     try {
       return await this.requestFrame('join', undefined, { room })
@@ -212,6 +217,30 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       if (err instanceof RoomsClientError && err.code !== 'timeout') this.positions.delete(room)
       throw err
     }
+  }
+
+  /** A join from a position is a one-room `resume`: the server replays what came after it, then the ack. */
+  private async joinFrom (room: string, from: RoomPosition): Promise<JoinAck> {
+    if (typeof from !== 'object' || from === null || !Number.isInteger(from.seq) || from.seq < 0 || typeof from.epoch !== 'string' || from.epoch === '') {
+      throw new RoomsClientError('invalid_message', 'from must be { seq, epoch } as fastify.rooms.position gave it', undefined, room)
+    }
+    const tracked = this.positions.has(room)
+    if (!tracked) this.positions.set(room, { seq: from.seq, epoch: from.epoch })
+    let answer: { rooms?: Record<string, { result: string; seq?: number; epoch?: string; replayed?: number; code?: string; message?: string }> }
+    try {
+      answer = await this.requestFrame('resume', { rooms: { [room]: { seq: from.seq, epoch: from.epoch } } }, {})
+    } catch (err) {
+      if (!tracked && err instanceof RoomsClientError && err.code !== 'timeout') this.positions.delete(room)
+      throw err
+    }
+    const outcome = answer.rooms?.[room]
+    if (outcome === undefined || outcome.result === 'error') {
+      if (!tracked) this.positions.delete(room)
+      throw new RoomsClientError(outcome?.code ?? 'internal_error', outcome?.message ?? 'no outcome for the room', undefined, room)
+    }
+    const ack: JoinAck = { room, seq: outcome.seq!, epoch: outcome.epoch!, from: outcome.result === 'replayed' ? 'replayed' : 'reset' }
+    if (outcome.replayed !== undefined) ack.replayed = outcome.replayed
+    return ack
   }
 
   async leave (room: string): Promise<void> {
@@ -539,10 +568,15 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const resume: Record<string, RoomPosition> = {}
     const toJoin: string[] = []
     const joining = new Set<string>()
-    for (const pending of this.pending.values()) if (pending.frame.type === 'join' && pending.frame.room !== undefined) joining.add(pending.frame.room)
+    for (const pending of this.pending.values()) {
+      if (pending.frame.type === 'join' && pending.frame.room !== undefined) joining.add(pending.frame.room)
+      // A join from a position waits as its own resume: sent again below, not twice.
+      if (pending.frame.type === 'resume') for (const room of Object.keys((pending.frame.payload as { rooms: object }).rooms)) joining.add(room)
+    }
     for (const [room, position] of this.positions) {
+      if (joining.has(room)) continue
       if (position !== null && position.epoch !== '') resume[room] = position
-      else if (!joining.has(room)) toJoin.push(room)
+      else toJoin.push(room)
     }
     if (Object.keys(resume).length > 0) {
       const id = `${this.idPrefix}-${++this.nextId}`

@@ -153,6 +153,10 @@ export interface JoinAck {
   room: string
   seq: number
   epoch: string
+  /** A join `from` a position: its events were replayed, or history could not reach back (a `reset` event came). */
+  from?: 'replayed' | 'reset'
+  /** How many events were replayed, for a join `from` a position. */
+  replayed?: number
   /** Presence rooms: the members, or (a big room) up to 100 of them. */
   members?: Array<{ id: string; info?: Record<string, unknown> }>
   /** Set when `members` is not everyone: how many users are in the room. */

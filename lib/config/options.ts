@@ -10,6 +10,7 @@ import type { Registry } from 'prom-client'
 import { InvalidOptionError } from './errors.js'
 import { RESERVED_TYPES } from '../protocol/protocol.js'
 import { isBroker, type Broker } from '../brokers/broker.js'
+import { checkOutboxOptions, type OutboxOptions } from '../brokers/outbox.js'
 import { namespacePolicies, type NamespaceOptions, type RoomPolicy } from './namespaces.js'
 import type { ConnectContext, MessageDefinition, RoomsUser } from '../types.js'
 
@@ -81,7 +82,7 @@ const DataOptions = Type.Object({
 })
 const dataOptionsValidator = Compile(DataOptions)
 
-const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'onConnect', 'onDisconnect', 'namespaces', 'presenceInfo', 'authorizeJoin', 'broker', 'metrics'] as const
+const HAND_CHECKED = ['jwt', 'authenticate', 'userFromToken', 'messages', 'events', 'onConnect', 'onDisconnect', 'namespaces', 'presenceInfo', 'authorizeJoin', 'broker', 'outbox', 'metrics'] as const
 // Fastify passes its own register options through to the plugin.
 const FASTIFY_REGISTER_OPTIONS = new Set(['prefix', 'logLevel', 'logSerializers'])
 const KNOWN_OPTIONS = new Set<string>([...Object.keys(DataOptions.properties), ...HAND_CHECKED])
@@ -177,6 +178,11 @@ export interface RoomsOptions {
   closeTimeoutMs?: number
   retryWindow?: { maxIdsPerUser: number; windowMs: number } | false
   broker?: Broker
+  /**
+   * With the memory or Redis broker and your data in PostgreSQL: `broadcast(…, { transaction })` writes
+   * the event to an outbox table in that transaction, and a relay publishes it after COMMIT.
+   */
+  outbox?: OutboxOptions
   /** `true` for a prom-client Registry of our own, or your Registry; Prometheus text from `fastify.rooms.metrics()`. */
   metrics?: boolean | Registry
 }
@@ -243,6 +249,7 @@ export interface ResolvedOptions {
   closeTimeoutMs: number
   retryWindow: { maxIdsPerUser: number; windowMs: number } | false
   broker: Broker | undefined
+  outbox: OutboxOptions | undefined
   metrics: boolean | Registry
 }
 
@@ -361,6 +368,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     }),
     retryWindow: checked.retryWindow ?? defaults.retryWindow,
     broker: checkBroker(options.broker),
+    outbox: checkOutbox(options.outbox, options.broker),
     metrics: checkMetrics(options.metrics),
   }
 }
@@ -447,6 +455,14 @@ function checkBroker (broker: unknown): Broker | undefined {
   if (broker === undefined) return undefined
   if (!isBroker(broker)) fail('broker', 'must be a Broker (memoryBroker() or redisBroker({ url }))')
   return broker
+}
+
+function checkOutbox (outbox: unknown, broker: unknown): OutboxOptions | undefined {
+  const checked = checkOutboxOptions(outbox)
+  if (checked !== undefined && typeof (broker as Partial<Broker> | undefined)?.publishIn === 'function') {
+    fail('outbox', 'is for the memory and Redis brokers: the Postgres broker publishes inside the transaction itself')
+  }
+  return checked
 }
 
 function checkMetrics (metrics: unknown): boolean | Registry {

@@ -3,7 +3,7 @@
 // room is membership.ts's; this module only reads it.
 import { randomUUID } from 'node:crypto'
 import { Compile } from 'typebox/compile'
-import type { Broker, BrokerDelivery, MembershipChange, RoomPosition, SharedAnswers } from '../brokers/broker.js'
+import type { Broker, BrokerDelivery, MembershipChange, PublishRequest, RoomPosition, SharedAnswers, SqlTransaction } from '../brokers/broker.js'
 import type { Membership } from './membership.js'
 import type { Presence } from './presence.js'
 import { InvalidArgumentError, MetricsDisabledError, PayloadTooLargeError } from '../config/errors.js'
@@ -15,7 +15,7 @@ import {
   SAFE_TEXT_MESSAGE, RESERVED_TYPES, truncateCloseReason,
 } from '../protocol/protocol.js'
 import { isUserId } from '../protocol/protocol.js'
-import type { BroadcastOptions, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from '../types.js'
+import type { BroadcastOptions, BroadcastResult, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from '../types.js'
 
 export interface RegistryOptions {
   /** Validators of the payloads of the event types the host declared. */
@@ -25,6 +25,13 @@ export interface RegistryOptions {
 }
 
 const messageTypeValidator = Compile(MessageType)
+const NO_TRANSACTIONS = 'needs the Postgres broker (fastify-rooms/postgres) or the outbox option'
+
+/** What the registry asks of the outbox (brokers/outbox.ts). */
+export interface TransactionalOutbox {
+  write(transaction: SqlTransaction, request: PublishRequest): Promise<{ id: string }>
+  positionIn(transaction: SqlTransaction, room: string): Promise<RoomPosition>
+}
 // Keys, the seq digits, the time and a WebSocket header around a room event's payload, type, room and traceId.
 const ROOM_EVENT_OVERHEAD_BYTES = 96
 
@@ -46,10 +53,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     private readonly broker: Broker,
     private readonly stats: Stats,
     /** This process's SSE sessions, when the fallback is on (made with the route, after this). */
-    private readonly sessions: () => SessionDirectory | undefined = () => undefined
+    private readonly sessions: () => SessionDirectory | undefined = () => undefined,
+    /** The outbox, with the `outbox` option (the memory and Redis brokers). */
+    private readonly outbox?: TransactionalOutbox
   ) {
     this.api = {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
+      position: async (room, positionOptions = {}) => this.position(checkRoom(room), positionOptions),
       sendToUser: (userId, type, payload) => this.sendToUser(userId, type, payload),
       members: async (room) => this.membership.members(checkRoom(room)),
       count: async (room) => this.presence.count(checkRoom(room)),
@@ -77,7 +87,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     return claimAnswer === undefined || storeAnswer === undefined ? undefined : (this.broker as SharedAnswers)
   }
 
-  async broadcast (room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<{ seq: number }> {
+  async broadcast (room: string, type: string, payload: unknown, options: BroadcastOptions = {}): Promise<BroadcastResult> {
     checkRoom(room)
     checkEventType(type)
     checkEventPayload(this.options.events, type, payload)
@@ -86,8 +96,21 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const json = payloadJson(payload)
     const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES
     if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
-    const { seq } = await this.broker.publish({ room, type, payloadJson: json, traceId, except: options.except, idempotencyKey: options.idempotencyKey })
-    return { seq }
+    const request = { room, type, payloadJson: json, traceId, except: options.except, idempotencyKey: options.idempotencyKey }
+    const { transaction } = options
+    if (transaction === undefined) return { seq: (await this.broker.publish(request)).seq }
+    if (this.broker.publishIn !== undefined) return { seq: (await this.broker.publishIn(transaction, request)).seq }
+    if (this.outbox !== undefined) return { seq: 0, outboxId: (await this.outbox.write(transaction, request)).id }
+    throw new InvalidArgumentError('transaction', NO_TRANSACTIONS)
+  }
+
+  async position (room: string, options: { transaction?: SqlTransaction }): Promise<RoomPosition> {
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
+    const { transaction } = options
+    if (transaction === undefined) return this.broker.position(room)
+    if (this.broker.positionIn !== undefined) return this.broker.positionIn(transaction, room)
+    if (this.outbox !== undefined) return this.outbox.positionIn(transaction, room)
+    throw new InvalidArgumentError('transaction', NO_TRANSACTIONS)
   }
 
   async sendToUser (userId: string, type: string, payload: unknown): Promise<void> {
@@ -224,6 +247,10 @@ function checkBroadcastOptions (options: BroadcastOptions): void {
   checkOptionalText(options, 'except', 64)
   checkOptionalText(options, 'traceId', 64)
   checkOptionalText(options, 'idempotencyKey', 128)
+  const { transaction } = options
+  if (transaction !== undefined && (typeof transaction !== 'object' || transaction === null || typeof transaction.query !== 'function')) {
+    throw new InvalidArgumentError('transaction', 'must be a pg client inside BEGIN (a PoolClient or Client)')
+  }
 }
 
 function checkEventType (type: string): void {

@@ -12,8 +12,13 @@ export interface ServerProcess {
 
 /** `redis`: a single redis-server's URL; for a cluster pass REDIS_CLUSTER_NODES in `env` (host:port,…). */
 export async function startServerProcess (t: { teardown(fn: () => unknown): void }, redis: { url: string }, env: Record<string, string> = {}): Promise<ServerProcess> {
-  const fixture = new URL('../fixtures/redis-server.ts', import.meta.url).pathname
-  const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env } })
+  return startFixtureProcess(t, 'redis-server.ts', { REDIS_URL: redis.url, PROCESS_TTL_MS: '600', ...env })
+}
+
+/** A fixture of test/fixtures/ in a process of its own; it prints its port as its first line. */
+export async function startFixtureProcess (t: { teardown(fn: () => unknown): void }, name: string, env: Record<string, string>): Promise<ServerProcess> {
+  const fixture = new URL(`../fixtures/${name}`, import.meta.url).pathname
+  const child = spawn(process.execPath, ['--import=tsx', fixture], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } })
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
@@ -25,6 +30,8 @@ export async function startServerProcess (t: { teardown(fn: () => unknown): void
       if (output.includes('\n')) resolve()
     })
   }), 'the server process listening')
+  // Later lines are the fixture's own reports (e.g. `holding <id>`).
+  child.stdout!.on('data', () => {})
   return {
     url: `ws://127.0.0.1:${Number(output.split('\n')[0])}`,
     child,

@@ -1,8 +1,9 @@
 // Each subscribed room's fan-out stream, delivered to this process in seq order: duplicates dropped, a gap
 // (a message lost while a connection was down) filled from history first, an epoch change announced as a
 // reset, and a stream that went back (its Redis lost events this process delivered) given a new epoch.
-// Used by the Redis broker, whose pub/sub gives no delivery guarantee across reconnects or failovers.
-import type { BrokerDelivery, HistorySlice, RoomPosition } from '../broker.js'
+// Used by the Redis and Postgres brokers, whose pub/sub (and LISTEN/NOTIFY) gives no delivery guarantee
+// across reconnects or failovers.
+import type { BrokerDelivery, HistorySlice, RoomPosition } from './broker.js'
 
 export interface LiveEvent {
   seq: number
@@ -63,6 +64,22 @@ export class OrderedStreams {
     if (stream === undefined) return
     if (stream.held !== undefined) stream.held.push(event)
     else this.deliver(room, stream, event)
+  }
+
+  /**
+   * The room's position as the backend reports it (a periodic check): an event this process never heard
+   * of (a lost notification) is read from history now instead of waiting for the next one to show the gap.
+   */
+  check (room: string, position: RoomPosition): void {
+    const stream = this.streams.get(room)
+    if (stream === undefined || stream.held !== undefined || stream.catchingUp !== undefined) return
+    if (position.epoch === stream.retired) return
+    if (position.epoch !== stream.epoch || position.seq > stream.lastSeq) void this.catchUp(room, stream)
+  }
+
+  /** Rooms with a stream, for the periodic check. */
+  rooms (): IterableIterator<string> {
+    return this.streams.keys()
   }
 
   /** After a reconnect: hold every room's live messages until catchUpAll() has run. */
