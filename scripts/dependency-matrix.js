@@ -1,6 +1,6 @@
 // The tests that touch our dependencies, run against what users install rather than our lockfile:
 //   node scripts/dependency-matrix.js newest   — a copy installed without the lockfile: today's newest
-//                                               versions in our ranges (fastify and ioredis too)
+//                                               versions in our ranges (fastify, ioredis and pg too)
 //   node scripts/dependency-matrix.js oldest   — every dependency and peer at the oldest version its
 //                                               range allows, forced through the whole tree
 // Prints the versions used and ends with tap's summary line, `# { total: N, pass: P, fail: F }`.
@@ -22,9 +22,10 @@ const FILES = [
   'test/client-refusals.test.ts',
   'test/protocol.test.ts',
   'test/types-e2e.test.ts',
+  'test/postgres.test.ts',
 ]
 // Peers a user installs beside us; the project pins them as devDependencies.
-const PEERS = ['fastify', 'ioredis']
+const PEERS = ['fastify', 'ioredis', 'pg']
 
 const mode = process.argv[2]
 if (mode !== 'newest' && mode !== 'oldest') {

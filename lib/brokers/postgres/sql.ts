@@ -26,7 +26,7 @@ export async function inTransaction (transaction: SqlTransaction, query: { text:
     }
     return (await transaction.query(query)).rows
   } catch (err) {
-    if ((err as { code?: unknown }).code === 'FST_ROOMS_INVALID_ARGUMENT') throw err
+    if (err instanceof InvalidArgumentError) throw err
     const code = (err as { code?: unknown }).code
     const message = String((err as Error).message)
     if (code === '25P01') throw new InvalidArgumentError('transaction', 'is not inside BEGIN … COMMIT')
