@@ -3,9 +3,11 @@ import { readFile } from 'node:fs/promises'
 import fastifyJwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import pg from 'pg'
 import Type from 'typebox'
 import rooms, { defineMessage, ErrorCode, FrameError } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
+import { postgresBroker } from '../lib/brokers/postgres.js'
 
 export interface ChatAppOptions {
   jwtSecret: string
@@ -14,6 +16,8 @@ export interface ChatAppOptions {
   redisUrl?: string
   /** A Redis Cluster's nodes (`REDIS_CLUSTER_NODES=host:port,…`): the broker runs on sharded pub/sub. */
   redisClusterNodes?: Array<{ host: string; port: number }>
+  /** Rooms on this PostgreSQL (`DATABASE_URL`), and `notes:` rooms whose messages are rows. */
+  databaseUrl?: string
   /** How often the dashboard stream sends stats (default 1000 ms). */
   dashboardIntervalMs?: number
   fastify?: FastifyServerOptions
@@ -47,15 +51,24 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
   const signedIn = async (request: import('fastify').FastifyRequest) => {
     await request.jwtVerify()
   }
+  // With DATABASE_URL the app's own data and the rooms share one PostgreSQL (and one pool).
+  const database = options.databaseUrl === undefined ? undefined : new pg.Pool({ connectionString: options.databaseUrl })
+  if (database !== undefined) {
+    database.on('error', (err) => app.log.warn({ err }, 'database client error'))
+    await database.query('CREATE TABLE IF NOT EXISTS example_notes (id bigserial PRIMARY KEY, room text NOT NULL, from_user text NOT NULL, text text NOT NULL)')
+    app.addHook('onClose', async () => { await database.end() })
+  }
   await app.register(rooms, {
     jwt: false,
     metrics: true,
     // Where WebSockets are blocked, the page's client falls back to Server-Sent Events by itself.
     sse: true,
     allowedOrigins: options.allowedOrigins,
-    ...(options.redisClusterNodes !== undefined
-      ? { broker: redisBroker({ cluster: options.redisClusterNodes }) }
-      : options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
+    ...(options.databaseUrl !== undefined
+      ? { broker: postgresBroker({ pool: database! }) }
+      : options.redisClusterNodes !== undefined
+        ? { broker: redisBroker({ cluster: options.redisClusterNodes }) }
+        : options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
     messages: {
       chat: defineMessage({
         schema: Type.Object({ text: Text }, { additionalProperties: false }),
@@ -148,5 +161,52 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
     return { room, count: members.length, members }
   })
 
+  if (database !== undefined) registerNotes(app, database, signedIn)
   return app
+}
+
+/**
+ * `notes:` rooms: a note is a row, announced in the transaction that writes it (no note without its
+ * event, no event without its note), and a page loads the notes with the position they were read at.
+ */
+function registerNotes (app: FastifyInstance, database: pg.Pool, signedIn: (request: import('fastify').FastifyRequest) => Promise<void>): void {
+  const NotesRoom = Type.Object({ room: Type.String({ pattern: '^notes:[A-Za-z0-9_-]{1,64}$' }) })
+  app.post('/rooms/:room/notes', {
+    schema: { params: NotesRoom, body: Type.Object({ text: Text }, { additionalProperties: false }) },
+    onRequest: signedIn,
+    config: { rateLimit: { max: 30, timeWindow: '1 minute', keyGenerator: (request) => (request.user as { sub?: string } | undefined)?.sub ?? request.ip } },
+  }, async (request, reply) => {
+    const { room } = request.params as { room: string }
+    const text = (request.body as { text: string }).text.trim()
+    if (text.length === 0 || text.length > MAX_TEXT) return reply.code(400).send({ message: `text must be 1 to ${MAX_TEXT} characters after trimming` })
+    const from = (request.user as { sub: string }).sub
+    const client = await database.connect()
+    try {
+      await client.query('BEGIN')
+      const { rows } = await client.query<{ id: string }>('INSERT INTO example_notes (room, from_user, text) VALUES ($1, $2, $3) RETURNING id', [room, from, text])
+      const { seq } = await app.rooms.broadcast(room, 'note', { id: rows[0]!.id, from, text }, { transaction: client })
+      await client.query('COMMIT')
+      return { id: rows[0]!.id, seq }
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {})
+      throw err
+    } finally {
+      client.release()
+    }
+  })
+  // The latest 100 notes and the room's position in the same snapshot: join from it, and nothing falls between.
+  app.get('/rooms/:room/notes', { schema: { params: NotesRoom }, onRequest: signedIn }, async (request) => {
+    const { room } = request.params as { room: string }
+    const client = await database.connect()
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+      const position = await app.rooms.position(room, { transaction: client })
+      const { rows } = await client.query<{ id: string; from: string; text: string }>(
+        'SELECT id, from_user AS "from", text FROM (SELECT * FROM example_notes WHERE room = $1 ORDER BY id DESC LIMIT 100) latest ORDER BY id', [room])
+      await client.query('COMMIT')
+      return { notes: rows, position }
+    } finally {
+      client.release()
+    }
+  })
 }

@@ -1,5 +1,5 @@
 // `npm run example`: the chat server on the in-memory broker (REDIS_URL: one Redis; REDIS_CLUSTER_NODES: a
-// Redis Cluster).
+// Redis Cluster; DATABASE_URL: PostgreSQL, with `notes:` rooms whose messages are rows).
 import { buildChatApp } from './app.js'
 
 const host = process.env.HOST ?? '127.0.0.1'
@@ -11,6 +11,7 @@ const allowedOrigins = process.env.ALLOWED_ORIGINS
   : [`http://localhost:${port}`, `http://127.0.0.1:${port}`]
 
 const redisUrl = process.env.REDIS_URL || undefined
+const databaseUrl = process.env.DATABASE_URL || undefined
 // REDIS_CLUSTER_NODES=127.0.0.1:7000,127.0.0.1:7001,… (any of the cluster's nodes; the rest are discovered).
 const redisClusterNodes = process.env.REDIS_CLUSTER_NODES?.split(',').filter((node) => node !== '').map((node) => {
   const at = node.lastIndexOf(':')
@@ -27,6 +28,7 @@ const app = await buildChatApp({
   jwtSecret,
   allowedOrigins,
   ...(redisUrl === undefined ? {} : { redisUrl }),
+  ...(databaseUrl === undefined ? {} : { databaseUrl }),
   ...(redisClusterNodes === undefined || redisClusterNodes.length === 0 ? {} : { redisClusterNodes }),
 })
 if (jwtSecret === DEV_SECRET) {
@@ -44,4 +46,4 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 await app.listen({ host, port })
-app.log.info({ allowedOrigins, broker: redisClusterNodes !== undefined && redisClusterNodes.length > 0 ? 'redis cluster' : redisUrl === undefined ? 'memory' : 'redis' }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)
+app.log.info({ allowedOrigins, broker: databaseUrl !== undefined ? 'postgres' : redisClusterNodes !== undefined && redisClusterNodes.length > 0 ? 'redis cluster' : redisUrl === undefined ? 'memory' : 'redis' }, `chat example ready at http://${host.includes(':') ? `[${host}]` : host}:${port}`)

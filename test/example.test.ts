@@ -2,6 +2,8 @@
 import t from 'tap'
 import { buildChatApp } from '../example/app.js'
 import { bounded, Client, connect, rejectedUpgrade, type TestServer } from './helpers/index.js'
+import { componentAvailable } from './helpers/components.js'
+import { postgresMissing, startPostgres } from './helpers/postgres.js'
 
 const SECRET = 'example-test-secret'
 
@@ -175,3 +177,32 @@ t.test('#21 npm run example logs readable lines in a terminal (LOG_FORMAT=pretty
     await bounded(new Promise((resolve) => child.once('exit', resolve)), 'the example exiting')
   }
 })
+
+if (componentAvailable(t, postgresMissing(), 'the example on DATABASE_URL')) {
+  t.test('DATABASE_URL: the example runs on PostgreSQL, and a notes: room loads its rows with the position and joins from it', async (t) => {
+    const db = await startPostgres(t)
+    const app = await buildChatApp({ jwtSecret: SECRET, allowedOrigins: ['http://app.test'], fastify: { logger: false }, databaseUrl: db.url })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(() => app.close())
+    const address = app.server.address()
+    const http = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`
+    const token = await login(http, 'alice')
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' }
+    const note = (text: string) => fetch(`${http}/rooms/notes:plan/notes`, { method: 'POST', headers, body: JSON.stringify({ text }) }).then(async (response) => ({ status: response.status, body: await response.json() as { id: string; seq: number } }))
+    const first = await note('buy milk')
+    t.same([first.status, first.body.seq], [200, 1])
+    const loaded = await (await fetch(`${http}/rooms/notes:plan/notes`, { headers })).json() as { notes: Array<{ from: string; text: string }>; position: { seq: number; epoch: string } }
+    t.same(loaded.notes.map((n) => [n.from, n.text]), [['alice', 'buy milk']])
+    t.equal(loaded.position.seq, 1)
+    t.same((await note('buy bread')).body.seq, 2)
+    const reader = await app.rooms.inject({ id: 'bob' })
+    const seen: string[] = []
+    reader.on('note', (event) => seen.push((event.payload as { text: string }).text))
+    const ack = await reader.join('notes:plan', { from: loaded.position })
+    t.same([ack.from, ack.replayed], ['replayed', 1])
+    await bounded((async () => { while (seen.length < 1) await new Promise((resolve) => setImmediate(resolve)) })(), 'the note after the position')
+    t.same(seen, ['buy bread'], 'the later note once, the loaded one not again')
+    t.equal((await fetch(`${http}/rooms/lobby/notes`, { headers })).status, 400, 'only notes: rooms are rows')
+    reader.close()
+  })
+}
