@@ -6,6 +6,7 @@ import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, type RoomsOptions } from '../lib/index.js'
 import { postgresBroker, type PostgresBrokerOptions } from '../lib/brokers/postgres.js'
+import { eventChannel } from '../lib/brokers/postgres/notifications.js'
 import { connect, range, rawClient, retryUntil, seqsOf, startServer, until, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { postgresMissing, startPostgres, type PostgresServer } from './helpers/postgres.js'
@@ -316,6 +317,99 @@ if (componentAvailable(t, postgresMissing(), 'Postgres broker')) {
     t.equal(new Set(all).size, all.length, 'no row both loaded and received, none received twice')
     t.same([...all].sort(), [...committed].sort(), 'every committed row: loaded or received')
     t.same(seqsOf(raw.frames, 'item'), range(position.seq + 1, position.seq + received.length), 'the events right after the position')
+  })
+}
+
+if (componentAvailable(t, postgresMissing(), 'Postgres broker on its attacker\'s path')) {
+  t.test('malformed notifications on the broker\'s channels are logged and dropped; the process lives', async (t) => {
+    const db = await startPostgres(t)
+    const a = await instance(t, db, { presence: false })
+    const alice = await connect(a, 'alice')
+    await alice.join('lobby')
+    const inspect = await db.client()
+    const channel = eventChannel('fastify_rooms', 'lobby')
+    for (const payload of ['garbage', '\n\n\n\n\n\n', 'lobby\n\nnote\nNaN\ne\n1\n{}', 'lobby\n\nnote\n1\ne\n1\nnot json', '']) await inspect.query('SELECT pg_notify($1, $2)', [channel, payload])
+    for (const payload of ['not json', '["m"]', '@12x', '[]']) await inspect.query('SELECT pg_notify($1, $2)', ['fastify_rooms_users', payload])
+    await a.app.rooms.sendToUser('alice', 'notice', { ok: true })
+    t.same((await alice.nextOfType('notice')).payload, { ok: true }, 'user messages still flow')
+    t.equal((await a.app.rooms.broadcast('lobby', 'note', {})).seq, 1)
+    t.equal((await alice.nextOfType('note')).seq, 1, 'room events still flow, with the seq the bad ones did not take')
+    const dropped = a.logs.filter((line) => line.includes('dropped a Postgres notification'))
+    t.equal(dropped.length, 9, 'each bad notification logged once (and the start\'s probe is not one)')
+    t.ok(dropped.every((line) => JSON.parse(line).level === 40), 'at warn')
+  })
+
+  t.test('a forged join position: another epoch gets a reset, a room the user may not join stays closed', async (t) => {
+    const db = await startPostgres(t)
+    const a = await instance(t, db, { presence: false, authorizeJoin: (_user, room) => room !== 'vault' })
+    for (const n of range(1, 3)) await a.app.rooms.broadcast('feed', 'note', { n })
+    const client = await a.app.rooms.inject({ id: 'mallory' })
+    t.teardown(() => client.close())
+    const resets: unknown[] = []
+    client.on('reset', (reset) => resets.push(reset))
+    const forged = await client.join('feed', { from: { seq: 0, epoch: 'not-the-epoch' } })
+    t.same([forged.from, forged.seq], ['reset', 3], 'no replay from an epoch the room never had')
+    t.same(resets, [{ room: 'feed', seq: 3, epoch: forged.epoch }])
+    const vault = await client.join('vault', { from: { seq: 0, epoch: forged.epoch } }).catch((err: unknown) => err)
+    t.equal((vault as { code?: string }).code, 'forbidden', 'authorizeJoin applies to a join from a position')
+    t.equal((vault as { room?: string }).room, 'vault')
+  })
+
+  t.test('a namespace without history still delivers large events across processes, and keeps none', async (t) => {
+    const db = await startPostgres(t)
+    const options: Partial<RoomsOptions> = { presence: false, namespaces: { ticker: { history: false, presence: false } } }
+    const a = await instance(t, db, options)
+    const b = await instance(t, db, options)
+    const raw = await rawClient(b, 'watcher')
+    raw.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'ticker:x' }))
+    await until(() => raw.frames.some((frame) => frame.type === 'ack'), 'join ack')
+    await a.app.rooms.broadcast('ticker:x', 'note', { big: 'z'.repeat(9000) })
+    await a.app.rooms.broadcast('ticker:x', 'note', { small: true })
+    await until(() => events(raw.frames).length === 2, 'both events')
+    t.same(seqsOf(raw.frames, 'note'), [1, 2])
+    t.equal(events(raw.frames)[0]!.payload.big.length, 9000)
+    t.same((await a.app.rooms.history('ticker:x')).events, [], 'no history to read')
+  })
+
+  t.test('budgets: expired rooms, events, keys and answers are cleaned; answers per user stay bounded across processes', async (t) => {
+    const db = await startPostgres(t)
+    let runs = 0
+    const options: Partial<RoomsOptions> = {
+      presence: false,
+      retryWindow: { maxIdsPerUser: 3, windowMs: 60_000 },
+      history: { maxEvents: 1000, maxAgeMs: 200 },
+      messages: { op: defineMessage({ schema: Type.Object({}), handler: async () => ++runs }) },
+    }
+    const a = await instance(t, db, options, { roomTtlMs: 300, idleRoomTtlMs: 300, cleanupIntervalMs: 100 })
+    const b = await instance(t, db, options, { roomTtlMs: 300, idleRoomTtlMs: 300, cleanupIntervalMs: 100 })
+    const inspect = await db.client()
+    const count = async (table: string) => Number((await inspect.query(`SELECT count(*) AS n FROM fastify_rooms.${table}`)).rows[0].n)
+    for (const n of range(1, 20)) await a.app.rooms.broadcast(`room-${n}`, 'note', {}, { idempotencyKey: `k${n}` })
+    t.equal(await count('rooms'), 20)
+    await retryUntil(async () => {
+      const left = (await count('rooms')) + (await count('events'))
+      if (left > 0) throw new Error(`${left} rows left`)
+    }, 10_000, 'expired rooms and their events')
+    // One user retrying ids through both processes: at most maxIdsPerUser answers are kept.
+    for (const n of range(1, 10)) {
+      const client = await connect(n % 2 === 0 ? a : b, 'alice')
+      await client.request({ type: 'op', payload: {} }, `id-${n}`)
+      await client.close()
+    }
+    t.equal(Number((await inspect.query("SELECT count(*) AS n FROM fastify_rooms.answers WHERE user_id = 'alice'")).rows[0].n), 3)
+    t.equal(runs, 10)
+  })
+
+  t.test('a listener that cannot hear notifications (PgBouncer in transaction mode) refuses the start with the fix', async (t) => {
+    const db = await startPostgres(t)
+    const admin = await db.client()
+    await admin.query('CREATE DATABASE elsewhere')
+    // NOTIFY reaches listeners of the same database only: a listener on another one hears nothing, as
+    // behind PgBouncer in transaction mode.
+    await t.rejects(startServer(t, { broker: postgresBroker({ connectionString: db.url, listenConnectionString: db.url.replace(/\/postgres$/, '/elsewhere'), connectTimeoutMs: 500 }) }), {
+      code: 'FST_ROOMS_BROKER',
+      message: /the listener connection did not receive a notification \(PgBouncer in transaction mode\? pass listenConnectionString pointing at PostgreSQL itself\)/,
+    })
   })
 }
 

@@ -124,7 +124,7 @@ class PostgresBroker implements Broker {
     try {
       await withDeadline(this.installSchema(), connectTimeoutMs, 'installing the schema')
       await withDeadline(this.connectListener(), connectTimeoutMs, 'connecting the listener')
-      await withDeadline(this.probeNotifications(), connectTimeoutMs, 'a test notification')
+      await withDeadline(this.probeNotifications(), 2 * connectTimeoutMs, 'a test notification')
     } catch (err) {
       await this.disconnect()
       const where = this.options.connectionString !== undefined ? ` at ${redactUrl(this.options.connectionString)}` : ''
@@ -430,6 +430,8 @@ class PostgresBroker implements Broker {
         if (body !== undefined) deliverUserMessage(body, this.delivery)
       })
     }
+    // The start's probe, heard by its own listener as well.
+    if (!channel.startsWith(`${this.schema}_ev_`)) return
     const { room, event } = parseEventNotification(payload)
     if (event.frame !== '' && this.notificationChain === undefined) return this.streams.receive(room, event)
     this.inOrder(async () => {
