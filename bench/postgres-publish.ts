@@ -28,7 +28,7 @@ const SECRET = 'bench-secret-0123456789'
 const sign = createSigner({ key: SECRET, expiresIn: 3_600_000 })
 const now = () => performance.timeOrigin + performance.now()
 
-interface Result { target: string; publishesPerSecond: number; deliveredPct: number; p50ms: number; p99ms: number; lightP50ms: number; lightP99ms: number; dbCpuUsPerPublish: number | '' }
+interface Result { target: string; publishesPerSecond: number; nodeCpuUsPerPublish: number; deliveredPct: number; p50ms: number; p99ms: number; lightP50ms: number; lightP99ms: number; dbCpuUsPerPublish: number | '' }
 
 function percentile (sorted: number[], p: number): number {
   if (sorted.length === 0) return NaN
@@ -60,14 +60,14 @@ function treeCpuSeconds (rootPid: number): number {
 
 async function pluginServer (broker: Parameters<typeof rooms>[1]['broker']): Promise<FastifyInstance> {
   const app = Fastify()
-  await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: '*', presence: false, broker, handshakeRateLimit: false })
+  await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: '*', presence: false, broker, handshakeRateLimit: false, rateLimit: false, maxRoomsPerConnection: 200 })
   await app.listen({ port: 0, host: '127.0.0.1' })
   return app
 }
 
 /** A raw protocol member of `rooms` on `port`; calls onEvent with each event's publish time. */
 async function member (port: number, roomNames: string[], onEvent: (sentAt: number) => void): Promise<WebSocket> {
-  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, ['rooms.v1', `bearer.${sign({ sub: 'reader' })}`])
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, ['rooms.v1', `bearer.${sign({ sub: 'reader' })}`], { origin: 'http://bench.test' })
   let acks = 0
   await new Promise<void>((resolve, reject) => {
     ws.once('error', reject)
@@ -76,6 +76,7 @@ async function member (port: number, roomNames: string[], onEvent: (sentAt: numb
       if (frame.type === 'welcome') for (const room of roomNames) ws.send(JSON.stringify({ type: 'join', id: room, room }))
       else if (frame.type === 'ack' && ++acks === roomNames.length) resolve()
       else if (frame.type === 'ev') onEvent(frame.payload!.t!)
+      else if (frame.type === 'error') reject(new Error(JSON.stringify(frame)))
     })
   })
   return ws
@@ -85,6 +86,7 @@ async function measure (target: string, publish: (index: number, payload: { t: n
   const text = 'x'.repeat(100)
   // Saturation: 8 publishes in flight, back to back.
   const cpuBefore = dbPid === undefined ? 0 : treeCpuSeconds(dbPid)
+  const nodeBefore = process.cpuUsage()
   const started = now()
   let next = 0
   await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
@@ -95,6 +97,7 @@ async function measure (target: string, publish: (index: number, payload: { t: n
   // End to end: until the last delivery (Socket.IO's emit returns before its NOTIFY is sent).
   const delivered = now()
   const cpu = dbPid === undefined ? 0 : treeCpuSeconds(dbPid) - cpuBefore
+  const node = process.cpuUsage(nodeBefore)
   const saturated = [...received()].sort((a, b) => a - b)
   const deliveredPct = Math.round((saturated.length / PUBLISHES) * 1000) / 10
   const seconds = (delivered - started) / 1000
@@ -110,6 +113,7 @@ async function measure (target: string, publish: (index: number, payload: { t: n
   return {
     target,
     publishesPerSecond: Math.round(saturated.length / seconds),
+    nodeCpuUsPerPublish: Math.round((node.user + node.system) / PUBLISHES),
     deliveredPct,
     p50ms: round(percentile(saturated, 0.5)),
     p99ms: round(percentile(saturated, 0.99)),
@@ -199,9 +203,12 @@ try {
   results.push(await runPlugin('plugin, Redis broker, one room', () => redisBroker({ url: `redis://127.0.0.1:${redisPort}` }), 1, undefined))
   results.push(await runSocketIo(pool, dbPid))
   console.log(`${PUBLISHES} publishes per target (${IN_FLIGHT} in flight for the plugin); Node ${process.version}; one process, loopback`)
-  console.log('| target | publishes/s | delivered % | p50 ms | p99 ms | p50 ms at 100/s | p99 ms at 100/s | PostgreSQL CPU µs per publish |')
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
-  for (const r of results) console.log(`| ${r.target} | ${r.publishesPerSecond} | ${r.deliveredPct} | ${r.p50ms} | ${r.p99ms} | ${r.lightP50ms} | ${r.lightP99ms} | ${r.dbCpuUsPerPublish} |`)
+  console.log('| target | publishes/s | delivered % | p50 ms | p99 ms | p50 ms at 100/s | p99 ms at 100/s | PostgreSQL CPU µs per publish | Node CPU µs per publish (both servers and the member) |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) console.log(`| ${r.target} | ${r.publishesPerSecond} | ${r.deliveredPct} | ${r.p50ms} | ${r.p99ms} | ${r.lightP50ms} | ${r.lightP99ms} | ${r.dbCpuUsPerPublish} | ${r.nodeCpuUsPerPublish} |`)
+} catch (err) {
+  console.error(err)
+  process.exitCode = 1
 } finally {
   for (const teardown of teardowns.reverse()) await teardown()
 }

@@ -22,26 +22,29 @@ if (componentAvailable(t, postgresMissing(), 'Postgres under process faults')) {
   t.test('three processes on the Postgres broker: one killed -9 mid-transaction publishes nothing, holds nothing, and its members leave', async (t) => {
     const db = await startPostgres(t)
     const env = { DATABASE_URL: db.url, PROCESS_TTL_MS: '600' }
-    const [a, b, c] = await Promise.all([startFixtureProcess(t, 'postgres-server.ts', env), startFixtureProcess(t, 'postgres-server.ts', env), startFixtureProcess(t, 'postgres-server.ts', env)])
-    const watcher = await rawClient(b!.url, 'watcher')
+    // One at a time: three tsx start-ups at once on a busy 2-core runner take long.
+    const a = await startFixtureProcess(t, 'postgres-server.ts', env)
+    const b = await startFixtureProcess(t, 'postgres-server.ts', env)
+    const c = await startFixtureProcess(t, 'postgres-server.ts', env)
+    const watcher = await rawClient(b.url, 'watcher')
     watcher.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'feed' }))
     await until(() => watcher.frames.some((frame) => frame.type === 'ack'), 'join ack')
-    const onC = await rawClient(c!.url, 'carol')
+    const onC = await rawClient(c.url, 'carol')
     onC.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'feed' }))
     await until(() => watcher.frames.some((frame) => frame.type === 'presence' && frame.payload.user.id === 'carol'), 'carol present')
-    const first = await post(a!, { room: 'feed', text: 'one' })
+    const first = await post(a, { room: 'feed', text: 'one' })
     t.equal(first.status, 200)
     // A transaction on C that published and never commits: C is killed while it holds the room.
-    const held = post(c!, { room: 'feed', text: 'never', holdMs: 60_000 }).catch(() => ({ status: 0, body: null }))
+    const held = post(c, { room: 'feed', text: 'never', holdMs: 60_000 }).catch(() => ({ status: 0, body: null }))
     await retryUntil(async () => {
       const inspect = await db.client()
       const { rows } = await inspect.query("SELECT count(*)::int AS n FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'rooms' AND l.mode = 'RowExclusiveLock'")
       await inspect.end()
       if (rows[0].n === 0) throw new Error('not holding yet')
     })
-    c!.child.kill('SIGKILL')
+    c.child.kill('SIGKILL')
     t.equal((await held).status, 0, 'the request died with its process')
-    const after = await retryUntil(() => post(a!, { room: 'feed', text: 'two' }).then((reply) => {
+    const after = await retryUntil(() => post(a, { room: 'feed', text: 'two' }).then((reply) => {
       if (reply.status !== 200) throw new Error(JSON.stringify(reply.body))
       return reply
     }))
@@ -77,14 +80,15 @@ if (componentAvailable(t, postgresMissing() ?? redisMissing(), 'the outbox under
       await inspect.end()
       if (rows[0].n === 0) throw new Error('no relay yet')
     })
-    const [b, c] = await Promise.all([startFixtureProcess(t, 'postgres-server.ts', env), startFixtureProcess(t, 'postgres-server.ts', env)])
-    const watcher = await rawClient(b!.url, 'watcher')
+    const b = await startFixtureProcess(t, 'postgres-server.ts', env)
+    const c = await startFixtureProcess(t, 'postgres-server.ts', env)
+    const watcher = await rawClient(b.url, 'watcher')
     watcher.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'feed' }))
     await until(() => watcher.frames.some((frame) => frame.type === 'ack'), 'join ack')
     const committed: string[] = []
     const rolledBack: string[] = []
     let sent = 0
-    const writers = [b!, c!].map(async (server) => {
+    const writers = [b, c].map(async (server) => {
       for (let i = 0; i < 60; i++) {
         const rollback = sent++ % 10 < 3
         const reply = await post(server, { room: 'feed', text: `${i}`, rollback })

@@ -152,6 +152,19 @@ if (componentAvailable(t, postgresMissing(), 'Postgres broker')) {
     t.same(ordered, [...ordered].sort((x, y) => x - y), 'seq order = commit order')
   })
 
+  t.test('publishes from one process keep their call order per room, batched under load (idempotency keys too)', async (t) => {
+    const db = await startPostgres(t)
+    const a = await instance(t, db, { presence: false })
+    const raw = await rawClient(a, 'watcher')
+    raw.ws.send(JSON.stringify({ type: 'join', id: 'j', room: 'burst' }))
+    await until(() => raw.frames.some((frame) => frame.type === 'ack'), 'join ack')
+    // Not awaited one by one: most of them queue behind the first and go as batches.
+    const results = await Promise.all(range(1, 200).map((n) => a.app.rooms.broadcast('burst', 'note', { n }, n % 50 === 0 ? { idempotencyKey: 'same' } : {})))
+    t.same(results.map((result) => result.seq), [...range(1, 50), ...range(51, 99), 50, ...range(100, 148), 50, ...range(149, 197), 50], 'seqs in call order; the key publishes once')
+    await until(() => events(raw.frames).length === 197, 'every event')
+    t.same(events(raw.frames).map((frame) => frame.payload.n), range(1, 200).filter((n) => n % 50 !== 0 || n === 50), 'delivered in call order')
+  })
+
   t.test('a bad transaction gets a clear error, and nothing is published', async (t) => {
     const db = await startPostgres(t)
     const p = pool(t, db)

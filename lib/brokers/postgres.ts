@@ -18,6 +18,7 @@ import { deliverUserMessage, encodeUserMessage, type UserMessage } from './user-
 import { eventChannel, parseEventNotification, roomShard, storedMessageId, usersChannel } from './postgres/notifications.js'
 import { DELIVERY_WINDOW, MAX_NOTIFY_BYTES, SCHEMA_NAME, schemaSql } from './postgres/schema.js'
 import { inTransaction, withDeadline, wrap } from './postgres/sql.js'
+import { PublishLanes, type PublishArguments } from './postgres/publish-lanes.js'
 
 export interface PostgresBrokerOptions {
   /** `postgres://user:password@host:port/database`; or pass `pool`. */
@@ -76,12 +77,14 @@ class PostgresBroker implements Broker {
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
   private historyFor: (room: string) => { maxEvents: number; maxAgeMs: number } = () => this.historyLimits
   private readonly streams: OrderedStreams
+  private readonly lanes: PublishLanes
   /** Rooms subscribed per event shard, and the LISTEN of each shard with rooms. */
   private readonly shards = new Map<number, { rooms: number; listening: Promise<void> }>()
   /** This process's presence entries, to restore them after the database lost them or survivors removed them. room → connectionId → entry */
   private readonly localPresence = new Map<string, Map<string, { userId: string; info: string | null }>>()
   /** Notifications handled one at a time while one needs a read (a large frame or user message): order is kept. */
   private notificationChain: Promise<void> | undefined
+  private listenerChain: Promise<unknown> = Promise.resolve()
   private readonly timers: NodeJS.Timeout[] = []
   private closed = false
   private everReady = false
@@ -98,6 +101,8 @@ class PostgresBroker implements Broker {
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
     this.commandTimeoutMs = options.commandTimeoutMs ?? 2000
+    // Lanes leave a connection of the pool to everything else (reads, presence, the cleaner).
+    this.lanes = new PublishLanes(Math.min(4, Math.max(1, (options.poolSize ?? 10) - 2)), (batch) => this.runPublishes(batch))
     this.streams = new OrderedStreams((room, after) => this.read(room, after, true), () => this.delivery, () => this.closed, (room, epoch) => this.renewEpoch(room, epoch))
   }
 
@@ -117,6 +122,8 @@ class PostgresBroker implements Broker {
         max: this.options.poolSize ?? 10,
         connectionTimeoutMillis: Math.max(connectTimeoutMs, this.commandTimeoutMs),
         application_name: 'fastify-rooms',
+        // A publish waits this long at most for a room another transaction holds (set once per connection).
+        lock_timeout: this.commandTimeoutMs,
       })
     }
     // An idle pooled client that loses its connection emits 'error' on the pool: unhandled, it would end the process.
@@ -212,23 +219,32 @@ class PostgresBroker implements Broker {
   }
 
   async publish (request: PublishRequest): Promise<RoomPosition> {
-    const [row] = await this.sql<PositionRow>(`SELECT * FROM ${this.table('publish')}(${PUBLISH_PARAMETERS})`, this.publishValues(request))
-    return toPosition(row!)
+    return toPosition(await this.lanes.publish(request.room, this.publishValues(request, this.ownsPool ? null : this.commandTimeoutMs)))
+  }
+
+  /** One publish as it is, several as one `publish_batch` (arrays by column; the shared values once). */
+  private async runPublishes (batch: PublishArguments[]): Promise<PositionRow[]> {
+    if (batch.length === 1) return this.sql<PositionRow>(`SELECT * FROM ${this.table('publish')}(${PUBLISH_PARAMETERS})`, [...batch[0]!])
+    const column = (index: number) => batch.map((args) => args[index])
+    return this.sql<PositionRow>(`SELECT * FROM ${this.table('publish_batch')}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`, [
+      column(0), column(1), column(2), column(3), column(4), column(5), column(6), column(7), batch[0]![8], batch[0]![9],
+      column(10), column(11), batch[0]![12], column(13), batch[0]![14],
+    ])
   }
 
   async publishIn (transaction: SqlTransaction, request: PublishRequest): Promise<RoomPosition> {
-    const rows = await inTransaction(transaction, { text: `SELECT * FROM ${this.table('publish')}(${PUBLISH_PARAMETERS})`, values: this.publishValues(request) }, this.schema)
+    const rows = await inTransaction(transaction, { text: `SELECT * FROM ${this.table('publish')}(${PUBLISH_PARAMETERS})`, values: this.publishValues(request, this.commandTimeoutMs) }, this.schema)
     return toPosition(rows[0] as PositionRow)
   }
 
-  private publishValues (request: PublishRequest): unknown[] {
+  private publishValues (request: PublishRequest, lockTimeoutMs: number | null): unknown[] {
     const publishedAt = preciseNow()
     const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, Math.floor(publishedAt))
     const limits = this.historyFor(request.room)
     return [
       request.room, randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
       this.roomTtlMs, this.idleRoomTtlMs, String(publishedAt), request.idempotencyKey ?? null, this.idempotencyWindowMs,
-      eventChannel(this.schema, request.room), this.commandTimeoutMs,
+      eventChannel(this.schema, request.room), lockTimeoutMs,
     ]
   }
 
@@ -314,7 +330,7 @@ class PostgresBroker implements Broker {
       const listener = this.listener
       const listening = listener === undefined
         ? Promise.reject(new BrokerError('PostgreSQL unavailable: the listener connection is down'))
-        : wrap(listener.query({ text: `LISTEN "${this.shardChannel(shard)}"`, query_timeout: this.commandTimeoutMs } as pg.QueryConfig).then(() => {}))
+        : wrap(this.onListener(listener, `LISTEN "${this.shardChannel(shard)}"`))
       state = { rooms: 0, listening }
       this.shards.set(shard, state)
       listening.catch(() => { if (this.shards.get(shard) === state && state!.rooms === 0) this.shards.delete(shard) })
@@ -323,12 +339,19 @@ class PostgresBroker implements Broker {
     await state.listening
   }
 
+  /** The listener's statements one at a time (a pg client runs one query at a time; queueing more is deprecated). */
+  private onListener (listener: pg.Client | pg.PoolClient, text: string): Promise<void> {
+    const run = this.listenerChain.then(() => listener.query({ text, query_timeout: this.commandTimeoutMs } as pg.QueryConfig))
+    this.listenerChain = run.catch(() => {})
+    return run.then(() => {})
+  }
+
   private unlisten (shard: number): void {
     const state = this.shards.get(shard)
     if (state === undefined) return
     if (--state.rooms > 0) return
     this.shards.delete(shard)
-    this.listener?.query(`UNLISTEN "${this.shardChannel(shard)}"`).catch(() => {})
+    if (this.listener !== undefined) this.onListener(this.listener, `UNLISTEN "${this.shardChannel(shard)}"`).catch(() => {})
   }
 
   async claimAnswer (userId: string, answerId: string, fingerprint: string, limits: { windowMs: number; maxIdsPerUser: number }): Promise<{ state: 'new' } | { state: 'pending' } | { state: 'done'; outcome: string }> {

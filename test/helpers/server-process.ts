@@ -29,7 +29,7 @@ export async function startFixtureProcess (t: { teardown(fn: () => unknown): voi
       output += chunk.toString()
       if (output.includes('\n')) resolve()
     })
-  }), 'the server process listening')
+  }), 'the server process listening', 30_000)
   // Later lines are the fixture's own reports (e.g. `holding <id>`).
   child.stdout!.on('data', () => {})
   return {

@@ -105,13 +105,17 @@ CREATE OR REPLACE FUNCTION ${s}.publish(
 DECLARE
   v_seq bigint;
   v_epoch text;
-  v_hosted boolean;
+  v_hosted boolean := p_type <> 'presence';
   v_frame text;
   v_message text;
-  v_lock_timeout text := current_setting('lock_timeout');
+  v_lock_timeout text;
 BEGIN
-  -- Waiting for another transaction that holds this room is bounded; the caller's own setting comes back.
-  PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+  -- In the caller's transaction, waiting for another one that holds this room is bounded here, and the
+  -- caller's own setting comes back after; the broker's own connections have it set once.
+  IF p_lock_timeout_ms IS NOT NULL THEN
+    v_lock_timeout := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', p_lock_timeout_ms || 'ms', true);
+  END IF;
   IF p_key IS NOT NULL THEN
     INSERT INTO ${s}.idempotency AS i (room, key, seq, epoch, expires_at)
       VALUES (p_room, p_key, 0, '', clock_timestamp() + p_key_window_ms * interval '1 millisecond')
@@ -119,22 +123,37 @@ BEGIN
       WHERE i.expires_at < clock_timestamp()
       RETURNING i.seq INTO v_seq;
     IF NOT FOUND THEN
-      PERFORM set_config('lock_timeout', v_lock_timeout, true);
+      IF p_lock_timeout_ms IS NOT NULL THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
       RETURN QUERY SELECT i.seq, i.epoch FROM ${s}.idempotency i WHERE i.room = p_room AND i.key = p_key;
       RETURN;
     END IF;
   END IF;
-  INSERT INTO ${s}.rooms AS r (room, seq, epoch, hosted, max_events, max_age_ms, expires_at)
-    VALUES (p_room, 1, p_candidate_epoch, p_type <> 'presence', p_max_events, p_max_age_ms,
-      clock_timestamp() + (CASE WHEN p_type <> 'presence' THEN p_room_ttl_ms ELSE p_idle_room_ttl_ms END) * interval '1 millisecond')
-    ON CONFLICT (room) DO UPDATE SET
+  -- An UPDATE first: a room that exists (nearly every publish) costs no speculative insert.
+  UPDATE ${s}.rooms r SET
       seq = r.seq + 1,
-      hosted = r.hosted OR EXCLUDED.hosted,
-      max_events = EXCLUDED.max_events,
-      max_age_ms = EXCLUDED.max_age_ms,
-      expires_at = greatest(r.expires_at, clock_timestamp() + (CASE WHEN r.hosted OR EXCLUDED.hosted THEN p_room_ttl_ms ELSE p_idle_room_ttl_ms END) * interval '1 millisecond')
-    RETURNING r.seq, r.epoch, r.hosted INTO v_seq, v_epoch, v_hosted;
-  PERFORM set_config('lock_timeout', v_lock_timeout, true);
+      hosted = r.hosted OR v_hosted,
+      max_events = p_max_events,
+      max_age_ms = p_max_age_ms,
+      -- Moved only once less than half the ttl is left: an unchanged indexed column keeps the update HOT
+      -- (no index entries per publish), and a room still outlives its last event by half its ttl or more.
+      expires_at = CASE WHEN r.expires_at < clock_timestamp() + (CASE WHEN r.hosted OR v_hosted THEN p_room_ttl_ms ELSE p_idle_room_ttl_ms END) * interval '0.5 millisecond'
+        THEN clock_timestamp() + (CASE WHEN r.hosted OR v_hosted THEN p_room_ttl_ms ELSE p_idle_room_ttl_ms END) * interval '1 millisecond'
+        ELSE r.expires_at END
+    WHERE r.room = p_room
+    RETURNING r.seq, r.epoch INTO v_seq, v_epoch;
+  IF NOT FOUND THEN
+    INSERT INTO ${s}.rooms AS r (room, seq, epoch, hosted, max_events, max_age_ms, expires_at)
+      VALUES (p_room, 1, p_candidate_epoch, v_hosted, p_max_events, p_max_age_ms,
+        clock_timestamp() + (CASE WHEN v_hosted THEN p_room_ttl_ms ELSE p_idle_room_ttl_ms END) * interval '1 millisecond')
+      ON CONFLICT (room) DO UPDATE SET
+        seq = r.seq + 1,
+        hosted = r.hosted OR EXCLUDED.hosted,
+        max_events = EXCLUDED.max_events,
+        max_age_ms = EXCLUDED.max_age_ms,
+        expires_at = greatest(r.expires_at, EXCLUDED.expires_at)
+      RETURNING r.seq, r.epoch INTO v_seq, v_epoch;
+  END IF;
+  IF p_lock_timeout_ms IS NOT NULL THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
   v_frame := p_head || v_seq || p_tail;
   INSERT INTO ${s}.events (room, seq, frame) VALUES (p_room, v_seq, v_frame);
   -- Trimming by count every 16th event; readers apply the limits exactly anyway.
@@ -144,13 +163,31 @@ BEGIN
   IF p_key IS NOT NULL THEN
     UPDATE ${s}.idempotency i SET seq = v_seq, epoch = v_epoch WHERE i.room = p_room AND i.key = p_key;
   END IF;
-  v_message := p_except || E'\\n' || p_type || E'\\n' || v_seq || E'\\n' || v_epoch || E'\\n' || p_published_at || E'\\n';
-  IF octet_length(v_message) + octet_length(v_frame) + octet_length(p_room) + 1 <= ${MAX_NOTIFY_BYTES} THEN
-    PERFORM pg_notify(p_channel, p_room || E'\\n' || v_message || v_frame);
+  v_message := p_room || E'\\n' || p_except || E'\\n' || p_type || E'\\n' || v_seq || E'\\n' || v_epoch || E'\\n' || p_published_at || E'\\n';
+  IF octet_length(v_message) + octet_length(v_frame) <= ${MAX_NOTIFY_BYTES} THEN
+    PERFORM pg_notify(p_channel, v_message || v_frame);
   ELSE
-    PERFORM pg_notify(p_channel, p_room || E'\\n' || v_message);
+    PERFORM pg_notify(p_channel, v_message);
   END IF;
-  RETURN QUERY SELECT v_seq, v_epoch;
+  seq := v_seq;
+  epoch := v_epoch;
+  RETURN NEXT;
+END
+$$;
+
+-- Several publishes of one process in one call, in order (each as publish() does it): what queued while
+-- the previous call of the same lane ran. Its rows are the publishes' positions, in the same order.
+CREATE OR REPLACE FUNCTION ${s}.publish_batch(
+  p_rooms text[], p_candidate_epochs text[], p_heads text[], p_tails text[], p_types text[], p_excepts text[],
+  p_max_events integer[], p_max_age_ms bigint[], p_room_ttl_ms bigint, p_idle_room_ttl_ms bigint,
+  p_published_at text[], p_keys text[], p_key_window_ms bigint, p_channels text[], p_lock_timeout_ms integer
+) RETURNS TABLE (seq bigint, epoch text) LANGUAGE plpgsql AS $$
+BEGIN
+  FOR i IN 1 .. array_length(p_rooms, 1) LOOP
+    RETURN QUERY SELECT * FROM ${s}.publish(p_rooms[i], p_candidate_epochs[i], p_heads[i], p_tails[i], p_types[i], p_excepts[i],
+      p_max_events[i], p_max_age_ms[i], p_room_ttl_ms, p_idle_room_ttl_ms, p_published_at[i], p_keys[i], p_key_window_ms,
+      p_channels[i], p_lock_timeout_ms);
+  END LOOP;
 END
 $$;
 
