@@ -413,6 +413,22 @@ if (componentAvailable(t, postgresMissing(), 'Postgres broker on its attacker\'s
     t.equal(runs, 10)
   })
 
+  t.test('history by count and age: reads apply the limits exactly, the table keeps a bounded window', async (t) => {
+    const db = await startPostgres(t)
+    const a = await instance(t, db, { presence: false, namespaces: { brief: { history: { maxEvents: 1000, maxAgeMs: 100 } } }, history: { maxEvents: 5, maxAgeMs: 60_000 } })
+    for (const n of range(1, 100)) await a.app.rooms.broadcast('counted', 'note', { n })
+    const counted = await a.app.rooms.history('counted')
+    t.same(counted.events.map((event) => event.seq), range(96, 100), 'the last maxEvents')
+    t.equal(counted.complete, false)
+    const inspect = await db.client()
+    const rows = Number((await inspect.query("SELECT count(*) AS n FROM fastify_rooms.events WHERE room = 'counted'")).rows[0].n)
+    t.ok(rows <= 64 + 16, `trimmed at publish: ${rows} rows kept (the delivery window, 64, plus at most 16)`)
+    await a.app.rooms.broadcast('brief:x', 'note', {})
+    t.equal((await a.app.rooms.history('brief:x')).events.length, 1)
+    await retryUntil(async () => { if ((await a.app.rooms.history('brief:x')).events.length > 0) throw new Error('still there') }, 5000, 'aged out of history')
+    t.equal((await a.app.rooms.history('brief:x')).complete, false, 'an aged-out event makes history incomplete')
+  })
+
   t.test('a listener that cannot hear notifications (PgBouncer in transaction mode) refuses the start with the fix', async (t) => {
     const db = await startPostgres(t)
     const admin = await db.client()
