@@ -341,7 +341,7 @@ class PostgresBroker implements Broker {
 
   /** The listener's statements one at a time (a pg client runs one query at a time; queueing more is deprecated). */
   private onListener (listener: pg.Client | pg.PoolClient, text: string): Promise<void> {
-    const run = this.listenerChain.then(() => listener.query({ text, query_timeout: this.commandTimeoutMs } as pg.QueryConfig))
+    const run = this.listenerChain.then(() => withDeadline(listener.query({ text, query_timeout: this.commandTimeoutMs } as pg.QueryConfig), this.commandTimeoutMs + 250, 'the statement timed out'))
     this.listenerChain = run.catch(() => {})
     return run.then(() => {})
   }
@@ -620,8 +620,13 @@ class PostgresBroker implements Broker {
     if (this.ownsPool) await this.pool?.end().catch(() => {})
   }
 
+  /**
+   * Bounded twice: pg's query_timeout, and a deadline of ours a little later, because pg up to 8.1x never
+   * answers a query on a connection whose server stopped answering (a SIGSTOPped database; pinned by the
+   * dependency matrix's oldest pg and test/postgres.test.ts's paused database).
+   */
   private async sql<R = Record<string, unknown>>(text: string, values: unknown[]): Promise<R[]> {
-    const result = await wrap(this.pool.query({ text, values, query_timeout: this.commandTimeoutMs } as pg.QueryConfig))
+    const result = await wrap(withDeadline(this.pool.query({ text, values, query_timeout: this.commandTimeoutMs } as pg.QueryConfig), this.commandTimeoutMs + 250, 'the statement timed out'))
     return result.rows as R[]
   }
 }
