@@ -453,7 +453,7 @@ class PostgresBroker implements Broker {
         if (body !== undefined) deliverUserMessage(body, this.delivery)
       })
     }
-    // The start's probe, heard by its own listener as well.
+    // Only the users channel and the event shards are this handler's (the start's probe has its own).
     if (!channel.startsWith(`${this.schema}_ev_`)) return
     const { room, event } = parseEventNotification(payload)
     if (event.frame !== '' && this.notificationChain === undefined) return this.streams.receive(room, event)
