@@ -26,6 +26,8 @@ import { FrameIntake } from './socket/intake.js'
 import { WriteCoalescer } from './out/write-coalescer.js'
 import { Presence } from './rooms/presence.js'
 import { RoomRegistry } from './rooms/registry.js'
+import { StreamRelay } from './rooms/stream-relay.js'
+import { StreamWriter } from './rooms/streams.js'
 import { SseTransport } from './sse/transport.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
 import { createUpgradeGate, handleProtocols } from './admission/upgrade.js'
@@ -53,9 +55,13 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const stats = new Stats(options.metrics, () => registry)
   const broker = options.broker ?? memoryBroker()
   const presence = new Presence(options.roomPolicy, options.presenceInfo, broker, fastify.log)
-  const membership = new Membership(options, broker, presence, stats, fastify.log, () => registry.api)
+  const streams = {
+    writer: new StreamWriter(broker, options, fastify.log),
+    relay: new StreamRelay(() => broker, (append, frame) => registry.fanOutAppend(append, frame), { streamIdleMs: options.streamIdleMs, log: fastify.log }),
+  }
+  const membership = new Membership(options, broker, presence, stats, fastify.log, () => registry.api, streams.relay)
   const outbox = options.outbox === undefined ? undefined : new Outbox(options.outbox, broker, fastify.log)
-  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse, outbox)
+  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse, streams, outbox)
   await broker.start(registry, {
     history: options.history,
     historyFor: (room) => options.roomPolicy(room).history,
@@ -88,6 +94,8 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   async function shutdown (): Promise<void> {
     closing = true
     clearInterval(heartbeat)
+    // Open streams end aborted (`reason: 'shutdown'`) while their members are still here to be told.
+    await streams.writer.close(options.closeTimeoutMs)
     await membership.shutdown(options.closeTimeoutMs)
     sse?.close()
   }
@@ -110,6 +118,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     clearInterval(heartbeat)
     fastify.server.off('upgrade', endRefusedUpgrade)
     presence.stop()
+    streams.relay.close()
     await outbox?.close()
     await broker.close({ lingerMs: membership.dropGraces() ? options.leaveGraceMs : 0 })
   })
@@ -146,7 +155,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     const verifyToken = options.jwt === undefined
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
-    const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats), registry, verifyToken, stats)
+    const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats, streams.relay), registry, verifyToken, stats)
     const intake = new FrameIntake({ ...options, messageTypes: options.messages.keys() }, stats)
     const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, () => closing)
     const gate = createUpgradeGate(options, verifyToken, {

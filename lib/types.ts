@@ -148,6 +148,37 @@ export interface RoomEvent {
   payload: unknown
   traceId: string
   time: number
+  /** A streamed event's text so far and its state (`fastify.rooms.stream`). */
+  stream?: { id: string; state: 'streaming' | 'done' | 'aborted'; text: string; reason?: string }
+}
+
+export interface StreamOptions {
+  /** Defaults to a new id (or, through `ctx.rooms`, the frame's traceId). */
+  traceId?: string
+  /** As for `broadcast`: the same key for the same room within the retry window starts one stream. */
+  idempotencyKey?: string
+}
+
+/**
+ * A streamed event (`fastify.rooms.stream`): one room event — one seq, one history entry — whose text grows.
+ * Members get the event at once, then its text as it is appended, in order; a client that joins or resumes
+ * mid-stream gets the text so far, then the rest.
+ */
+export interface RoomStream {
+  readonly id: string
+  readonly room: string
+  readonly seq: number
+  /** `streaming` until `end()`, `abort()`, `streamIdleMs` without text (aborted, `reason: 'idle'`), or its broker lost it (aborted). */
+  readonly state: 'streaming' | 'done' | 'aborted'
+  /**
+   * Adds text. Synchronous and cheap: what one turn appends leaves as one append. Throws
+   * `FST_ROOMS_STREAM_ENDED` once the stream ended, `FST_ROOMS_STREAM_TOO_LARGE` past `maxStreamBytes`.
+   */
+  append(text: string): void
+  /** Ends the stream (`state: 'done'`); resolves once the last text and the end are stored. */
+  end(): Promise<void>
+  /** Ends the stream `aborted`, keeping the text appended so far; `reason`: at most 128 characters. */
+  abort(reason?: string): Promise<void>
 }
 
 export interface RoomHistory {
@@ -186,6 +217,12 @@ export interface RoomsStats {
 /** `fastify.rooms` */
 export interface RoomsApi {
   broadcast<T extends RoomsEventType>(room: string, type: T, payload: RoomsEventPayload<T>, options?: BroadcastOptions): Promise<BroadcastResult>
+  /**
+   * Publishes a streamed event: one room event (`seq`) whose text the returned stream appends to. Rejects
+   * with `FST_ROOMS_TOO_MANY_STREAMS` (429) when the room has `maxOpenStreamsPerRoom` open streams, or this
+   * process `maxOpenStreams`; otherwise as `broadcast`.
+   */
+  stream<T extends RoomsEventType>(room: string, type: T, payload?: RoomsEventPayload<T>, options?: StreamOptions): Promise<RoomStream>
   /**
    * The room's position: `{ seq, epoch }` of its last event. With `transaction` (a REPEATABLE READ one),
    * the position that transaction's snapshot sees, so a page can load rows and the position together and

@@ -1,5 +1,6 @@
 // The Broker is the only part that knows whether there is one process or many. Its parts follow
-// Centrifuge's split: room events and history, presence, routing to a user, and shared answers.
+// Centrifuge's split: room events and history, presence, routing to a user, shared answers, and streams.
+import type { StreamAppend, StreamInfo } from '../protocol/protocol.js'
 
 /** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
 export interface BrokerDelivery {
@@ -22,6 +23,8 @@ export interface BrokerDelivery {
   serverMembership(change: MembershipChange): void
   /** A frame POSTed on another process for an SSE session of `userId` (delivered if the session is here and hers). */
   sessionFrame?(userId: string, sessionId: string, frame: string): void
+  /** A streamed event's text grew (or it ended), on whichever process writes it. `frame` is `append` serialized. */
+  streamAppend?(append: StreamAppend, frame: string): void
 }
 
 /** A server-side join or leave, for every socket of a user or for one connection, on whichever process has them. */
@@ -52,6 +55,11 @@ export interface PublishRequest {
   except?: string | undefined
   /** The same key for the same room within the idempotency window publishes once: the first position is returned. */
   idempotencyKey?: string | undefined
+  /**
+   * A streamed event (`fastify.rooms.stream`): its record (text '', state streaming) is made with the event,
+   * unless the room has `maxOpen` open streams already (then `StreamLimitError`, and no event).
+   */
+  stream?: { id: string; maxOpen: number; idleMs: number } | undefined
 }
 
 /** Where a room's sequence stands: `seq` of its last event, in the run named by `epoch`. */
@@ -62,8 +70,42 @@ export interface RoomPosition {
 
 export interface HistoryEvent {
   seq: number
-  /** The event exactly as it was delivered live. */
+  /** The event exactly as it was delivered live (a streamed event: with its text and state as they are now). */
   frame: string
+  /** A streamed event's id, text length (UTF-16 code units) and whether it is still streaming. */
+  stream?: StreamPoint | undefined
+}
+
+export interface StreamPoint {
+  id: string
+  length: number
+  open: boolean
+}
+
+/** A stream as its broker stores it: its event's frame (with the text and state now), and where it stands. */
+export interface StoredStream {
+  seq: number
+  frame: string
+  info: StreamInfo
+  /** ms since the epoch of its last append (the backend's clock where it has one). */
+  updatedAt: number
+}
+
+/**
+ * Streamed events (`fastify.rooms.stream`): one room event whose text grows. The writer appends in order,
+ * one call at a time per stream; each append is stored before it is fanned out, so a reader of the store
+ * always has at least what any process was sent.
+ */
+export interface StreamBroker {
+  /**
+   * Appends `append.text` at `append.offset` and, with `append.state`, ends the stream; fans `frame` out to
+   * every process. 'conflict': the stream is not streaming or its text is not `offset` long (another
+   * process ended it); 'gone': no such stream (its backend lost it); nothing is published then.
+   */
+  appendStream(append: StreamAppend, frame: string): Promise<'ok' | 'conflict' | 'gone'>
+  stream(room: string, id: string): Promise<StoredStream | undefined>
+  /** The room's open streams, oldest first (a joiner's snapshot). */
+  openStreams(room: string): Promise<StoredStream[]>
 }
 
 export interface HistorySlice {
@@ -161,7 +203,7 @@ export interface UserRouting {
  * What the plugin runs on: events and history, presence and user routing, with a lifecycle; answers to
  * retried frames may be shared too (without them each process remembers its own).
  */
-export interface Broker extends EventBroker, PresenceBroker, UserRouting, Partial<SharedAnswers> {
+export interface Broker extends EventBroker, PresenceBroker, UserRouting, Partial<SharedAnswers>, Partial<StreamBroker> {
   readonly name: string
   /** Connects and starts delivering; rejects with a clear error when its backend cannot be reached. */
   start(delivery: BrokerDelivery, settings: BrokerSettings): Promise<void>

@@ -21,6 +21,11 @@ export class EventHistory {
     return this.size
   }
 
+  /** The seq of the oldest event held; undefined when none is. */
+  get oldestSeq (): number | undefined {
+    return this.size === 0 ? undefined : this.ring[this.start]!.seq
+  }
+
   /** Appends an event; returns the change in bytes held (a full ring drops its oldest event). */
   append (seq: number, time: number, frame: string): number {
     if (this.maxEvents === 0) return 0

@@ -4,9 +4,24 @@
 // growing without bound.
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../observability/metrics.js'
-import { roomEventFrame } from '../protocol/protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
+import { StreamLimitError } from '../config/errors.js'
+import { roomEventFrame, withStream, type StreamAppend } from '../protocol/protocol.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { EventHistory } from './history.js'
+
+interface MemoryStream {
+  seq: number
+  /** The event as first published (text '', streaming). */
+  frame: string
+  text: string
+  /** UTF-16 code units of text. */
+  length: number
+  state: 'streaming' | 'done' | 'aborted'
+  reason: string | undefined
+  updatedAt: number
+  /** UTF-8 bytes of text, counted toward the history budget. */
+  bytes: number
+}
 
 interface RoomState {
   seq: number
@@ -20,6 +35,8 @@ interface RoomState {
   infos?: Map<string, string>
   /** A host event was published here: until then the room only carried presence. */
   hosted?: boolean
+  /** Streamed events by id: open ones, and ended ones while history holds their event. */
+  streams?: Map<string, MemoryStream>
 }
 
 export interface MemoryBrokerOptions {
@@ -79,13 +96,18 @@ class MemoryBroker implements Broker {
       if (first !== undefined && time - first.at <= this.idempotencyWindowMs) return first.position
     }
     const state = this.state(request.room)
+    const { stream } = request
+    if (stream !== undefined && openCount(state) >= stream.maxOpen) throw new StreamLimitError(`room "${request.room}"`, stream.maxOpen)
     const seq = ++state.seq
     state.lastEventAt = time
     if (request.type !== 'presence') state.hosted = true
     // Most recently published last: the budget takes from the front.
     this.roomStates.delete(request.room)
     this.roomStates.set(request.room, state)
-    const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time)
+    const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time, stream?.id)
+    if (stream !== undefined) {
+      (state.streams ??= new Map()).set(stream.id, { seq, frame, text: '', length: 0, state: 'streaming', reason: undefined, updatedAt: time, bytes: 0 })
+    }
     this.heldBytes += state.history.append(seq, time, frame)
     this.enforceBudget()
     const position = { seq, epoch: state.epoch }
@@ -108,7 +130,48 @@ class MemoryBroker implements Broker {
     const state = this.state(room)
     this.heldBytes -= state.history.expire(Date.now())
     const { events, complete } = state.history.after(after, state.seq)
+    if (state.streams !== undefined) {
+      const bySeq = new Map<number, [string, MemoryStream]>()
+      for (const [id, stream] of state.streams) bySeq.set(stream.seq, [id, stream])
+      for (const event of events) {
+        const found = bySeq.get(event.seq)
+        if (found === undefined) continue
+        const stored = storedStream(found[0], found[1])
+        event.frame = stored.frame
+        event.stream = { id: found[0], length: found[1].length, open: found[1].state === 'streaming' }
+      }
+    }
     return { position: { seq: state.seq, epoch: state.epoch }, events, complete }
+  }
+
+  async appendStream (append: StreamAppend, frame: string): Promise<'ok' | 'conflict' | 'gone'> {
+    const state = this.roomStates.get(append.room)
+    const stream = state?.streams?.get(append.id)
+    if (stream === undefined) return 'gone'
+    if (stream.state !== 'streaming' || stream.length !== append.offset) return 'conflict'
+    const bytes = Buffer.byteLength(append.text)
+    stream.text += append.text
+    stream.length += append.text.length
+    stream.bytes += bytes
+    stream.updatedAt = Date.now()
+    this.heldBytes += bytes
+    if (append.state !== undefined) {
+      stream.state = append.state
+      stream.reason = append.reason
+    }
+    this.delivery?.streamAppend?.(append, frame)
+    return 'ok'
+  }
+
+  async stream (room: string, id: string): Promise<StoredStream | undefined> {
+    const stream = this.roomStates.get(room)?.streams?.get(id)
+    return stream === undefined ? undefined : storedStream(id, stream)
+  }
+
+  async openStreams (room: string): Promise<StoredStream[]> {
+    const open: StoredStream[] = []
+    for (const [id, stream] of this.roomStates.get(room)?.streams ?? []) if (stream.state === 'streaming') open.push(storedStream(id, stream))
+    return open
   }
 
   async subscribe (room: string): Promise<void> {
@@ -233,7 +296,10 @@ class MemoryBroker implements Broker {
       if (this.heldBytes <= maxBytes) return
     }
     for (const [name, state] of this.roomStates) {
-      while (state.history.length > 0 && this.heldBytes > maxBytes) this.heldBytes -= state.history.dropOldest()
+      while (state.history.length > 0 && this.heldBytes > maxBytes) {
+        this.heldBytes -= state.history.dropOldest()
+        this.dropEndedStreams(state)
+      }
       if (this.heldBytes <= maxBytes) return
       // Nothing left to replay and nobody in it: the room itself goes (its next event starts a new epoch).
       if (this.isIdle(state)) this.forget(name)
@@ -248,7 +314,20 @@ class MemoryBroker implements Broker {
     const state = this.roomStates.get(room)
     if (state === undefined) return
     this.heldBytes -= ROOM_STATE_BYTES + state.history.bytes
+    for (const stream of state.streams?.values() ?? []) this.heldBytes -= stream.bytes
     this.roomStates.delete(room)
+  }
+
+  /** Ended streams whose event history no longer holds go (their text with them). */
+  private dropEndedStreams (state: RoomState): void {
+    if (state.streams === undefined) return
+    const oldest = state.history.oldestSeq ?? state.seq + 1
+    for (const [id, stream] of state.streams) {
+      if (stream.state === 'streaming' || stream.seq >= oldest) continue
+      this.heldBytes -= stream.bytes
+      state.streams.delete(id)
+    }
+    if (state.streams.size === 0) state.streams = undefined
   }
 
   private remember (key: string, position: RoomPosition, now: number): void {
@@ -265,13 +344,27 @@ class MemoryBroker implements Broker {
     for (const [name, state] of this.roomStates) {
       const keptMs = state.hosted === true ? state.history.maxAgeMs : Math.min(state.history.maxAgeMs, IDLE_ROOM_MS)
       if (this.isIdle(state) && state.lastEventAt < now - keptMs) this.forget(name)
-      else this.heldBytes -= state.history.expire(now)
+      else {
+        this.heldBytes -= state.history.expire(now)
+        this.dropEndedStreams(state)
+      }
     }
     for (const [key, entry] of this.idempotency) {
       if (now - entry.at <= this.idempotencyWindowMs) break
       this.idempotency.delete(key)
     }
   }
+}
+
+function openCount (state: RoomState): number {
+  let open = 0
+  for (const stream of state.streams?.values() ?? []) if (stream.state === 'streaming') open++
+  return open
+}
+
+function storedStream (id: string, stream: MemoryStream): StoredStream {
+  const info = { id, state: stream.state, text: stream.text, ...(stream.reason === undefined ? {} : { reason: stream.reason }) }
+  return { seq: stream.seq, frame: withStream(stream.frame, info), info, updatedAt: stream.updatedAt }
 }
 
 export function memoryBroker (options: MemoryBrokerOptions = {}): Broker {

@@ -27,6 +27,13 @@ export function isBrokerError (err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code
   return typeof code === 'string' && (code === 'FST_ROOMS_BROKER' || code === 'FST_ROOMS_BROKER_TIMEOUT')
 }
+/** `fastify.rooms.stream`: the room (or this process) has as many open streams as its limit allows. */
+export const StreamLimitError = createError<[scope: string, limit: number]>('FST_ROOMS_TOO_MANY_STREAMS', 'fastify-rooms: %s has %d open streams already: end one first', 429)
+/** A stream that ended (end, abort, idle, or its broker lost it) takes no more text. */
+export const StreamEndedError = createError<[state: string]>('FST_ROOMS_STREAM_ENDED', 'fastify-rooms: the stream is %s: it takes no more text', 409)
+export const StreamTooLargeError = createError<[bytes: number, limit: number]>('FST_ROOMS_STREAM_TOO_LARGE', 'fastify-rooms: the stream\'s text would be %d bytes, more than maxStreamBytes (%d)', 413)
+/** The broker has no streams (a custom one without the StreamBroker methods). */
+export const StreamsUnsupportedError = createError<[broker: string]>('FST_ROOMS_STREAMS_UNSUPPORTED', 'fastify-rooms: the %s broker does not store streams', 500)
 export const MetricsDisabledError = createError('FST_ROOMS_METRICS_DISABLED', 'fastify-rooms: metrics are off; register with metrics: true or a prom-client Registry', 500)
 export const InvalidArgumentError = createError<[argument: string, problem: string]>(
   'FST_ROOMS_INVALID_ARGUMENT',

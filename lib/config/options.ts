@@ -53,6 +53,10 @@ const DataOptions = Type.Object({
   maxInboxBytes: Type.Optional(Type.Integer({ minimum: 1024 })),
   maxFrameDepth: Type.Optional(Type.Integer({ minimum: 2, maximum: 1000 })),
   maxFrameKeys: Type.Optional(PositiveInteger),
+  maxStreamBytes: Type.Optional(Type.Integer({ minimum: 1 })),
+  maxOpenStreamsPerRoom: Type.Optional(PositiveInteger),
+  maxOpenStreams: Type.Optional(PositiveInteger),
+  streamIdleMs: Type.Optional(Type.Integer({ minimum: 10, maximum: 86_400_000 })),
   history: Type.Optional(Type.Object({
     maxEvents: Type.Integer({ minimum: 0 }),
     maxAgeMs: Type.Integer({ minimum: 0 }),
@@ -172,6 +176,14 @@ export interface RoomsOptions {
   maxFrameDepth?: number
   /** Frames with more object keys plus array elements are refused before they are parsed (default 1000). */
   maxFrameKeys?: number
+  /** Bytes of one streamed event's text as it travels (UTF-8, JSON-escaped; default 256 KiB, at most `maxBufferedBytes / 2`). */
+  maxStreamBytes?: number
+  /** Streams open at once in one room, across processes (default 16). */
+  maxOpenStreamsPerRoom?: number
+  /** Streams open at once on this process (default 10,000). */
+  maxOpenStreams?: number
+  /** A stream that gets no text for this long is aborted (`reason: 'idle'`; default 30 s). */
+  streamIdleMs?: number
   /** `maxBytes`: the memory broker's history budget for all rooms of this process (default 64 MiB). */
   history?: { maxEvents: number; maxAgeMs: number; maxBytes?: number }
   token?: TokenPolicyOptions
@@ -244,6 +256,10 @@ export interface ResolvedOptions {
   maxInboxBytes: number
   maxFrameDepth: number
   maxFrameKeys: number
+  maxStreamBytes: number
+  maxOpenStreamsPerRoom: number
+  maxOpenStreams: number
+  streamIdleMs: number
   history: { maxEvents: number; maxAgeMs: number; maxBytes: number }
   token: TokenPolicy
   closeTimeoutMs: number
@@ -269,6 +285,10 @@ export const defaults = {
   maxInboxBytes: 1_048_576,
   maxFrameDepth: 32,
   maxFrameKeys: 1000,
+  maxStreamBytes: 262_144,
+  maxOpenStreamsPerRoom: 16,
+  maxOpenStreams: 10_000,
+  streamIdleMs: 30_000,
   history: { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: 67_108_864 },
   token: { requireExp: true, maxLifetimeMs: 86_400_000, fromQuery: false },
   closeTimeoutMs: 5000,
@@ -348,6 +368,10 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     maxInboxBytes: checked.maxInboxBytes ?? defaults.maxInboxBytes,
     maxFrameDepth: checked.maxFrameDepth ?? defaults.maxFrameDepth,
     maxFrameKeys: checked.maxFrameKeys ?? defaults.maxFrameKeys,
+    maxStreamBytes: checkStreamBytes(checked.maxStreamBytes, checked.maxBufferedBytes ?? defaults.maxBufferedBytes),
+    maxOpenStreamsPerRoom: checked.maxOpenStreamsPerRoom ?? defaults.maxOpenStreamsPerRoom,
+    maxOpenStreams: checked.maxOpenStreams ?? defaults.maxOpenStreams,
+    streamIdleMs: checked.streamIdleMs ?? defaults.streamIdleMs,
     history: { ...defaults.history, ...checked.history },
     token: { ...defaults.token, ...checked.token },
     closeTimeoutMs: checked.closeTimeoutMs ?? defaults.closeTimeoutMs,
@@ -371,6 +395,16 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     outbox: checkOutbox(options.outbox, options.broker),
     metrics: checkMetrics(options.metrics),
   }
+}
+
+// A stream's whole text travels in one frame with its event (history, a joiner's snapshot), and that frame
+// must fit a socket's send buffer: the text (counted as it travels, JSON-escaped) takes at most half of it,
+// the event's own payload the other half.
+function checkStreamBytes (maxStreamBytes: number | undefined, maxBufferedBytes: number): number {
+  const limit = Math.floor(maxBufferedBytes / 2)
+  if (maxStreamBytes === undefined) return Math.min(defaults.maxStreamBytes, limit)
+  if (maxStreamBytes > limit) fail('maxStreamBytes', `must be at most maxBufferedBytes / 2 = ${limit}: a stream's whole text reaches a joiner in one frame`)
+  return maxStreamBytes
 }
 
 function isExactOrigin (origin: string): boolean {

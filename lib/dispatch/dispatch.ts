@@ -78,9 +78,10 @@ export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
 
   private async join (connection: Connection, frame: Frame): Promise<void> {
     const room = requireRoom(frame)
-    const { ack, latest, announced } = await this.membership.join(connection, room)
-    this.ack(connection, frame.id, ack)
-    if (latest !== undefined && connection.sendFrame(latest.frame)) this.stats.messageOut(latest.type)
+    const { ack, streams = [], announced, release, latestType } = await this.membership.join(connection, room)
+    this.ack(connection, frame.id, streams.length === 0 ? ack : { ...ack, streams: streams.map((stored) => JSON.parse(stored.frame) as unknown) })
+    release?.()
+    if (latestType !== undefined) this.stats.messageOut(latestType)
     announced?.()
   }
 
@@ -207,5 +208,7 @@ function tracedRooms (api: RoomsApi, traceId: string): RoomsApi {
   const traced: RoomsApi = Object.create(api)
   traced.broadcast = (room, type, payload, options) =>
     api.broadcast(room, type, payload, options?.traceId === undefined ? { ...options, traceId } : options)
+  traced.stream = (room, type, payload, options) =>
+    api.stream(room, type, payload, options?.traceId === undefined ? { ...options, traceId } : options)
   return traced
 }

@@ -7,6 +7,14 @@ export interface Flushable {
   flush(): void
 }
 
+/** A socket that held back stream text while it was behind; true while it still holds some. */
+export interface Releasable {
+  releaseHeld(): boolean
+}
+
+// How often sockets holding stream text are looked at: one timer for all of them, only while there are any.
+const RELEASE_INTERVAL_MS = 20
+
 export class WriteCoalescer {
   private readonly dirty = new Set<Flushable>()
   private scheduled = false
@@ -16,6 +24,28 @@ export class WriteCoalescer {
     const sockets = [...this.dirty]
     this.dirty.clear()
     for (const socket of sockets) socket.flush()
+  }
+
+  private readonly holding = new Set<Releasable>()
+  private releaseTimer: NodeJS.Timeout | undefined
+
+  /** The socket holds stream text until it catches up: it is asked to release it until it has. */
+  later (socket: Releasable): void {
+    this.holding.add(socket)
+    this.releaseTimer ??= setInterval(() => {
+      for (const held of this.holding) {
+        // A timer callback: a throw here would be uncaught; the socket keeps its text for the next look.
+        try {
+          if (!held.releaseHeld()) this.holding.delete(held)
+        } catch {
+          this.holding.delete(held)
+        }
+      }
+      if (this.holding.size === 0) {
+        clearInterval(this.releaseTimer)
+        this.releaseTimer = undefined
+      }
+    }, RELEASE_INTERVAL_MS).unref()
   }
 
   /** The socket has queued events: flush it at the end of this turn. */

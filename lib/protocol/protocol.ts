@@ -67,7 +67,7 @@ export function truncateCloseReason (reason: string): string {
 /** Types the client sends that the plugin itself answers; host message types may not reuse them. */
 export const BUILT_IN_CLIENT_TYPES = ['join', 'leave', 'ping', 'auth', 'resume', 'latency'] as const
 /** Types the server sends on its own; neither host messages nor room events may use them. */
-export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left', 'joined'] as const
+export const SERVER_TYPES = ['welcome', 'ack', 'error', 'pong', 'reset', 'presence', 'left', 'joined', 'append'] as const
 /** Types no host message or event may use: every frame type of the protocol, in either direction. */
 export const RESERVED_TYPES: ReadonlySet<string> = new Set<string>([...BUILT_IN_CLIENT_TYPES, ...SERVER_TYPES])
 
@@ -89,10 +89,13 @@ export type Frame = Static<typeof Envelope>
 export type FrameIdValue = Static<typeof FrameId>
 
 export const AuthPayload = Type.Object({ token: Type.String({ minLength: 1, maxLength: 8192 }) })
+/** A streamed event the client holds unfinished: its id, and how much of its text it has (UTF-16 code units). */
+export const MAX_RESUMED_STREAMS = 16
 export const ResumePayload = Type.Object({
   rooms: Type.Record(Type.String(), Type.Object({
     seq: Type.Integer({ minimum: 0 }),
     epoch: Type.String({ minLength: 1, maxLength: 64 }),
+    streams: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Type.Integer({ minimum: 0 }), { maxProperties: MAX_RESUMED_STREAMS })),
   }, { additionalProperties: false })),
 }, { additionalProperties: false })
 
@@ -281,17 +284,74 @@ export function pongFrame (id?: FrameIdValue): string {
  * A room event, serialized once per publish. `payloadJson` is already JSON; `type`, `room` and `traceId`
  * are validated names, but still go through JSON.stringify so no value can break out of its string.
  */
-export function roomEventFrame (type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number): string {
-  const [head, tail] = roomEventFrameParts(type, room, payloadJson, traceId, time)
+export function roomEventFrame (type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number, streamId?: string): string {
+  const [head, tail] = roomEventFrameParts(type, room, payloadJson, traceId, time, streamId)
   return head + seq + tail
 }
 
-/** The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script). */
-export function roomEventFrameParts (type: string, room: string, payloadJson: string, traceId: string, time: number): [head: string, tail: string] {
+/**
+ * The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script).
+ * A streamed event ends with its `stream` object, last, so it can be found and replaced without parsing
+ * the payload (JSON escapes every quote inside a string, so `,"stream":{"id":` cannot occur in one).
+ */
+export function roomEventFrameParts (type: string, room: string, payloadJson: string, traceId: string, time: number, streamId?: string): [head: string, tail: string] {
+  const end = streamId === undefined ? '}' : `,"stream":${JSON.stringify({ id: streamId, state: 'streaming', text: '' })}}`
   return [
     `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
-    `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}}`,
+    `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}${end}`,
   ]
+}
+
+export type StreamState = 'streaming' | 'done' | 'aborted'
+/** A streamed event's text and state, as its event frame carries them. */
+export interface StreamInfo {
+  id: string
+  state: StreamState
+  text: string
+  reason?: string
+}
+const STREAM_MARK = ',"stream":{"id":'
+
+/** The stream object of a streamed event's frame; undefined for any other frame (one character looked at). */
+export function streamOfFrame (frame: string): StreamInfo | undefined {
+  if (frame.charCodeAt(frame.length - 2) !== 125) return undefined
+  const at = frame.lastIndexOf(STREAM_MARK)
+  return at === -1 ? undefined : JSON.parse(frame.slice(at + 10, -1)) as StreamInfo
+}
+
+/** A streamed event's frame carrying its current text and state (history, replay, a joiner's snapshot). */
+export function withStream (frame: string, stream: StreamInfo): string {
+  const at = frame.lastIndexOf(STREAM_MARK)
+  const info = stream.reason === undefined ? { id: stream.id, state: stream.state, text: stream.text } : { id: stream.id, state: stream.state, text: stream.text, reason: stream.reason }
+  return `${frame.slice(0, at)},"stream":${JSON.stringify(info)}}`
+}
+
+/** What a stream's writer sends for one batch of text (and, last, its final state): one frame per batch, serialized once. */
+export interface StreamAppend {
+  room: string
+  /** The streamed event's seq. */
+  seq: number
+  id: string
+  /** Where `text` starts in the stream's text, in UTF-16 code units. */
+  offset: number
+  text: string
+  state?: 'done' | 'aborted'
+  reason?: string
+}
+
+export function appendFrame (append: StreamAppend): string {
+  const { room, seq, id, offset, text, state, reason } = append
+  const end = state === undefined ? '' : reason === undefined ? `,"state":"${state}"` : `,"state":"${state}","reason":${JSON.stringify(reason)}`
+  return `{"type":"append","room":${JSON.stringify(room)},"seq":${seq},"id":${JSON.stringify(id)},"offset":${offset},"text":${JSON.stringify(text)}${end}}`
+}
+
+/** An append frame as another process published it (Redis, PostgreSQL); throws on anything else. */
+export function parseAppendFrame (frame: string): StreamAppend {
+  const value = JSON.parse(frame) as Partial<StreamAppend> & { type?: unknown }
+  if (value.type !== 'append' || typeof value.room !== 'string' || typeof value.id !== 'string' || typeof value.text !== 'string' ||
+    !Number.isSafeInteger(value.seq) || !Number.isSafeInteger(value.offset) || (value.offset as number) < 0 ||
+    (value.state !== undefined && value.state !== 'done' && value.state !== 'aborted')) throw new Error('malformed append frame')
+  return value as StreamAppend
 }
 
 const MAX_USER_ID_LENGTH = 256

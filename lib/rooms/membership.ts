@@ -7,7 +7,8 @@
 // and close all share admit/attach and the undo on failure; split apart, the single writer of membership
 // would become several. What could leave did: resume.ts orchestrates resumes, presence.ts announcements.
 import type { FastifyBaseLogger } from 'fastify'
-import type { Broker, RoomPosition } from '../brokers/broker.js'
+import type { Broker, RoomPosition, StoredStream } from '../brokers/broker.js'
+import type { StreamRelay } from './stream-relay.js'
 import type { Connection } from '../socket/connection.js'
 import type { Stats } from '../observability/metrics.js'
 import { HookTimeout, runHook } from './hooks.js'
@@ -71,6 +72,17 @@ function stateOf (connection: Connection): MemberState {
   return states.get(connection.member)!
 }
 
+/** A client's join: its ack, the open streams it gives, and what to send once the ack is out. */
+export interface JoinResult {
+  ack: JoinAck
+  streams?: StoredStream[]
+  announced?: (() => void) | undefined
+  /** Sends the latest event (latestOnJoin), then the live events and appends held since the join began. */
+  release?: () => void
+  /** The latest event's type, when it is sent (counted as sent). */
+  latestType?: string
+}
+
 export class Membership {
   readonly connections = new Set<Connection>()
   private readonly byId = new Map<string, Connection>()
@@ -89,8 +101,17 @@ export class Membership {
     private readonly stats: Pick<Stats, 'resume' | 'messageOut'>,
     private readonly log: FastifyBaseLogger,
     /** The API handed to hooks: the registry's, made after this module (it reads membership, not the other way round). */
-    private readonly api: () => RoomsApi
+    private readonly api: () => RoomsApi,
+    /** Told of the open streams a joiner is given, so their appends reach it. */
+    private readonly streams?: Pick<StreamRelay, 'seen'>
   ) {}
+
+  /** The room's open streams, read for a joiner (after it became a member, so no append falls between). */
+  async openStreams (room: string): Promise<StoredStream[]> {
+    const open = await this.broker.openStreams?.(room) ?? []
+    for (const stored of open) this.streams?.seen(room, stored.seq, stored.info)
+    return open
+  }
 
   member (user: RoomsUser): Member {
     return new Member(user)
@@ -203,10 +224,12 @@ export class Membership {
     try {
       announced = await this.attach(connection, room)
       const ack = await this.joinAck(room)
+      const streams = await this.openStreams(room)
       const { room: _room, ...position } = ack
       connection.notePosition(room, ack.seq, ack.epoch)
-      if (connection.sendFrame(directRoomFrame('joined', room, position))) this.stats.messageOut('joined')
-      connection.finishReplay(room, [], ack.seq)
+      const payload = streams.length === 0 ? position : { ...position, streams: streams.map((stored) => JSON.parse(stored.frame) as unknown) }
+      if (connection.sendFrame(directRoomFrame('joined', room, payload))) this.stats.messageOut('joined')
+      connection.finishReplay(room, [], ack.seq, [], streams)
       const state = stateOf(connection)
       ;(state.serverJoined ??= new Map()).set(room, ack.seq)
       return ack
@@ -259,26 +282,31 @@ export class Membership {
    * Joins a room. Local membership starts before the position is read, so every event with
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
-  async join (connection: Connection, room: string): Promise<{ ack: JoinAck; latest?: { frame: string; type: string } | undefined; announced?: (() => void) | undefined }> {
+  async join (connection: Connection, room: string): Promise<JoinResult> {
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
     await this.admit(connection, room, { authorized: false, capped: true })
-    const announced = await this.attach(connection, room)
+    // Live events and appends wait until the ack is out (the caller calls `release`): the ack may give
+    // the room's open streams, whose appends must follow it.
+    connection.holdLive(room)
+    let announced: (() => void) | undefined
     try {
+      announced = await this.attach(connection, room)
       const ack = await this.joinAck(room)
-      // On Redis this process's live stream may still bring events at or below ack.seq: not again.
-      connection.fenceAt(room, ack.seq)
+      const streams = await this.openStreams(room)
       if (this.options.roomPolicy(room).latestOnJoin && ack.seq > 0) {
         // The ack then says "every event after seq - 1", and the latest event follows it.
         const latest = (await this.broker.history(room, ack.seq - 1)).events.find((event) => event.seq === ack.seq)
         if (latest !== undefined) {
           connection.notePosition(room, ack.seq - 1, ack.epoch)
-          return { ack: { ...ack, seq: ack.seq - 1 }, latest: { frame: latest.frame, type: (JSON.parse(latest.frame) as { type: string }).type }, announced }
+          const type = (JSON.parse(latest.frame) as { type: string }).type
+          return { ack: { ...ack, seq: ack.seq - 1 }, streams, announced, release: () => connection.finishReplay(room, [latest], ack.seq - 1, [], streams), latestType: type }
         }
       }
       connection.notePosition(room, ack.seq, ack.epoch)
-      return { ack, announced }
+      return { ack, streams, announced, release: () => connection.finishReplay(room, [], ack.seq, [], streams) }
     } catch (err) {
       announced?.()
+      connection.cancelReplay(room)
       await this.leave(connection, room).catch(() => {})
       throw err
     }

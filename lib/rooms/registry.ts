@@ -12,16 +12,20 @@ import type { ResolvedOptions } from '../config/options.js'
 import { preciseNow, type Gauges, type Stats } from '../observability/metrics.js'
 import {
   boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, isRoomName, isSafeText, MessageType, payloadJson,
-  SAFE_TEXT_MESSAGE, RESERVED_TYPES, truncateCloseReason,
+  SAFE_TEXT_MESSAGE, RESERVED_TYPES, streamOfFrame, truncateCloseReason, type StreamAppend,
 } from '../protocol/protocol.js'
+import type { StreamRelay } from './stream-relay.js'
+import type { StreamWriter } from './streams.js'
 import { isUserId } from '../protocol/protocol.js'
-import type { BroadcastOptions, BroadcastResult, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats } from '../types.js'
+import type { BroadcastOptions, BroadcastResult, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats, RoomStream, StreamOptions } from '../types.js'
 
 export interface RegistryOptions {
   /** Validators of the payloads of the event types the host declared. */
   events: ResolvedOptions['events']
   /** No frame larger than a socket's send buffer is published: no socket could receive it. */
   maxBufferedBytes: number
+  /** A streamed event's text may take this much of that buffer; its payload the rest. */
+  maxStreamBytes: number
 }
 
 const messageTypeValidator = Compile(MessageType)
@@ -34,6 +38,8 @@ export interface TransactionalOutbox {
 }
 // Keys, the seq digits, the time and a WebSocket header around a room event's payload, type, room and traceId.
 const ROOM_EVENT_OVERHEAD_BYTES = 96
+// A streamed event's stream object around its text: keys, its id, its state and reason.
+const STREAM_OVERHEAD_BYTES = 256
 
 /** What the registry asks of the SSE fallback's sessions on this process. */
 export interface SessionDirectory {
@@ -54,11 +60,14 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     private readonly stats: Stats,
     /** This process's SSE sessions, when the fallback is on (made with the route, after this). */
     private readonly sessions: () => SessionDirectory | undefined = () => undefined,
+    /** Streamed events: written here (`stream`), and followed for local members as they grow. */
+    private readonly streams: { writer: StreamWriter; relay: StreamRelay } | undefined,
     /** The outbox, with the `outbox` option (the memory and Redis brokers). */
     private readonly outbox?: TransactionalOutbox
   ) {
     this.api = {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
+      stream: (room, type, payload, streamOptions) => this.stream(room, type, payload, streamOptions),
       position: async (room, positionOptions = {}) => this.position(checkRoom(room), positionOptions),
       sendToUser: (userId, type, payload) => this.sendToUser(userId, type, payload),
       members: async (room) => this.membership.members(checkRoom(room)),
@@ -104,6 +113,21 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     throw new InvalidArgumentError('transaction', NO_TRANSACTIONS)
   }
 
+  async stream (room: string, type: string, payload: unknown = null, options: StreamOptions = {}): Promise<RoomStream> {
+    checkRoom(room)
+    checkEventType(type)
+    checkEventPayload(this.options.events, type, payload)
+    if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
+    checkOptionalText(options, 'traceId', 64)
+    checkOptionalText(options, 'idempotencyKey', 128)
+    const traceId = options.traceId ?? randomUUID()
+    const json = payloadJson(payload)
+    const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + 2 * Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES + STREAM_OVERHEAD_BYTES
+    const limit = this.options.maxBufferedBytes - this.options.maxStreamBytes
+    if (bytes > limit) throw new PayloadTooLargeError(bytes, limit)
+    return this.streams!.writer.start({ room, type, payloadJson: json, traceId, idempotencyKey: options.idempotencyKey })
+  }
+
   async position (room: string, options: { transaction?: SqlTransaction }): Promise<RoomPosition> {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
     const { transaction } = options
@@ -137,9 +161,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const local = this.membership.localMembers(room)
     if (local === undefined) return
     const event = frameText(frame)
+    // A streamed event (its frame ends with its stream object: one character tells): followed from here.
+    const info = streamOfFrame(frame)
+    const stream = info === undefined ? undefined : { id: info.id, length: info.text.length, open: info.state === 'streaming' }
+    if (info !== undefined) this.streams?.relay.seen(room, seq, info)
     let recipients = 0
     for (const connection of local) {
-      if (connection.id !== except && connection.deliver(room, seq, event)) recipients++
+      if (connection.id !== except && connection.deliver(room, seq, event, stream)) recipients++
     }
     this.stats.messageOut(type, recipients)
     if (publishedAt !== undefined) this.stats.broadcast(Math.max(0, preciseNow() - publishedAt) / 1000)
@@ -168,6 +196,22 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const own = this.membership.ownConnections(userId)
     if (own === undefined) return
     for (const connection of own) connection.sendFrame(frame)
+  }
+
+  /** An append to a streamed event, from its writer on this process or another: the relay orders it. */
+  streamAppend (append: StreamAppend, frame: string): void {
+    this.streams?.relay.append(append, frame)
+  }
+
+  /** The relay's fan-out of one append (framed once) to the room's local members; false when there are none. */
+  fanOutAppend (append: StreamAppend, frame: string): boolean {
+    const local = this.membership.localMembers(append.room)
+    if (local === undefined) return false
+    const event = frameText(frame)
+    let recipients = 0
+    for (const connection of local) if (connection.deliverAppend(append, event)) recipients++
+    this.stats.messageOut('append', recipients)
+    return true
   }
 
   roomReset (room: string, position: RoomPosition): void {
@@ -234,7 +278,7 @@ function checkRoom (room: string): string {
   return room
 }
 
-function checkOptionalText (options: BroadcastOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
+function checkOptionalText (options: BroadcastOptions & StreamOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
   const value = options[name]
   if (value === undefined) return
   if (typeof value !== 'string' || value.length === 0 || value.length > maxLength || !isSafeText(value)) {

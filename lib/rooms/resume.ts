@@ -1,11 +1,12 @@
 // Resume: a reconnecting client's rooms, each re-joined with what it missed since its last seq — the
 // retained events, then the live ones that arrived meanwhile, each once and in order — or a `reset`. All
 // of it lives here; the membership writes it needs (admit, attach, leave) are membership.ts's.
-import type { EventBroker, RoomPosition } from '../brokers/broker.js'
-import type { Connection } from '../socket/connection.js'
+import type { Broker, RoomPosition, StoredStream } from '../brokers/broker.js'
+import type { Connection, StreamTail } from '../socket/connection.js'
+import type { StreamRelay } from './stream-relay.js'
 import type { Membership } from './membership.js'
 import type { Stats } from '../observability/metrics.js'
-import { directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from '../protocol/protocol.js'
+import { directRoomFrame, ErrorCode, FrameError, isRoomName, streamOfFrame, type ErrorDetail } from '../protocol/protocol.js'
 
 export type ResumeOutcome =
   | { result: 'replayed'; seq: number; epoch: string; replayed: number }
@@ -22,16 +23,31 @@ export type ResumeOutcome =
 export class Resumer {
   constructor (
     private readonly membership: Membership,
-    private readonly broker: EventBroker,
-    private readonly stats: Pick<Stats, 'resume'>
+    private readonly broker: Broker,
+    private readonly stats: Pick<Stats, 'resume'>,
+    /** Told of the streams a resumer follows again, so their appends reach it. */
+    private readonly streams?: Pick<StreamRelay, 'seen'>
   ) {}
 
-  resume (connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
-    return resumeRooms(this.membership, this.broker, this.stats, connection, rooms)
+  resume (connection: Connection, rooms: Record<string, ResumePosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+    return resumeRooms({ membership: this.membership, broker: this.broker, stats: this.stats, streams: this.streams }, connection, rooms)
   }
 }
 
-async function resumeRooms (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, rooms: Record<string, RoomPosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+/** Where a client stands in a room: its position, and the unfinished streams it holds (id → text length). */
+export interface ResumePosition extends RoomPosition {
+  streams?: Record<string, number>
+}
+
+interface Parts {
+  membership: Membership
+  broker: Broker
+  stats: Pick<Stats, 'resume'>
+  streams: Pick<StreamRelay, 'seen'> | undefined
+}
+
+async function resumeRooms (parts: Parts, connection: Connection, rooms: Record<string, ResumePosition>): Promise<{ outcomes: Record<string, ResumeOutcome>; announce: () => void }> {
+  const { membership, broker } = parts
   const entries = Object.entries(rooms)
   if (entries.length > membership.maxRoomsPerConnection) {
     throw new FrameError(ErrorCode.tooManyRooms, `a connection may join at most ${membership.maxRoomsPerConnection} rooms`)
@@ -47,7 +63,7 @@ async function resumeRooms (membership: Membership, broker: EventBroker, stats: 
   for (const [room, from] of entries) {
     if (membership.isServerJoined(connection, room)) {
       // Joined by the server on this connection (onConnect): the client's position says what it lacks.
-      outcomes[room] = await catchUp(membership, broker, stats, connection, room, from)
+      outcomes[room] = await catchUp(parts, connection, room, from)
       continue
     }
     if (connection.rooms.has(room)) {
@@ -74,7 +90,7 @@ async function resumeRooms (membership: Membership, broker: EventBroker, stats: 
   }
   for (const [room, from] of authorized) {
     try {
-      const resumed = await resumeRoom(membership, broker, stats, connection, room, from)
+      const resumed = await resumeRoom(parts, connection, room, from)
       outcomes[room] = resumed.outcome
       if (resumed.announced !== undefined) announced.push(resumed.announced)
     } catch (err) {
@@ -93,7 +109,8 @@ async function resumeRooms (membership: Membership, broker: EventBroker, stats: 
  * the live events that arrived meanwhile, each once and in order; or a `reset` when the epoch changed or
  * history no longer reaches back to from.seq + 1.
  */
-async function resumeRoom (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+async function resumeRoom (parts: Parts, connection: Connection, room: string, from: ResumePosition): Promise<{ outcome: ResumeOutcome; announced?: (() => void) | undefined }> {
+  const { membership } = parts
   // The caller authorized the room before reading anything about it.
   await membership.admit(connection, room, { authorized: true, capped: true })
   // Hold live events back from before membership starts until the replay is out.
@@ -101,7 +118,7 @@ async function resumeRoom (membership: Membership, broker: EventBroker, stats: P
   let announced: (() => void) | undefined
   try {
     announced = await membership.attach(connection, room)
-    return { outcome: await replayOrReset(broker, stats, connection, room, from), announced }
+    return { outcome: await replayOrReset(parts, connection, room, from), announced }
   } catch (err) {
     announced?.()
     connection.cancelReplay(room)
@@ -115,22 +132,52 @@ async function resumeRoom (membership: Membership, broker: EventBroker, stats: P
  * the join (its fence stands), the events after the client's position are replayed exactly; once one
  * has, a replay would arrive out of order, so the client gets a `reset` instead.
  */
-async function catchUp (membership: Membership, broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
+async function catchUp (parts: Parts, connection: Connection, room: string, from: ResumePosition): Promise<ResumeOutcome> {
+  const { membership, broker, stats } = parts
   const joinedAt = membership.takeServerJoin(connection, room)
-  if (joinedAt !== undefined && connection.fenceOf(room) === joinedAt) {
-    connection.holdLive(room)
-    try {
-      return await replayOrReset(broker, stats, connection, room, from)
-    } catch (err) {
-      connection.finishReplay(room, [], from.seq)
-      throw err
+  connection.holdLive(room)
+  try {
+    if (joinedAt !== undefined && connection.fenceOf(room) === joinedAt) return await replayOrReset(parts, connection, room, from)
+    const position = await broker.position(room)
+    const tails = await streamTails(parts, room, from)
+    connection.notePosition(room, position.seq, position.epoch)
+    connection.sendFrame(directRoomFrame('reset', room, position))
+    connection.finishReplay(room, [], position.seq, tails)
+    stats.resume('reset')
+    return { result: 'reset', ...position }
+  } catch (err) {
+    connection.finishReplay(room, [], from.seq)
+    throw err
+  }
+}
+
+/**
+ * The rest of each stream the client holds unfinished (read after its live appends began to be held). A
+ * stream the room does not have (gone with its history, or never one of it), or shorter than the client
+ * claims, is answered aborted: the client stops waiting for it.
+ */
+async function streamTails (parts: Parts, room: string, from: ResumePosition): Promise<StreamTail[]> {
+  const tails: StreamTail[] = []
+  for (const [id, offset] of Object.entries(from.streams ?? {})) {
+    const stored = await parts.broker.stream?.(room, id)
+    if (stored !== undefined && offset <= stored.info.text.length) {
+      parts.streams?.seen(room, stored.seq, stored.info)
+      tails.push({ stored, offset })
+    } else {
+      tails.push({ stored: unknownStream(id), offset })
     }
   }
-  const position = await broker.position(room)
-  connection.notePosition(room, position.seq, position.epoch)
-  connection.sendFrame(directRoomFrame('reset', room, position))
-  stats.resume('reset')
-  return { result: 'reset', ...position }
+  return tails
+}
+
+function unknownStream (id: string): StoredStream {
+  return { seq: 0, frame: '', info: { id, state: 'aborted', text: '', reason: 'unknown stream' }, updatedAt: 0 }
+}
+
+/** A replayed open stream is followed on this process from where the replay leaves it. */
+function followReplayed (parts: Parts, room: string, seq: number, frame: string): void {
+  const info = streamOfFrame(frame)
+  if (info !== undefined) parts.streams?.seen(room, seq, info)
 }
 
 function resumePath (room: string): string {
@@ -141,18 +188,21 @@ function resumePath (room: string): string {
  * Replays the room's events after the client's position when history still holds them in its epoch
  * (each once, then the live ones held meanwhile); otherwise a `reset` to the room's position.
  */
-async function replayOrReset (broker: EventBroker, stats: Pick<Stats, 'resume'>, connection: Connection, room: string, from: RoomPosition): Promise<ResumeOutcome> {
+async function replayOrReset (parts: Parts, connection: Connection, room: string, from: ResumePosition): Promise<ResumeOutcome> {
+  const { broker, stats } = parts
   const slice = await broker.history(room, from.seq)
+  const tails = await streamTails(parts, room, from)
   const { seq, epoch } = slice.position
   if (epoch === from.epoch && slice.complete) {
+    for (const event of slice.events) if (event.stream?.open === true) followReplayed(parts, room, event.seq, event.frame)
     connection.notePosition(room, from.seq, epoch)
-    const replayed = connection.finishReplay(room, slice.events, from.seq)
+    const replayed = connection.finishReplay(room, slice.events, from.seq, tails)
     stats.resume('replayed')
     return { result: 'replayed', seq, epoch, replayed }
   }
   connection.notePosition(room, seq, epoch)
   connection.sendFrame(directRoomFrame('reset', room, slice.position))
-  connection.finishReplay(room, [], seq)
+  connection.finishReplay(room, [], seq, tails)
   stats.resume('reset')
   return { result: 'reset', seq, epoch }
 }

@@ -8,12 +8,13 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
-import type { HistoryEvent } from '../brokers/broker.js'
+import type { HistoryEvent, StoredStream, StreamPoint } from '../brokers/broker.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
 import { deflatedFrame, writeFramedBatch, writeMode, type FramedEvent } from '../out/framing.js'
 import type { Stats } from '../observability/metrics.js'
-import { boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame } from '../protocol/protocol.js'
+import { appendFrame, boundedDirectFrame, checkCloseCode, CloseCode, ErrorCode, errorFrame, FrameError, truncateCloseReason, type Frame, type StreamAppend } from '../protocol/protocol.js'
 import { ReplayBuffer } from './replay-buffer.js'
+import { StreamCursors } from './stream-cursors.js'
 import { SerialInbox } from './serial-inbox.js'
 import { TokenExpiry } from './token-expiry.js'
 import type { RoomsConnection, RoomsUser } from '../types.js'
@@ -49,6 +50,14 @@ interface PositionTracker {
   /** The next frame written is the room's event `seq`. */
   advance(room: string, seq: number): void
   untrack(room: string): void
+  /** Where the socket stands in an open stream of the room (undefined: the stream ended). */
+  streamAt(room: string, id: string, length: number | undefined): void
+}
+
+/** A resumed stream the socket holds unfinished: the rest of its text from `offset`. */
+export interface StreamTail {
+  stored: StoredStream
+  offset: number
 }
 
 export class Connection implements RoomsConnection {
@@ -73,6 +82,8 @@ export class Connection implements RoomsConnection {
   private queuedBytes = 0
   private readonly flushAtBytes: number
   private readonly tracker: PositionTracker | undefined
+  /** Where this socket stands in the open streams it follows; made on its first. */
+  private cursors: StreamCursors | undefined
 
   constructor (
     readonly socket: WebSocket,
@@ -251,14 +262,66 @@ export class Connection implements RoomsConnection {
   }
 
   /** A live room event: sent now, dropped when the socket has it already, or held while the room is replayed. */
-  deliver (room: string, seq: number, event: FramedEvent): boolean {
+  deliver (room: string, seq: number, event: FramedEvent, stream?: StreamPoint): boolean {
     if (!this.isOpen) return false
-    switch (this.replay.live(room, seq, event)) {
-      case 'send': return this.tracker === undefined ? this.sendEvent(event) : this.sendTracked(room, seq, event)
+    switch (this.replay.live(room, seq, event, stream)) {
+      case 'send': return this.sendLive(room, seq, event, stream)
       case 'held': return true
       case 'overflow': return this.closeSlowConsumer()
       default: return false
     }
+  }
+
+  private sendLive (room: string, seq: number, event: FramedEvent, stream: StreamPoint | undefined): boolean {
+    // Followed before it is written: on SSE the event's own id then names the stream (a resume from it continues it).
+    if (stream?.open === true) this.followStream(room, seq, stream.id, stream.length)
+    return this.tracker === undefined ? this.sendEvent(event) : this.sendTracked(room, seq, event)
+  }
+
+  private followStream (room: string, seq: number, id: string, length: number): void {
+    (this.cursors ??= new StreamCursors()).open(id, room, seq, length)
+    this.tracker?.streamAt(room, id, length)
+  }
+
+  /**
+   * A live append to a streamed event: held while its room is replayed; otherwise sent (once, in order, no
+   * gap: see StreamCursors) when this socket follows the stream, merged with the next ones while it is behind.
+   */
+  deliverAppend (append: StreamAppend, event: FramedEvent): boolean {
+    if (!this.isOpen || this.cursors === undefined) return false
+    switch (this.replay.liveAppend(append, event)) {
+      case 'send': return this.sendAppend(append, event)
+      case 'held': return true
+      case 'overflow': return this.closeSlowConsumer()
+      default: return false
+    }
+  }
+
+  private sendAppend (append: StreamAppend, event: FramedEvent): boolean {
+    const cursors = this.cursors
+    if (cursors === undefined || !this.isOpen) return false
+    const verdict = cursors.take(append, this.socket.bufferedAmount > this.flushAtBytes)
+    switch (verdict.write) {
+      case 'none': return false
+      case 'held':
+        if (this.bufferedAmount + cursors.heldBytes > this.limits.maxBufferedBytes) return this.closeSlowConsumer()
+        this.coalescer.later(this)
+        return true
+    }
+    this.tracker?.streamAt(append.room, append.id, append.state === undefined ? append.offset + append.text.length : undefined)
+    return verdict.write === 'shared' && this.tracker === undefined ? this.sendEvent(event) : this.sendFrame(verdict.write === 'own' ? verdict.frame : event.payload)
+  }
+
+  /** Sends what a socket that was behind held of its streams, once it has caught up; true while it still holds some. */
+  releaseHeld (): boolean {
+    const cursors = this.cursors
+    if (cursors === undefined || !this.isOpen) return false
+    if (this.socket.bufferedAmount > this.flushAtBytes) return true
+    for (const held of cursors.release()) {
+      this.tracker?.streamAt(held.room, held.id, held.ended ? undefined : held.length)
+      this.sendFrame(held.frame)
+    }
+    return false
   }
 
   /** The socket is at `seq` of the room's `epoch` now (joined, resumed, reset). */
@@ -268,6 +331,7 @@ export class Connection implements RoomsConnection {
 
   noteLeft (room: string): void {
     this.tracker?.untrack(room)
+    this.cursors?.leave(room)
   }
 
   /** Live events of the room are held back from now until `finishReplay` (or `cancelReplay`). */
@@ -314,12 +378,35 @@ export class Connection implements RoomsConnection {
     return this.rate.take(now, bytes)
   }
 
-  /** Sends a resumed room's replay and the live events held meanwhile (see ReplayBuffer.finish). */
-  finishReplay (room: string, history: readonly HistoryEvent[], after: number): number {
-    return this.replay.finish(room, history, after, (frame, seq) => {
-      this.tracker?.advance(room, seq)
-      this.sendFrame(frame)
-    }, (event, seq) => this.tracker === undefined ? this.sendEvent(event) : this.sendTracked(room, seq, event))
+  /**
+   * Sends a resumed room's replay, then the rest of the streams the client resumed (`tails`), then the live
+   * events and appends held meanwhile (see ReplayBuffer.finish). `given`: open streams the socket was just
+   * given whole (a joiner's snapshot, in its ack), followed from the length they had.
+   */
+  finishReplay (room: string, history: readonly HistoryEvent[], after: number, tails: readonly StreamTail[] = [], given: readonly StoredStream[] = []): number {
+    for (const stored of given) if (stored.info.state === 'streaming') this.followStream(room, stored.seq, stored.info.id, stored.info.text.length)
+    return this.replay.finish(room, history, after, {
+      history: (event) => {
+        this.tracker?.advance(room, event.seq)
+        if (event.stream?.open === true) this.followStream(room, event.seq, event.stream.id, event.stream.length)
+        this.sendFrame(event.frame)
+      },
+      between: () => {
+        for (const tail of tails) this.sendTail(room, tail)
+      },
+      live: (event, seq, stream) => this.sendLive(room, seq, event, stream),
+      append: (append, event) => this.sendAppend(append, event),
+    })
+  }
+
+  /** The rest of a resumed stream's text, from where the client stands, with its end if it ended. */
+  private sendTail (room: string, { stored, offset }: StreamTail): void {
+    const { id, state, text, reason } = stored.info
+    const open = state === 'streaming'
+    const frame = appendFrame({ room, seq: stored.seq, id, offset, text: text.slice(offset), ...(state === 'streaming' ? {} : { state, reason }) })
+    if (open) this.followStream(room, stored.seq, id, text.length)
+    else this.tracker?.streamAt(room, id, undefined)
+    this.sendFrame(frame)
   }
 
   /** Runs `task` (onConnect) before this socket's first frame; frames arriving meanwhile wait, in order. */

@@ -1,8 +1,21 @@
 // Per socket and room: which live events may go out while a resume replays history, and which the socket
 // already has. A replay read from history (on Redis) can run ahead of this process's live stream, and live
 // events can arrive while the replay is being read: each seq must reach the socket once, in order.
-import type { HistoryEvent } from '../brokers/broker.js'
+import type { HistoryEvent, StreamPoint } from '../brokers/broker.js'
 import type { FramedEvent } from '../out/framing.js'
+import type { StreamAppend } from '../protocol/protocol.js'
+
+/** What waits during a replay: a live room event, or a live append to a streamed event (no seq of its own). */
+type Held = { seq: number; event: FramedEvent; stream: StreamPoint | undefined; append?: undefined } | { append: StreamAppend; event: FramedEvent }
+
+export interface ReplayWriter {
+  /** A replayed event from history. */
+  history(event: HistoryEvent): void
+  /** After the history, before the live events held meanwhile: the resumed streams' tails. */
+  between(): void
+  live(event: FramedEvent, seq: number, stream: StreamPoint | undefined): void
+  append(append: StreamAppend, event: FramedEvent): void
+}
 
 /** What to do with a live event: send it, drop it (already sent), or nothing (held for the replay). */
 export type LiveVerdict = 'send' | 'drop' | 'held' | 'overflow'
@@ -14,11 +27,11 @@ export class ReplayBuffer {
    */
   private fences: Map<string, number> | undefined
   /** Rooms being resumed: their live events wait here until the replay from history has been sent. */
-  private replays: Map<string, { events: Array<{ seq: number; event: FramedEvent }>; bytes: number }> | undefined
+  private replays: Map<string, { events: Held[]; bytes: number }> | undefined
 
   constructor (private readonly maxHeldBytes: number) {}
 
-  live (room: string, seq: number, event: FramedEvent): LiveVerdict {
+  live (room: string, seq: number, event: FramedEvent, stream?: StreamPoint): LiveVerdict {
     if (this.fences !== undefined) {
       const fence = this.fences.get(room)
       if (fence !== undefined) {
@@ -26,10 +39,19 @@ export class ReplayBuffer {
         this.clearFence(room)
       }
     }
+    return this.hold(room, { seq, event, stream })
+  }
+
+  /** A live append: held while its room is replayed (it may extend a stream the replay is about to give). */
+  liveAppend (append: StreamAppend, event: FramedEvent): LiveVerdict {
+    return this.hold(append.room, { append, event })
+  }
+
+  private hold (room: string, held: Held): LiveVerdict {
     const replay = this.replays?.get(room)
     if (replay === undefined) return 'send'
-    replay.events.push({ seq, event })
-    replay.bytes += event.framed.length
+    replay.events.push(held)
+    replay.bytes += held.event.framed.length
     return replay.bytes > this.maxHeldBytes ? 'overflow' : 'held'
   }
 
@@ -58,21 +80,26 @@ export class ReplayBuffer {
    * The replayed events after `after`, then the live ones held back meanwhile, each seq once and in order;
    * the room goes live behind a fence at the last one. Returns how many replayed events were written.
    */
-  finish (room: string, history: readonly HistoryEvent[], after: number, write: (frame: string, seq: number) => void, writeLive: (event: FramedEvent, seq: number) => void): number {
+  finish (room: string, history: readonly HistoryEvent[], after: number, writer: ReplayWriter): number {
     const held = this.replays?.get(room)
     this.cancel(room)
     let last = after
     let replayed = 0
     for (const event of history) {
       if (event.seq <= last) continue
-      write(event.frame, event.seq)
+      writer.history(event)
       last = event.seq
       replayed++
     }
-    for (const { seq, event } of held?.events ?? []) {
-      if (seq <= last) continue
-      writeLive(event, seq)
-      last = seq
+    writer.between()
+    for (const entry of held?.events ?? []) {
+      if (entry.append !== undefined) {
+        writer.append(entry.append, entry.event)
+        continue
+      }
+      if (entry.seq <= last) continue
+      writer.live(entry.event, entry.seq, entry.stream)
+      last = entry.seq
     }
     this.setFence(room, last)
     return replayed

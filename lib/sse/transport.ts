@@ -25,23 +25,30 @@ const CLOSED = 3
 const ID_PREFIX = 'p1.'
 /** `{"type":<string>,"room":<string>,"seq":<n>,` — the head of every room event frame. */
 
-/** Where a stream's rooms stand, as its last event id carries them: room → [seq, epoch]. */
-export type StreamPositions = Map<string, [seq: number, epoch: string]>
+/**
+ * Where a stream's rooms stand, as its last event id carries them: room → [seq, epoch, the unfinished
+ * streamed events it follows there (id → text length)].
+ */
+export type StreamPositions = Map<string, [seq: number, epoch: string, streams?: Map<string, number>]>
+
+type DecodedPosition = { seq: number; epoch: string; streams?: Record<string, number> }
 
 export function encodePositions (positions: StreamPositions): string {
-  return ID_PREFIX + Buffer.from(JSON.stringify([...positions].map(([room, [seq, epoch]]) => [room, seq, epoch]))).toString('base64url')
+  const entries = [...positions].map(([room, [seq, epoch, streams]]) => streams === undefined || streams.size === 0 ? [room, seq, epoch] : [room, seq, epoch, Object.fromEntries(streams)])
+  return ID_PREFIX + Buffer.from(JSON.stringify(entries)).toString('base64url')
 }
 
 /** The positions in a Last-Event-ID, or undefined when it is not one of ours (then nothing is resumed). */
-export function decodePositions (id: string | undefined, maxRooms: number): Record<string, { seq: number; epoch: string }> | undefined {
+export function decodePositions (id: string | undefined, maxRooms: number): Record<string, DecodedPosition> | undefined {
   if (id === undefined || !id.startsWith(ID_PREFIX) || id.length > 65_536) return undefined
   try {
     const entries = JSON.parse(Buffer.from(id.slice(ID_PREFIX.length), 'base64url').toString()) as unknown
     if (!Array.isArray(entries) || entries.length > maxRooms) return undefined
-    const rooms: Record<string, { seq: number; epoch: string }> = Object.create(null)
+    const rooms: Record<string, DecodedPosition> = Object.create(null)
     for (const entry of entries) {
       if (!Array.isArray(entry) || typeof entry[0] !== 'string' || !Number.isSafeInteger(entry[1]) || entry[1] < 0 || typeof entry[2] !== 'string') return undefined
-      rooms[entry[0]] = { seq: entry[1], epoch: entry[2] }
+      // The streams go to the resume as they are: its schema checks them like any client's.
+      rooms[entry[0]] = entry[3] === undefined ? { seq: entry[1], epoch: entry[2] } : { seq: entry[1], epoch: entry[2], streams: entry[3] }
     }
     return rooms
   } catch {
@@ -107,6 +114,15 @@ export class SseSocket extends EventEmitter {
 
   untrack (room: string): void {
     this.idChanged = this.positions.delete(room) || this.idChanged
+  }
+
+  /** Where the connection stands in a streamed event of the room (undefined: it ended): carried by the next event's id. */
+  streamAt (room: string, id: string, length: number | undefined): void {
+    const position = this.positions.get(room)
+    if (position === undefined) return
+    if (length === undefined) position[2]?.delete(id)
+    else (position[2] ??= new Map()).set(id, length)
+    this.idChanged = true
   }
 
   /** A frame the client POSTed for this stream's connection; it proves the peer alive (see ping). */
