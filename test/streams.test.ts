@@ -3,6 +3,7 @@
 // only at exactly the offset they stand at.
 import t from 'tap'
 import { Client, connect, startServer, type Frame, type TestServer } from './helpers/index.js'
+import { streamScenario } from './helpers/stream-scenario.js'
 
 /** A raw client's view of the streams of one room: strict (an append must start where the text ends). */
 class WireStreams {
@@ -62,7 +63,7 @@ function tokens (count: number): string[] {
   return Array.from({ length: count }, (_, i) => `tok${i}${i % 7 === 0 ? ' ✓\n' : ' '}`)
 }
 
-async function server (t: Tap.Test, options = {}): Promise<TestServer> {
+async function server (t: { teardown(fn: () => unknown): void }, options = {}): Promise<TestServer> {
   return startServer(t, { presence: false, ...options })
 }
 
@@ -91,4 +92,23 @@ t.test('a stream is one event: members get it, then its text in order, then its 
   t.equal(history.events.length, 1)
   t.same(history.events[0]!.stream, { id: stream.id, state: 'done', text: words.join('') })
   t.throws(() => stream.append('more'), { code: 'FST_ROOMS_STREAM_ENDED' })
+})
+
+t.test('3000 tokens at 100/s, raw clients dropped and resumed at random moments, a late joiner, the client cut: every text byte-identical (seed 24)', async (t) => {
+  const s = await server(t, { handshakeRateLimit: false })
+  const result = await streamScenario({ servers: [s], seed: 24, count: 3000, perSecond: 100, transport: 'websocket' })
+  t.ok(result.drops >= 5, `dropped ${result.drops} times`)
+  t.equal(result.followers.length, 3)
+  for (const follower of result.followers) {
+    t.same(follower.errors, [], 'the wire: no seq twice or skipped, no append overlapping or leaving a gap')
+    t.equal(follower.texts.get(result.streamId), result.source)
+    t.equal(follower.states.get(result.streamId), 'done')
+  }
+  t.equal(result.client.text, result.source, 'the client\'s object')
+  t.equal(result.client.deltas, result.source, 'its append deltas, concatenated')
+  t.same(result.client.ends, ['done'])
+  t.equal(result.client.emitted, 1, 'one object, through every reconnect')
+  const history = await s.app.rooms.history('conversation')
+  t.equal(history.events.length, 1, 'one history entry')
+  t.equal(history.events[0]!.stream!.text, result.source)
 })

@@ -9,12 +9,19 @@ import { RoomsClientError } from './errors.js'
 import { readRefusedResponse, refusal, refusalOf, unexpectedResponseStatus, type FetchLike, type HandshakeRefusal, type RefusedResponse } from './refusals.js'
 import { SseLink } from './sse-link.js'
 import { tokenExp } from './token.js'
+import { isStreamFrame, StreamedEvent, type AppendFrame } from './streamed-event.js'
 import type {
   AnySchema, ClientEvents, ClientOptions, ClientSchema, ClientState, ClientTransport, EventFrame, EventSourceConstructor, JoinAck,
   RefusalDetails, RequestOptions, RoomPosition, ServerFrame, WebSocketConstructor, WebSocketLike,
 } from './types.js'
 
 export { RoomsClientError } from './errors.js'
+export { StreamedEvent, type StreamedState } from './streamed-event.js'
+
+/** Whether an event is a streamed one (`fastify.rooms.stream`): its `text` grows, with `append` and `end` listeners. */
+export function isStreamed<P> (event: EventFrame<P> | StreamedEvent<P>): event is StreamedEvent<P> {
+  return event instanceof StreamedEvent
+}
 export type * from './types.js'
 
 interface Pending {
@@ -80,6 +87,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   /** In send order: re-sent with the same id after a reconnect (the server answers each id once). */
   private readonly pending = new Map<string, Pending>()
   private readonly listeners = new Map<string, Set<Listener>>()
+  /** Streamed events still growing, by id: the same object continues through reconnects and resumes. */
+  private readonly streams = new Map<string, StreamedEvent>()
   private readonly idPrefix = Math.random().toString(36).slice(2, 10)
   private nextId = 0
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined
@@ -228,7 +237,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     if (!tracked) this.positions.set(room, { seq: from.seq, epoch: from.epoch })
     let answer: { rooms?: Record<string, { result: string; seq?: number; epoch?: string; replayed?: number; code?: string; message?: string }> }
     try {
-      answer = await this.requestFrame('resume', { rooms: { [room]: { seq: from.seq, epoch: from.epoch } } }, {})
+      const streams = this.streamsOf(room)
+      answer = await this.requestFrame('resume', { rooms: { [room]: streams === undefined ? { seq: from.seq, epoch: from.epoch } : { seq: from.seq, epoch: from.epoch, streams } } }, {})
     } catch (err) {
       if (!tracked && err instanceof RoomsClientError && err.code !== 'timeout') this.positions.delete(room)
       throw err
@@ -245,6 +255,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   async leave (room: string): Promise<void> {
     this.positions.delete(room)
+    this.forgetStreams(room)
     await this.requestFrame('leave', undefined, { room })
   }
 
@@ -537,6 +548,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
         break
       // The server put the socket into a room: tracked (and resumed after a reconnect) like one joined here.
       case 'joined': return this.onJoined(frame)
+      case 'append': return this.onAppend(frame as ServerFrame & AppendFrame)
     }
     if (frame.room !== undefined && typeof frame.seq === 'number') {
       const position = this.positions.get(frame.room)
@@ -544,8 +556,40 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       if (position !== null && frame.seq <= position.seq) return // already seen: replay and live overlap
       this.positions.set(frame.room, { seq: frame.seq, epoch: position?.epoch ?? '' })
       if (typeof frame.time === 'number' && Math.random() < (this.options.reportLatency ?? 0)) this.sendFrame('latency', { time: frame.time })
+      if (isStreamFrame(frame)) return this.onStreamed(frame)
     }
     this.emit(frame.type, frame)
+  }
+
+  /** A streamed event, new to this client (live, replayed, or open when it joined): its object goes to `on(type)`. */
+  private onStreamed (frame: ServerFrame & Parameters<typeof isStreamFrame>[0]): void {
+    if (!isStreamFrame(frame) || this.streams.has(frame.stream.id)) return
+    const event = new StreamedEvent(frame, (err, what) => this.emit('error', new RoomsClientError('listener', `a streamed event's "${what}" listener threw: ${(err as Error)?.message}`, err)))
+    if (event.state === 'streaming') this.streams.set(event.id, event)
+    this.emit(frame.type, event)
+  }
+
+  private onAppend (frame: ServerFrame & AppendFrame): void {
+    const event = this.streams.get(frame.id)
+    if (event === undefined || typeof frame.offset !== 'number' || typeof frame.text !== 'string') return
+    if (event.apply(frame)) this.streams.delete(frame.id)
+  }
+
+  /** The open streams a join ack or `joined` frame gives (they began before the join's position). */
+  private onStreamsGiven (streams: unknown): void {
+    if (!Array.isArray(streams)) return
+    for (const frame of streams as ServerFrame[]) this.onStreamed(frame)
+  }
+
+  /** The room's unfinished streams and how much of each this client has, for a resume. */
+  private streamsOf (room: string): Record<string, number> | undefined {
+    let held: Record<string, number> | undefined
+    for (const event of this.streams.values()) if (event.room === room) (held ??= {})[event.id] = event.text.length
+    return held
+  }
+
+  private forgetStreams (room: string): void {
+    for (const [id, event] of this.streams) if (event.room === room) this.streams.delete(id)
   }
 
   private onWelcome (frame: ServerFrame, token: string | undefined): void {
@@ -565,7 +609,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.scheduleRefresh(token)
     const ws = this.ws!
     // Rooms seen before: resume from the last seq. Rooms never acked: join, unless a join is already waiting.
-    const resume: Record<string, RoomPosition> = {}
+    const resume: Record<string, RoomPosition & { streams?: Record<string, number> }> = {}
     const toJoin: string[] = []
     const joining = new Set<string>()
     for (const pending of this.pending.values()) {
@@ -575,7 +619,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     }
     for (const [room, position] of this.positions) {
       if (joining.has(room)) continue
-      if (position !== null && position.epoch !== '') resume[room] = position
+      const streams = this.streamsOf(room)
+      if (position !== null && position.epoch !== '') resume[room] = streams === undefined ? position : { ...position, streams }
       else toJoin.push(room)
     }
     if (Object.keys(resume).length > 0) {
@@ -609,6 +654,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const { code, message, details } = frame.payload ?? {}
       return pending.reject(new RoomsClientError(code, message, details))
     }
+    if (pending.frame.type === 'join') this.onStreamsGiven((frame.payload as { streams?: unknown } | undefined)?.streams)
     if (pending.frame.type === 'join' && pending.frame.room !== undefined && this.positions.has(pending.frame.room)) {
       const room = pending.frame.room
       const current = this.positions.get(room)
@@ -632,6 +678,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     for (const [room, outcome] of Object.entries(outcomes)) {
       if (outcome.result === 'error') {
         this.positions.delete(room)
+        this.forgetStreams(room)
         this.emit('error', new RoomsClientError(outcome.code ?? 'error', outcome.message ?? 'resume failed', undefined, room))
       }
     }
@@ -646,6 +693,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     // welcome) tells the server what it lacks, and the server replays that into the joined room.
     if (current === null || current === undefined || current.epoch !== position.epoch) this.positions.set(room, { seq: position.seq, epoch: position.epoch })
     this.emit('joined', frame)
+    this.onStreamsGiven((frame.payload as { streams?: unknown }).streams)
   }
 
   private onReset (frame: ServerFrame): void {
