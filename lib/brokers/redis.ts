@@ -12,14 +12,15 @@ import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../config/errors.js'
 import { preciseNow } from '../observability/metrics.js'
-import { roomEventFrameParts } from '../protocol/protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample } from './broker.js'
+import { parseAppendFrame, roomEventFrameParts, type StreamAppend } from '../protocol/protocol.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { RedisKeys } from './redis/keys.js'
 import { parseLiveEvent } from './redis/messages.js'
 import { deliverUserMessage, encodeUserMessage, type UserMessage } from './user-messages.js'
 import { clusterTopology, singleTopology, type Topology } from './redis/topology.js'
 import { backoff, OrderedStreams } from './ordered-streams.js'
-import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
+import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, PUBLISH_STREAM, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
+import { APPEND_MARK, RedisStreams } from './redis/streams.js'
 
 export interface RedisBrokerOptions {
   /** `redis://host:port/db`; or pass `cluster` or `client`. */
@@ -68,6 +69,8 @@ class RedisBroker implements Broker {
   private historyLimits: BrokerSettings['history'] = { maxEvents: 1000, maxAgeMs: 300_000, maxBytes: Infinity }
   private historyFor: (room: string) => { maxEvents: number; maxAgeMs: number } = () => this.historyLimits
   private readonly streams: OrderedStreams
+  /** Streamed events' state and text (redis/streams.ts). */
+  private readonly roomStreams: RedisStreams
   /** This process's presence entries, to restore them after Redis lost them. room → connectionId → userId */
   private readonly localPresence = new Map<string, Map<string, { userId: string; info: string }>>()
   private heartbeatTimer: NodeJS.Timeout | undefined
@@ -90,6 +93,7 @@ class RedisBroker implements Broker {
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
+    this.roomStreams = new RedisStreams(this.keys, this.topology, (script, keys, args) => this.run(script, keys, args), (room) => this.historyFor(room))
     this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed, (room, epoch) => this.renewEpoch(room, epoch))
   }
 
@@ -176,17 +180,34 @@ class RedisBroker implements Broker {
   async publish (request: PublishRequest): Promise<RoomPosition> {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
-    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time)
+    const { stream } = request
+    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time, stream?.id)
     const keys = [this.keys.room(request.room, 'meta'), this.keys.room(request.room, 'history')]
+    if (stream !== undefined) keys.push(...this.roomStreams.publishKeys(request.room, stream.id))
     if (request.idempotencyKey !== undefined) keys.push(`${this.keys.room(request.room, 'idem')}:${request.idempotencyKey}`)
-    // maxEvents 0 (a namespace without history): no stream at all.
+    // maxEvents 0 (a namespace without history): no history entries at all.
     const limits = this.historyFor(request.room)
-    const [seq, epoch] = await this.run<[number, string]>(PUBLISH, keys, [
+    const args: Array<string | number> = [
       randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
       this.topology.roomChannel(request.room), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
       this.topology.publishCommand,
-    ])
+    ]
+    if (stream !== undefined) args.push(stream.id, stream.maxOpen, 2 * stream.idleMs, this.roomStreams.ttl(request.room))
+    const [seq, epoch] = await this.run<[number, string]>(stream === undefined ? PUBLISH : PUBLISH_STREAM, keys, args)
+    if (stream !== undefined) this.roomStreams.refused(request.room, Number(seq), stream.maxOpen)
     return { seq: Number(seq), epoch }
+  }
+
+  appendStream (append: StreamAppend, frame: string): Promise<'ok' | 'conflict' | 'gone'> {
+    return this.roomStreams.append(append, frame)
+  }
+
+  stream (room: string, id: string): Promise<StoredStream | undefined> {
+    return this.roomStreams.read(room, id)
+  }
+
+  openStreams (room: string): Promise<StoredStream[]> {
+    return this.roomStreams.open(room)
   }
 
   async position (room: string): Promise<RoomPosition> {
@@ -212,6 +233,7 @@ class RedisBroker implements Broker {
       const eventSeq = Number(fields[1])
       if (eventSeq > after) events.push({ seq: eventSeq, frame: fields[3]! })
     }
+    await this.roomStreams.patch(room, events)
     return { position: { seq, epoch }, events, complete: after >= seq || oldest <= after + 1 }
   }
 
@@ -399,6 +421,11 @@ class RedisBroker implements Broker {
   private onMessage (channel: string, message: string): void {
     const whose = this.topology.channelOf(channel)
     if (whose === 'user') return deliverUserMessage(message, this.delivery)
+    if (message.startsWith(APPEND_MARK)) {
+      const frame = message.slice(APPEND_MARK.length)
+      this.delivery?.streamAppend?.(parseAppendFrame(frame), frame)
+      return
+    }
     this.streams.receive(whose.room, parseLiveEvent(message))
   }
 

@@ -1,13 +1,23 @@
 // Every key and channel name of the Redis broker, under one prefix. A room's keys carry the hash tag
 // `{<room>}` (one slot on a cluster); a user's the tag `{…:<length>:<id>}`, the length making it unambiguous.
 
-export type RoomKeyKind = 'meta' | 'history' | 'presence' | 'users' | 'info' | 'idem'
+export type RoomKeyKind = 'meta' | 'history' | 'presence' | 'users' | 'info' | 'idem' | 'streams' | 'ended'
 
 export class RedisKeys {
   constructor (readonly prefix: string) {}
 
   room (room: string, kind: RoomKeyKind): string {
     return `${this.prefix}{${room}}:${kind}`
+  }
+
+  /** What every key of a room begins with (scripts that name a room's keys by id add the rest). */
+  roomPrefix (room: string): string {
+    return `${this.prefix}{${room}}:`
+  }
+
+  /** A streamed event's state (`stream:<id>`) or text (`text:<id>`). */
+  stream (room: string, part: 'stream' | 'text', id: string): string {
+    return `${this.roomPrefix(room)}${part}:${id}`
   }
 
   /** A key or channel of the whole deployment (`procs`, `users`, `rooms`, `proc:<id>`…). */

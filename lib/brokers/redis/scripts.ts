@@ -10,6 +10,9 @@
 //   P{R}:presence  hash  connectionId → userId
 //   P{R}:users     hash  userId → connections in the room
 //   P{R}:info      hash  userId → the user's presence data (JSON), while the user is present
+//   P{R}:streams   sorted set of the room's open streamed events: id → ms of its last append
+//   P{R}:stream:<id> hash seq, frame (as published), n (text length, UTF-16 code units), state, reason, at
+//   P{R}:text:<id> string, the stream's text (APPEND per batch); both expire with the room's history
 //   Prooms         set   rooms with at least one member (single instance only)
 //   Pproc:<id>     string, the process heartbeat (expires after processTtlMs)
 //   Pprocs         set   process ids
@@ -35,6 +38,21 @@ local function ensure_room(meta, candidate, ttl)
 end
 `
 
+const STREAM_LIMIT = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[16]))
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[15]) then return { -1, '' } end
+`
+
+const STREAM_CREATE = `
+redis.call('HSET', KEYS[4], 'seq', seq, 'frame', frame, 'n', 0, 'state', 'streaming', 'at', now)
+redis.call('SET', KEYS[5], '', 'PX', ARGV[17])
+redis.call('PEXPIRE', KEYS[4], ARGV[17])
+redis.call('ZADD', KEYS[3], now, ARGV[14])
+redis.call('PEXPIRE', KEYS[3], ARGV[17])
+`
+
 /**
  * KEYS: meta, history, [idempotency key]. ARGV: candidate epoch, frame head, frame tail, type, except,
  * maxEvents, maxAgeMs, channel, roomTtlMs, publishedAt, idleRoomTtlMs, idempotency window ms, PUBLISH or
@@ -44,8 +62,19 @@ end
  * without newlines, and JSON has no raw newline). With an idempotency key already used: its first
  * { seq, epoch }, and nothing is published.
  */
-export const PUBLISH = `
-local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[3]
+export const PUBLISH = publishScript(false)
+
+/**
+ * PUBLISH for a streamed event. KEYS: meta, history, the room's open streams, the stream, its text,
+ * [idempotency key]. ARGV: as PUBLISH, then the stream id, the room's limit of open streams, how old an open
+ * stream's last append may be before it counts as dead (its writer gone), the stream keys' TTL. Returns
+ * { -1, '' } when the room has its limit of open streams (nothing is published).
+ */
+export const PUBLISH_STREAM = publishScript(true)
+
+function publishScript (streamed: boolean): string {
+  return `
+local meta, history, idempotency = KEYS[1], KEYS[2], KEYS[${streamed ? 6 : 3}]
 if idempotency then
   local first = redis.call('GET', idempotency)
   if first then
@@ -53,6 +82,7 @@ if idempotency then
     return { tonumber(string.sub(first, 1, space - 1)), string.sub(first, space + 1) }
   end
 end
+${streamed ? STREAM_LIMIT : ''}
 -- The first event of a room (or of a room only ever read) creates its epoch; later ones find it.
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
 if seq == 1 then redis.call('HSETNX', meta, 'epoch', ARGV[1]) end
@@ -78,8 +108,63 @@ if tonumber(ARGV[6]) > 0 then
 end
 redis.call('PEXPIRE', meta, ttl)
 if idempotency then redis.call('SET', idempotency, seq .. ' ' .. epoch, 'PX', ARGV[12]) end
+${streamed ? STREAM_CREATE : ''}
 redis.call(ARGV[13], ARGV[8], ARGV[5] .. '\\n' .. ARGV[4] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. frame)
 return { seq, epoch }
+`
+}
+
+/**
+ * KEYS: the stream, its text, the room's open streams, its ended ones. ARGV: offset, text, its length (UTF-16
+ * code units), final state ('' while streaming), reason, channel, PUBLISH or SPUBLISH, the message, TTL, the
+ * stream id, how many ended streams the room keeps (its history's maxEvents), the prefix of its keys.
+ * Appends and publishes only when the stream is streaming and its text is \`offset\` long: 'ok'; 'conflict'
+ * otherwise (another process ended it); 'gone' when Redis does not have it (lost with a restart, or
+ * expired). Past the room's count, its oldest ended streams go (as their events leave history).
+ */
+export const APPEND_STREAM = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+local fields = redis.call('HMGET', KEYS[1], 'state', 'n', 'seq')
+if fields[1] ~= 'streaming' or tonumber(fields[2]) ~= tonumber(ARGV[1]) then return 'conflict' end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('APPEND', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'n', tonumber(ARGV[1]) + tonumber(ARGV[3]), 'at', now)
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[4], 'reason', ARGV[5])
+  redis.call('ZREM', KEYS[3], ARGV[10])
+  redis.call('ZADD', KEYS[4], tonumber(fields[3]), ARGV[10])
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+  local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[11])
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) do redis.call('DEL', ARGV[12] .. 'stream:' .. id, ARGV[12] .. 'text:' .. id) end
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, excess - 1)
+  end
+else
+  redis.call('ZADD', KEYS[3], now, ARGV[10])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call(ARGV[7], ARGV[6], ARGV[8])
+return 'ok'
+`
+
+/**
+ * KEYS: the room's open streams. ARGV: the prefix of the room's stream keys (\`P{R}:\`), and the ids of the
+ * streams to read ('' for every open one). Returns, per stream found, { id, seq, frame, state, reason, at,
+ * text }, read together so the text and the state agree.
+ */
+export const READ_STREAMS = `
+local ids = {}
+if ARGV[2] == '' then ids = redis.call('ZRANGE', KEYS[1], 0, -1) else for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end end
+local found = {}
+for _, id in ipairs(ids) do
+  local fields = redis.call('HMGET', ARGV[1] .. 'stream:' .. id, 'seq', 'frame', 'state', 'reason', 'at')
+  if fields[1] then
+    found[#found + 1] = { id, fields[1], fields[2], fields[3], fields[4] or '', fields[5], redis.call('GET', ARGV[1] .. 'text:' .. id) or '' }
+  end
+end
+return found
 `
 
 /** KEYS: meta. ARGV: candidate epoch, idleRoomTtlMs (a room made by a read holds keys this long). */

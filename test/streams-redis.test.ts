@@ -1,0 +1,67 @@
+// Streamed events across processes on Redis: appends written on one server reach members on the other in
+// order; clients move between servers mid-stream; a Redis restart mid-stream follows the `reset` rules.
+import t from 'tap'
+import { redisBroker } from '../lib/brokers/redis.js'
+import type { RoomsOptions } from '../lib/index.js'
+import { connect, startServer, until, type TestServer } from './helpers/index.js'
+import { componentAvailable } from './helpers/components.js'
+import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
+import { streamScenario } from './helpers/stream-scenario.js'
+import { follow, StreamFollower } from './helpers/stream-follower.js'
+
+async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
+  return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, commandTimeoutMs: 1000 }), presence: false, handshakeRateLimit: false, ...options })
+}
+
+if (componentAvailable(t, redisMissing(), 'streamed events on Redis')) {
+  t.test('two servers on Redis: 3000 tokens at 100/s written on one, clients dropped and resumed on either (seed 7): every text byte-identical, one history entry', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis)
+    const b = await instance(t, redis)
+    const result = await streamScenario({ servers: [a, b], seed: 7, count: 3000, perSecond: 100, transport: 'websocket' })
+    t.ok(result.drops >= 5, `dropped ${result.drops} times`)
+    for (const follower of result.followers) {
+      t.same(follower.errors, [], 'the wire: no seq twice or skipped, no append overlapping or leaving a gap')
+      t.equal(follower.texts.get(result.streamId), result.source)
+      t.equal(follower.states.get(result.streamId), 'done')
+    }
+    t.equal(result.client.text, result.source)
+    t.equal(result.client.deltas, result.source)
+    t.same(result.client.ends, ['done'])
+    t.equal(result.client.emitted, 1)
+    for (const server of [a, b]) {
+      const history = await server.app.rooms.history('conversation')
+      t.equal(history.events.length, 1, 'one history entry, on either server')
+      t.same(history.events[0]!.stream, { id: result.streamId, state: 'done', text: result.source })
+    }
+  })
+
+  t.test('Redis restarted mid-stream: members get a reset and the stream ends aborted (lost); the writer\'s end rejects; a new stream works', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, { streamIdleMs: 1500 })
+    const b = await instance(t, redis, { streamIdleMs: 1500 })
+    const client = await connect(b, 'dan')
+    const follower = new StreamFollower('talk')
+    follow(client.ws, follower)
+    await client.join('talk')
+    const stream = await a.app.rooms.stream('talk', 'answer', {})
+    stream.append('before the restart ')
+    await until(() => follower.texts.get(stream.id) === 'before the restart ', 'the first text on the other server')
+    await redis.stop()
+    await redis.start()
+    // The writer's next append finds its stream gone with Redis's keys.
+    const ended = stream.end()
+    await t.rejects(ended, { code: 'FST_ROOMS_STREAM_ENDED' })
+    t.equal(stream.state, 'aborted')
+    await client.nextOfType('reset')
+    await until(() => follower.states.get(stream.id) === 'aborted', 'the stream ended for the member')
+    t.equal(follower.reasons.get(stream.id), 'lost')
+    t.equal(follower.texts.get(stream.id), 'before the restart ', 'what it had stays')
+    t.same(follower.errors, [])
+    const next = await a.app.rooms.stream('talk', 'answer', {})
+    next.append('after')
+    await next.end()
+    await until(() => follower.states.get(next.id) === 'done', 'a new stream after the restart')
+    t.equal(follower.texts.get(next.id), 'after')
+  })
+}
