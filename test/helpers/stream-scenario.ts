@@ -171,12 +171,12 @@ export async function streamScenario (options: ScenarioOptions): Promise<Scenari
 
   // Drops at seeded moments, until the writer is done.
   const dropping = (async () => {
-    let done = false
-    void writing.finally(() => { done = true })
-    while (!done) {
+    const writer = { done: false }
+    void writing.finally(() => { writer.done = true })
+    while (!writer.done) {
       await new Promise((resolve) => setTimeout(resolve, 300 + random() * 1500))
       for (const link of links) drain(link, followers[links.indexOf(link)]!)
-      if (done) break
+      if (writer.done) break
       if (!lateJoined && written > options.count * 0.4) {
         lateJoined = true
         const follower = new StreamFollower(ROOM)
