@@ -104,6 +104,8 @@ export interface StreamBroker {
    */
   appendStream(append: StreamAppend, frame: string): Promise<'ok' | 'conflict' | 'gone'>
   stream(room: string, id: string): Promise<StoredStream | undefined>
+  /** Optional: the most text one append may carry (UTF-16 code units), when the backend bounds messages. */
+  readonly maxAppendUnits?: number
   /** The room's open streams, oldest first (a joiner's snapshot). */
   openStreams(room: string): Promise<StoredStream[]>
 }

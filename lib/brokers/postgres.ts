@@ -11,12 +11,13 @@ import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { BrokerError, InvalidOptionError } from '../config/errors.js'
 import { preciseNow } from '../observability/metrics.js'
-import { roomEventFrameParts } from '../protocol/protocol.js'
-import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, MembershipChange, PresenceSample, PublishRequest, RoomPosition, SqlTransaction } from './broker.js'
+import { parseAppendFrame, roomEventFrameParts, type StreamAppend } from '../protocol/protocol.js'
+import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, MembershipChange, PresenceSample, PublishRequest, RoomPosition, SqlTransaction, StoredStream } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
 import { deliverUserMessage, encodeUserMessage, type UserMessage } from './user-messages.js'
 import { eventChannel, parseEventNotification, roomShard, storedMessageId, usersChannel } from './postgres/notifications.js'
 import { DELIVERY_WINDOW, MAX_NOTIFY_BYTES, SCHEMA_NAME, schemaSql } from './postgres/schema.js'
+import { APPEND_MARK, MAX_APPEND_UNITS, PostgresStreams } from './postgres/streams.js'
 import { inTransaction, withDeadline, wrap } from './postgres/sql.js'
 import { PublishLanes, type PublishArguments } from './postgres/publish-lanes.js'
 
@@ -63,6 +64,8 @@ class PostgresBroker implements Broker {
   readonly name = 'postgres'
   private readonly schema: string
   private readonly table: (name: string) => string
+  /** Streamed events' rows and text (postgres/streams.ts). */
+  private readonly roomStreams: PostgresStreams
   private readonly processId = randomUUID()
   private readonly processTtlMs: number
   private readonly roomTtlMs: number
@@ -97,6 +100,7 @@ class PostgresBroker implements Broker {
     this.schema = options.schema ?? 'fastify_rooms'
     if (!SCHEMA_NAME.test(this.schema)) throw new InvalidOptionError('schema', 'must be 1 to 40 of [a-z0-9_], not starting with a digit')
     this.table = (name) => `"${this.schema}".${name}`
+    this.roomStreams = new PostgresStreams(this.schema, (text, values) => this.sql(text, values), this.table)
     this.processTtlMs = options.processTtlMs ?? 15_000
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
@@ -219,7 +223,27 @@ class PostgresBroker implements Broker {
   }
 
   async publish (request: PublishRequest): Promise<RoomPosition> {
-    return toPosition(await this.lanes.publish(request.room, this.publishValues(request, this.ownsPool ? null : this.commandTimeoutMs)))
+    const { stream } = request
+    if (stream === undefined) return toPosition(await this.lanes.publish(request.room, this.publishValues(request, this.ownsPool ? null : this.commandTimeoutMs)))
+    const values = [...this.publishValues(request, this.ownsPool ? null : this.commandTimeoutMs), ...this.roomStreams.publishArguments(stream)]
+    const [row] = await this.sql<PositionRow>(`SELECT * FROM ${this.table('publish_stream')}(${PUBLISH_PARAMETERS}, $16, $17, $18)`, values)
+    this.roomStreams.refused(request.room, Number(row!.seq), stream.maxOpen)
+    return toPosition(row!)
+  }
+
+  /** A stream's appends are announced in notifications: each carries at most this much text. */
+  readonly maxAppendUnits = MAX_APPEND_UNITS
+
+  appendStream (append: StreamAppend, frame: string): Promise<'ok' | 'conflict' | 'gone'> {
+    return this.roomStreams.append(append, frame)
+  }
+
+  stream (room: string, id: string): Promise<StoredStream | undefined> {
+    return this.roomStreams.read(room, id)
+  }
+
+  openStreams (room: string): Promise<StoredStream[]> {
+    return this.roomStreams.open(room)
   }
 
   /** One publish as it is, several as one `publish_batch` (arrays by column; the shared values once). */
@@ -239,7 +263,7 @@ class PostgresBroker implements Broker {
 
   private publishValues (request: PublishRequest, lockTimeoutMs: number | null): unknown[] {
     const publishedAt = preciseNow()
-    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, Math.floor(publishedAt))
+    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, Math.floor(publishedAt), request.stream?.id)
     const limits = this.historyFor(request.room)
     return [
       request.room, randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
@@ -296,6 +320,7 @@ class PostgresBroker implements Broker {
     const seq = Number(rows[0]!.seq)
     const events: HistorySlice['events'] = []
     for (const row of rows) if (row.event_seq !== null) events.push({ seq: Number(row.event_seq), frame: row.frame! })
+    await this.roomStreams.patch(room, events)
     return { position: { seq, epoch: rows[0]!.epoch }, events, complete: from >= seq || events[0]?.seq === from + 1 }
   }
 
@@ -455,6 +480,12 @@ class PostgresBroker implements Broker {
     }
     // Only the users channel and the event shards are this handler's (the start's probe has its own).
     if (!channel.startsWith(`${this.schema}_ev_`)) return
+    if (payload.startsWith(APPEND_MARK)) {
+      const frame = payload.slice(APPEND_MARK.length)
+      const append = parseAppendFrame(frame)
+      if (this.notificationChain === undefined) return this.delivery?.streamAppend?.(append, frame)
+      return this.inOrder(async () => this.delivery?.streamAppend?.(append, frame))
+    }
     const { room, event } = parseEventNotification(payload)
     if (event.frame !== '' && this.notificationChain === undefined) return this.streams.receive(room, event)
     this.inOrder(async () => {
@@ -591,6 +622,7 @@ class PostgresBroker implements Broker {
     for (const name of ['idempotency', 'answers']) {
       await this.sql(`DELETE FROM ${this.table(name)} WHERE ctid = ANY (ARRAY(SELECT ctid FROM ${this.table(name)} WHERE expires_at < clock_timestamp() LIMIT ${batch}))`, [])
     }
+    await this.roomStreams.cleanup(batch)
     await this.sql(`DELETE FROM ${this.table('messages')} WHERE id IN (SELECT id FROM ${this.table('messages')} WHERE created_at < clock_timestamp() - interval '1 minute' LIMIT ${batch})`, [])
     const orphans = await this.sql<{ process_id: string }>(`SELECT DISTINCT p.process_id FROM ${this.table('presence')} p
       WHERE NOT EXISTS (SELECT 1 FROM ${this.table('processes')} x WHERE x.process_id = p.process_id) LIMIT 10`, [])

@@ -89,7 +89,7 @@ class WrittenStream implements RoomStream {
     this.sending = true
     try {
       while (this.state === 'streaming' && (this.pending !== '' || this.final !== undefined)) {
-        let text = this.pending.slice(0, MAX_APPEND_UNITS)
+        let text = this.pending.slice(0, this.writer.maxAppendUnits)
         // Never split a surrogate pair between two appends: each frame's text is well-formed.
         if (text.length < this.pending.length && /[\ud800-\udbff]$/.test(text)) text = text.slice(0, -1)
         const last = text.length === this.pending.length ? this.final : undefined
@@ -133,11 +133,15 @@ export class StreamWriter {
     for (const stream of streams) void stream.send()
   }
 
+  readonly maxAppendUnits: number
+
   constructor (
     private readonly broker: Broker,
     readonly limits: StreamLimits,
     private readonly log: { warn(obj: object, msg: string): void }
-  ) {}
+  ) {
+    this.maxAppendUnits = Math.min(MAX_APPEND_UNITS, broker.maxAppendUnits ?? MAX_APPEND_UNITS)
+  }
 
   async start (request: PublishRequest): Promise<RoomStream> {
     if (this.broker.appendStream === undefined || this.broker.stream === undefined) throw new StreamsUnsupportedError(this.broker.name)

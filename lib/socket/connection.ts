@@ -288,7 +288,8 @@ export class Connection implements RoomsConnection {
    * gap: see StreamCursors) when this socket follows the stream, merged with the next ones while it is behind.
    */
   deliverAppend (append: StreamAppend, event: FramedEvent): boolean {
-    if (!this.isOpen || this.cursors === undefined) return false
+    // Held first: a resume or join under way may be about to give this socket the stream.
+    if (!this.isOpen) return false
     switch (this.replay.liveAppend(append, event)) {
       case 'send': return this.sendAppend(append, event)
       case 'held': return true

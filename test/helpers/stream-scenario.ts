@@ -198,14 +198,20 @@ export async function streamScenario (options: ScenarioOptions): Promise<Scenari
       links[choice] = await open(pick(), ['dan', 'eve', 'fay'][choice]!, follower, false, link)
     }
   })()
-  await Promise.all([writing, dropping])
-  await until(() => {
-    for (const [index, link] of links.entries()) drain(link, followers[index]!)
-    return followers.every((follower) => follower.states.get(stream.id) !== 'streaming') && ends.length > 0
-  }, 'every client at the end of the stream')
-  client.close()
-  for (const link of links) await link.cut().catch(() => {})
-  await proxy.close()
+  try {
+    await Promise.all([writing, dropping])
+    await until(() => {
+      for (const [index, link] of links.entries()) drain(link, followers[index]!)
+      return followers.every((follower) => follower.states.get(stream.id) !== 'streaming') && ends.length > 0
+    }, 'every client at the end of the stream').catch((err: Error) => {
+      const where = followers.map((follower) => `${follower.states.get(stream.id)} at ${follower.texts.get(stream.id)?.length} (${follower.errors.slice(0, 2).join('; ')})`)
+      throw new Error(`${err.message}: source ${source.length}, raw clients ${where.join(', ')}; the client ${streamed?.state} at ${streamed?.text.length}`)
+    })
+  } finally {
+    client.close()
+    for (const link of links) await link.cut().catch(() => {})
+    await proxy.close()
+  }
   return {
     source,
     followers,

@@ -14,6 +14,10 @@
 //   S.processes       process_id → expires_at (its heartbeat)
 //   S.answers         (user_id, answer_id) → fingerprint, outcome: answers to frames with an id
 //   S.messages        id → body: user messages too large for a notification, for a minute
+//   S.streams         (room, id) → seq, frame (as published), units (text length, UTF-16 code units), state,
+//                     reason, updated_at: streamed events
+//   S.stream_chunks   (room, id, offset) → text: a stream's text, one row per append (no rewrite of the
+//                     whole text per append), read in offset order
 // Channels: S_ev_<n> (room events of the rooms hashed to shard n) and S_users (user messages).
 
 /** A schema name the broker accepts: it goes into SQL as an identifier. */
@@ -92,6 +96,24 @@ CREATE TABLE IF NOT EXISTS ${s}.messages (
   id bigserial PRIMARY KEY,
   body text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS ${s}.streams (
+  room text NOT NULL,
+  id text NOT NULL,
+  seq bigint NOT NULL,
+  frame text NOT NULL,
+  units integer NOT NULL DEFAULT 0,
+  state text NOT NULL DEFAULT 'streaming',
+  reason text,
+  updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  PRIMARY KEY (room, id)
+);
+CREATE TABLE IF NOT EXISTS ${s}.stream_chunks (
+  room text NOT NULL,
+  id text NOT NULL,
+  "offset" integer NOT NULL,
+  text text NOT NULL,
+  PRIMARY KEY (room, id, "offset")
 );
 
 -- One publish: idempotency, the next seq (the room row stays locked until the caller's transaction ends),
@@ -188,6 +210,58 @@ BEGIN
       p_max_events[i], p_max_age_ms[i], p_room_ttl_ms, p_idle_room_ttl_ms, p_published_at[i], p_keys[i], p_key_window_ms,
       p_channels[i], p_lock_timeout_ms);
   END LOOP;
+END
+$$;
+
+-- A streamed event: refused (seq -1) when the room has p_max_open streams that are open and alive (an
+-- append within p_stale_ms), otherwise published as publish() does it, with its stream row in the same
+-- transaction. A retried idempotency key publishes nothing and makes no row.
+CREATE OR REPLACE FUNCTION ${s}.publish_stream(
+  p_room text, p_candidate_epoch text, p_head text, p_tail text, p_type text, p_except text,
+  p_max_events integer, p_max_age_ms bigint, p_room_ttl_ms bigint, p_idle_room_ttl_ms bigint,
+  p_published_at text, p_key text, p_key_window_ms bigint, p_channel text, p_lock_timeout_ms integer,
+  p_id text, p_max_open integer, p_stale_ms bigint
+) RETURNS TABLE (seq bigint, epoch text) LANGUAGE plpgsql AS $$
+DECLARE
+  v_seq bigint;
+  v_epoch text;
+BEGIN
+  IF (SELECT count(*) FROM ${s}.streams x WHERE x.room = p_room AND x.state = 'streaming'
+      AND x.updated_at > clock_timestamp() - p_stale_ms * interval '1 millisecond') >= p_max_open THEN
+    RETURN QUERY SELECT -1::bigint, ''::text;
+    RETURN;
+  END IF;
+  SELECT p.seq, p.epoch INTO v_seq, v_epoch FROM ${s}.publish(p_room, p_candidate_epoch, p_head, p_tail, p_type, p_except,
+    p_max_events, p_max_age_ms, p_room_ttl_ms, p_idle_room_ttl_ms, p_published_at, p_key, p_key_window_ms, p_channel, p_lock_timeout_ms) p;
+  -- The event at v_seq is this call's only if it carries this stream's id (a retried key returns the first).
+  IF EXISTS (SELECT 1 FROM ${s}.events e WHERE e.room = p_room AND e.seq = v_seq AND e.frame = p_head || v_seq || p_tail) THEN
+    INSERT INTO ${s}.streams (room, id, seq, frame) VALUES (p_room, p_id, v_seq, p_head || v_seq || p_tail);
+  END IF;
+  seq := v_seq;
+  epoch := v_epoch;
+  RETURN NEXT;
+END
+$$;
+
+-- One append to a stream (and, with p_state, its end), stored, then announced on the room's channel:
+-- 'ok'; 'conflict' when the stream is not streaming or its text is not p_offset long; 'gone' when there is
+-- no such stream.
+CREATE OR REPLACE FUNCTION ${s}.append_stream(
+  p_room text, p_id text, p_offset integer, p_text text, p_units integer, p_state text, p_reason text, p_channel text, p_message text
+) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE ${s}.streams x SET units = x.units + p_units, updated_at = clock_timestamp(),
+      state = coalesce(p_state, x.state), reason = coalesce(p_reason, x.reason)
+    WHERE x.room = p_room AND x.id = p_id AND x.state = 'streaming' AND x.units = p_offset;
+  IF NOT FOUND THEN
+    IF EXISTS (SELECT 1 FROM ${s}.streams x WHERE x.room = p_room AND x.id = p_id) THEN RETURN 'conflict'; END IF;
+    RETURN 'gone';
+  END IF;
+  IF p_text <> '' THEN
+    INSERT INTO ${s}.stream_chunks (room, id, "offset", text) VALUES (p_room, p_id, p_offset, p_text);
+  END IF;
+  PERFORM pg_notify(p_channel, p_message);
+  RETURN 'ok';
 END
 $$;
 
