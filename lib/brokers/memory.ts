@@ -159,6 +159,7 @@ class MemoryBroker implements Broker {
       stream.state = append.state
       stream.reason = append.reason
     }
+    this.enforceBudget()
     this.delivery?.streamAppend?.(append, frame)
     return 'ok'
   }
@@ -306,8 +307,9 @@ class MemoryBroker implements Broker {
     }
   }
 
+  /** Nobody is in it and no stream is being written to it: it may go. */
   private isIdle (state: RoomState): boolean {
-    return !state.subscribed && state.presence.size === 0
+    return !state.subscribed && state.presence.size === 0 && openCount(state) === 0
   }
 
   private forget (room: string): void {
