@@ -58,8 +58,8 @@ class WireStreams {
   }
 }
 
-async function ended (client: Client, id: string): Promise<Frame> {
-  return client.next((f: any) => f.type === 'append' && f.id === id && f.state !== undefined, `end of ${id}`)
+async function ended (client: Client, id: string): Promise<Frame & { state: string; reason?: string }> {
+  return client.next((f: any) => f.type === 'append' && f.id === id && f.state !== undefined, `end of ${id}`) as Promise<Frame & { state: string; reason?: string }>
 }
 
 function tokens (count: number): string[] {
@@ -237,7 +237,7 @@ t.test('resume with forged or stale streams: each is answered aborted (unknown s
   real.append('def')
   await real.end()
   await ended(good, real.id)
-  t.equal(good.frames.find((f: any) => f.type === 'append')!.offset, 1, 'a real resume gets the rest from where it stands')
+  t.equal((good.frames.find((f: any) => f.type === 'append') as any).offset, 1, 'a real resume gets the rest from where it stands')
   t.equal(good.frames.filter((f: any) => f.type === 'append').map((f: any) => f.text).join(''), 'bcdef')
   await other.end()
 })
