@@ -2,10 +2,10 @@
 import { readFile } from 'node:fs/promises'
 import fastifyJwt from '@fastify/jwt'
 import rateLimit from '@fastify/rate-limit'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import pg from 'pg'
 import Type from 'typebox'
-import rooms, { defineMessage, ErrorCode, FrameError } from '../lib/index.js'
+import rooms, { defineMessage, ErrorCode, FrameError, type RoomsApi } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import { postgresBroker } from '../lib/brokers/postgres.js'
 
@@ -23,6 +23,17 @@ export interface ChatAppOptions {
   fastify?: FastifyServerOptions
   /** Announcements one user may post per minute (default 10). */
   announcementsPerMinute?: number
+  /** How often the fake assistant sends a token of its answer (default 40 ms). */
+  assistantTokenMs?: number
+}
+
+/**
+ * The fake assistant's answer to `/ask <question>`: deterministic, no model, no network — made of tokens
+ * as a language model streams them (words with their spaces, a line break now and then).
+ */
+export function fakeAnswer (question: string): string[] {
+  const words = `You asked: "${question}". I am the example's assistant and I know nothing, but I answer at length, one token at a time, the way a language model streams its reply. Reload the page while I talk: the answer continues from where it was, every character once. Every member of this room sees the same text growing, and a late joiner gets what I said so far, then the rest. When I am done, the room's history keeps my answer as one message.`.split(' ')
+  return words.map((word, index) => (index === words.length - 1 ? word : index % 24 === 23 ? `${word}\n` : `${word} `))
 }
 
 const MAX_TEXT = 2000
@@ -41,6 +52,29 @@ function trimmedText (text: string): string {
   return trimmed
 }
 
+/** Streams the fake answer into the room, token by token, as a model's reply would arrive. */
+async function startAnswer (answering: Set<NodeJS.Timeout>, rooms: RoomsApi, room: string, question: string, askedBy: string, tokenMs: number, log: FastifyBaseLogger): Promise<void> {
+  const answer = await rooms.stream(room, 'assistant', { question, askedBy })
+  const tokens = fakeAnswer(question)
+  let next = 0
+  const timer = setInterval(() => {
+    try {
+      answer.append(tokens[next++]!)
+      if (next === tokens.length) {
+        clearInterval(timer)
+        answering.delete(timer)
+        answer.end().catch((err: unknown) => log.warn({ err }, 'the assistant\'s answer could not be ended'))
+      }
+    } catch (err) {
+      // Ended under it (the server closing, or its broker lost it): stop talking.
+      clearInterval(timer)
+      answering.delete(timer)
+      log.warn({ err }, 'the assistant stopped')
+    }
+  }, tokenMs)
+  answering.add(timer)
+}
+
 export async function buildChatApp (options: ChatAppOptions): Promise<FastifyInstance> {
   const app = Fastify(options.fastify ?? { logger: true })
   // The app signs tokens at /login and checks them on its HTTP routes; fastify-rooms reuses this
@@ -52,6 +86,8 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
     await request.jwtVerify()
   }
   // With DATABASE_URL the app's own data and the rooms share one PostgreSQL (and one pool).
+  // The fake assistant's answers being written (their token timers).
+  const answering = new Set<NodeJS.Timeout>()
   const database = options.databaseUrl === undefined ? undefined : new pg.Pool({ connectionString: options.databaseUrl })
   if (database !== undefined) {
     database.on('error', (err) => app.log.warn({ err }, 'database client error'))
@@ -75,10 +111,16 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
         room: true,
         handler: async (ctx, payload) => {
           const text = trimmedText(payload.text)
-          return ctx.rooms.broadcast(ctx.room!, 'chat', { from: ctx.user.id, text })
+          const said = await ctx.rooms.broadcast(ctx.room!, 'chat', { from: ctx.user.id, text })
+          if (/^\/ask(\s|$)/.test(text)) await startAnswer(answering, ctx.rooms, ctx.room!, text.slice(4).trim() || 'nothing', ctx.user.id, options.assistantTokenMs ?? 40, app.log)
+          return said
         },
       }),
     },
+  })
+  // Open answers end (aborted, reason 'shutdown') when the server closes: their timers go with them.
+  app.addHook('preClose', async () => {
+    for (const timer of answering) clearInterval(timer)
   })
 
   // The page imports the client the plugin serves on /ws/client.js.

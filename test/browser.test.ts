@@ -4,7 +4,7 @@ import { mkdir } from 'node:fs/promises'
 import t, { type Test } from 'tap'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import type { FastifyInstance } from 'fastify'
-import { buildChatApp, type ChatAppOptions } from '../example/app.js'
+import { buildChatApp, fakeAnswer, type ChatAppOptions } from '../example/app.js'
 import { CHROMIUM_ARGS, CHROMIUM_PATH, chromiumMissing } from './helpers/chromium.js'
 import { componentAvailable, freePort } from './helpers/components.js'
 import { until } from './helpers/index.js'
@@ -245,5 +245,31 @@ if (componentAvailable(t, chromiumMissing(), 'browser')) {
     await mkdir('test-artifacts', { recursive: true })
     await page.screenshot({ path: 'test-artifacts/dashboard.png', fullPage: true })
     t.pass('dashboard rendered with live data')
+  })
+
+  t.test('#24 the example\'s assistant: /ask streams an answer that grows on every page; a page reloaded mid-answer continues it, byte-identical', { timeout: 60_000 }, async (t) => {
+    const { port, browser } = await exampleInBrowser(t, { jwtSecret: 'assistant-secret', allowedOrigins: '*', assistantTokenMs: 40 })
+    const url = `http://127.0.0.1:${port}/`
+    const asker = await browser.newPage()
+    const reader = await browser.newPage()
+    const errors: string[] = []
+    for (const page of [asker, reader]) page.on('pageerror', (err) => errors.push(err.message))
+    await enterLobby(asker, url, 'asker')
+    await enterLobby(reader, url, 'reader')
+    await asker.fill('#text', '/ask why is the sky blue?')
+    await asker.click('#send button')
+    const expected = fakeAnswer('why is the sky blue?').join('')
+    const answerText = (page: Page) => page.$eval('#log div.assistant .answer', (span) => span.textContent ?? '')
+    // Mid-answer: some of it shown, not all.
+    await reader.waitForFunction(() => (document.querySelector('#log div.assistant .answer')?.textContent ?? '').length > 40, undefined, { timeout: 20_000 })
+    const before = await answerText(reader)
+    t.ok(expected.startsWith(before) && before.length < expected.length, 'a prefix of the answer before the reload')
+    await reader.reload()
+    await enterLobby(reader, url, 'reader')
+    for (const page of [asker, reader]) await page.waitForSelector('#log div.assistant[data-state="done"]', { timeout: 20_000 })
+    t.equal(await answerText(reader), expected, 'the reloaded page ends with the whole answer')
+    t.equal(await answerText(asker), expected, 'so does the page that asked')
+    t.equal(await reader.$$eval('#log div.assistant', (divs) => divs.length), 1, 'one line for one answer')
+    t.same(errors, [])
   })
 }
