@@ -286,8 +286,9 @@ export { plugin as fastifyRooms }
 export { memoryBroker } from './brokers/memory.js'
 export type {
   Broker, BrokerDelivery, BrokerSettings, EventBroker, HistoryEvent, HistorySlice, MembershipChange, PresenceBroker, PresenceSample,
-  PublishRequest, RoomPosition, SharedAnswers, SqlTransaction, UserRouting,
+  PublishRequest, RoomPosition, SharedAnswers, SqlTransaction, StoredStream, StreamBroker, StreamPoint, UserRouting,
 } from './brokers/broker.js'
+export type { StreamAppend, StreamInfo, StreamState } from './protocol/stream-frames.js'
 export type { OutboxOptions, OutboxPool } from './brokers/outbox.js'
 export { CloseCode, ErrorCode, FrameError, SUBPROTOCOL, PROTOCOL_VERSION } from './protocol/protocol.js'
 export { handleProtocols } from './admission/upgrade.js'

@@ -171,8 +171,8 @@ export interface RoomStream {
   /** `streaming` until `end()`, `abort()`, `streamIdleMs` without text (aborted, `reason: 'idle'`), or its broker lost it (aborted). */
   readonly state: 'streaming' | 'done' | 'aborted'
   /**
-   * Adds text. Synchronous and cheap: what one turn appends leaves as one append. Throws
-   * `FST_ROOMS_STREAM_ENDED` once the stream ended, `FST_ROOMS_STREAM_TOO_LARGE` past `maxStreamBytes`.
+   * Adds text. Synchronous and cheap: what one turn appends leaves as one append. Throws once the stream
+   * ended (409), and past `maxStreamBytes` (413; the stream stays open).
    */
   append(text: string): void
   /** Ends the stream (`state: 'done'`); resolves once the last text and the end are stored. */
@@ -219,8 +219,8 @@ export interface RoomsApi {
   broadcast<T extends RoomsEventType>(room: string, type: T, payload: RoomsEventPayload<T>, options?: BroadcastOptions): Promise<BroadcastResult>
   /**
    * Publishes a streamed event: one room event (`seq`) whose text the returned stream appends to. Rejects
-   * with `FST_ROOMS_TOO_MANY_STREAMS` (429) when the room has `maxOpenStreamsPerRoom` open streams, or this
-   * process `maxOpenStreams`; otherwise as `broadcast`.
+   * with a 429 when the room has `maxOpenStreamsPerRoom` open streams, or this process `maxOpenStreams`;
+   * otherwise as `broadcast`.
    */
   stream<T extends RoomsEventType>(room: string, type: T, payload?: RoomsEventPayload<T>, options?: StreamOptions): Promise<RoomStream>
   /**

@@ -1,6 +1,6 @@
 // The Broker is the only part that knows whether there is one process or many. Its parts follow
 // Centrifuge's split: room events and history, presence, routing to a user, shared answers, and streams.
-import type { StreamAppend, StreamInfo } from '../protocol/protocol.js'
+import type { StreamAppend, StreamInfo } from '../protocol/stream-frames.js'
 
 /** Where a broker delivers what was published, on every process (this process's RoomRegistry). */
 export interface BrokerDelivery {

@@ -2,10 +2,13 @@
 // All rooms' history shares one budget in bytes (history.maxBytes): past it, the oldest events of the
 // room that published least recently go first, so their resumers get a `reset` instead of the process
 // growing without bound.
+// Past 300 lines: events and history, presence, routing and streams of one process share one map of rooms
+// and one byte budget; split apart, each part would reach into the others' rooms.
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../observability/metrics.js'
 import { StreamLimitError } from '../config/errors.js'
-import { roomEventFrame, withStream, type StreamAppend } from '../protocol/protocol.js'
+import { roomEventFrame } from '../protocol/protocol.js'
+import { withStream, type StreamAppend } from '../protocol/stream-frames.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { EventHistory } from './history.js'
 

@@ -89,7 +89,7 @@ export type Frame = Static<typeof Envelope>
 export type FrameIdValue = Static<typeof FrameId>
 
 export const AuthPayload = Type.Object({ token: Type.String({ minLength: 1, maxLength: 8192 }) })
-/** A streamed event the client holds unfinished: its id, and how much of its text it has (UTF-16 code units). */
+/** Unfinished streamed events a resume may name per room (id → how much text it has, UTF-16 code units). */
 export const MAX_RESUMED_STREAMS = 16
 export const ResumePayload = Type.Object({
   rooms: Type.Record(Type.String(), Type.Object({
@@ -291,8 +291,7 @@ export function roomEventFrame (type: string, room: string, seq: number, payload
 
 /**
  * The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script).
- * A streamed event ends with its `stream` object, last, so it can be found and replaced without parsing
- * the payload (JSON escapes every quote inside a string, so `,"stream":{"id":` cannot occur in one).
+ * A streamed event ends with its `stream` object (see stream-frames.ts).
  */
 export function roomEventFrameParts (type: string, room: string, payloadJson: string, traceId: string, time: number, streamId?: string): [head: string, tail: string] {
   const end = streamId === undefined ? '}' : `,"stream":${JSON.stringify({ id: streamId, state: 'streaming', text: '' })}}`
@@ -300,58 +299,6 @@ export function roomEventFrameParts (type: string, room: string, payloadJson: st
     `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
     `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}${end}`,
   ]
-}
-
-export type StreamState = 'streaming' | 'done' | 'aborted'
-/** A streamed event's text and state, as its event frame carries them. */
-export interface StreamInfo {
-  id: string
-  state: StreamState
-  text: string
-  reason?: string
-}
-const STREAM_MARK = ',"stream":{"id":'
-
-/** The stream object of a streamed event's frame; undefined for any other frame (one character looked at). */
-export function streamOfFrame (frame: string): StreamInfo | undefined {
-  if (frame.charCodeAt(frame.length - 2) !== 125) return undefined
-  const at = frame.lastIndexOf(STREAM_MARK)
-  return at === -1 ? undefined : JSON.parse(frame.slice(at + 10, -1)) as StreamInfo
-}
-
-/** A streamed event's frame carrying its current text and state (history, replay, a joiner's snapshot). */
-export function withStream (frame: string, stream: StreamInfo): string {
-  const at = frame.lastIndexOf(STREAM_MARK)
-  const info = stream.reason === undefined ? { id: stream.id, state: stream.state, text: stream.text } : { id: stream.id, state: stream.state, text: stream.text, reason: stream.reason }
-  return `${frame.slice(0, at)},"stream":${JSON.stringify(info)}}`
-}
-
-/** What a stream's writer sends for one batch of text (and, last, its final state): one frame per batch, serialized once. */
-export interface StreamAppend {
-  room: string
-  /** The streamed event's seq. */
-  seq: number
-  id: string
-  /** Where `text` starts in the stream's text, in UTF-16 code units. */
-  offset: number
-  text: string
-  state?: 'done' | 'aborted'
-  reason?: string
-}
-
-export function appendFrame (append: StreamAppend): string {
-  const { room, seq, id, offset, text, state, reason } = append
-  const end = state === undefined ? '' : reason === undefined ? `,"state":"${state}"` : `,"state":"${state}","reason":${JSON.stringify(reason)}`
-  return `{"type":"append","room":${JSON.stringify(room)},"seq":${seq},"id":${JSON.stringify(id)},"offset":${offset},"text":${JSON.stringify(text)}${end}}`
-}
-
-/** An append frame as another process published it (Redis, PostgreSQL); throws on anything else. */
-export function parseAppendFrame (frame: string): StreamAppend {
-  const value = JSON.parse(frame) as Partial<StreamAppend> & { type?: unknown }
-  if (value.type !== 'append' || typeof value.room !== 'string' || typeof value.id !== 'string' || typeof value.text !== 'string' ||
-    !Number.isSafeInteger(value.seq) || !Number.isSafeInteger(value.offset) || (value.offset as number) < 0 ||
-    (value.state !== undefined && value.state !== 'done' && value.state !== 'aborted')) throw new Error('malformed append frame')
-  return value as StreamAppend
 }
 
 const MAX_USER_ID_LENGTH = 256

@@ -2,22 +2,19 @@
 // fan-out of what the Broker delivers to this process's sockets (framed once per event). Who is in which
 // room is membership.ts's; this module only reads it.
 import { randomUUID } from 'node:crypto'
-import { Compile } from 'typebox/compile'
 import type { Broker, BrokerDelivery, MembershipChange, PublishRequest, RoomPosition, SharedAnswers, SqlTransaction } from '../brokers/broker.js'
 import type { Membership } from './membership.js'
 import type { Presence } from './presence.js'
 import { InvalidArgumentError, MetricsDisabledError, PayloadTooLargeError } from '../config/errors.js'
+import { checkBroadcastOptions, checkEventType, checkOptionalText, checkRoom, checkTarget, checkUserId } from './arguments.js'
 import { frameText } from '../out/framing.js'
 import type { ResolvedOptions } from '../config/options.js'
 import { preciseNow, type Gauges, type Stats } from '../observability/metrics.js'
-import {
-  boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, isRoomName, isSafeText, MessageType, payloadJson,
-  SAFE_TEXT_MESSAGE, RESERVED_TYPES, streamOfFrame, truncateCloseReason, type StreamAppend,
-} from '../protocol/protocol.js'
+import { boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, directRoomFrame, payloadJson, truncateCloseReason } from '../protocol/protocol.js'
+import { streamOfFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import type { StreamRelay } from './stream-relay.js'
 import type { StreamWriter } from './streams.js'
-import { isUserId } from '../protocol/protocol.js'
-import type { BroadcastOptions, BroadcastResult, MembershipTarget, RoomEvent, RoomHistory, RoomsApi, RoomsStats, RoomStream, StreamOptions } from '../types.js'
+import type { BroadcastOptions, BroadcastResult, RoomEvent, RoomHistory, RoomsApi, RoomsStats, RoomStream, StreamOptions } from '../types.js'
 
 export interface RegistryOptions {
   /** Validators of the payloads of the event types the host declared. */
@@ -28,7 +25,6 @@ export interface RegistryOptions {
   maxStreamBytes: number
 }
 
-const messageTypeValidator = Compile(MessageType)
 const NO_TRANSACTIONS = 'needs the Postgres broker (fastify-rooms/postgres) or the outbox option'
 
 /** What the registry asks of the outbox (brokers/outbox.ts). */
@@ -271,47 +267,4 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
       clientLatency: { ...this.stats.clientLatency },
     }
   }
-}
-
-function checkRoom (room: string): string {
-  if (!isRoomName(room)) throw new InvalidArgumentError('room', `must be a string of 1 to 128 characters (${SAFE_TEXT_MESSAGE})`)
-  return room
-}
-
-function checkOptionalText (options: BroadcastOptions & StreamOptions, name: 'except' | 'traceId' | 'idempotencyKey', maxLength: number): void {
-  const value = options[name]
-  if (value === undefined) return
-  if (typeof value !== 'string' || value.length === 0 || value.length > maxLength || !isSafeText(value)) {
-    throw new InvalidArgumentError(name, `must be a string of 1 to ${maxLength} characters (${SAFE_TEXT_MESSAGE})`)
-  }
-}
-
-function checkBroadcastOptions (options: BroadcastOptions): void {
-  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
-  checkOptionalText(options, 'except', 64)
-  checkOptionalText(options, 'traceId', 64)
-  checkOptionalText(options, 'idempotencyKey', 128)
-  const { transaction } = options
-  if (transaction !== undefined && (typeof transaction !== 'object' || transaction === null || typeof transaction.query !== 'function')) {
-    throw new InvalidArgumentError('transaction', 'must be a pg client inside BEGIN (a PoolClient or Client)')
-  }
-}
-
-function checkEventType (type: string): void {
-  if (!messageTypeValidator.Check(type)) throw new InvalidArgumentError('type', 'must be a letter followed by up to 63 of [A-Za-z0-9_.:-]')
-  if (RESERVED_TYPES.has(type)) throw new InvalidArgumentError('type', `"${type}" is reserved by the protocol`)
-}
-
-function checkTarget (target: unknown): MembershipTarget {
-  if (typeof target === 'object' && target !== null) {
-    const { userId, connectionId } = target as Record<string, unknown>
-    if (userId !== undefined && connectionId === undefined) return { userId: checkUserId(userId as string) }
-    if (connectionId !== undefined && userId === undefined && typeof connectionId === 'string' && connectionId.length <= 64 && isSafeText(connectionId) && connectionId.length > 0) return { connectionId }
-  }
-  throw new InvalidArgumentError('target', 'must be { userId } or { connectionId }')
-}
-
-function checkUserId (userId: string): string {
-  if (!isUserId(userId)) throw new InvalidArgumentError('userId', `must be a string of 1 to 256 characters (${SAFE_TEXT_MESSAGE})`)
-  return userId
 }

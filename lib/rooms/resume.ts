@@ -6,7 +6,8 @@ import type { Connection, StreamTail } from '../socket/connection.js'
 import type { StreamRelay } from './stream-relay.js'
 import type { Membership } from './membership.js'
 import type { Stats } from '../observability/metrics.js'
-import { directRoomFrame, ErrorCode, FrameError, isRoomName, streamOfFrame, type ErrorDetail } from '../protocol/protocol.js'
+import { directRoomFrame, ErrorCode, FrameError, isRoomName, type ErrorDetail } from '../protocol/protocol.js'
+import { streamOfFrame } from '../protocol/stream-frames.js'
 
 export type ResumeOutcome =
   | { result: 'replayed'; seq: number; epoch: string; replayed: number }

@@ -5,7 +5,7 @@
 // its writer may have died, and then the stream is aborted here, once, for every process).
 import type { StreamBroker, StoredStream } from '../brokers/broker.js'
 import { backoff } from '../brokers/ordered-streams.js'
-import { appendFrame, type StreamAppend, type StreamInfo } from '../protocol/protocol.js'
+import { appendFrame, type StreamAppend, type StreamInfo } from '../protocol/stream-frames.js'
 
 interface Followed {
   room: string

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto'
 import { InvalidArgumentError, isBrokerError, StreamEndedError, StreamLimitError, StreamsUnsupportedError, StreamTooLargeError } from '../config/errors.js'
 import type { Broker, PublishRequest } from '../brokers/broker.js'
 import { backoff } from '../brokers/ordered-streams.js'
-import { appendFrame, type StreamAppend, type StreamState } from '../protocol/protocol.js'
+import { appendFrame, type StreamAppend, type StreamState } from '../protocol/stream-frames.js'
 import type { RoomStream } from '../types.js'
 
 export interface StreamLimits {

@@ -3,7 +3,7 @@
 // events can arrive while the replay is being read: each seq must reach the socket once, in order.
 import type { HistoryEvent, StreamPoint } from '../brokers/broker.js'
 import type { FramedEvent } from '../out/framing.js'
-import type { StreamAppend } from '../protocol/protocol.js'
+import type { StreamAppend } from '../protocol/stream-frames.js'
 
 /** What waits during a replay: a live room event, or a live append to a streamed event (no seq of its own). */
 type Held = { seq: number; event: FramedEvent; stream: StreamPoint | undefined; append?: undefined } | { append: StreamAppend; event: FramedEvent }

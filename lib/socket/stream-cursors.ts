@@ -2,7 +2,7 @@
 // in order, with no gap — whichever way it got the stream (live, a replay, a joiner's snapshot, a
 // resumed tail) and however far ahead of this process's live appends that was. A socket that is behind
 // on its writes gets a stream's appends merged into one larger delta instead of one frame per append.
-import { appendFrame, type StreamAppend } from '../protocol/protocol.js'
+import { appendFrame, type StreamAppend } from '../protocol/stream-frames.js'
 
 interface Cursor {
   room: string

@@ -2,6 +2,7 @@
 // A publish is one function call (one round trip), so it can run inside the host's own transaction: the
 // room row's lock, taken by the seq increment, is held until that transaction ends, which makes seq order
 // the rooms' commit order and leaves no gap when a transaction rolls back.
+// Past 300 lines: the schema is one script of SQL run at start (tables, then the functions that use them).
 //
 // Tables (S = the schema):
 //   S.rooms           room → seq, epoch, hosted, its history limits, expires_at (roomTtlMs after the last

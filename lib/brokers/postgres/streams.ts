@@ -2,7 +2,7 @@
 // (its text), written with the announcement in one function call, so what is announced is always stored
 // first. History and the readers get the frame with the text as it is now.
 import { StreamLimitError } from '../../config/errors.js'
-import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/protocol.js'
+import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
 import type { HistoryEvent, StoredStream } from '../broker.js'
 import { eventChannel } from './notifications.js'
 

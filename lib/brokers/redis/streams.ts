@@ -2,7 +2,7 @@
 // batch: no copy of the whole text per append), written and published by one script so that what is
 // published is always stored first. History and the readers get the frame with the text as it is now.
 import { StreamLimitError } from '../../config/errors.js'
-import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/protocol.js'
+import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
 import type { HistoryEvent, StoredStream } from '../broker.js'
 import type { RedisKeys } from './keys.js'
 import { APPEND_STREAM, READ_STREAMS } from './scripts.js'
