@@ -4,7 +4,8 @@
 // and the token's expiry timer (token-expiry.ts). Who the socket is and which rooms it is in belongs to
 // membership.ts (the `member`), the only writer of both.
 // Past 300 lines: sending has three paths that must keep one order (direct frames, the per-turn queue of
-// room events, and writes on a busy ws sender), all counted against the one send budget.
+// room events, and writes on a busy ws sender), all counted against the one send budget, and a streamed
+// event's appends take the same paths (held in a replay, trimmed or merged per socket by its cursors).
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
