@@ -8,6 +8,7 @@ import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { streamScenario } from './helpers/stream-scenario.js'
 import { follow, StreamFollower } from './helpers/stream-follower.js'
+import { startServerProcess } from './helpers/server-process.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, commandTimeoutMs: 1000 }), presence: false, handshakeRateLimit: false, ...options })
@@ -63,5 +64,29 @@ if (componentAvailable(t, redisMissing(), 'streamed events on Redis')) {
     await next.end()
     await until(() => follower.states.get(next.id) === 'done', 'a new stream after the restart')
     t.equal(follower.texts.get(next.id), 'after')
+  })
+
+  t.test('the writer\'s process killed (-9) mid-stream: members on the other server get the stored text, then the stream aborted (idle) once, after twice streamIdleMs', async (t) => {
+    const redis = await startRedis(t)
+    const writer = await startServerProcess(t, redis, { STREAM_IDLE_MS: '400' })
+    const b = await instance(t, redis, { streamIdleMs: 400 })
+    const asker = await connect(writer.url, 'asker')
+    await asker.join('talk')
+    const member = await connect(b, 'member')
+    const follower = new StreamFollower('talk')
+    follow(member.ws, follower)
+    await member.join('talk')
+    const started = await asker.request({ type: 'talk', room: 'talk', payload: { count: 100_000 } })
+    const id = started.payload.id as string
+    await until(() => (follower.texts.get(id)?.length ?? 0) >= 40, 'some text on the other server')
+    writer.child.kill('SIGKILL')
+    await new Promise((resolve) => writer.child.once('exit', resolve))
+    await until(() => follower.states.get(id) === 'aborted', 'the stream ended on the other server')
+    t.equal(follower.reasons.get(id), 'idle')
+    t.same(follower.errors, [], 'no byte twice, none missing')
+    const text = follower.texts.get(id)!
+    t.equal(text, 'tok '.repeat(text.length / 4), 'what it got is whole tokens of the source')
+    const history = await b.app.rooms.history('talk')
+    t.same(history.events.find((event) => event.stream?.id === id)!.stream, { id, state: 'aborted', text, reason: 'idle' }, 'stored as the member has it')
   })
 }
