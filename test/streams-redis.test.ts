@@ -9,6 +9,7 @@ import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { streamScenario } from './helpers/stream-scenario.js'
 import { follow, StreamFollower } from './helpers/stream-follower.js'
 import { startServerProcess } from './helpers/server-process.js'
+import { startRedisCluster } from './helpers/redis-cluster.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, commandTimeoutMs: 1000 }), presence: false, handshakeRateLimit: false, ...options })
@@ -88,5 +89,35 @@ if (componentAvailable(t, redisMissing(), 'streamed events on Redis')) {
     t.equal(text, 'tok '.repeat(text.length / 4), 'what it got is whole tokens of the source')
     const history = await b.app.rooms.history('talk')
     t.same(history.events.find((event) => event.stream?.id === id)!.stream, { id, state: 'aborted', text, reason: 'idle' }, 'stored as the member has it')
+  })
+
+  t.test('on a Redis Cluster: a stream written on one server reaches a late joiner and a resumer on the other, whole (its scripts touch the room\'s slot only, or the cluster would refuse them)', async (t) => {
+    const cluster = await startRedisCluster(t)
+    const options = { broker: redisBroker({ cluster: cluster.startupNodes, processTtlMs: 600 }), presence: false as const, handshakeRateLimit: false as const }
+    const a = await startServer(t, options)
+    const b = await startServer(t, { ...options, broker: redisBroker({ cluster: cluster.startupNodes, processTtlMs: 600 }) })
+    const early = await connect(b, 'early')
+    const follower = new StreamFollower('slot-room')
+    follow(early.ws, follower)
+    await early.join('slot-room')
+    const stream = await a.app.rooms.stream('slot-room', 'answer', {})
+    stream.append('one ')
+    await until(() => follower.texts.get(stream.id) === 'one ', 'the first text on the other server')
+    const position = follower.position()
+    await early.close()
+    stream.append('two ')
+    const late = await connect(b, 'late')
+    const lateFollower = new StreamFollower('slot-room')
+    follow(late.ws, lateFollower)
+    await late.join('slot-room')
+    const again = await connect(b, 'early')
+    follow(again.ws, follower)
+    await again.request({ type: 'resume', payload: { rooms: { 'slot-room': position } } })
+    stream.append('three')
+    await stream.end()
+    await until(() => follower.states.get(stream.id) === 'done' && lateFollower.states.get(stream.id) === 'done', 'both at the end')
+    t.equal(follower.texts.get(stream.id), 'one two three')
+    t.equal(lateFollower.texts.get(stream.id), 'one two three')
+    t.same([...follower.errors, ...lateFollower.errors], [])
   })
 }
