@@ -23,6 +23,8 @@ const FILES = [
   'test/protocol.test.ts',
   'test/types-e2e.test.ts',
   'test/postgres.test.ts',
+  'test/streams-redis.test.ts',
+  'test/streams-postgres.test.ts',
 ]
 // Peers a user installs beside us; the project pins them as devDependencies.
 const PEERS = ['fastify', 'ioredis', 'pg']
