@@ -3,7 +3,7 @@
 // only at exactly the offset they stand at.
 import t from 'tap'
 import Type from 'typebox'
-import { defineMessage } from '../lib/index.js'
+import { defineMessage, memoryBroker, type Broker } from '../lib/index.js'
 import { Client, connect, startServer, tcpSocketOf, type Frame, type TestServer } from './helpers/index.js'
 import { follow, StreamFollower } from './helpers/stream-follower.js'
 import { streamScenario } from './helpers/stream-scenario.js'
@@ -205,6 +205,11 @@ t.test('budgets: open streams per room and per process, bytes per stream, and th
   await t.rejects(s.app.rooms.stream('a', 'presence', {}), { code: 'FST_ROOMS_INVALID_ARGUMENT' })
   await t.rejects(s.app.rooms.stream('a', 'answer', { big: 'x'.repeat(1_048_576) }), { code: 'FST_ROOMS_PAYLOAD_TOO_LARGE' })
   await t.rejects(startServer(t, { maxBufferedBytes: 65_536, maxStreamBytes: 40_000 }), { code: 'FST_ROOMS_INVALID_OPTION', message: /"maxStreamBytes" must be at most maxBufferedBytes \/ 2 = 32768/ })
+  // A custom broker without the stream methods: a clear error, and nothing published.
+  const custom = Object.assign(Object.create(memoryBroker()) as Broker, { appendStream: undefined, stream: undefined, openStreams: undefined, name: 'custom' })
+  const withCustom = await server(t, { broker: custom })
+  await t.rejects(withCustom.app.rooms.stream('a', 'answer', {}), { code: 'FST_ROOMS_STREAMS_UNSUPPORTED', message: /the custom broker does not store streams/ })
+  t.equal((await withCustom.app.rooms.history('a')).seq, 0)
 })
 
 t.test('resume with forged or stale streams: each is answered aborted (unknown stream); more than 16 is an invalid frame; nothing else is affected', async (t) => {
