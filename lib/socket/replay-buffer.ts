@@ -39,17 +39,18 @@ export class ReplayBuffer {
         this.clearFence(room)
       }
     }
-    return this.hold(room, { seq, event, stream })
+    // Nothing is allocated unless the room is being replayed: this runs per recipient of every event.
+    const replay = this.replays?.get(room)
+    return replay === undefined ? 'send' : this.hold(replay, { seq, event, stream })
   }
 
   /** A live append: held while its room is replayed (it may extend a stream the replay is about to give). */
   liveAppend (append: StreamAppend, event: FramedEvent): LiveVerdict {
-    return this.hold(append.room, { append, event })
+    const replay = this.replays?.get(append.room)
+    return replay === undefined ? 'send' : this.hold(replay, { append, event })
   }
 
-  private hold (room: string, held: Held): LiveVerdict {
-    const replay = this.replays?.get(room)
-    if (replay === undefined) return 'send'
+  private hold (replay: { events: Held[]; bytes: number }, held: Held): LiveVerdict {
     replay.events.push(held)
     replay.bytes += held.event.framed.length
     return replay.bytes > this.maxHeldBytes ? 'overflow' : 'held'
