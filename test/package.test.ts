@@ -133,7 +133,7 @@ t.test('#21: a frontend installs fastify-rooms-client alone — nothing of the s
   const clientPacked = JSON.parse(await run('npm', ['pack', '--json', '--pack-destination', work], clientRoot, 180_000)) as Array<{ filename: string; files: Array<{ path: string }> }>
   t.same(clientPacked[0]!.files.map((file) => file.path).filter((file) => !file.endsWith('.map')).sort(),
     ['LICENSE', 'README.md', 'dist/errors.d.ts', 'dist/errors.js', 'dist/index.d.ts', 'dist/index.js', 'dist/module.js', 'dist/refusals.d.ts', 'dist/refusals.js',
-      'dist/sse-link.d.ts', 'dist/sse-link.js', 'dist/token.d.ts', 'dist/token.js', 'dist/types.d.ts', 'dist/types.js', 'package.json'])
+      'dist/sse-link.d.ts', 'dist/sse-link.js', 'dist/streamed-event.d.ts', 'dist/streamed-event.js', 'dist/token.d.ts', 'dist/token.js', 'dist/types.d.ts', 'dist/types.js', 'package.json'])
   const dir = path.join(work, 'frontend')
   await run('mkdir', ['-p', dir], work, 10_000)
   await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'frontend', private: true, type: 'module', dependencies: { 'fastify-rooms-client': `file:${path.join(work, clientPacked[0]!.filename)}` } }))
