@@ -117,17 +117,17 @@ return { seq, epoch }
 /**
  * KEYS: the stream, its text, the room's open streams, its ended ones. ARGV: offset, text, its length (UTF-16
  * code units), final state ('' while streaming), reason, channel, PUBLISH or SPUBLISH, the message, TTL, the
- * stream id, how many ended streams the room keeps (its history's maxEvents), the prefix of its keys.
+ * stream id, how many ended streams the room keeps (its history's maxEvents), the prefix of its keys, the
+ * writer's clock (ms; what the other processes compare an open stream's last append with).
  * Appends and publishes only when the stream is streaming and its text is \`offset\` long: 'ok'; 'conflict'
  * otherwise (another process ended it); 'gone' when Redis does not have it (lost with a restart, or
  * expired). Past the room's count, its oldest ended streams go (as their events leave history).
  */
 export const APPEND_STREAM = `
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 local fields = redis.call('HMGET', KEYS[1], 'state', 'n', 'seq')
+if not fields[1] then return 'gone' end
 if fields[1] ~= 'streaming' or tonumber(fields[2]) ~= tonumber(ARGV[1]) then return 'conflict' end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now = tonumber(ARGV[13])
 redis.call('APPEND', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'n', tonumber(ARGV[1]) + tonumber(ARGV[3]), 'at', now)
 if ARGV[4] ~= '' then

@@ -42,7 +42,7 @@ export class RedisStreams {
     const { room, id } = append
     return this.run<'ok' | 'conflict' | 'gone'>(APPEND_STREAM, [this.streamKey(room, id), this.textKey(room, id), this.keys.room(room, 'streams'), this.keys.room(room, 'ended')], [
       append.offset, append.text, append.text.length, append.state ?? '', append.reason ?? '', this.topology.roomChannel(room), this.topology.publishCommand,
-      APPEND_MARK + frame, this.ttl(room), id, Math.max(1, this.historyFor(room).maxEvents), this.keys.roomPrefix(room),
+      APPEND_MARK + frame, this.ttl(room), id, Math.max(1, this.historyFor(room).maxEvents), this.keys.roomPrefix(room), Date.now(),
     ])
   }
 
