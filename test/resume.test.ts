@@ -3,6 +3,7 @@ import t from 'tap'
 import Type from 'typebox'
 import { defineMessage, memoryBroker, type Broker } from '../lib/index.js'
 import { Client, connect, range, seqsOf, startServer, tcpSocketOf, type Frame } from './helpers/index.js'
+import { seeded } from './helpers/stream-follower.js'
 
 function lastPosition (client: Client, room: string, epoch: string): { seq: number; epoch: string } {
   const seqs = client.frames.filter((f) => f.room === room && typeof f.seq === 'number').map((f) => f.seq!)
@@ -45,17 +46,6 @@ t.test('join ack gives seq and epoch; resume from it with nothing missed replays
   t.same(ack.payload.rooms.r, { result: 'replayed', seq: 1, epoch: joined.payload.epoch, replayed: 0 })
 })
 
-// Seeded, so a failing interleaving can be replayed exactly: the seed is in the test name.
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 /**
  * The memory broker answers history reads at once, so no live event could ever arrive during a replay.
  * This wrapper (a real Broker, delegating to memoryBroker) lets a few turns of the event loop pass before
@@ -72,7 +62,7 @@ function withSlowHistory (inner: Broker, turns: () => number): Broker {
 
 const SEED = 20261123
 t.test(`resume while another client keeps publishing: gap-free, duplicate-free (seed ${SEED}, 25 interleavings)`, async (t) => {
-  const random = mulberry32(SEED)
+  const random = seeded(SEED)
   const server = await startServer(t, {
     presence: false,
     rateLimit: false,

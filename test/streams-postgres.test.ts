@@ -6,7 +6,7 @@ import { postgresBroker } from '../lib/brokers/postgres.js'
 import { connect, startServer, until, type TestServer } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { postgresMissing, startPostgres, type PostgresServer } from './helpers/postgres.js'
-import { streamScenario } from './helpers/stream-scenario.js'
+import { checkScenario, streamScenario } from './helpers/stream-scenario.js'
 import { follow, StreamFollower } from './helpers/stream-follower.js'
 
 async function instance (t: Parameters<typeof startServer>[0], db: PostgresServer, options: Partial<RoomsOptions> = {}): Promise<TestServer> {
@@ -19,15 +19,7 @@ if (componentAvailable(t, postgresMissing(), 'streamed events on PostgreSQL')) {
     const a = await instance(t, db)
     const b = await instance(t, db)
     const result = await streamScenario({ servers: [a, b], seed: 23, count: 3000, perSecond: 100, transport: 'websocket' })
-    t.ok(result.drops >= 5, `dropped ${result.drops} times`)
-    for (const follower of result.followers) {
-      t.same(follower.errors, [], 'the wire: no seq twice or skipped, no append overlapping or leaving a gap')
-      t.equal(follower.texts.get(result.streamId), result.source)
-      t.equal(follower.states.get(result.streamId), 'done')
-    }
-    t.equal(result.client.text, result.source)
-    t.same(result.client.ends, ['done'])
-    t.equal(result.client.emitted, 1)
+    checkScenario(t, result)
     const history = await b.app.rooms.history('conversation')
     t.equal(history.events.length, 1)
     t.same(history.events[0]!.stream, { id: result.streamId, state: 'done', text: result.source })

@@ -3,6 +3,7 @@
 // at seeded random moments and resume (some on the other server, one joining late), and the project's
 // client is cut through a proxy and moved between servers. Every raw client checks the wire strictly
 // (StreamFollower); at the end every text must equal the source, byte for byte.
+import type tap from 'tap'
 import WebSocket from 'ws'
 import { createClient, isStreamed, type RoomsClient, type StreamedEvent } from '../../lib/client/index.js'
 import { bounded, connect, ORIGIN, sign, tcpSocketOf, until, type Client, type Frame, type TestServer } from './index.js'
@@ -219,4 +220,18 @@ export async function streamScenario (options: ScenarioOptions): Promise<Scenari
     streamId: stream.id,
     client: { text: streamed?.text ?? '', deltas, ends, emitted, state: streamed?.state ?? 'none' },
   }
+}
+
+/** What every scenario must end with: each raw client strict and whole, the client's one object whole. */
+export function checkScenario (t: Pick<typeof tap, 'ok' | 'same' | 'equal'>, result: ScenarioResult, minDrops = 5): void {
+  t.ok(result.drops >= minDrops, `dropped ${result.drops} times`)
+  for (const follower of result.followers) {
+    t.same(follower.errors, [], 'the wire: no seq twice or skipped, no append overlapping or leaving a gap')
+    t.equal(follower.texts.get(result.streamId), result.source)
+    t.equal(follower.states.get(result.streamId), 'done')
+  }
+  t.equal(result.client.text, result.source, 'the client\'s object')
+  t.equal(result.client.deltas, result.source, 'its append deltas, concatenated')
+  t.same(result.client.ends, ['done'])
+  t.equal(result.client.emitted, 1, 'one object, through every reconnect')
 }

@@ -2,7 +2,8 @@
 // (its text), written with the announcement in one function call, so what is announced is always stored
 // first. History and the readers get the frame with the text as it is now.
 import { StreamLimitError } from '../../config/errors.js'
-import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
+import { withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
+import { withCurrentStreams } from '../stream-history.js'
 import type { HistoryEvent, StoredStream } from '../broker.js'
 import { eventChannel } from './notifications.js'
 
@@ -51,19 +52,8 @@ export class PostgresStreams {
   }
 
   /** History's streamed events with their text and state as they are now (one statement for all of them). */
-  async patch (room: string, events: HistoryEvent[]): Promise<void> {
-    const streamed = new Map<string, HistoryEvent>()
-    for (const event of events) {
-      const info = streamOfFrame(event.frame)
-      if (info !== undefined) streamed.set(info.id, event)
-    }
-    if (streamed.size === 0) return
-    const found = new Map((await this.select(room, 's.id = ANY($2::text[])', [[...streamed.keys()]])).map((row) => [row.id, stored(row)]))
-    for (const [id, event] of streamed) {
-      const info: StreamInfo = found.get(id)?.info ?? { id, state: 'aborted', text: '', reason: 'lost' }
-      event.frame = withStream(event.frame, info)
-      event.stream = { id, length: info.text.length, open: info.state === 'streaming' }
-    }
+  patch (room: string, events: HistoryEvent[]): Promise<void> {
+    return withCurrentStreams(events, async (ids) => (await this.select(room, 's.id = ANY($2::text[])', [ids])).map(stored))
   }
 
   /**

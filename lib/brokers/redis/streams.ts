@@ -2,7 +2,8 @@
 // batch: no copy of the whole text per append), written and published by one script so that what is
 // published is always stored first. History and the readers get the frame with the text as it is now.
 import { StreamLimitError } from '../../config/errors.js'
-import { streamOfFrame, withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
+import { withStream, type StreamAppend, type StreamInfo } from '../../protocol/stream-frames.js'
+import { withCurrentStreams } from '../stream-history.js'
 import type { HistoryEvent, StoredStream } from '../broker.js'
 import type { RedisKeys } from './keys.js'
 import { APPEND_STREAM, READ_STREAMS } from './scripts.js'
@@ -57,21 +58,8 @@ export class RedisStreams {
   }
 
   /** History's streamed events with their text and state as they are now (one read for all of them). */
-  async patch (room: string, events: HistoryEvent[]): Promise<void> {
-    const streamed = new Map<string, HistoryEvent>()
-    for (const event of events) {
-      const info = streamOfFrame(event.frame)
-      if (info !== undefined) streamed.set(info.id, event)
-    }
-    if (streamed.size === 0) return
-    const rows = await this.run<StreamRow[]>(READ_STREAMS, [this.keys.room(room, 'streams')], [this.keys.roomPrefix(room), ...streamed.keys()])
-    const found = new Map(rows.map((row) => [row[0], stored(row)]))
-    for (const [id, event] of streamed) {
-      // A stream whose keys are gone (expired, or lost with Redis) ended for good: it shows aborted.
-      const info: StreamInfo = found.get(id)?.info ?? { id, state: 'aborted', text: '', reason: 'lost' }
-      event.frame = withStream(event.frame, info)
-      event.stream = { id, length: info.text.length, open: info.state === 'streaming' }
-    }
+  patch (room: string, events: HistoryEvent[]): Promise<void> {
+    return withCurrentStreams(events, async (ids) => (await this.run<StreamRow[]>(READ_STREAMS, [this.keys.room(room, 'streams')], [this.keys.roomPrefix(room), ...ids])).map(stored))
   }
 
   private streamKey (room: string, id: string): string {
