@@ -17,8 +17,6 @@ interface MemoryStream {
   /** The event as first published (text '', streaming). */
   frame: string
   text: string
-  /** UTF-16 code units of text. */
-  length: number
   state: 'streaming' | 'done' | 'aborted'
   reason: string | undefined
   updatedAt: number
@@ -109,7 +107,7 @@ class MemoryBroker implements Broker {
     this.roomStates.set(request.room, state)
     const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time, stream?.id)
     if (stream !== undefined) {
-      (state.streams ??= new Map()).set(stream.id, { seq, frame, text: '', length: 0, state: 'streaming', reason: undefined, updatedAt: time, bytes: 0 })
+      (state.streams ??= new Map()).set(stream.id, { seq, frame, text: '', state: 'streaming', reason: undefined, updatedAt: time, bytes: 0 })
     }
     this.heldBytes += state.history.append(seq, time, frame)
     this.enforceBudget()
@@ -141,7 +139,7 @@ class MemoryBroker implements Broker {
         if (found === undefined) continue
         const stored = storedStream(found[0], found[1])
         event.frame = stored.frame
-        event.stream = { id: found[0], length: found[1].length, open: found[1].state === 'streaming' }
+        event.stream = { id: found[0], length: found[1].text.length, open: found[1].state === 'streaming' }
       }
     }
     return { position: { seq: state.seq, epoch: state.epoch }, events, complete }
@@ -151,10 +149,9 @@ class MemoryBroker implements Broker {
     const state = this.roomStates.get(append.room)
     const stream = state?.streams?.get(append.id)
     if (stream === undefined) return 'gone'
-    if (stream.state !== 'streaming' || stream.length !== append.offset) return 'conflict'
+    if (stream.state !== 'streaming' || stream.text.length !== append.offset) return 'conflict'
     const bytes = Buffer.byteLength(append.text)
     stream.text += append.text
-    stream.length += append.text.length
     stream.bytes += bytes
     stream.updatedAt = Date.now()
     this.heldBytes += bytes

@@ -91,19 +91,23 @@ export class StreamRelay {
     for (let attempt = 0; !this.closed && this.followed.get(id) === entry; attempt++) {
       try {
         const stored = await this.read(entry.room, id)
-        if (this.followed.get(id) !== entry) return
-        const waiting = entry.waiting ?? []
-        entry.waiting = undefined
-        this.deliverStored(id, entry, stored)
-        for (const append of waiting) {
-          if (this.followed.get(id) !== entry) return
-          this.deliver(id, entry, append, undefined)
-        }
+        if (this.followed.get(id) === entry) this.catchUp(id, entry, stored)
         return
       } catch (err) {
         this.settings.log.warn({ err, stream: id }, 'fastify-rooms: reading a stream failed, retrying')
         await backoff(attempt)
       }
+    }
+  }
+
+  /** What the store has past what went out here, then the appends that waited meanwhile. */
+  private catchUp (id: string, entry: Followed, stored: StoredStream | undefined): void {
+    const waiting = entry.waiting ?? []
+    entry.waiting = undefined
+    this.deliverStored(id, entry, stored)
+    for (const append of waiting) {
+      if (this.followed.get(id) !== entry) return
+      this.deliver(id, entry, append, undefined)
     }
   }
 
@@ -149,14 +153,14 @@ export class StreamRelay {
       if (stored !== undefined && stored.info.state === 'streaming' && Date.now() - stored.updatedAt > 2 * this.settings.streamIdleMs) {
         // Its writer is gone: ended here for everyone (a writer that is alive changed the text meanwhile, and wins).
         const abort: StreamAppend = { room: entry.room, seq: entry.seq, id, offset: stored.info.text.length, text: '', state: 'aborted', reason: 'idle' }
+        // Published like any append (the writer's would have been): it reaches this process that way too.
         await this.broker().appendStream?.(abort, appendFrame(abort))
+        return
       }
+      // What was read is sent, unless a gap is being filled meanwhile (that read is newer).
+      if (this.followed.get(id) === entry && entry.waiting === undefined) this.catchUp(id, entry, stored)
     } catch (err) {
       this.settings.log.warn({ err, stream: id }, 'fastify-rooms: looking up a quiet stream failed')
-      return
     }
-    if (this.followed.get(id) !== entry || entry.waiting !== undefined) return
-    entry.waiting = []
-    await this.fill(id, entry)
   }
 }

@@ -23,8 +23,7 @@ const MAX_APPEND_UNITS = 16_384
 
 class WrittenStream implements RoomStream {
   state: StreamState = 'streaming'
-  /** Text accepted (UTF-16 code units) and its size as it travels (JSON-escaped UTF-8). */
-  private accepted = 0
+  /** The size of the text accepted, as it travels (JSON-escaped UTF-8). */
   private bytes = 0
   /** Text stored by the broker (code units): where the next append starts. */
   private stored = 0
@@ -56,7 +55,6 @@ class WrittenStream implements RoomStream {
     const bytes = Buffer.byteLength(JSON.stringify(text)) - 2
     if (this.bytes + bytes > this.writer.limits.maxStreamBytes) throw new StreamTooLargeError(this.bytes + bytes, this.writer.limits.maxStreamBytes)
     this.bytes += bytes
-    this.accepted += text.length
     this.pending += text
     this.lastTextAt = Date.now()
     this.writer.schedule(this)
@@ -69,10 +67,6 @@ class WrittenStream implements RoomStream {
   abort (reason?: string): Promise<void> {
     if (reason !== undefined && (typeof reason !== 'string' || reason.length > 128)) throw new TypeError('fastify-rooms: abort(reason) takes a string of at most 128 characters')
     return this.finish(reason === undefined ? { state: 'aborted' } : { state: 'aborted', reason })
-  }
-
-  get length (): number {
-    return this.accepted
   }
 
   private finish (final: Pick<StreamAppend, 'state' | 'reason'>): Promise<void> {
@@ -192,10 +186,6 @@ export class StreamWriter {
       clearInterval(this.idleTimer)
       this.idleTimer = undefined
     }
-  }
-
-  get openCount (): number {
-    return this.open.size
   }
 
   /** Shutdown: every open stream is aborted (`reason: 'shutdown'`), waited for at most `timeoutMs`. */

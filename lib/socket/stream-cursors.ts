@@ -31,11 +31,6 @@ export class StreamCursors {
     else if (length > cursor.length && cursor.pending === undefined) cursor.length = length
   }
 
-  /** Whether the socket is following the stream. */
-  has (id: string): boolean {
-    return this.cursors?.has(id) === true
-  }
-
   /** The room was left or reset: its streams are no longer followed here. */
   leave (room: string): void {
     if (this.cursors === undefined) return
@@ -82,10 +77,6 @@ export class StreamCursors {
       if (ended) this.cursors.delete(id)
       yield { room: cursor.room, id, length: cursor.length, ended, frame }
     }
-  }
-
-  get holding (): boolean {
-    return this.heldBytes > 0 || [...(this.cursors?.values() ?? [])].some((cursor) => cursor.pending !== undefined)
   }
 
   private drop (id: string, cursor: Cursor): void {
