@@ -1,5 +1,6 @@
 // Plugin entry: option checking, the `fastify.rooms` decorator, the /ws route and its hooks, shutdown.
 // It wires the stages together (the one place that knows them all) and lists the package's public exports.
+// Past 300 lines: the route's hooks are the stages' meeting point; split, each piece would need all the others.
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fastifyJwt from '@fastify/jwt'
@@ -18,6 +19,7 @@ import { Outbox } from './brokers/outbox.js'
 import { InjectTickets, Injector } from './admission/inject.js'
 import { INJECT_HEADER } from './admission/inject-header.js'
 import { Stats } from './observability/metrics.js'
+import { loadTracing } from './observability/tracing.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './config/options.js'
 import { Membership } from './rooms/membership.js'
 import { Resumer } from './rooms/resume.js'
@@ -53,6 +55,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
 
   // Made in the order they depend on each other; the thunks reach the parts made after them.
   const stats = new Stats(options.metrics, () => registry)
+  const tracing = await loadTracing(options.tracing)
   const broker = options.broker ?? memoryBroker()
   const presence = new Presence(options.roomPolicy, options.presenceInfo, broker, fastify.log)
   const streams = {
@@ -61,7 +64,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   }
   const membership = new Membership(options, broker, presence, stats, fastify.log, () => registry.api, streams.relay)
   const outbox = options.outbox === undefined ? undefined : new Outbox(options.outbox, broker, fastify.log)
-  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse, streams, outbox)
+  const registry = new RoomRegistry(options, membership, presence, broker, stats, () => sse, streams, outbox, tracing)
   await broker.start(registry, {
     history: options.history,
     historyFor: (room) => options.roomPolicy(room).history,
@@ -155,7 +158,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     const verifyToken = options.jwt === undefined
       ? refuseTokens
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
-    const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats, streams.relay), registry, verifyToken, stats)
+    const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats, streams.relay), registry, verifyToken, stats, tracing)
     const intake = new FrameIntake({ ...options, messageTypes: options.messages.keys() }, stats)
     const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, () => closing)
     const gate = createUpgradeGate(options, verifyToken, {
@@ -165,6 +168,10 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       openConnectionsOf: (userId) => membership.connectionsOf(userId),
     }, stats)
 
+    // An upgrade's admission span, from its first hook to its answer (onSend) or its socket (handler).
+    const traceAdmission = async (request: FastifyRequest) => {
+      if (request.ws) tracing?.admissionStarted(request, { path: options.path, address: request.ip })
+    }
     if (options.handshakeRateLimit !== false && !scope.hasDecorator('rateLimit')) {
       await scope.register(rateLimit, { global: false })
     }
@@ -208,16 +215,18 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       // A host's global rate limit does not apply twice: the handshake limit is ours.
       config: { rateLimit: false },
       // Cheap refusals first, then the rate limit, then the checks it must count (preValidation).
-      onRequest: handshakeLimit === undefined ? [gate.onRequest] : [gate.onRequest, handshakeLimit],
+      onRequest: [...(tracing === undefined ? [] : [traceAdmission]), gate.onRequest, ...(handshakeLimit === undefined ? [] : [handshakeLimit])],
       preValidation: [gate.preValidation, keepUpgradeResponse],
       // injectWS reports a refusal by its status alone: the answer is kept for the injected client.
       onSend: async (request, reply, payload) => {
         if (reply.statusCode >= 400 && request.headers[INJECT_HEADER] !== undefined) tickets.noteRefusal(request.headers[INJECT_HEADER], reply.statusCode, payload)
+        if (reply.statusCode >= 400) tracing?.admissionEnded(request, { accepted: false, status: reply.statusCode, code: errorCodeOf(payload) })
         return payload
       },
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
-        lifecycle.start(socket, request.roomsAdmission as Admission, request)
+        const connection = lifecycle.start(socket, request.roomsAdmission as Admission, request)
+        tracing?.admissionEnded(request, connection === undefined ? { accepted: false, status: 101, code: 'closed_at_once' } : { accepted: true, connectionId: connection.id })
       },
     })
     if (options.serveClient) registerClientRoutes(scope, options.path, await loadClientBundle())
@@ -247,6 +256,17 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       sse.register(scope)
     }
   })
+}
+
+/** The `code` of a refusal's JSON answer, for its span; undefined for any other body. */
+function errorCodeOf (payload: unknown): string | undefined {
+  if (typeof payload !== 'string') return undefined
+  try {
+    const code = (JSON.parse(payload) as { code?: unknown }).code
+    return typeof code === 'string' ? code : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** A rate-limit window as @fastify/rate-limit reads it: milliseconds, or a duration such as '1 minute'. */

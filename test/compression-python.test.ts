@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { constants, deflateRawSync } from 'node:zlib'
 import t from 'tap'
-import { roomEventFrame } from '../lib/protocol/protocol.js'
+import { roomEventFrame } from '../lib/protocol/event-frames.js'
 import { componentAvailable } from './helpers/components.js'
 import { bounded, connect, ORIGIN, sign, startServer, until } from './helpers/index.js'
 
@@ -24,7 +24,7 @@ const HEX = randomBytes(600_000).toString('hex')
 const TRACE = 'py'
 const ROOM = 'r'
 const compressedLength = (frame: string) => deflateRawSync(frame, { finishFlush: constants.Z_SYNC_FLUSH }).length - 4
-const frameFor = (seq: number, body: string) => roomEventFrame('blob', ROOM, seq, JSON.stringify({ body }), TRACE, Date.now())
+const frameFor = (seq: number, body: string) => roomEventFrame({ type: 'blob', room: ROOM, payloadJson: JSON.stringify({ body }), traceId: TRACE }, seq, Date.now())
 
 /** The body length whose compressed frame is about `target` bytes (compressed length grows with it). */
 function bodyLengthForCompressed (target: number, seq: number): number {

@@ -187,7 +187,7 @@ t.test('a handler that throws or rejects → internal_error to that client only,
   const seen = await bystander.nextOfType('chat')
   t.same(seen.payload, { from: 'alice', text: 'still here' })
   t.notOk(bystander.frames.some((f) => f.type === 'error'))
-  const logLine = s.logs.map((line) => JSON.parse(line)).find((line) => line.traceId === 'trace-throw')
+  const logLine = s.logs.map((line) => JSON.parse(line)).find((line) => line.trace_id === 'trace-throw')
   t.equal(logLine?.msg, 'fastify-rooms: handler failed')
   t.equal(logLine?.type, 'boom')
   t.match(logLine?.err?.message, 'secret detail: db password wrong')

@@ -12,7 +12,7 @@ import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
 import { PUBLISH } from '../lib/brokers/redis/scripts.js'
-import { roomEventFrameParts } from '../lib/protocol/protocol.js'
+import { roomEventFrameParts } from '../lib/protocol/event-frames.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
   return startServer(t, { broker: redisBroker({ url: redis.url, processTtlMs: 600, ...broker }), ...options })
@@ -275,7 +275,7 @@ if (componentAvailable(t, redisMissing(), 'Redis: lost and late fan-out messages
     // Seq 2 is stored as a publish stores it, but its pub/sub message goes to a channel nobody hears.
     const direct = new Redis(redis.url)
     t.teardown(() => direct.disconnect())
-    const [head, tail] = roomEventFrameParts('tick', 'lobby', '{"n":2}', 'lost-trace', Date.now())
+    const [head, tail] = roomEventFrameParts({ type: 'tick', room: 'lobby', payloadJson: '{"n":2}', traceId: 'lost-trace' }, Date.now())
     const lost = await direct.eval(PUBLISH, 2, 'rooms:{lobby}:meta', 'rooms:{lobby}:history',
       'unused-epoch', head, tail, 'tick', '', 1000, 300_000, 'rooms:ev:nobody-listens', 86_400_000, Date.now(), 120_000, 300_000, 'PUBLISH') as [number, string]
     t.equal(lost[0], 2)

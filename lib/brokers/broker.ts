@@ -52,6 +52,8 @@ export interface PublishRequest {
   /** The payload, already JSON: serialized once by the publisher, never per process or per socket. */
   payloadJson: string
   traceId: string
+  /** The publish span's W3C traceparent, when the publish was traced; it travels in the frame. */
+  traceparent?: string | undefined
   except?: string | undefined
   /** The same key for the same room within the idempotency window publishes once: the first position is returned. */
   idempotencyKey?: string | undefined

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto'
 import { preciseNow } from '../observability/metrics.js'
 import { StreamLimitError } from '../config/errors.js'
-import { roomEventFrame } from '../protocol/protocol.js'
+import { roomEventFrame } from '../protocol/event-frames.js'
 import { withStream, type StreamAppend } from '../protocol/stream-frames.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { EventHistory } from './history.js'
@@ -105,7 +105,7 @@ class MemoryBroker implements Broker {
     // Most recently published last: the budget takes from the front.
     this.roomStates.delete(request.room)
     this.roomStates.set(request.room, state)
-    const frame = roomEventFrame(request.type, request.room, seq, request.payloadJson, request.traceId, time, stream?.id)
+    const frame = roomEventFrame(request, seq, time, stream?.id)
     if (stream !== undefined) {
       (state.streams ??= new Map()).set(stream.id, { seq, frame, text: '', state: 'streaming', reason: undefined, updatedAt: time, bytes: 0 })
     }

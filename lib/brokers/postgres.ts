@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { BrokerError, InvalidOptionError } from '../config/errors.js'
 import { preciseNow } from '../observability/metrics.js'
-import { roomEventFrameParts } from '../protocol/protocol.js'
+import { roomEventFrameParts } from '../protocol/event-frames.js'
 import { parseAppendFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, MembershipChange, PresenceSample, PublishRequest, RoomPosition, SqlTransaction, StoredStream } from './broker.js'
 import { backoff, OrderedStreams, type LiveEvent } from './ordered-streams.js'
@@ -264,7 +264,7 @@ class PostgresBroker implements Broker {
 
   private publishValues (request: PublishRequest, lockTimeoutMs: number | null): unknown[] {
     const publishedAt = preciseNow()
-    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, Math.floor(publishedAt), request.stream?.id)
+    const [head, tail] = roomEventFrameParts(request, Math.floor(publishedAt), request.stream?.id)
     const limits = this.historyFor(request.room)
     return [
       request.room, randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,

@@ -12,7 +12,7 @@ import { createHash, randomUUID } from 'node:crypto'
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis'
 import { BrokerError, BrokerTimeoutError } from '../config/errors.js'
 import { preciseNow } from '../observability/metrics.js'
-import { roomEventFrameParts } from '../protocol/protocol.js'
+import { roomEventFrameParts } from '../protocol/event-frames.js'
 import { parseAppendFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { RedisKeys } from './redis/keys.js'
@@ -182,7 +182,7 @@ class RedisBroker implements Broker {
     const publishedAt = preciseNow()
     const time = Math.floor(publishedAt)
     const { stream } = request
-    const [head, tail] = roomEventFrameParts(request.type, request.room, request.payloadJson, request.traceId, time, stream?.id)
+    const [head, tail] = roomEventFrameParts(request, time, stream?.id)
     const keys = [this.keys.room(request.room, 'meta'), this.keys.room(request.room, 'history')]
     if (stream !== undefined) keys.push(...this.roomStreams.publishKeys(request.room, stream.id))
     if (request.idempotencyKey !== undefined) keys.push(`${this.keys.room(request.room, 'idem')}:${request.idempotencyKey}`)

@@ -25,7 +25,7 @@ export function isStreamed<P> (event: EventFrame<P> | StreamedEvent<P>): event i
 export type * from './types.js'
 
 interface Pending {
-  frame: { type: string; id: string; room?: string; payload?: unknown }
+  frame: { type: string; id: string; room?: string; payload?: unknown; traceparent?: string; tracestate?: string }
   resolve: (payload: any) => void
   reject: (error: RoomsClientError) => void
   timeoutMs: number
@@ -278,6 +278,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const frame: Pending['frame'] = { type, id }
     if (options.room !== undefined) frame.room = options.room
     if (payload !== undefined) frame.payload = payload
+    if (options.traceparent !== undefined) frame.traceparent = options.traceparent
+    if (options.tracestate !== undefined) frame.tracestate = options.tracestate
     return new Promise((resolve, reject) => {
       const pending: Pending = {
         frame,

@@ -123,6 +123,13 @@ export interface RequestOptions {
    * `queue_timeout`. Default: as long as the client keeps reconnecting (until `close()`).
    */
   queueTimeoutMs?: number
+  /**
+   * A W3C traceparent (e.g. from the page's own OpenTelemetry span): the server's handler span becomes its
+   * child and `ctx.traceId` its trace id, so events the handler broadcasts carry that trace id.
+   */
+  traceparent?: string
+  /** The W3C tracestate that goes with `traceparent`. */
+  tracestate?: string
 }
 
 export interface RoomPosition {
@@ -137,7 +144,10 @@ export interface ServerFrame<P = any> {
   room?: string
   seq?: number
   payload?: P
+  /** A room event's trace id (32 hex digits unless the publisher chose one): the same in the server's logs and traces. */
   traceId?: string
+  /** A room event whose publish was traced: the W3C traceparent of its publish span, to continue the trace here. */
+  traceparent?: string
   time?: number
 }
 

@@ -79,6 +79,7 @@ const DataOptions = Type.Object({
     Type.Object({ sessionIdleMs: Type.Optional(PositiveInteger) }, { additionalProperties: false }),
   ])),
   serveClient: Type.Optional(Type.Boolean()),
+  tracing: Type.Optional(Type.Boolean()),
   retryWindow: Type.Optional(Type.Union([
     Type.Literal(false),
     Type.Object({ maxIdsPerUser: PositiveInteger, windowMs: PositiveInteger }, { additionalProperties: false }),
@@ -136,6 +137,11 @@ export interface RoomsOptions {
    * `<path>/client@<version>.js` (immutable), for pages without a bundler (default true).
    */
   serveClient?: boolean
+  /**
+   * OpenTelemetry spans for admission, frames, publishes and fan-outs when the host has
+   * `@opentelemetry/api` installed and a tracer provider registered (default true; false: none, at no cost).
+   */
+  tracing?: boolean
   /** `{ [name]: options }` for the rooms named `name:…` (see NamespaceOptions). */
   namespaces?: Record<string, NamespaceOptions>
   /**
@@ -233,6 +239,7 @@ export interface ResolvedOptions {
   compression: { threshold: number } | false
   sse: { sessionIdleMs: number } | false
   serveClient: boolean
+  tracing: boolean
   /** The policy of a room: its namespace's, or the top-level one. */
   roomPolicy: (room: string) => RoomPolicy
   presenceInfo: RoomsOptions['presenceInfo']
@@ -382,6 +389,7 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     compression: checked.compression === undefined || checked.compression === false ? false : { threshold: checked.compression.threshold ?? 1024 },
     sse: checked.sse === undefined || checked.sse === false ? false : { sessionIdleMs: (checked.sse === true ? undefined : checked.sse.sessionIdleMs) ?? 30_000 },
     serveClient: checked.serveClient ?? true,
+    tracing: checked.tracing ?? true,
     presenceInfo: checkFunction(options, 'presenceInfo'),
     roomPolicy: namespacePolicies(options.namespaces, {
       history: { maxEvents: (checked.history ?? defaults.history).maxEvents, maxAgeMs: (checked.history ?? defaults.history).maxAgeMs },

@@ -1,14 +1,16 @@
 // From a parsed frame (socket/intake.ts) to its answer: run the built-in or host handler, validate its
 // payload, and send exactly one `ack` or `error` for a frame with an `id`.
-import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import type { Connection, ConnectionEvents } from '../socket/connection.js'
 import { isBrokerError } from '../config/errors.js'
 import type { Stats } from '../observability/metrics.js'
+import type { FrameTrace, Tracing } from '../observability/tracing.js'
+import { newTraceId, parseTraceparent } from '../protocol/trace-context.js'
 import type { CompiledMessage, ResolvedOptions } from '../config/options.js'
 import { AckCache, answerOnce, frameFingerprint, type AckOutcome } from './acks.js'
 import {
-  checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, directFrame, ErrorCode, FrameError, type Frame, type FrameIdValue,
+  BUILT_IN_CLIENT_TYPES, checkAuthPayload, checkEventPayload, checkLatencyPayload, checkPayload, checkResumePayload, directFrame, ErrorCode, FrameError, type Frame,
+  type FrameIdValue,
 } from '../protocol/protocol.js'
 import type { Membership } from '../rooms/membership.js'
 import type { Resumer } from '../rooms/resume.js'
@@ -27,6 +29,7 @@ export interface DispatcherOptions {
 const INTERNAL_ERROR = new FrameError(ErrorCode.internalError, 'internal error')
 const UNAVAILABLE = new FrameError(ErrorCode.unavailable, 'a dependency of the server did not answer in time; send the frame again later')
 const MAX_REPORTED_LATENCY_MS = 60_000
+const BUILT_IN_TYPES: ReadonlySet<string> = new Set(BUILT_IN_CLIENT_TYPES)
 
 export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
   readonly acks: AckCache | undefined
@@ -37,23 +40,38 @@ export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
     private readonly resumer: Resumer,
     private readonly registry: RoomRegistry,
     private readonly verifyToken: TokenVerifier,
-    private readonly stats: Stats
+    private readonly stats: Stats,
+    /** Undefined when tracing is off: a frame then costs one comparison more. */
+    private readonly tracing: Tracing | undefined
   ) {
     this.acks = options.retryWindow === false ? undefined : new AckCache(options.retryWindow)
   }
 
   async process (connection: Connection, frame: Frame): Promise<void> {
+    if (this.tracing === undefined) {
+      await this.handle(connection, frame, undefined)
+      return
+    }
+    const knownType = BUILT_IN_TYPES.has(frame.type) || this.options.messages.has(frame.type)
+    await this.tracing.frame(frame, knownType, connection.id, (trace) => this.handle(connection, frame, trace))
+  }
+
+  /** Handles a frame; resolves with the error code it answered, if it answered one. */
+  private async handle (connection: Connection, frame: Frame, trace: FrameTrace | undefined): Promise<string | undefined> {
     try {
       switch (frame.type) {
-        case 'join': return await this.join(connection, frame)
-        case 'leave': return await this.leave(connection, frame)
-        case 'auth': return await this.auth(connection, frame)
-        case 'resume': return await this.resume(connection, frame)
-        case 'latency': return this.latency(connection, frame)
-        default: return await this.hostMessage(connection, frame)
+        case 'join': await this.join(connection, frame); break
+        case 'leave': await this.leave(connection, frame); break
+        case 'auth': await this.auth(connection, frame); break
+        case 'resume': await this.resume(connection, frame); break
+        case 'latency': this.latency(connection, frame); break
+        default: return await this.hostMessage(connection, frame, trace)
       }
+      return undefined
     } catch (err) {
-      connection.sendError(this.frameErrorOf(err, connection, frame), frame.id)
+      const error = this.frameErrorOf(err, connection, frame, trace)
+      connection.sendError(error, frame.id)
+      return error.code
     }
   }
 
@@ -61,13 +79,14 @@ export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
    * What a failure becomes on the wire: a FrameError as it is; the broker away or too slow → the retryable
    * `unavailable` (logged at warn: not a bug of ours or the host's); anything else is a bug, logged at error.
    */
-  private frameErrorOf (err: unknown, connection: Connection, frame: Frame): FrameError {
+  private frameErrorOf (err: unknown, connection: Connection, frame: Frame, trace: FrameTrace | undefined): FrameError {
     if (err instanceof FrameError) return err
+    const fields = { err, type: frame.type, trace_id: frame.traceId, span_id: trace?.spanId }
     if (isBrokerError(err)) {
-      connection.log.warn({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: broker unavailable')
+      connection.log.warn(fields, 'fastify-rooms: broker unavailable')
       return UNAVAILABLE
     }
-    connection.log.error({ err, type: frame.type, traceId: frame.traceId }, 'fastify-rooms: handler failed')
+    connection.log.error(fields, 'fastify-rooms: handler failed')
     return INTERNAL_ERROR
   }
 
@@ -121,22 +140,22 @@ export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
     this.ack(connection, frame.id, { exp: admission.exp })
   }
 
-  private async hostMessage (connection: Connection, frame: Frame): Promise<void> {
+  private async hostMessage (connection: Connection, frame: Frame, trace: FrameTrace | undefined): Promise<string | undefined> {
     const definition = this.options.messages.get(frame.type)
     if (definition === undefined) throw new FrameError(ErrorCode.unknownType, `unknown message type "${frame.type}"`)
     if (definition.room) requireRoom(frame)
     if (frame.room !== undefined && !connection.rooms.has(frame.room)) throw notInRoom(frame.room)
     const payload = checkPayload(definition.validator, frame.payload, frame.type)
     if (frame.id === undefined) {
-      await this.runHandler(connection, frame, definition, payload)
-      return
+      const answer = await this.runHandler(connection, frame, definition, payload, trace)
+      return answer.ok ? undefined : answer.error.code
     }
     // A frame with an id runs once per user within the retry window: a retry gets the first answer.
     const now = Date.now()
     const fingerprint = frameFingerprint(frame.type, frame.room, frame.payload)
     let outcome = this.acks?.lookup(connection.user.id, frame.id, fingerprint, now)
     if (outcome === undefined) {
-      const run = () => this.runHandler(connection, frame, definition, payload)
+      const run = () => this.runHandler(connection, frame, definition, payload, trace)
       const shared = this.acks === undefined ? undefined : this.registry.sharedAnswers()
       outcome = shared === undefined || this.options.retryWindow === false
         ? run()
@@ -144,19 +163,24 @@ export class Dispatcher implements Pick<ConnectionEvents, 'process'> {
       this.acks?.store(connection.user.id, frame.id, fingerprint, outcome, now)
     }
     const answer = await outcome
-    if (answer.ok) this.ack(connection, frame.id, answer.payload)
-    else connection.sendError(answer.error, frame.id)
+    if (answer.ok) {
+      this.ack(connection, frame.id, answer.payload)
+      return undefined
+    }
+    connection.sendError(answer.error, frame.id)
+    return answer.error.code
   }
 
   /** Runs a host handler; never rejects. A failure that is not a FrameError is logged and becomes internal_error. */
-  private async runHandler (connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown): Promise<AckOutcome> {
-    // Kept on the frame so that a failure is logged with the same traceId the handler saw.
-    frame.traceId ??= randomUUID()
-    const context = new HandlerContext(connection, frame, frame.traceId, this.registry.api, this.options.events)
+  private async runHandler (connection: Connection, frame: Frame, definition: CompiledMessage, payload: unknown, trace: FrameTrace | undefined): Promise<AckOutcome> {
+    // Kept on the frame so that a failure is logged with the same trace id the handler saw. A W3C
+    // traceparent names the trace; else the client's own traceId; else the frame span's trace, or a new one.
+    frame.traceId = parseTraceparent(frame.traceparent)?.traceId ?? frame.traceId ?? trace?.traceId ?? newTraceId()
+    const context = new HandlerContext(connection, frame, frame.traceId, trace?.spanId, this.registry.api, this.options.events)
     try {
       return { ok: true, payload: await definition.handler(context, payload) }
     } catch (err) {
-      return { ok: false, error: this.frameErrorOf(err, connection, frame) }
+      return { ok: false, error: this.frameErrorOf(err, connection, frame, trace) }
     }
   }
 
@@ -184,8 +208,9 @@ class HandlerContext implements MessageContext {
   readonly id: FrameIdValue | undefined
   readonly traceId: string
   readonly rooms: RoomsApi
+  private logger: FastifyBaseLogger | undefined
 
-  constructor (readonly connection: Connection, frame: Frame, traceId: string, api: RoomsApi, private readonly events: ResolvedOptions['events']) {
+  constructor (readonly connection: Connection, frame: Frame, traceId: string, private readonly spanId: string | undefined, api: RoomsApi, private readonly events: ResolvedOptions['events']) {
     this.user = connection.user
     this.room = frame.room
     this.id = frame.id
@@ -193,8 +218,10 @@ class HandlerContext implements MessageContext {
     this.rooms = tracedRooms(api, traceId)
   }
 
+  /** The connection's logger with this frame's trace_id (and span_id when traced), made on first use. */
   get log (): FastifyBaseLogger {
-    return this.connection.log
+    this.logger ??= this.connection.log.child(this.spanId === undefined ? { trace_id: this.traceId } : { trace_id: this.traceId, span_id: this.spanId })
+    return this.logger
   }
 
   reply (type: string, payload: unknown): void {

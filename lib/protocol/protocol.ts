@@ -4,6 +4,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import { Compile, type Validator } from 'typebox/compile'
 import secureJson from 'secure-json-parse'
 import { InvalidArgumentError, PayloadTooLargeError } from '../config/errors.js'
+import { MAX_TRACESTATE_LENGTH, parseTraceparent, TRACEPARENT_PATTERN } from './trace-context.js'
 
 export const PROTOCOL_VERSION = 1
 /** The subprotocol the server answers with; a token offered as `bearer.<jwt>` is never echoed. */
@@ -82,6 +83,8 @@ const Envelope = Type.Object(
     room: Type.Optional(RoomName),
     payload: Type.Optional(Type.Unknown()),
     traceId: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    traceparent: Type.Optional(Type.String({ pattern: TRACEPARENT_PATTERN })),
+    tracestate: Type.Optional(Type.String({ maxLength: MAX_TRACESTATE_LENGTH })),
   },
   { additionalProperties: false }
 )
@@ -211,6 +214,10 @@ export function parseFrame (text: string): ParseResult {
     const frame = value
     if (frame.room !== undefined && !isSafeText(frame.room)) return withId(value, unsafeField('room'))
     if (frame.traceId !== undefined && !isSafeText(frame.traceId)) return withId(value, unsafeField('traceId'))
+    if (frame.tracestate !== undefined && !isSafeText(frame.tracestate)) return withId(value, unsafeField('tracestate'))
+    if (frame.traceparent !== undefined && parseTraceparent(frame.traceparent) === undefined) {
+      return withId(value, new FrameError(ErrorCode.invalidMessage, 'traceparent is not a valid W3C traceparent', { errors: [{ path: '/traceparent', message: 'must not have version ff or an all-zero id' }] }))
+    }
     return { frame }
   }
   return withId(value, new FrameError(ErrorCode.invalidMessage, 'frame does not match the protocol envelope', {
@@ -218,7 +225,7 @@ export function parseFrame (text: string): ParseResult {
   }))
 }
 
-function unsafeField (field: 'room' | 'traceId'): FrameError {
+function unsafeField (field: 'room' | 'traceId' | 'tracestate'): FrameError {
   return new FrameError(ErrorCode.invalidMessage, `${field} ${SAFE_TEXT_MESSAGE}`, { errors: [{ path: `/${field}`, message: SAFE_TEXT_MESSAGE }] })
 }
 
@@ -278,27 +285,6 @@ export function directRoomFrame (type: string, room: string, payload: unknown): 
 
 export function pongFrame (id?: FrameIdValue): string {
   return JSON.stringify(id === undefined ? { type: 'pong', time: Date.now() } : { type: 'pong', id, time: Date.now() })
-}
-
-/**
- * A room event, serialized once per publish. `payloadJson` is already JSON; `type`, `room` and `traceId`
- * are validated names, but still go through JSON.stringify so no value can break out of its string.
- */
-export function roomEventFrame (type: string, room: string, seq: number, payloadJson: string, traceId: string, time: number, streamId?: string): string {
-  const [head, tail] = roomEventFrameParts(type, room, payloadJson, traceId, time, streamId)
-  return head + seq + tail
-}
-
-/**
- * The frame around its seq, for a broker that assigns the seq elsewhere (Redis: inside its Lua script).
- * A streamed event ends with its `stream` object (see stream-frames.ts).
- */
-export function roomEventFrameParts (type: string, room: string, payloadJson: string, traceId: string, time: number, streamId?: string): [head: string, tail: string] {
-  const end = streamId === undefined ? '}' : `,"stream":${JSON.stringify({ id: streamId, state: 'streaming', text: '' })}}`
-  return [
-    `{"type":${JSON.stringify(type)},"room":${JSON.stringify(room)},"seq":`,
-    `,"payload":${payloadJson},"traceId":${JSON.stringify(traceId)},"time":${time}${end}`,
-  ]
 }
 
 const MAX_USER_ID_LENGTH = 256

@@ -1,7 +1,7 @@
 // Presence: who is in a room and how they are shown (members with their presence data), and the
 // `presence` room events — join and leave in the order they happened for each user and room (never before
 // the joiner's own ack), or throttled counts for 'count' rooms.
-import { randomUUID } from 'node:crypto'
+import { newTraceId } from '../protocol/trace-context.js'
 import type { FastifyBaseLogger } from 'fastify'
 import type { EventBroker, PresenceBroker, PresenceSample } from '../brokers/broker.js'
 import { isBrokerError } from '../config/errors.js'
@@ -103,7 +103,7 @@ export class Presence {
       await after
       // info is JSON already (checked and bounded by membership.ts): spliced in, not parsed again.
       const user = info === undefined ? JSON.stringify({ id: userId }) : `{"id":${JSON.stringify(userId)},"info":${info}}`
-      await this.broker.publish({ room, type: 'presence', payloadJson: `{"action":"${action}","user":${user}}`, traceId: randomUUID() })
+      await this.broker.publish({ room, type: 'presence', payloadJson: `{"action":"${action}","user":${user}}`, traceId: newTraceId() })
     })().catch((err: unknown) => {
       if (isBrokerError(err)) this.log.warn({ err, room, action }, 'fastify-rooms: presence announcement failed: broker unavailable')
       else this.log.error({ err, room, action }, 'fastify-rooms: presence announcement failed')
@@ -144,7 +144,7 @@ export class Presence {
   private async publishCount (room: string): Promise<void> {
     try {
       const count = await this.count(room)
-      await this.broker.publish({ room, type: 'presence', payloadJson: JSON.stringify({ action: 'count', count }), traceId: randomUUID() })
+      await this.broker.publish({ room, type: 'presence', payloadJson: JSON.stringify({ action: 'count', count }), traceId: newTraceId() })
     } catch (err) {
       if (isBrokerError(err)) this.log.warn({ err, room }, 'fastify-rooms: presence count failed: broker unavailable')
       else this.log.error({ err, room }, 'fastify-rooms: presence count failed')

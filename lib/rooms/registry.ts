@@ -1,7 +1,6 @@
 // The RoomRegistry behind `fastify.rooms`: the API's argument checks, publishing through the Broker, and
 // fan-out of what the Broker delivers to this process's sockets (framed once per event). Who is in which
 // room is membership.ts's; this module only reads it.
-import { randomUUID } from 'node:crypto'
 import type { Broker, BrokerDelivery, MembershipChange, PublishRequest, RoomPosition, SharedAnswers, SqlTransaction } from '../brokers/broker.js'
 import type { Membership } from './membership.js'
 import type { Presence } from './presence.js'
@@ -14,6 +13,8 @@ import { boundedDirectFrame, checkCloseCode, checkEventPayload, CloseCode, direc
 import { streamOfFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import type { StreamRelay } from './stream-relay.js'
 import type { StreamWriter } from './streams.js'
+import type { PublishTrace, Tracing } from '../observability/tracing.js'
+import { newTraceId } from '../protocol/trace-context.js'
 import type { BroadcastOptions, BroadcastResult, RoomEvent, RoomHistory, RoomsApi, RoomsStats, RoomStream, StreamOptions } from '../types.js'
 
 export interface RegistryOptions {
@@ -37,6 +38,11 @@ const ROOM_EVENT_OVERHEAD_BYTES = 96
 // A streamed event's stream object around its text: keys, its id, its state and reason.
 const STREAM_OVERHEAD_BYTES = 256
 
+/** A traced event's bytes: its traceId, and its traceparent with its key. */
+function traceBytes (trace: PublishTrace): number {
+  return Buffer.byteLength(trace.traceId) + (trace.traceparent === undefined ? 0 : 72)
+}
+
 /** What the registry asks of the SSE fallback's sessions on this process. */
 export interface SessionDirectory {
   deliver(userId: string, sessionId: string, frame: string): void
@@ -59,7 +65,9 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     /** Streamed events: written here (`stream`), and followed for local members as they grow. */
     private readonly streams: { writer: StreamWriter; relay: StreamRelay } | undefined,
     /** The outbox, with the `outbox` option (the memory and Redis brokers). */
-    private readonly outbox?: TransactionalOutbox
+    private readonly outbox: TransactionalOutbox | undefined,
+    /** Spans for publishes and fan-outs; undefined when tracing is off (or @opentelemetry/api is absent). */
+    private readonly tracing: Tracing | undefined
   ) {
     this.api = {
       broadcast: (room, type, payload, broadcastOptions) => this.broadcast(room, type, payload, broadcastOptions),
@@ -97,11 +105,15 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     checkEventType(type)
     checkEventPayload(this.options.events, type, payload)
     checkBroadcastOptions(options)
-    const traceId = options.traceId ?? randomUUID()
     const json = payloadJson(payload)
-    const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES
+    if (this.tracing === undefined) return this.publish(room, type, json, options, { traceId: options.traceId ?? newTraceId(), traceparent: undefined })
+    return this.tracing.publish({ room, type, broker: this.broker.name }, options.traceId, (trace) => this.publish(room, type, json, options, trace))
+  }
+
+  private async publish (room: string, type: string, json: string, options: BroadcastOptions, trace: PublishTrace): Promise<BroadcastResult> {
+    const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + Buffer.byteLength(room) + traceBytes(trace) + ROOM_EVENT_OVERHEAD_BYTES
     if (bytes > this.options.maxBufferedBytes) throw new PayloadTooLargeError(bytes, this.options.maxBufferedBytes)
-    const request = { room, type, payloadJson: json, traceId, except: options.except, idempotencyKey: options.idempotencyKey }
+    const request = { room, type, payloadJson: json, ...trace, except: options.except, idempotencyKey: options.idempotencyKey }
     const { transaction } = options
     if (transaction === undefined) return { seq: (await this.broker.publish(request)).seq }
     if (this.broker.publishIn !== undefined) return { seq: (await this.broker.publishIn(transaction, request)).seq }
@@ -116,12 +128,15 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     if (typeof options !== 'object' || options === null) throw new InvalidArgumentError('options', 'must be an object')
     checkOptionalText(options, 'traceId', 64)
     checkOptionalText(options, 'idempotencyKey', 128)
-    const traceId = options.traceId ?? randomUUID()
     const json = payloadJson(payload)
-    const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + 2 * Buffer.byteLength(room) + Buffer.byteLength(traceId) + ROOM_EVENT_OVERHEAD_BYTES + STREAM_OVERHEAD_BYTES
-    const limit = this.options.maxBufferedBytes - this.options.maxStreamBytes
-    if (bytes > limit) throw new PayloadTooLargeError(bytes, limit)
-    return this.streams!.writer.start({ room, type, payloadJson: json, traceId, idempotencyKey: options.idempotencyKey })
+    const start = (trace: PublishTrace): Promise<RoomStream> => {
+      const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + 2 * Buffer.byteLength(room) + traceBytes(trace) + ROOM_EVENT_OVERHEAD_BYTES + STREAM_OVERHEAD_BYTES
+      const limit = this.options.maxBufferedBytes - this.options.maxStreamBytes
+      if (bytes > limit) throw new PayloadTooLargeError(bytes, limit)
+      return this.streams!.writer.start({ room, type, payloadJson: json, ...trace, idempotencyKey: options.idempotencyKey })
+    }
+    if (this.tracing === undefined) return start({ traceId: options.traceId ?? newTraceId(), traceparent: undefined })
+    return this.tracing.publish({ room, type, broker: this.broker.name }, options.traceId, async (trace) => start(trace))
   }
 
   async position (room: string, options: { transaction?: SqlTransaction }): Promise<RoomPosition> {
@@ -167,6 +182,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     }
     this.stats.messageOut(type, recipients)
     if (publishedAt !== undefined) this.stats.broadcast(Math.max(0, preciseNow() - publishedAt) / 1000)
+    this.tracing?.delivered(room, type, seq, frame, recipients)
   }
 
   // Gauges, read by stats() and by Prometheus at scrape time.
