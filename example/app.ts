@@ -105,6 +105,13 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
       : options.redisClusterNodes !== undefined
         ? { broker: redisBroker({ cluster: options.redisClusterNodes }) }
         : options.redisUrl === undefined ? {} : { broker: redisBroker({ url: options.redisUrl }) }),
+    // The events clients receive: their payloads are checked on the way out, and typed in the contract.
+    events: {
+      chat: Type.Object({ from: Type.String(), text: Text }),
+      announcement: Type.Object({ from: Type.String(), text: Text }),
+      assistant: Type.Object({ question: Type.String(), askedBy: Type.String() }),
+      note: Type.Object({ id: Type.Union([Type.String(), Type.Integer()]), from: Type.String(), text: Text }),
+    },
     messages: {
       chat: defineMessage({
         schema: Type.Object({ text: Text }, { additionalProperties: false }),
@@ -156,10 +163,18 @@ export async function buildChatApp (options: ChatAppOptions): Promise<FastifyIns
     const text = (request.body as { text: string }).text.trim()
     if (text.length === 0 || text.length > MAX_TEXT) return reply.code(400).send({ message: `text must be 1 to ${MAX_TEXT} characters after trimming` })
     const from = (request.user as { sub: string }).sub
-    return app.rooms.broadcast(room, 'announcement', { from, text }, { traceId: String(request.id) })
+    // Under a tracer (e.g. @fastify/otel) the event carries this request's trace id.
+    return app.rooms.broadcast(room, 'announcement', { from, text })
   })
 
   // Prometheus scrapes this. DEMO: a real deployment keeps it off the public listener.
+  // The contract: every frame both ways with its schema, for client generators and contract tests.
+  app.get('/asyncapi.json', async (request) => app.rooms.asyncapi({
+    title: 'fastify-rooms example chat',
+    version: '1.0.0',
+    servers: { here: { host: request.host, protocol: request.protocol === 'https' ? 'wss' : 'ws' } },
+  }))
+
   app.get('/metrics', async (_request, reply) => {
     const { contentType, body } = await app.rooms.metrics()
     return reply.type(contentType).send(body)

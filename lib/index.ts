@@ -20,6 +20,7 @@ import { InjectTickets, Injector } from './admission/inject.js'
 import { INJECT_HEADER } from './admission/inject-header.js'
 import { Stats } from './observability/metrics.js'
 import { loadTracing } from './observability/tracing.js'
+import { asyncApiDocument, contractSource } from './contract/asyncapi.js'
 import { defaults, resolveOptions, type JwtOptions, type RoomsOptions } from './config/options.js'
 import { Membership } from './rooms/membership.js'
 import { Resumer } from './rooms/resume.js'
@@ -79,6 +80,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       throw new BrokerError(`cannot use the outbox's PostgreSQL: ${(err as Error).message}`)
     }
   }
+  const contract = contractSource(options, Object.keys(rawOptions.namespaces ?? {}))
   const tickets = new InjectTickets()
   const coalescer = new WriteCoalescer()
   let injector: Injector | undefined
@@ -89,6 +91,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       if (injector === undefined) return Promise.reject(new InvalidArgumentError('inject', 'is available once the server is ready (after register)'))
       return injector.inject(user, clientOptions)
     },
+    asyncapi: (info) => asyncApiDocument(contract, info),
   }
   fastify.decorate('rooms', decorator)
 

@@ -253,7 +253,31 @@ export interface RoomsApi {
 export type InjectClientOptions = Omit<ClientOptions, 'url' | 'WebSocket' | 'getToken' | 'tokenIn'>
 
 /** `fastify.rooms`: the API above, and `inject` for a host's own tests. */
+/** What the host tells about its API in `fastify.rooms.asyncapi(info)`; the rest comes from the options. */
+export interface AsyncApiInfo {
+  /** Default 'fastify-rooms'. */
+  title?: string
+  /** The version of the host's API (default '1.0.0'). */
+  version?: string
+  description?: string
+  /** AsyncAPI server objects by name, e.g. `{ production: { host: 'chat.example.com', protocol: 'wss' } }`. */
+  servers?: Record<string, { host: string; protocol: string; pathname?: string; description?: string }>
+}
+
+/** An AsyncAPI 3.0 document, as JSON. */
+export interface AsyncApiDocument {
+  asyncapi: '3.0.0'
+  info: { title: string; version: string; description?: string }
+  [key: string]: unknown
+}
+
 export interface RoomsDecorator extends RoomsApi {
+  /**
+   * The AsyncAPI 3.0 document of the plugin as configured: the WebSocket channel and its security, every
+   * frame both ways with its schema (your messages and events from their TypeBox schemas), namespaces,
+   * error and close codes, the SSE fallback when it is on. Serve it as JSON.
+   */
+  asyncapi(info?: AsyncApiInfo): AsyncApiDocument
   /**
    * A client connected in this process as `user` (no port, no token): the same API as `createClient`, and
    * everything a real socket meets on the server (authorizeJoin, limits, frames, acks, room events, close).
