@@ -16,6 +16,7 @@ import { bounded, connect, ORIGIN, rejectedUpgrade, sign, startServer, until, ty
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
+import { run } from './helpers/exec.js'
 
 /** ws with the Origin a browser would send. */
 class BrowserLikeWebSocket extends WebSocket {
@@ -136,6 +137,27 @@ t.test('frames without a traceparent start their own trace; errors and unknown t
   t.notOk(ours().some((span) => span.name.includes('made-up')))
 })
 
+t.test('a payload a handler echoes cannot forge the traceparent its event\'s fan-out is parented by', async (t) => {
+  const server = await tracedHost(t)
+  const alice = await joined(server, 'lobby')
+  const forged = `00-${'f'.repeat(32)}-${'e'.repeat(16)}-01`
+  // Untraced event (the client's own traceId): the payload's look-alike fields must not make a deliver span.
+  alice.send({ type: 'chat', id: 'c1', room: 'lobby', payload: { text: 'x', traceparent: forged, time: 1 }, traceId: 'custom-trace' })
+  const untraced = await alice.nextOfType('said')
+  t.equal(untraced.traceId, 'custom-trace')
+  t.notOk('traceparent' in untraced, 'no traceparent of ours: the trace id is not the span\'s')
+  await waitForSpan('publish said')
+  // Traced event with the same payload: the fan-out is parented by the real publish span.
+  alice.send({ type: 'chat', id: 'c2', room: 'lobby', payload: { text: 'y', traceparent: forged, time: 1 }, traceparent: TRACEPARENT })
+  const traced = await alice.nextOfType('said')
+  const publish = await waitForSpan('publish said', (span) => span.spanContext().traceId === TRACE_ID)
+  const deliver = await waitForSpan('deliver said')
+  t.equal(parentOf(deliver), publish.spanContext().spanId)
+  t.equal((traced as Frame & { traceparent?: string }).traceparent, `00-${TRACE_ID}-${publish.spanContext().spanId}-01`)
+  t.same(named('deliver said').length, 1, 'the untraced event made no deliver span')
+  t.notOk(ours().some((span) => span.spanContext().traceId === 'f'.repeat(32)))
+})
+
 t.test('a malformed traceparent or tracestate → invalid_message, other sockets unaffected', async (t) => {
   const server = await tracedHost(t)
   const alice = await joined(server, 'lobby')
@@ -246,4 +268,14 @@ t.test('Redis: the trace id and the publish span reach the other process\'s fan-
   const alice = await joined(a, 'news')
   carol.send({ type: 'say', id: 's1', room: 'news', payload: { text: 'from afar' }, traceparent: TRACEPARENT })
   t.equal((await alice.nextOfType('said')).traceId, TRACE_ID, 'a frame\'s trace id published on the other process')
+})
+
+t.test('a host without @opentelemetry/api: the plugin starts, traceparent still names ctx.traceId, trace ids are W3C ones', async (t) => {
+  const fixture = new URL('./fixtures/without-otel.ts', import.meta.url).pathname
+  const output = await run(process.execPath, ['--import=tsx', fixture], new URL('..', import.meta.url).pathname, 60_000)
+  const seen = JSON.parse(output.trim().split('\n').at(-1)!) as { apiMissing: boolean; handlerTraceId: string; event: Frame & { traceparent?: string } | null }
+  t.equal(seen.apiMissing, true, 'the API really is missing in that process')
+  t.equal(seen.handlerTraceId, TRACE_ID)
+  t.match(seen.event?.traceId, HEX_TRACE_ID)
+  t.notOk(seen.event !== null && 'traceparent' in seen.event)
 })

@@ -3,6 +3,16 @@ import Fastify from 'fastify'
 import rooms from '../../lib/index.js'
 import { BENCH_ORIGIN, BENCH_SECRET, COMPRESSION, countEgress, handleStats, ready } from './common.js'
 
+// BENCH_TRACING=off: `tracing: false`; =sdk: an OpenTelemetry SDK records every span (exported in batches
+// to nowhere); unset: @opentelemetry/api installed but no provider (a host that has the API and no SDK).
+if (process.env.BENCH_TRACING === 'sdk') {
+  const { context, trace } = await import('@opentelemetry/api')
+  const { AsyncLocalStorageContextManager } = await import('@opentelemetry/context-async-hooks')
+  const { BasicTracerProvider, BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base')
+  const nowhere = { export: (_spans: unknown[], done: (result: { code: number }) => void) => done({ code: 0 }), shutdown: async () => {} }
+  trace.setGlobalTracerProvider(new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(nowhere)] }))
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable())
+}
 const app = Fastify({ logger: false })
 await app.register(rooms, {
   jwt: { secret: BENCH_SECRET },
@@ -14,6 +24,7 @@ await app.register(rooms, {
   compression: COMPRESSION ? { threshold: 1024 } : false,
   // BENCH_SSE=1: the Server-Sent Events fallback too (the sse scenario's clients use it).
   sse: process.env.BENCH_SSE === '1',
+  tracing: process.env.BENCH_TRACING !== 'off',
 })
 countEgress(app.server)
 app.addHook('onRequest', async (request, reply) => {

@@ -6,7 +6,7 @@ import type { TSchema } from 'typebox'
 import { InvalidArgumentError } from '../config/errors.js'
 import type { ResolvedOptions } from '../config/options.js'
 import type { AsyncApiDocument, AsyncApiInfo } from '../types.js'
-import { PROTOCOL_VERSION, SUBPROTOCOL } from '../protocol/protocol.js'
+import { PROTOCOL_VERSION, SUBPROTOCOL } from './protocol.js'
 import { builtInClientFrames, clientFrame, closeCodes, eventFrame, plain, presenceFrame, serverFrames, type JsonSchema } from './frame-schemas.js'
 
 /** What the document is made from: the resolved options, in the shape this module needs. */

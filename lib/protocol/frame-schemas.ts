@@ -2,8 +2,8 @@
 // the schemas the server validates with, the server's as protocol.ts, stream-frames.ts and event-frames.ts
 // write them. Server frames are open (a newer server may add fields); client frames are as strict as intake.
 import type { TSchema } from 'typebox'
-import { AuthPayload, CloseCode, ErrorCode, LatencyPayload, MessageType, ResumePayload, RoomName } from '../protocol/protocol.js'
-import { MAX_TRACESTATE_LENGTH, TRACEPARENT_PATTERN } from '../protocol/trace-context.js'
+import { AuthPayload, CloseCode, ErrorCode, LatencyPayload, MessageType, ResumePayload, RoomName } from './protocol.js'
+import { MAX_TRACESTATE_LENGTH, TRACEPARENT_PATTERN } from './trace-context.js'
 
 export type JsonSchema = Record<string, unknown>
 
