@@ -229,7 +229,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       handler: (socket, request) => {
         releaseUpgradeResponse(request)
         const connection = lifecycle.start(socket, request.roomsAdmission as Admission, request)
-        tracing?.admissionEnded(request, connection === undefined ? { accepted: false, status: 101, code: 'closed_at_once' } : { accepted: true, connectionId: connection.id })
+        tracing?.admissionEnded(request, connection === undefined ? { accepted: false, status: 101, code: 'closed_at_start' } : { accepted: true, connectionId: connection.id })
       },
     })
     if (options.serveClient) registerClientRoutes(scope, options.path, await loadClientBundle())
