@@ -270,12 +270,14 @@ t.test('Redis: the trace id and the publish span reach the other process\'s fan-
   t.equal((await alice.nextOfType('said')).traceId, TRACE_ID, 'a frame\'s trace id published on the other process')
 })
 
-t.test('a host without @opentelemetry/api: the plugin starts, traceparent still names ctx.traceId, trace ids are W3C ones', async (t) => {
-  const fixture = new URL('./fixtures/without-otel.ts', import.meta.url).pathname
-  const output = await run(process.execPath, ['--import=tsx', fixture], new URL('..', import.meta.url).pathname, 60_000)
-  const seen = JSON.parse(output.trim().split('\n').at(-1)!) as { apiMissing: boolean; handlerTraceId: string; event: Frame & { traceparent?: string } | null }
-  t.equal(seen.apiMissing, true, 'the API really is missing in that process')
-  t.equal(seen.handlerTraceId, TRACE_ID)
-  t.match(seen.event?.traceId, HEX_TRACE_ID)
-  t.notOk(seen.event !== null && 'traceparent' in seen.event)
-})
+for (const [api, name] of [['missing', 'a host without @opentelemetry/api'], ['installed', 'a host with the API and no SDK']] as const) {
+  t.test(`${name}: the plugin starts, traceparent still names ctx.traceId, trace ids are W3C ones`, async (t) => {
+    const fixture = new URL('./fixtures/untraced-host.ts', import.meta.url).pathname
+    const output = await run('env', [`OTEL_API=${api}`, process.execPath, '--import=tsx', fixture], new URL('..', import.meta.url).pathname, 60_000)
+    const seen = JSON.parse(output.trim().split('\n').at(-1)!) as { apiMissing: boolean; handlerTraceId: string; event: Frame & { traceparent?: string } | null }
+    t.equal(seen.apiMissing, api === 'missing', `the API really is ${api} in that process`)
+    t.equal(seen.handlerTraceId, TRACE_ID)
+    t.match(seen.event?.traceId, HEX_TRACE_ID)
+    t.notOk(seen.event !== null && 'traceparent' in seen.event, 'nothing recorded, no traceparent')
+  })
+}

@@ -48,11 +48,26 @@ export async function loadTracing (enabled: boolean): Promise<Tracing | undefine
 export class Tracing {
   // The admission span of each upgrade in progress (a request that never ends leaves nothing behind).
   private readonly admissions = new WeakMap<object, Span>()
+  private providerSeen = false
 
   constructor (private readonly api: OpenTelemetry, private readonly tracer: Tracer) {}
 
+  /**
+   * Whether the host registered a tracer provider (an SDK). Until it does, every span would be a no-op
+   * that still costs microseconds per frame and publish, so none is made. A provider can come after
+   * register (an SDK started later); once one is seen it stays. ProxyTracerProvider is the API's global
+   * provider in all of 1.x; a provider without getDelegateTracer is taken as a real one.
+   */
+  recording (): boolean {
+    if (this.providerSeen) return true
+    const provider = this.api.trace.getTracerProvider() as { getDelegateTracer?: (name: string) => unknown }
+    this.providerSeen = typeof provider.getDelegateTracer !== 'function' || provider.getDelegateTracer(SYSTEM) !== undefined
+    return this.providerSeen
+  }
+
   /** An upgrade arrived: its admission span starts, a child of the request's span if the host traces HTTP. */
   admissionStarted (request: object, attributes: { path: string; address: string }): void {
+    if (!this.recording()) return
     const span = this.tracer.startSpan('admission', {
       kind: this.api.SpanKind.SERVER,
       attributes: { 'messaging.system': SYSTEM, 'rooms.route': attributes.path, 'client.address': attributes.address },
@@ -78,7 +93,11 @@ export class Tracing {
    * Runs one frame's handling inside its span: a child of the frame's traceparent, else a new trace (not
    * the upgrade's: a socket's frames are unrelated operations). `run` answers the error code it sent, if any.
    */
-  async frame (frame: TracedFrame, knownType: boolean, connectionId: string, run: (trace: FrameTrace) => Promise<string | undefined>): Promise<void> {
+  async frame (frame: TracedFrame, knownType: boolean, connectionId: string, run: (trace: FrameTrace | undefined) => Promise<string | undefined>): Promise<void> {
+    if (!this.recording()) {
+      await run(undefined)
+      return
+    }
     const parent = this.parentOf(frame.traceparent, frame.tracestate)
     // A client's unknown type never names a span: span names stay a bounded set.
     const span = this.tracer.startSpan(knownType ? `process ${frame.type}` : 'process', {
@@ -113,6 +132,7 @@ export class Tracing {
    * The event's traceId is the span's trace id unless the caller chose one.
    */
   async publish<R extends { seq: number }> (attributes: { room: string; type: string; broker: string }, chosenTraceId: string | undefined, run: (trace: PublishTrace) => Promise<R>): Promise<R> {
+    if (!this.recording()) return run({ traceId: chosenTraceId ?? newTraceId(), traceparent: undefined })
     const span = this.tracer.startSpan(`publish ${attributes.type}`, {
       kind: this.api.SpanKind.PRODUCER,
       attributes: {
@@ -147,6 +167,7 @@ export class Tracing {
    * span named in the frame (on any process the broker carried it to). Untraced events make none.
    */
   delivered (room: string, type: string, seq: number, frame: string, recipients: number): void {
+    if (!this.recording()) return
     const parent = this.parentOf(traceparentInFrame(frame), undefined)
     if (parent === this.api.ROOT_CONTEXT) return
     this.tracer.startSpan(`deliver ${type}`, {
@@ -161,12 +182,6 @@ export class Tracing {
         'rooms.recipients': recipients,
       },
     }, parent).end()
-  }
-
-  /** The active span's trace id, for a trace id chosen outside a publish (none when nothing traces). */
-  activeTraceId (): string | undefined {
-    const spanContext = this.api.trace.getActiveSpan()?.spanContext()
-    return spanContext !== undefined && this.api.isSpanContextValid(spanContext) ? spanContext.traceId : undefined
   }
 
   private parentOf (traceparent: string | undefined, tracestate: string | undefined): Context {

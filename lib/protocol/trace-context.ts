@@ -1,6 +1,6 @@
 // W3C Trace Context on the wire: a frame's `traceparent` (and `tracestate`), and new trace ids, without
 // @opentelemetry/api (a host without it still gets W3C trace ids that its other tools can carry).
-import { randomUUID } from 'node:crypto'
+import { randomFillSync } from 'node:crypto'
 
 /** `version-traceid-parentid-flags`, lowercase hex (https://www.w3.org/TR/trace-context/#traceparent-header). */
 export const TRACEPARENT_PATTERN = '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
@@ -16,9 +16,18 @@ export interface TraceIds {
   traceFlags: number
 }
 
-/** A new trace id: 32 lowercase hex digits, never all zeros (a v4 UUID without its dashes). */
+// Random bytes drawn 256 ids at a time: a trace id per publish costs a quarter of a randomUUID() and its dashes taken out.
+const pool = Buffer.alloc(16 * 256)
+let taken = pool.length
+
+/** A new trace id: 32 lowercase hex digits of random, never all zeros. */
 export function newTraceId (): string {
-  return randomUUID().replaceAll('-', '')
+  if (taken === pool.length) {
+    randomFillSync(pool)
+    taken = 0
+  }
+  const id = pool.toString('hex', taken, taken += 16)
+  return id === ZERO_TRACE_ID ? newTraceId() : id
 }
 
 /** The ids of a valid traceparent; undefined for none, version ff, or an all-zero id (the specification's invalid values). */
