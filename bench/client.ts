@@ -18,6 +18,8 @@ export interface ConnectCommand {
   /** [userIndex, room] for each connection this process opens; room '' means no join. */
   connections: Array<[number, string]>
   concurrency: number
+  /** Each connection from its own loopback source address (127.1.x.y): tens of thousands need more ports than one address has. */
+  spreadSources?: boolean
 }
 
 type Command = ConnectCommand | { cmd: 'reset' } | { cmd: 'report' } | { cmd: 'close' }
@@ -81,9 +83,14 @@ async function openSse (port: number, user: number, room: string): Promise<void>
   })
 }
 
-function open (target: Target, port: number, user: number, room: string): Promise<void> {
+function open (target: Target, port: number, user: number, room: string, spreadSources = false): Promise<void> {
   if (target === 'plugin-sse') return openSse(port, user, room)
-  const options = { skipUTF8Validation: true, origin: BENCH_ORIGIN, maxPayload: 1 << 20 }
+  const options = {
+    skipUTF8Validation: true,
+    origin: BENCH_ORIGIN,
+    maxPayload: 1 << 20,
+    ...(spreadSources ? { localAddress: `127.1.${Math.floor(user / 250) % 250}.${1 + (user % 250)}` } : {}),
+  }
   const query = room === '' ? '' : `room=${encodeURIComponent(room)}`
   const socket = target === 'plugin'
     ? new WebSocket(`ws://127.0.0.1:${port}/ws`, ['rooms.v1', `bearer.${sign({ sub: `u${user}` })}`], options)
@@ -126,7 +133,7 @@ async function connectAll (command: ConnectCommand): Promise<number> {
     while (next < command.connections.length) {
       const [user, room] = command.connections[next++]!
       try {
-        await open(command.target, command.port, user, room)
+        await open(command.target, command.port, user, room, command.spreadSources)
       } catch {
         failed++
       }

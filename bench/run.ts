@@ -12,9 +12,11 @@ import { emptyHistogram, merge, quantile, type HistogramData } from './histogram
 const quick = process.argv.includes('--quick')
 const only = process.argv.find((arg) => arg.startsWith('--targets='))?.slice('--targets='.length).split(',') as Target[] | undefined
 const TARGETS: Target[] = only ?? ['plugin', 'ws', 'socketio']
-/** --scenarios=fanout,rooms,handshakes,compression (default all); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
+/** --scenarios=fanout,rooms,handshakes,compression,sse,density (default all but density); --fanout=10000 (sizes); --profile (node --cpu-prof for servers). */
 const argument = (name: string) => process.argv.find((arg) => arg.startsWith(`--${name}=`))?.slice(name.length + 3)
 const SCENARIOS = argument('scenarios')?.split(',') ?? ['fanout', 'rooms', 'handshakes', 'compression', 'sse']
+/** The density scenario's heartbeat (the plugin's `heartbeatMs`; raw ws pings on the same interval), short enough to see ticks. */
+const DENSITY_HEARTBEAT_MS = 5000
 const PROFILE = process.argv.includes('--profile')
 const CONFIG: { fanout: number[]; repeats: number; durationMs: number; drainMs: number; rooms: { count: number; members: number }; handshakes: number; idle: number; clients: number; compression: number } = quick
   ? { fanout: [200], repeats: 1, durationMs: 1000, drainMs: 1000, rooms: { count: 20, members: 10 }, handshakes: 300, idle: 500, clients: 2, compression: 200 }
@@ -111,11 +113,11 @@ class Clients {
   }
 
   /** Opens the connections, spread over the client processes; resolves with the time taken and failures. */
-  async connect (target: Target, port: number, connections: Array<[number, string]>, concurrency = 50): Promise<{ ms: number; failed: number }> {
+  async connect (target: Target, port: number, connections: Array<[number, string]>, concurrency = 50, spreadSources = false): Promise<{ ms: number; failed: number }> {
     const shares = this.children.map((_, i) => connections.filter((_, j) => j % this.children.length === i))
     // Each child times its own connecting (its boot does not count); the slowest one is the wall time.
     const answers = await Promise.all(this.children.map((child, i) =>
-      this.ask<{ ms: number; failed: number }>(child, { cmd: 'connect', target, port, connections: shares[i]!, concurrency } satisfies ConnectCommand, 'connected')))
+      this.ask<{ ms: number; failed: number }>(child, { cmd: 'connect', target, port, connections: shares[i]!, concurrency, spreadSources } satisfies ConnectCommand, 'connected')))
     return { ms: Math.max(...answers.map((answer) => answer.ms)), failed: answers.reduce((sum, answer) => sum + answer.failed, 0) }
   }
 
@@ -316,6 +318,52 @@ async function handshakesAndMemory (target: Target): Promise<void> {
   summarize('idle memory', target, CONFIG.idle, memory)
 }
 
+/** The open-file limit this process (and so each server it starts) runs under: `ulimit -n`. */
+function openFileLimit (): number {
+  const limit = Number(spawnSync('sh', ['-c', 'ulimit -n']).stdout.toString().trim())
+  return Number.isFinite(limit) ? limit : 1024
+}
+
+/**
+ * As many authenticated, joined, idle sockets on one server process as its open-file limit allows (300 left
+ * for the process's own files), each from its own loopback address; then memory per socket, one broadcast to
+ * all of them (delivered %, p50/p99 to the last socket), and the CPU of the idle server over two heartbeats.
+ */
+async function density (target: Target): Promise<void> {
+  const limit = openFileLimit()
+  const connections = quick ? 2000 : Math.max(1000, limit - 300)
+  const server = await startServer(target, { BENCH_HEARTBEAT_MS: String(DENSITY_HEARTBEAT_MS) })
+  const clients = new Clients(CONFIG.clients)
+  try {
+    const before = await server.stats(true)
+    const opened = await clients.connect(target, server.port, Array.from({ length: connections }, (_, i) => [i, 'dense'] as [number, string]), 50, true)
+    if (opened.failed > 0) console.warn(`${target}: ${opened.failed} of ${connections} connections failed`)
+    await sleep(1000)
+    const after = await server.stats(true)
+    const open = connections - opened.failed
+    const idleFrom = await server.stats()
+    await sleep(2 * DENSITY_HEARTBEAT_MS)
+    const idleTo = await server.stats()
+    await clients.reset()
+    await publish(server.port, 'dense', 0, 'small')
+    const histogram = await drain(clients, open)
+    summarize('density', target, connections, [{
+      openFileLimit: limit,
+      opened: open,
+      kbPerConnection: (after.rss - before.rss) / 1024 / open,
+      heapKbPerConnection: (after.heapUsed - before.heapUsed) / 1024 / open,
+      deliveredPct: (100 * histogram.count) / open,
+      p50ms: quantile(histogram, 0.5),
+      p99ms: quantile(histogram, 0.99),
+      maxMs: histogram.max,
+      idleCpuPctOfCore: (100 * (idleTo.cpuMicros - idleFrom.cpuMicros)) / (2 * DENSITY_HEARTBEAT_MS * 1000),
+    }])
+  } finally {
+    await clients.close()
+    await server.stop()
+  }
+}
+
 // What each target does to compress (the scenario's rows); the load clients offer permessage-deflate to all.
 const COMPRESSION_VARIANTS = [
   { label: 'plugin plain', target: 'plugin', compression: false },
@@ -369,7 +417,7 @@ function ratio (scenario: string, connections: number, metric: string, against: 
 }
 
 function printTable (): void {
-  const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'egressBytesPerDelivery', 'rssBeforeMB', 'rssMB', 'handshakesPerSecond', 'kbPerConnection']
+  const columns = ['deliveriesPerSecond', 'deliveredPct', 'p50ms', 'p99ms', 'maxMs', 'cpuUsPerDelivery', 'egressBytesPerDelivery', 'rssBeforeMB', 'rssMB', 'handshakesPerSecond', 'kbPerConnection', 'heapKbPerConnection', 'idleCpuPctOfCore']
   const format = (value: unknown) => (typeof value === 'number' ? (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2)) : '')
   console.log(`\n| scenario | C | target | ${columns.join(' | ')} |`)
   console.log(`|${' --- |'.repeat(columns.length + 3)}`)
@@ -386,6 +434,11 @@ function printTable (): void {
   console.log(`  compression, C=${CONFIG.compression}: egress per delivery compress-once / plain ${once('egressBytesPerDelivery', 'plugin plain')}; ` +
     `CPU per delivery compress-once / plain ${once('cpuUsPerDelivery', 'plugin plain')}, / ws per-socket deflate ${once('cpuUsPerDelivery', 'ws per-socket deflate')}, ` +
     `/ Socket.IO perMessageDeflate ${once('cpuUsPerDelivery', 'Socket.IO perMessageDeflate')}`)
+  const dense = rows.find((row) => row.scenario === 'density')?.connections
+  if (dense !== undefined) {
+    console.log(`  density, C=${dense}: RSS per connection ${ratio('density', dense, 'kbPerConnection', 'ws')}, heap ${ratio('density', dense, 'heapKbPerConnection', 'ws')}, ` +
+      `broadcast p50 ${ratio('density', dense, 'p50ms', 'ws')}, p99 ${ratio('density', dense, 'p99ms', 'ws')}, idle CPU ${ratio('density', dense, 'idleCpuPctOfCore', 'ws')} vs ws`)
+  }
   const fallback = (metric: string) => ratio(sseScenarioName, CONFIG.compression, metric, 'plugin WebSocket', 'plugin SSE')
   console.log(`  SSE fallback / WebSocket, C=${CONFIG.compression}: CPU per delivery ${fallback('cpuUsPerDelivery')}, egress bytes per delivery ${fallback('egressBytesPerDelivery')}, p99 ${fallback('p99ms')}`)
 }
@@ -397,6 +450,7 @@ if (SCENARIOS.includes('rooms')) for (const target of TARGETS) await manyRooms(t
 if (SCENARIOS.includes('handshakes')) for (const target of TARGETS) await handshakesAndMemory(target)
 if (SCENARIOS.includes('compression')) for (const variant of COMPRESSION_VARIANTS) if (TARGETS.includes(variant.target)) await compression(variant)
 if (SCENARIOS.includes('sse')) for (const target of ['plugin', 'plugin-sse'] as const) if (TARGETS.includes('plugin')) await sseScenario(target)
+if (SCENARIOS.includes('density')) for (const target of TARGETS) if (target !== 'plugin-sse') await density(target)
 printTable()
 mkdirSync(here('./results'), { recursive: true })
 const file = here(`./results/${new Date().toISOString().replaceAll(':', '-')}${quick ? '-quick' : ''}.jsonl`)

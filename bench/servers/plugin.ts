@@ -25,6 +25,8 @@ await app.register(rooms, {
   // BENCH_SSE=1: the Server-Sent Events fallback too (the sse scenario's clients use it).
   sse: process.env.BENCH_SSE === '1',
   tracing: process.env.BENCH_TRACING !== 'off',
+  // BENCH_HEARTBEAT_MS: the density scenario's heartbeat, short enough to measure its ticks.
+  ...(process.env.BENCH_HEARTBEAT_MS === undefined ? {} : { heartbeatMs: Number(process.env.BENCH_HEARTBEAT_MS) }),
 })
 countEgress(app.server)
 app.addHook('onRequest', async (request, reply) => {

@@ -28,4 +28,23 @@ wss.on('connection', (socket, request) => {
   socket.on('error', () => socket.terminate())
   socket.send(JSON.stringify({ type: 'welcome' }))
 })
+// BENCH_HEARTBEAT_MS: the heartbeat of ws's README (a ping per socket per interval, a socket that missed
+// the last pong terminated), as the plugin's heartbeat is measured against it in the density scenario.
+if (process.env.BENCH_HEARTBEAT_MS !== undefined) {
+  const alive = new WeakSet<WebSocket>()
+  wss.on('connection', (socket) => {
+    alive.add(socket)
+    socket.on('pong', () => alive.add(socket))
+  })
+  setInterval(() => {
+    for (const socket of wss.clients) {
+      if (!alive.has(socket)) {
+        socket.terminate()
+        continue
+      }
+      alive.delete(socket)
+      socket.ping()
+    }
+  }, Number(process.env.BENCH_HEARTBEAT_MS)).unref()
+}
 server.listen(0, '127.0.0.1', () => ready((server.address() as import('node:net').AddressInfo).port))
