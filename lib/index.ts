@@ -27,6 +27,7 @@ import { Resumer } from './rooms/resume.js'
 import { ConnectionLifecycle } from './rooms/lifecycle.js'
 import { FrameIntake } from './socket/intake.js'
 import { WriteCoalescer } from './out/write-coalescer.js'
+import { TokenExpiries } from './socket/token-expiry.js'
 import { Presence } from './rooms/presence.js'
 import { RoomRegistry } from './rooms/registry.js'
 import { StreamRelay } from './rooms/stream-relay.js'
@@ -83,6 +84,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const contract = contractSource(options, Object.keys(rawOptions.namespaces ?? {}))
   const tickets = new InjectTickets()
   const coalescer = new WriteCoalescer()
+  const expiries = new TokenExpiries()
   let injector: Injector | undefined
   let sse: SseTransport | undefined
   const decorator: RoomsDecorator = {
@@ -122,6 +124,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   // onClose hooks run after preClose (where the sockets are closed): the broker disconnects last.
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
+    expiries.stop()
     fastify.server.off('upgrade', endRefusedUpgrade)
     presence.stop()
     streams.relay.close()
@@ -163,7 +166,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
       : createTokenVerifier(await jwtVerifier(scope, options.jwt), options.userFromToken, options.token)
     const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats, streams.relay), registry, verifyToken, stats, tracing)
     const intake = new FrameIntake({ ...options, messageTypes: options.messages.keys() }, stats)
-    const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, () => closing)
+    const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, expiries, () => closing)
     const gate = createUpgradeGate(options, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,

@@ -2,7 +2,7 @@
 // rooms, and the expiry timer holds past setTimeout's limit.
 import t from 'tap'
 import WebSocket from 'ws'
-import { TokenExpiry } from '../lib/socket/token-expiry.js'
+import { TokenExpiries } from '../lib/socket/token-expiry.js'
 import { connect, sign, startServer, until, rejectedUpgrade } from './helpers/index.js'
 import Type from 'typebox'
 import { defineMessage } from '../lib/index.js'
@@ -77,10 +77,36 @@ t.test('#22 the expiry timer re-arms until exp is really reached, and fires once
   // The longest wait is shortened to 20 ms so the re-arm happens within the test (in production: 24.8 days).
   const exp = Math.ceil(Date.now() / 1000) + 1
   const fired: number[] = []
-  const expiry = new TokenExpiry(() => fired.push(Date.now()), 20)
-  t.teardown(() => expiry.clear())
-  expiry.set(exp)
+  const expiries = new TokenExpiries(20)
+  t.teardown(() => expiries.stop())
+  expiries.set({ tokenExpired: () => fired.push(Date.now()) }, exp)
   await until(() => fired.length > 0, 'the expiry')
   t.equal(fired.length, 1)
   t.ok(fired[0]! >= exp * 1000, `fired ${fired[0]! - exp * 1000} ms after exp, not at the first 20 ms wait`)
+})
+
+t.test('#26 one timer for every socket\'s exp: each told once, at its second, none after it was cleared or moved; a throw stops no other', async (t) => {
+  const expiries = new TokenExpiries()
+  t.teardown(() => expiries.stop())
+  const first = Math.ceil(Date.now() / 1000) + 1
+  const told: Array<{ index: number; at: number }> = []
+  const sockets = Array.from({ length: 1000 }, (_, index) => ({
+    tokenExpired: () => {
+      told.push({ index, at: Date.now() })
+      if (index === 0) throw new Error('a socket that throws')
+    },
+  }))
+  for (const [index, socket] of sockets.entries()) expiries.set(socket, first + (index % 2))
+  for (let index = 900; index < 1000; index++) expiries.set(sockets[index]!, undefined)
+  for (let index = 800; index < 900; index++) expiries.set(sockets[index]!, first + 3600)
+  t.equal(expiries.exp(sockets[850]!), first + 3600)
+  t.equal(expiries.exp(sockets[950]!), undefined)
+  await until(() => told.length >= 800, 'the first 800 expiries')
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  t.equal(told.length, 800, 'the moved and cleared ones were not told')
+  t.same([...new Set(told.map((entry) => entry.index))].sort((a, b) => a - b), Array.from({ length: 800 }, (_, i) => i), 'each once')
+  for (const entry of told) {
+    if (entry.at < (first + (entry.index % 2)) * 1000) t.fail(`socket ${entry.index} told ${(first + (entry.index % 2)) * 1000 - entry.at} ms early`)
+  }
+  t.equal(expiries.exp(sockets[1]!), undefined, 'forgotten once told')
 })

@@ -10,6 +10,7 @@ import type { Frame } from '../protocol/protocol.js'
 import { CloseCode, directFrame, PROTOCOL_VERSION } from '../protocol/protocol.js'
 import type { Stats } from '../observability/metrics.js'
 import type { WriteCoalescer } from '../out/write-coalescer.js'
+import type { TokenExpiries } from '../socket/token-expiry.js'
 import { Connection, type ConnectionEvents, type ConnectionLimits } from '../socket/connection.js'
 import type { FrameRate } from '../socket/frame-rate.js'
 import type { Membership } from './membership.js'
@@ -32,12 +33,13 @@ export class ConnectionLifecycle implements ConnectionEvents {
     private readonly stats: Stats,
     private readonly log: FastifyBaseLogger,
     private readonly coalescer: WriteCoalescer,
+    private readonly expiries: TokenExpiries,
     private readonly isClosing: () => boolean
   ) {}
 
   /** A socket (or an SSE stream in its shape) admitted: its connection starts; undefined when refused now. */
   start (socket: WebSocket, admission: Admission, request: FastifyRequest, rate?: FrameRate): Connection | undefined {
-    const connection = new Connection(socket, this.membership.member(admission.user), this.options, this, this.stats, this.log, String(request.id), this.coalescer, rate)
+    const connection = new Connection(socket, this.membership.member(admission.user), this.options, this, this.stats, this.log, String(request.id), this.coalescer, this.expiries, rate)
     // Admitted before shutdown or a limit filled up while this handshake was in flight; or a credential
     // that ran out since it was checked (an SSE session's): nothing, not even welcome, is sent then.
     if (this.isClosing()) {

@@ -1,7 +1,7 @@
 // One socket's I/O: sending with backpressure (bytes), closing, heartbeat liveness, and the listeners that
 // hand its messages and its close to the dispatcher. Its parts each live in a module of their own: the
-// input budget (frame-rate.ts), the serial inbox (serial-inbox.ts), the replay buffer (replay-buffer.ts)
-// and the token's expiry timer (token-expiry.ts). Who the socket is and which rooms it is in belongs to
+// input budget (frame-rate.ts), the serial inbox (serial-inbox.ts) and the replay buffer (replay-buffer.ts);
+// its token's exp is kept on the plugin's one expiry timer (token-expiry.ts). Who the socket is and which rooms it is in belongs to
 // membership.ts (the `member`), the only writer of both.
 // Past 300 lines: sending has three paths that must keep one order (direct frames, the per-turn queue of
 // room events, and writes on a busy ws sender), all counted against the one send budget, and a streamed
@@ -18,7 +18,7 @@ import { appendFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import { ReplayBuffer } from './replay-buffer.js'
 import { StreamCursors } from './stream-cursors.js'
 import { SerialInbox } from './serial-inbox.js'
-import { TokenExpiry } from './token-expiry.js'
+import type { Expiring, TokenExpiries } from './token-expiry.js'
 import type { RoomsConnection, RoomsUser } from '../types.js'
 import type { WriteCoalescer } from '../out/write-coalescer.js'
 
@@ -62,14 +62,13 @@ export interface StreamTail {
   offset: number
 }
 
-export class Connection implements RoomsConnection {
+export class Connection implements RoomsConnection, Expiring {
   readonly id = randomUUID()
   readonly openedAt = Date.now()
   /** Cleared by each heartbeat tick, set again by the peer's pong. */
   alive = true
   private readonly rate: FrameRate
   private readonly replay: ReplayBuffer
-  private readonly expiry: TokenExpiry
   private readonly inbox: SerialInbox<Frame>
 
   private closeCode: number | undefined
@@ -101,6 +100,8 @@ export class Connection implements RoomsConnection {
     private readonly baseLog: FastifyBaseLogger,
     private readonly reqId: string,
     private readonly coalescer: WriteCoalescer,
+    /** Every socket's token exp, on one timer. */
+    private readonly expiries: TokenExpiries,
     /** The input budget; a transport whose connections come and go within one session passes the session's. */
     rate?: FrameRate
   ) {
@@ -116,7 +117,6 @@ export class Connection implements RoomsConnection {
       () => this.isOpen,
       (err) => this.log.error({ err }, 'fastify-rooms: frame processing failed')
     )
-    this.expiry = new TokenExpiry(() => this.onTokenExpired())
     // Listeners are attached synchronously, before any await, so no early frame is missed; each one is
     // guarded because a throw inside a ws listener would take the whole process down.
     socket.on('message', (data, isBinary) => {
@@ -140,7 +140,7 @@ export class Connection implements RoomsConnection {
       this.socket.terminate()
     })
     socket.once('close', (code, reason) => {
-      this.expiry.clear()
+      this.expiries.clear(this)
       clearTimeout(this.killTimer)
       this.inbox.clear()
       try {
@@ -364,11 +364,12 @@ export class Connection implements RoomsConnection {
 
   /** The credential's exp in seconds (undefined: none); the socket is closed 1008 when it passes. */
   expireAt (exp: number | undefined): void {
-    this.expiry.set(exp)
+    // A closing socket keeps no entry: its close has cleared it already.
+    this.expiries.set(this, this.isOpen ? exp : undefined)
   }
 
   get exp (): number | undefined {
-    return this.expiry.exp
+    return this.expiries.exp(this)
   }
 
   /** Whether a frame of `bytes` would meet an empty budget (then it is refused unread). */
@@ -430,7 +431,7 @@ export class Connection implements RoomsConnection {
     if (code !== CloseCode.tryAgainLater) this.flush()
     this.closeCode = code
     this.closeReason = truncateCloseReason(reason)
-    this.expiry.clear()
+    this.expiries.clear(this)
     try {
       this.socket.close(code, truncateCloseReason(reason))
     } catch (err) {
@@ -468,7 +469,8 @@ export class Connection implements RoomsConnection {
   }
 
   /** A timer callback: a throw here would be uncaught, so anything unexpected cuts the socket instead. */
-  private onTokenExpired (): void {
+  /** The token's exp passed without an `auth`: told by TokenExpiries (a timer callback; never throws). */
+  tokenExpired (): void {
     try {
       this.sendError(new FrameError(ErrorCode.tokenExpired, 'token expired; send auth with a fresh token before exp'))
       this.close(CloseCode.policyViolation, 'token expired')
