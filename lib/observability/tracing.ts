@@ -14,10 +14,10 @@ export interface PublishTrace {
   traceparent: string | undefined
 }
 
-/** What a traced frame's handler sees: the trace id for `ctx.traceId` and the ids its log lines carry. */
+/** A frame's span, as its handler and its log lines see it. */
 export interface FrameTrace {
   traceId: string
-  spanId: string | undefined
+  spanId: string
 }
 
 export interface TracedFrame {
@@ -112,8 +112,7 @@ export class Tracing {
       },
     }, parent)
     const spanContext = span.spanContext()
-    const valid = this.api.isSpanContextValid(spanContext)
-    const trace = { traceId: valid ? spanContext.traceId : parseTraceparent(frame.traceparent)?.traceId ?? newTraceId(), spanId: valid ? spanContext.spanId : undefined }
+    const trace = this.api.isSpanContextValid(spanContext) ? { traceId: spanContext.traceId, spanId: spanContext.spanId } : undefined
     try {
       const code = await this.api.context.with(this.api.trace.setSpan(parent, span), () => run(trace))
       if (code === undefined) {

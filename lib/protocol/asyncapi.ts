@@ -12,7 +12,7 @@ import { builtInClientFrames, clientFrame, closeCodes, eventFrame, plain, presen
 /** What the document is made from: the resolved options, in the shape this module needs. */
 export interface ContractSource {
   path: string
-  auth: { jwt: boolean; tokenFromQuery: boolean; authenticate: boolean }
+  auth: { tokenFromQuery: boolean; authenticate: boolean }
   sse: boolean
   presence: boolean
   maxPayload: number
@@ -32,7 +32,7 @@ export function contractSource (options: ResolvedOptions, namespaces: readonly s
   }))
   return {
     path: options.path,
-    auth: { jwt: options.jwt !== undefined, tokenFromQuery: options.token.fromQuery === true, authenticate: options.authenticate !== undefined },
+    auth: { tokenFromQuery: options.token.fromQuery === true, authenticate: options.authenticate !== undefined },
     sse: options.sse !== false,
     presence: options.roomPolicy('').presence !== false || Object.values(policies).some((policy) => policy.presence !== false),
     maxPayload: options.maxPayload,
@@ -57,7 +57,7 @@ export function asyncApiDocument (source: ContractSource, info: AsyncApiInfo = {
   for (const [type, frame] of Object.entries(builtInClientFrames)) {
     const key = add(keys.take(type), type, frame.summary, frame.schema)
     received.push(key)
-    answered.push({ key, reply: type === 'ping' ? ['pong'] : frame.answered ? ['ack', 'error'] : [] })
+    answered.push({ key, reply: frame.reply })
   }
   for (const [type, message] of source.messages) {
     const key = add(keys.take(`message.${type}`), type, `The host's \`${type}\` message${message.room ? ' (names a joined room)' : ''}; \`ack\` carries the handler's result.`,
@@ -99,8 +99,8 @@ export function asyncApiDocument (source: ContractSource, info: AsyncApiInfo = {
     ...(action === 'receive' ? { security: securityRefs } : {}),
     ...(reply.length === 0 ? {} : { reply: { channel: ref('#/channels/socket'), messages: reply.map((to) => ref(`#/channels/socket/messages/${to}`)) } }),
   })
-  for (const { key, reply } of answered) operations[operationName('receive', key)] = socketOperation('receive', key, reply)
-  for (const key of sent) operations[operationName('send', key)] = socketOperation('send', key)
+  for (const { key, reply } of answered) operations[`receive.${key}`] = socketOperation('receive', key, reply)
+  for (const key of sent) operations[`send.${key}`] = socketOperation('send', key)
 
   if (source.sse) {
     messages.sseOpen = { name: 'sseOpen', title: 'Open an SSE session', payload: { type: 'object', additionalProperties: false, properties: { resume: { type: 'string', description: 'a last event id, to resume from' } } } }
@@ -155,10 +155,6 @@ class MessageKeys {
     this.taken.add(key)
     return key
   }
-}
-
-function operationName (action: 'send' | 'receive', key: string): string {
-  return `${action}.${key}`
 }
 
 function checkInfo (info: unknown): asserts info is AsyncApiInfo {

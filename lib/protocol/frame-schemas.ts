@@ -44,13 +44,14 @@ export function clientFrame (type: string, payload: JsonSchema | undefined, fiel
   }
 }
 
-export const builtInClientFrames: Record<string, { summary: string; schema: JsonSchema; answered: boolean }> = {
-  join: { summary: 'Join a room; the ack gives its position, members or count, and open streamed events.', schema: clientFrame('join', undefined, { room: 'required', id: 'optional' }), answered: true },
-  leave: { summary: 'Leave a room.', schema: clientFrame('leave', undefined, { room: 'required', id: 'optional' }), answered: true },
-  ping: { summary: 'Answered at once with `pong`.', schema: clientFrame('ping', undefined, { room: 'none', id: 'optional' }), answered: false },
-  auth: { summary: 'A fresh token for the same user moves the connection\'s expiry.', schema: clientFrame('auth', plain(AuthPayload), { room: 'none', id: 'optional' }), answered: true },
-  resume: { summary: 'After a reconnect: rejoin rooms from positions (and unfinished streamed events from their lengths).', schema: clientFrame('resume', plain(ResumePayload), { room: 'none', id: 'optional' }), answered: true },
-  latency: { summary: 'Send back a room event\'s `time` (feeds the client-latency histogram).', schema: clientFrame('latency', plain(LatencyPayload), { room: 'none', id: 'optional' }), answered: true },
+/** The built-in client frames, with what answers them (the server frames of an operation's reply). */
+export const builtInClientFrames: Record<string, { summary: string; schema: JsonSchema; reply: string[] }> = {
+  join: { summary: 'Join a room; the ack gives its position, members or count, and open streamed events.', schema: clientFrame('join', undefined, { room: 'required', id: 'optional' }), reply: ['ack', 'error'] },
+  leave: { summary: 'Leave a room.', schema: clientFrame('leave', undefined, { room: 'required', id: 'optional' }), reply: ['ack', 'error'] },
+  ping: { summary: 'Answered at once with `pong`.', schema: clientFrame('ping', undefined, { room: 'none', id: 'optional' }), reply: ['pong'] },
+  auth: { summary: 'A fresh token for the same user moves the connection\'s expiry.', schema: clientFrame('auth', plain(AuthPayload), { room: 'none', id: 'optional' }), reply: ['ack', 'error'] },
+  resume: { summary: 'After a reconnect: rejoin rooms from positions (and unfinished streamed events from their lengths).', schema: clientFrame('resume', plain(ResumePayload), { room: 'none', id: 'optional' }), reply: ['ack', 'error'] },
+  latency: { summary: 'Send back a room event\'s `time` (feeds the client-latency histogram).', schema: clientFrame('latency', plain(LatencyPayload), { room: 'none', id: 'optional' }), reply: ['ack', 'error'] },
 }
 
 const StreamObject = {

@@ -106,8 +106,13 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     checkEventPayload(this.options.events, type, payload)
     checkBroadcastOptions(options)
     const json = payloadJson(payload)
-    if (this.tracing === undefined) return this.publish(room, type, json, options, { traceId: options.traceId ?? newTraceId(), traceparent: undefined })
-    return this.tracing.publish({ room, type, broker: this.broker.name }, options.traceId, (trace) => this.publish(room, type, json, options, trace))
+    return this.traced(room, type, options.traceId, (trace) => this.publish(room, type, json, options, trace))
+  }
+
+  /** Runs a publish with its trace: inside its span when tracing is on; else the caller's trace id or a new one. */
+  private traced<R extends { seq: number }> (room: string, type: string, chosenTraceId: string | undefined, run: (trace: PublishTrace) => Promise<R>): Promise<R> {
+    if (this.tracing === undefined) return run({ traceId: chosenTraceId ?? newTraceId(), traceparent: undefined })
+    return this.tracing.publish({ room, type, broker: this.broker.name }, chosenTraceId, run)
   }
 
   private async publish (room: string, type: string, json: string, options: BroadcastOptions, trace: PublishTrace): Promise<BroadcastResult> {
@@ -129,14 +134,12 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     checkOptionalText(options, 'traceId', 64)
     checkOptionalText(options, 'idempotencyKey', 128)
     const json = payloadJson(payload)
-    const start = (trace: PublishTrace): Promise<RoomStream> => {
+    return this.traced(room, type, options.traceId, async (trace) => {
       const bytes = Buffer.byteLength(json) + Buffer.byteLength(type) + 2 * Buffer.byteLength(room) + traceBytes(trace) + ROOM_EVENT_OVERHEAD_BYTES + STREAM_OVERHEAD_BYTES
       const limit = this.options.maxBufferedBytes - this.options.maxStreamBytes
       if (bytes > limit) throw new PayloadTooLargeError(bytes, limit)
       return this.streams!.writer.start({ room, type, payloadJson: json, ...trace, idempotencyKey: options.idempotencyKey })
-    }
-    if (this.tracing === undefined) return start({ traceId: options.traceId ?? newTraceId(), traceparent: undefined })
-    return this.tracing.publish({ room, type, broker: this.broker.name }, options.traceId, async (trace) => start(trace))
+    })
   }
 
   async position (room: string, options: { transaction?: SqlTransaction }): Promise<RoomPosition> {
