@@ -24,6 +24,9 @@ import { spawnRedisServer, stopProcess } from '../test/helpers/redis.js'
 
 const PUBLISHES = Number(process.argv.find((arg) => arg.startsWith('--publishes='))?.slice(12) ?? 3000)
 const IN_FLIGHT = 8
+/** `--only=redis` runs the targets whose name has that word (e.g. the Redis broker's publish → delivery latency). */
+const ONLY = process.argv.find((arg) => arg.startsWith('--only='))?.slice(7)
+const wanted = (target: string) => ONLY === undefined || target.toLowerCase().includes(ONLY.toLowerCase())
 const SECRET = 'bench-secret-0123456789'
 const sign = createSigner({ key: SECRET, expiresIn: 3_600_000 })
 const now = () => performance.timeOrigin + performance.now()
@@ -197,11 +200,11 @@ try {
   const dbPid = db.pid()!
   const results: Result[] = []
   const onPostgres = () => postgresBroker({ connectionString: db.url, poolSize: 10 })
-  results.push(await runPlugin('plugin, Postgres broker, one room', onPostgres, 1, dbPid))
-  results.push(await runPlugin('plugin, Postgres broker, 100 rooms', onPostgres, 100, dbPid))
-  results.push(await runPlugin('plugin, Postgres broker, in BEGIN … COMMIT', onPostgres, 1, dbPid, pool))
-  results.push(await runPlugin('plugin, Redis broker, one room', () => redisBroker({ url: `redis://127.0.0.1:${redisPort}` }), 1, undefined))
-  results.push(await runSocketIo(pool, dbPid))
+  if (wanted('plugin, Postgres broker, one room')) results.push(await runPlugin('plugin, Postgres broker, one room', onPostgres, 1, dbPid))
+  if (wanted('plugin, Postgres broker, 100 rooms')) results.push(await runPlugin('plugin, Postgres broker, 100 rooms', onPostgres, 100, dbPid))
+  if (wanted('plugin, Postgres broker, in BEGIN … COMMIT')) results.push(await runPlugin('plugin, Postgres broker, in BEGIN … COMMIT', onPostgres, 1, dbPid, pool))
+  if (wanted('plugin, Redis broker, one room')) results.push(await runPlugin('plugin, Redis broker, one room', () => redisBroker({ url: `redis://127.0.0.1:${redisPort}` }), 1, undefined))
+  if (wanted('socket.io + postgres-adapter')) results.push(await runSocketIo(pool, dbPid))
   console.log(`${PUBLISHES} publishes per target (${IN_FLIGHT} in flight for the plugin); Node ${process.version}; one process, loopback`)
   console.log('| target | publishes/s | delivered % | p50 ms | p99 ms | p50 ms at 100/s | p99 ms at 100/s | PostgreSQL CPU µs per publish | Node CPU µs per publish (both servers and the member) |')
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')

@@ -11,7 +11,7 @@ import { bounded, connect, rawClient, retryUntil, startServer, until, type TestS
 import { componentAvailable } from './helpers/components.js'
 import { redisMissing, startRedis, type RedisServer } from './helpers/redis.js'
 import { startServerProcess } from './helpers/server-process.js'
-import { PUBLISH } from '../lib/brokers/redis/scripts.js'
+import { PUBLISH_BATCH } from '../lib/brokers/redis/scripts.js'
 import { roomEventFrameParts } from '../lib/protocol/event-frames.js'
 
 async function instance (t: Parameters<typeof startServer>[0], redis: RedisServer, options: Partial<RoomsOptions> = {}, broker: Parameters<typeof redisBroker>[0] = {}): Promise<TestServer> {
@@ -276,8 +276,8 @@ if (componentAvailable(t, redisMissing(), 'Redis: lost and late fan-out messages
     const direct = new Redis(redis.url)
     t.teardown(() => direct.disconnect())
     const [head, tail] = roomEventFrameParts({ type: 'tick', room: 'lobby', payloadJson: '{"n":2}', traceId: 'lost-trace' }, Date.now())
-    const lost = await direct.eval(PUBLISH, 2, 'rooms:{lobby}:meta', 'rooms:{lobby}:history',
-      'unused-epoch', head, tail, 'tick', '', 1000, 300_000, 'rooms:ev:nobody-listens', 86_400_000, Date.now(), 120_000, 300_000, 'PUBLISH') as [number, string]
+    const lost = await direct.eval(PUBLISH_BATCH, 2, 'rooms:{lobby}:meta', 'rooms:{lobby}:history',
+      86_400_000, 120_000, 300_000, 'PUBLISH', 1, 'unused-epoch', 1000, 300_000, 'rooms:ev:nobody-listens', 1, '1', `\ntick\n${Date.now()}\n`, head, tail, 0) as [number, string]
     t.equal(lost[0], 2)
     await server.app.rooms.broadcast('lobby', 'tick', { n: 3 })
     await raw.next((frame) => frame.seq === 3, 'seq 3')

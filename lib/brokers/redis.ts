@@ -16,11 +16,12 @@ import { roomEventFrameParts } from '../protocol/event-frames.js'
 import { parseAppendFrame, type StreamAppend } from '../protocol/stream-frames.js'
 import type { Broker, BrokerDelivery, BrokerSettings, HistorySlice, PublishRequest, RoomPosition, MembershipChange, PresenceSample, StoredStream } from './broker.js'
 import { RedisKeys } from './redis/keys.js'
-import { parseLiveEvent } from './redis/messages.js'
+import { parseLiveEvents } from './redis/messages.js'
+import { PublishBatches } from './redis/publish-batches.js'
 import { deliverUserMessage, encodeUserMessage, type UserMessage } from './user-messages.js'
 import { clusterTopology, singleTopology, type Topology } from './redis/topology.js'
 import { backoff, OrderedStreams } from './ordered-streams.js'
-import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH, PUBLISH_STREAM, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
+import { CLAIM_ANSWER, HISTORY, POSITION, PRESENCE_JOIN, PRESENCE_LEAVE, PUBLISH_STREAM, RENEW_EPOCH, STORE_ANSWER } from './redis/scripts.js'
 import { APPEND_MARK, RedisStreams } from './redis/streams.js'
 
 export interface RedisBrokerOptions {
@@ -81,6 +82,8 @@ class RedisBroker implements Broker {
   private down = false
   private log: BrokerSettings['log']
   private readonly scriptHashes = new Map<string, string>()
+  /** Room events of one turn, sent as one script call per group. */
+  private readonly batches: PublishBatches
 
   constructor (private readonly options: RedisBrokerOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisBroker: pass { url }, { cluster } or { client }')
@@ -95,6 +98,18 @@ class RedisBroker implements Broker {
     this.roomTtlMs = options.roomTtlMs ?? 86_400_000
     this.idleRoomTtlMs = Math.min(options.idleRoomTtlMs ?? 120_000, this.roomTtlMs)
     this.roomStreams = new RedisStreams(this.keys, this.topology, (script, keys, args) => this.run(script, keys, args), (room) => this.historyFor(room))
+    const { keys, topology } = this
+    this.batches = new PublishBatches({
+      roomKeys: (room) => [keys.room(room, 'meta'), keys.room(room, 'history')],
+      channel: (room) => topology.roomChannel(room),
+      group: (room) => topology.scriptGroup(room),
+      history: (room) => this.historyFor(room),
+      publishCommand: topology.publishCommand,
+      roomTtlMs: this.roomTtlMs,
+      idleRoomTtlMs: this.idleRoomTtlMs,
+      idempotencyWindowMs: () => this.idempotencyWindowMs,
+      run: (script, scriptKeys, args) => this.run(script, scriptKeys, args),
+    })
     this.streams = new OrderedStreams((room, after) => this.history(room, after), () => this.delivery, () => this.closed, (room, epoch) => this.renewEpoch(room, epoch))
   }
 
@@ -183,19 +198,23 @@ class RedisBroker implements Broker {
     const time = Math.floor(publishedAt)
     const { stream } = request
     const [head, tail] = roomEventFrameParts(request, time, stream?.id)
-    const keys = [this.keys.room(request.room, 'meta'), this.keys.room(request.room, 'history')]
-    if (stream !== undefined) keys.push(...this.roomStreams.publishKeys(request.room, stream.id))
-    if (request.idempotencyKey !== undefined) keys.push(`${this.keys.room(request.room, 'idem')}:${request.idempotencyKey}`)
+    const idempotencyKey = request.idempotencyKey === undefined ? undefined : `${this.keys.room(request.room, 'idem')}:${request.idempotencyKey}`
+    if (stream === undefined) {
+      return this.batches.publish({ room: request.room, head, tail, type: request.type, except: request.except ?? '', publishedAt, idempotencyKey })
+    }
+    // A streamed event is published at once: what waits in the batches was published before it.
+    this.batches.flush()
+    const keys = [this.keys.room(request.room, 'meta'), this.keys.room(request.room, 'history'), ...this.roomStreams.publishKeys(request.room, stream.id)]
+    if (idempotencyKey !== undefined) keys.push(idempotencyKey)
     // maxEvents 0 (a namespace without history): no history entries at all.
     const limits = this.historyFor(request.room)
     const args: Array<string | number> = [
       randomUUID(), head, tail, request.type, request.except ?? '', limits.maxEvents, limits.maxAgeMs,
       this.topology.roomChannel(request.room), this.roomTtlMs, publishedAt, this.idleRoomTtlMs, this.idempotencyWindowMs,
-      this.topology.publishCommand,
+      this.topology.publishCommand, stream.id, stream.maxOpen, 2 * stream.idleMs, this.roomStreams.ttl(request.room),
     ]
-    if (stream !== undefined) args.push(stream.id, stream.maxOpen, 2 * stream.idleMs, this.roomStreams.ttl(request.room))
-    const [seq, epoch] = await this.run<[number, string]>(stream === undefined ? PUBLISH : PUBLISH_STREAM, keys, args)
-    if (stream !== undefined) this.roomStreams.refused(request.room, Number(seq), stream.maxOpen)
+    const [seq, epoch] = await this.run<[number, string]>(PUBLISH_STREAM, keys, args)
+    this.roomStreams.refused(request.room, Number(seq), stream.maxOpen)
     return { seq: Number(seq), epoch }
   }
 
@@ -222,17 +241,19 @@ class RedisBroker implements Broker {
   }
 
   async history (room: string, after: number): Promise<HistorySlice> {
+    const limits = this.historyFor(room)
     const [seqText, epoch, entries] = await this.run<HistoryReply>(HISTORY, [this.keys.room(room, 'meta'), this.keys.room(room, 'history')], [
-      randomUUID(), this.idleRoomTtlMs, this.historyFor(room).maxAgeMs, Math.max(0, Math.floor(after)),
+      randomUUID(), this.idleRoomTtlMs, limits.maxAgeMs, Math.max(0, Math.floor(after)), limits.maxEvents,
     ])
     const seq = Number(seqText)
     const events: HistorySlice['events'] = []
-    // Entries are written as [s, seq, f, frame], and read newest first.
+    // Entries are written as [s, seq, h, frame head, t, frame tail] (before: [s, seq, f, frame]), and read
+    // newest first.
     const oldest = entries.length > 0 ? Number(entries[entries.length - 1]![1][1]) : seq + 1
     for (let index = entries.length - 1; index >= 0; index--) {
       const fields = entries[index]![1]
       const eventSeq = Number(fields[1])
-      if (eventSeq > after) events.push({ seq: eventSeq, frame: fields[3]! })
+      if (eventSeq > after) events.push({ seq: eventSeq, frame: fields[2] === 'h' ? fields[3]! + fields[1]! + fields[5]! : fields[3]! })
     }
     await this.roomStreams.patch(room, events)
     return { position: { seq, epoch }, events, complete: after >= seq || oldest <= after + 1 }
@@ -357,6 +378,7 @@ class RedisBroker implements Broker {
 
   async close (options: { lingerMs?: number } = {}): Promise<void> {
     this.closed = true
+    this.batches.flush()
     clearInterval(this.heartbeatTimer)
     if (this.everReady && options.lingerMs !== undefined && options.lingerMs > 0 && this.localPresence.size > 0) {
       // Presence leaves in their grace: survivors remove this process's entries once its heartbeat key
@@ -427,7 +449,7 @@ class RedisBroker implements Broker {
       this.delivery?.streamAppend?.(parseAppendFrame(frame), frame)
       return
     }
-    this.streams.receive(whose.room, parseLiveEvent(message))
+    for (const event of parseLiveEvents(message)) this.streams.receive(whose.room, event)
   }
 
   /**

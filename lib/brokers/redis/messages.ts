@@ -3,25 +3,34 @@
 import type { LiveEvent } from '../ordered-streams.js'
 
 /**
- * The fan-out message: except \n type \n seq \n epoch \n publishedAt \n frame (JSON has no raw
- * newline, so the frame is the rest). Throws on anything else.
+ * A fan-out message: one record per event, joined by newlines, each except \n type \n publishedAt \n seq
+ * \n epoch \n frame (JSON has no raw newline, so a frame ends at the next newline or the message's end).
+ * Throws on anything else.
  */
-export function parseLiveEvent (message: string): LiveEvent {
-  const a = message.indexOf('\n')
-  const b = message.indexOf('\n', a + 1)
-  const c = message.indexOf('\n', b + 1)
-  const d = message.indexOf('\n', c + 1)
-  const e = message.indexOf('\n', d + 1)
-  const seq = Number(message.slice(b + 1, c))
-  if (a === -1 || e === -1 || !Number.isInteger(seq) || seq < 1 || message.charCodeAt(e + 1) !== 0x7b) throw new Error('malformed room event message')
-  return {
-    except: message.slice(0, a),
-    type: message.slice(a + 1, b),
-    seq,
-    epoch: message.slice(c + 1, d),
-    publishedAt: Number(message.slice(d + 1, e)),
-    frame: message.slice(e + 1),
-  }
+export function parseLiveEvents (message: string): LiveEvent[] {
+  const events: LiveEvent[] = []
+  let start = 0
+  do {
+    const a = message.indexOf('\n', start)
+    const b = message.indexOf('\n', a + 1)
+    const c = message.indexOf('\n', b + 1)
+    const d = message.indexOf('\n', c + 1)
+    const e = message.indexOf('\n', d + 1)
+    const seq = Number(message.slice(c + 1, d))
+    if (a === -1 || e === -1 || !Number.isInteger(seq) || seq < 1 || message.charCodeAt(e + 1) !== 0x7b) throw new Error('malformed room event message')
+    let end = message.indexOf('\n', e + 1)
+    if (end === -1) end = message.length
+    events.push({
+      except: message.slice(start, a),
+      type: message.slice(a + 1, b),
+      seq,
+      epoch: message.slice(d + 1, e),
+      publishedAt: Number(message.slice(b + 1, c)),
+      frame: message.slice(e + 1, end),
+    })
+    start = end + 1
+  } while (start < message.length)
+  return events
 }
 
 /** A process's presence entry (single instance) names its room and connection as a JSON pair: any room name round-trips. */

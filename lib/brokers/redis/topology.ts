@@ -22,6 +22,8 @@ export interface Topology {
   /** The command the publish script fans a room event out with. */
   readonly publishCommand: 'PUBLISH' | 'SPUBLISH'
   roomChannel(room: string): string
+  /** Which rooms one script call may span: all of them on one Redis, one room (its keys' slot) on a cluster. */
+  scriptGroup(room: string): string
   subscribeRoom(subscriber: RedisClient, room: string): Promise<unknown>
   unsubscribeRoom(subscriber: RedisClient, room: string): Promise<unknown>
   publishToUser(command: RedisClient, userId: string, text: string): Promise<unknown>
@@ -47,6 +49,7 @@ export function singleTopology (keys: RedisKeys): Topology {
     routesUsers: false,
     publishCommand: 'PUBLISH',
     roomChannel: (room) => roomPrefix + room,
+    scriptGroup: () => '',
     subscribeRoom: (subscriber, room) => subscriber.subscribe(roomPrefix + room),
     unsubscribeRoom: (subscriber, room) => subscriber.unsubscribe(roomPrefix + room),
     publishToUser: (command, _userId, text) => command.publish(usersChannel, text),
@@ -94,6 +97,7 @@ export function clusterTopology (keys: RedisKeys): Topology {
     routesUsers: true,
     publishCommand: 'SPUBLISH',
     roomChannel,
+    scriptGroup: (room) => room,
     subscribeRoom: (subscriber, room) => subscriber.ssubscribe(roomChannel(room)),
     unsubscribeRoom: (subscriber, room) => subscriber.sunsubscribe(roomChannel(room)),
     publishToUser: (command, userId, text) => command.spublish(keys.userChannel(userId), text),
