@@ -34,6 +34,7 @@ import { StreamRelay } from './rooms/stream-relay.js'
 import { StreamWriter } from './rooms/streams.js'
 import { SseTransport } from './sse/transport.js'
 import type { MessageDefinition, RoomsDecorator } from './types.js'
+import { LoadShedding } from './admission/load-shedding.js'
 import { createUpgradeGate, handleProtocols } from './admission/upgrade.js'
 import { createTokenVerifier, refuseTokens, type Admission, type JwtVerifier } from './admission/token.js'
 import { redactedRequest } from './admission/log-redaction.js'
@@ -85,6 +86,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   const tickets = new InjectTickets()
   const coalescer = new WriteCoalescer()
   const expiries = new TokenExpiries()
+  const shedding = options.loadShedding === false ? undefined : new LoadShedding(options.loadShedding)
   let injector: Injector | undefined
   let sse: SseTransport | undefined
   const decorator: RoomsDecorator = {
@@ -125,6 +127,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
   fastify.addHook('onClose', async () => {
     clearInterval(heartbeat)
     expiries.stop()
+    shedding?.stop()
     fastify.server.off('upgrade', endRefusedUpgrade)
     presence.stop()
     streams.relay.close()
@@ -167,7 +170,7 @@ async function fastifyRooms (fastify: FastifyInstance, rawOptions: RoomsOptions)
     const dispatcher = new Dispatcher(options, membership, new Resumer(membership, broker, stats, streams.relay), registry, verifyToken, stats, tracing)
     const intake = new FrameIntake({ ...options, messageTypes: options.messages.keys() }, stats)
     const lifecycle = new ConnectionLifecycle(options, membership, intake, dispatcher, stats, fastify.log, coalescer, expiries, () => closing)
-    const gate = createUpgradeGate(options, verifyToken, {
+    const gate = createUpgradeGate({ ...options, shedding }, verifyToken, {
       takeInjected: (ticket) => tickets.take(ticket),
       isClosing: () => closing,
       openConnections: () => membership.connections.size,

@@ -6,6 +6,7 @@ import { answer, ForbiddenOriginError, UnauthorizedError, UnavailableError, Upgr
 import type { HandshakeResult, Stats } from '../observability/metrics.js'
 import type { TokenPolicy } from '../config/options.js'
 import { limitReached, LIMIT_MESSAGES, type ConnectionLimits } from './connection-limits.js'
+import type { LoadShedding } from './load-shedding.js'
 import { INJECT_HEADER } from './inject-header.js'
 import { extractToken, PROBLEM_MESSAGES, TokenRejectedError, type Admission, type TokenVerifier } from './token.js'
 import { isUserId, SUBPROTOCOL } from '../protocol/protocol.js'
@@ -41,6 +42,8 @@ export interface UpgradeGateOptions extends ConnectionLimits {
   authenticateTimeoutMs: number
   allowedOrigins: ReadonlySet<string> | null
   allowMissingOrigin: boolean
+  /** Sheds handshakes under overload (a 503 before the token is looked at); undefined never sheds. */
+  shedding: LoadShedding | undefined
 }
 
 export interface UpgradeState {
@@ -132,7 +135,16 @@ export function createUpgradeGate (options: UpgradeGateOptions, verifyToken: Tok
         .send()
     }
   }
+  /** A handshake is refused before its admission costs anything when this process is overloaded. */
+  function shed (request: FastifyRequest): void {
+    const shedding = options.shedding?.check()
+    if (shedding === undefined) return
+    const error = reject(request, 'unavailable', new UnavailableError('server is overloaded; retry after the Retry-After delay'), { shed: shedding.reason, retryAfterSeconds: shedding.retryAfterSeconds })
+    // Fastify's error handler sends an error's `headers` with its answer.
+    throw Object.assign(error, { headers: { 'retry-after': String(shedding.retryAfterSeconds) } })
+  }
   async function admit (request: FastifyRequest, limits: boolean): Promise<Admission> {
+    if (limits) shed(request)
     checkOrigin(request)
     let admission: Admission
     try {

@@ -774,7 +774,11 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.scheduleReconnect()
   }
 
-  /** Full jitter over initialMs × 2^attempt, capped at maxMs; never sooner than a server's Retry-After. */
+  /**
+   * Full jitter over initialMs × 2^attempt, capped at maxMs. A server's Retry-After is a floor, with jitter
+   * of up to as long again above it: clients refused together (a restarted or overloaded server sheds many
+   * at once) do not all come back in the same second.
+   */
   private scheduleReconnect (notBeforeMs = 0): void {
     if (this.closedByUser) return
     this.setState(this.everOpened ? 'reconnecting' : 'connecting')
@@ -782,7 +786,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const maxMs = this.options.backoff?.maxMs ?? 5000
     const backoffMs = this.wakePending ? 0 : Math.random() * Math.min(maxMs, initialMs * 2 ** this.attempt)
     this.wakePending = false
-    const delayMs = Math.max(notBeforeMs, backoffMs)
+    const delayMs = notBeforeMs > 0 ? notBeforeMs + Math.random() * notBeforeMs : backoffMs
     this.attempt++
     this.emit('reconnect', { attempt: this.attempt, delayMs })
     clearTimeout(this.reconnectTimer)

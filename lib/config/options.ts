@@ -46,6 +46,10 @@ const DataOptions = Type.Object({
     Type.Literal(false),
     Type.Object({ max: PositiveInteger, timeWindow: Type.Union([PositiveInteger, Type.String({ minLength: 1 })]) }, { additionalProperties: false }),
   ])),
+  loadShedding: Type.Optional(Type.Union([
+    Type.Literal(false),
+    Type.Object({ maxEventLoopDelayMs: Type.Optional(Type.Integer({ minimum: 10 })), maxHandshakesPerSecond: Type.Optional(PositiveInteger) }, { additionalProperties: false }),
+  ])),
   maxRoomsPerConnection: Type.Optional(PositiveInteger),
   maxConnections: Type.Optional(PositiveInteger),
   maxConnectionsPerUser: Type.Optional(PositiveInteger),
@@ -172,6 +176,12 @@ export interface RoomsOptions {
   rateLimit?: { messagesPerSecond: number; burst: number; bytesPerSecond?: number; burstBytes?: number } | false
   abuseLimit?: { rateLimited: number; windowMs: number } | false
   handshakeRateLimit?: { max: number; timeWindow: number | string } | false
+  /**
+   * Handshakes (upgrades, SSE session opens) this process refuses with 503 and a spread Retry-After, before
+   * verifying any token, while its event loop's delay is above `maxEventLoopDelayMs` (default 1000) or past
+   * `maxHandshakesPerSecond` (default: no limit). `false` never sheds.
+   */
+  loadShedding?: { maxEventLoopDelayMs?: number; maxHandshakesPerSecond?: number } | false
   maxRoomsPerConnection?: number
   maxConnections?: number
   maxConnectionsPerUser?: number
@@ -256,6 +266,7 @@ export interface ResolvedOptions {
   rateLimit: { messagesPerSecond: number; burst: number; bytesPerSecond: number; burstBytes: number } | false
   abuseLimit: { rateLimited: number; windowMs: number } | false
   handshakeRateLimit: { max: number; timeWindow: number | string } | false
+  loadShedding: { maxEventLoopDelayMs: number; maxHandshakesPerSecond: number | undefined } | false
   maxRoomsPerConnection: number
   maxConnections: number
   maxConnectionsPerUser: number
@@ -286,6 +297,7 @@ export const defaults = {
   rateLimit: { messagesPerSecond: 20, burst: 40, bytesPerSecond: 131_072, burstBytes: 262_144 },
   abuseLimit: { rateLimited: 100, windowMs: 10_000 },
   handshakeRateLimit: { max: 60, timeWindow: '1 minute' },
+  loadShedding: { maxEventLoopDelayMs: 1000 },
   maxRoomsPerConnection: 100,
   maxConnectionsPerUser: 16,
   maxBufferedBytes: 1_048_576,
@@ -368,6 +380,9 @@ export function resolveOptions (raw: unknown): ResolvedOptions {
     rateLimit,
     abuseLimit: checked.abuseLimit ?? defaults.abuseLimit,
     handshakeRateLimit: checked.handshakeRateLimit ?? defaults.handshakeRateLimit,
+    loadShedding: checked.loadShedding === false
+      ? false
+      : { maxEventLoopDelayMs: checked.loadShedding?.maxEventLoopDelayMs ?? defaults.loadShedding.maxEventLoopDelayMs, maxHandshakesPerSecond: checked.loadShedding?.maxHandshakesPerSecond },
     maxRoomsPerConnection: checked.maxRoomsPerConnection ?? defaults.maxRoomsPerConnection,
     maxConnections: checked.maxConnections ?? Infinity,
     maxConnectionsPerUser: checked.maxConnectionsPerUser ?? defaults.maxConnectionsPerUser,

@@ -1,0 +1,114 @@
+// Admission under overload: past maxHandshakesPerSecond, or while the event loop is behind, a handshake is
+// refused with 503 and a spread Retry-After before its token is looked at; the client comes back after it,
+// jittered; open sockets and injected connections are untouched.
+import t from 'tap'
+import Fastify from 'fastify'
+import rooms from '../lib/index.js'
+import { createClient, type RoomsClientError } from '../lib/client/index.js'
+import WebSocket from 'ws'
+import { bounded, connect, ORIGIN, rejectedUpgrade, retryUntil, SECRET, sign, startServer, type Client } from './helpers/index.js'
+
+let pings = 0
+/** Whether the socket answers a ping with its id. */
+async function answersPing (client: Client): Promise<boolean> {
+  const id = `ping-${++pings}`
+  client.send({ type: 'ping', id })
+  return (await client.nextOfType('pong')).id === id
+}
+
+class BrowserLikeWebSocket extends WebSocket {
+  constructor (url: string, protocols?: string | string[]) {
+    super(url, protocols, { origin: ORIGIN })
+  }
+}
+
+/** Busy for `ms` on this thread: what a storm of handshakes and resumes does to the event loop. */
+function block (ms: number): void {
+  const until = Date.now() + ms
+  while (Date.now() < until) { /* the loop is behind */ }
+}
+
+t.test('#26 past maxHandshakesPerSecond: 503 with Retry-After before the token is verified; open sockets keep working', async (t) => {
+  const server = await startServer(t, { loadShedding: { maxHandshakesPerSecond: 3 }, handshakeRateLimit: false })
+  const open = await Promise.all(['a', 'b', 'c'].map((user) => connect(server, user)))
+  // A forged token: had it been verified, the answer would be 401.
+  const refused = await rejectedUpgrade(server, 'mallory', { token: 'not.a.jwt' })
+  t.equal(refused.status, 503)
+  t.equal(JSON.parse(refused.body).code, 'FST_ROOMS_UNAVAILABLE')
+  t.match(JSON.parse(refused.body).message, /overloaded/)
+  const retryAfter = Number(refused.headers['retry-after'])
+  t.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 3, `Retry-After ${retryAfter} s`)
+  t.equal(server.app.rooms.stats().handshakes.unavailable, 1)
+  for (const client of open) t.ok(await answersPing(client), 'an open socket is not affected')
+  // The bucket refills (3 per second): a handshake gets through again.
+  const later = await retryUntil(() => connect(server, 'dave'), 5000, 'a handshake after the refill')
+  t.ok(await answersPing(later))
+})
+
+t.test('#26 while the event loop is behind: 503 with a spread Retry-After; admitted again once it caught up', async (t) => {
+  const server = await startServer(t, { loadShedding: { maxEventLoopDelayMs: 100 } })
+  const first = await connect(server, 'alice')
+  // The upgrade is on its way while the loop is blocked: the histogram records the delay before the
+  // request is read, and the answer is 503 however good the token.
+  const pending = rejectedUpgrade(server, 'bob')
+  block(600)
+  const refused = await pending
+  t.equal(refused.status, 503)
+  t.equal(JSON.parse(refused.body).code, 'FST_ROOMS_UNAVAILABLE')
+  t.ok(Number(refused.headers['retry-after']) >= 1, 'with Retry-After')
+  t.ok(await answersPing(first), 'open sockets are served')
+  const later = await retryUntil(() => connect(server, 'bob'), 5000, 'admitted once the loop caught up')
+  t.ok(await answersPing(later))
+})
+
+t.test('#26 an SSE session\'s open is shed the same way; injected connections never are', async (t) => {
+  const server = await startServer(t, { sse: true, loadShedding: { maxHandshakesPerSecond: 1 }, handshakeRateLimit: false })
+  await connect(server, 'alice')
+  const response = await fetch(`http://127.0.0.1:${server.port}/ws/sse`, { method: 'POST', headers: { authorization: `Bearer ${sign('bob')}`, origin: ORIGIN, 'content-type': 'application/json' }, body: '{}' })
+  t.equal(response.status, 503)
+  t.ok(Number(response.headers.get('retry-after')) >= 1)
+  t.equal(((await response.json()) as { code: string }).code, 'FST_ROOMS_UNAVAILABLE')
+  const injected = await Promise.all(['c', 'd', 'e'].map((id) => server.app.rooms.inject({ id })))
+  t.same(injected.map((client) => client.state), ['open', 'open', 'open'], 'a host\'s tests are not network clients')
+  for (const client of injected) client.close()
+})
+
+t.test('#26 our client waits the Retry-After and up to as long again (jitter), then connects', async (t) => {
+  const server = await startServer(t, { loadShedding: { maxHandshakesPerSecond: 1 }, handshakeRateLimit: false })
+  await connect(server, 'first')
+  const client = createClient({ url: `${server.url}/ws`, getToken: () => sign('alice'), WebSocket: BrowserLikeWebSocket, backoff: { initialMs: 5, maxMs: 50 } })
+  t.teardown(() => client.close())
+  const seen: RoomsClientError[] = []
+  client.on('error', (err) => seen.push(err))
+  const { delayMs } = await bounded(new Promise<{ delayMs: number }>((resolve) => client.on('reconnect', resolve)), 'the reconnect after 503')
+  t.equal(seen[0]!.code, 'unavailable')
+  const { status, retryAfterMs } = seen[0]!.details as { status: number; retryAfterMs: number }
+  t.equal(status, 503)
+  t.ok(retryAfterMs >= 1000 && retryAfterMs <= 2000, `Retry-After ${retryAfterMs} ms`)
+  t.ok(delayMs >= retryAfterMs && delayMs <= 2 * retryAfterMs, `waits ${Math.round(delayMs)} ms: the Retry-After and a jitter of at most as long, not the 5 ms backoff`)
+  await bounded(new Promise<void>((resolve) => client.on('state', (state) => { if (state === 'open') resolve() })), 'open after the wait')
+})
+
+t.test('#26 loadShedding options are checked at register', async (t) => {
+  for (const [loadShedding, option] of [
+    [{ maxEventLoopDelayMs: 5 }, 'loadShedding.maxEventLoopDelayMs'],
+    [{ maxHandshakesPerSecond: 0 }, 'loadShedding.maxHandshakesPerSecond'],
+    [{ maxPending: 3 }, 'loadShedding'],
+    [true, 'loadShedding'],
+  ] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => {
+      await app.register(rooms, { jwt: { secret: SECRET }, allowedOrigins: [ORIGIN], loadShedding: loadShedding as never })
+      await app.ready()
+    }, { code: 'FST_ROOMS_INVALID_OPTION', message: new RegExp(option.replace('.', '\\.')) }, JSON.stringify(loadShedding))
+  }
+})
+
+t.test('#26 loadShedding: false never sheds, however far behind the loop is', async (t) => {
+  const server = await startServer(t, { loadShedding: false })
+  await connect(server, 'alice')
+  const pending = connect(server, 'bob')
+  block(1200)
+  t.ok(await answersPing(await pending))
+})
