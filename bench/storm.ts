@@ -27,6 +27,8 @@ const CLIENT_PROCESSES = 4
 const RATE = Number(arg('rate') ?? 100)
 const FAULTS = (arg('faults') ?? 'restart,cut').split(',')
 const SHEDDING = arg('shedding') ?? 'on'
+/** `socketio`: Socket.IO 4.8 with connection-state recovery, on the cut only (its recovery state lives in the process a restart loses). */
+const TARGETS = (arg('targets') ?? 'plugin').split(',')
 /** How long after the last client is open again the publisher keeps going, then everything is checked. */
 const SETTLE_MS = 3000
 /** A fault not recovered from within this long is reported as such. */
@@ -40,13 +42,15 @@ async function freePort (): Promise<number> {
   return port
 }
 
-const serverScript = fileURLToPath(new URL('./servers/storm.ts', import.meta.url))
-const clientScript = fileURLToPath(new URL('./storm/clients.ts', import.meta.url))
+const serverScripts = { plugin: fileURLToPath(new URL('./servers/storm.ts', import.meta.url)), socketio: fileURLToPath(new URL('./servers/storm-socketio.ts', import.meta.url)) }
+const clientScripts = { plugin: fileURLToPath(new URL('./storm/clients.ts', import.meta.url)), socketio: fileURLToPath(new URL('./storm/socketio-clients.ts', import.meta.url)) }
+let target: 'plugin' | 'socketio' = 'plugin'
 
 async function startServer (port: number, redisUrl: string): Promise<ChildProcess> {
+  const serverScript = serverScripts[target]
   // STORM_CPU_PROF=<dir>: the server writes a CPU profile there when it exits.
   const profile = process.env.STORM_CPU_PROF === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${process.env.STORM_CPU_PROF}`]
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', serverScript], { env: { ...process.env, PORT: String(port), REDIS_URL: redisUrl, STORM_SHEDDING: SHEDDING, STORM_BACKLOG: process.env.STORM_BACKLOG ?? '511' }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', serverScript], { env: { ...process.env, PORT: String(port), REDIS_URL: redisUrl, STORM_SHEDDING: SHEDDING, STORM_RATE: String(RATE), STORM_BACKLOG: process.env.STORM_BACKLOG ?? '511' }, stdio: ['ignore', 'pipe', 'inherit'] })
   const [line] = await Promise.race([
     once(child.stdout!, 'data'),
     new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error('the storm server did not start within 30 s')), 30_000)),
@@ -95,7 +99,8 @@ async function run (fault: string): Promise<Record<string, unknown>> {
     const port = await freePort()
     let server = await startServer(port, redisUrl)
     children.push(server)
-    // The publisher: a process of the same app without sockets, publishing to every room in turn.
+    // The publisher: a process of the same app without sockets, publishing to every room in turn (Socket.IO's
+    // server publishes itself: its recovery needs the in-memory adapter).
     const publisher = Fastify({ logger: false })
     await publisher.register(rooms, { jwt: { secret: 'unused-secret-0123456789' }, allowedOrigins: '*', presence: false, broker: redisBroker({ url: redisUrl }) })
     await publisher.ready()
@@ -103,7 +108,7 @@ async function run (fault: string): Promise<Record<string, unknown>> {
     let publishFailures = 0
     let next = 0
     const publishing = setInterval(() => {
-      for (let i = 0; i < RATE / 20; i++) {
+      for (let i = 0; i < RATE / 20 && target === 'plugin'; i++) {
         const room = `room-${next++ % ROOMS}`
         publisher.rooms.broadcast(room, 'event', { n: next }).then(({ seq }) => {
           lastSeq.set(room, Math.max(lastSeq.get(room) ?? 0, seq))
@@ -112,7 +117,7 @@ async function run (fault: string): Promise<Record<string, unknown>> {
     }, 50)
     const shares = Array.from({ length: CLIENT_PROCESSES }, () => [] as Array<[number, string]>)
     for (let user = 0; user < CLIENTS; user++) shares[user % CLIENT_PROCESSES]!.push([user, `room-${user % ROOMS}`])
-    const clients = shares.map(() => fork(clientScript, [], { execArgv: ['--import', 'tsx', '--max-old-space-size=4096'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
+    const clients = shares.map(() => fork(clientScripts[target], [], { execArgv: ['--import', 'tsx', '--max-old-space-size=4096'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }))
     children.push(...clients)
     const connectStarted = performance.now()
     await Promise.all(clients.map((child, i) => ask(child, { cmd: 'start', port, clients: shares[i]! }, 'started')))
@@ -156,8 +161,13 @@ async function run (fault: string): Promise<Record<string, unknown>> {
     const cpuSeconds = usage(server.pid!).cpuSeconds - cpuBefore
     await new Promise((resolve) => setTimeout(resolve, SETTLE_MS))
     clearInterval(publishing)
+    if (target === 'socketio') await fetch(`http://127.0.0.1:${port}/bench/stop`, { method: 'POST' })
     // Whatever is in flight lands, then every client says what it got.
     await new Promise((resolve) => setTimeout(resolve, 2000))
+    if (target === 'socketio') {
+      const { last } = await fetch(`http://127.0.0.1:${port}/bench/stats`).then((response) => response.json() as Promise<{ last: Record<string, number> }>)
+      for (const [room, n] of Object.entries(last)) lastSeq.set(room, n)
+    }
     const reports = await Promise.all(clients.map((child) => ask<{ report: Report }>(child, { cmd: 'report' }, 'report').then((message) => message.report)))
     let lost = 0
     let duplicates = 0
@@ -201,6 +211,7 @@ async function run (fault: string): Promise<Record<string, unknown>> {
       await once(server, 'exit')
     }
     return {
+      target,
       fault,
       clients: CLIENTS,
       shedding: SHEDDING,
@@ -226,6 +237,12 @@ async function run (fault: string): Promise<Record<string, unknown>> {
   }
 }
 
-console.log(`reconnect storm: ${CLIENTS} clients of fastify-rooms/client (open-file limit ${FD_LIMIT} per process), ${ROOMS} rooms, ${RATE} events/s, Redis; Node ${process.version}`)
-for (const fault of FAULTS) console.log(JSON.stringify(await run(fault)))
+console.log(`reconnect storm: ${CLIENTS} clients (our own client; Socket.IO's protocol for Socket.IO) (open-file limit ${FD_LIMIT} per process), ${ROOMS} rooms, ${RATE} events/s, Redis; Node ${process.version}`)
+for (const name of TARGETS) {
+  target = name as 'plugin' | 'socketio'
+  for (const fault of FAULTS) {
+    if (target === 'socketio' && fault !== 'cut') continue
+    console.log(JSON.stringify(await run(fault)))
+  }
+}
 process.exit(0)
