@@ -108,7 +108,8 @@ async function run (fault: string): Promise<Record<string, unknown>> {
     let publishFailures = 0
     let next = 0
     const publishing = setInterval(() => {
-      for (let i = 0; i < RATE / 20 && target === 'plugin'; i++) {
+      if (target !== 'plugin') return
+      for (let i = 0; i < RATE / 20; i++) {
         const room = `room-${next++ % ROOMS}`
         publisher.rooms.broadcast(room, 'event', { n: next }).then(({ seq }) => {
           lastSeq.set(room, Math.max(lastSeq.get(room) ?? 0, seq))
