@@ -19,6 +19,8 @@ export interface ClientReport {
   resets: number[]
   /** ms from the mark to open again (-1: not open again). */
   reopenedMs: number
+  /** Open when it reported (a client may have been cut again while it resumed). */
+  openNow: boolean
 }
 
 export interface Report { clients: ClientReport[]; refusals: Record<string, number> }
@@ -35,9 +37,17 @@ function send (message: unknown): void {
   process.send!(message)
 }
 
+/** The setup is not the storm: clients start this many at a time, each batch once the one before is open. */
+const SETUP_BATCH = 200
+
 function start (command: StartCommand): void {
   let opened = 0
-  for (const [user, room] of command.clients) {
+  let started = 0
+  const startBatch = (): void => {
+    const end = Math.min(command.clients.length, started + SETUP_BATCH)
+    for (; started < end; started++) open(command.clients[started]!)
+  }
+  const open = ([user, room]: [number, string]): void => {
     // Its own source address (127.2.x.y): twenty thousand clients and their reconnects need more ports than one address has.
     const localAddress = `127.2.${Math.floor(user / 250) % 250}.${1 + (user % 250)}`
     class SpreadWebSocket extends WebSocket {
@@ -54,6 +64,7 @@ function start (command: StartCommand): void {
         if (!everOpen) {
           everOpen = true
           if (++opened === command.clients.length) send({ type: 'started' })
+          else if (opened === started) startBatch()
         }
         if (marked && entry.wasClosed && entry.reopenedAt === 0) entry.reopenedAt = performance.now()
       } else if (marked) {
@@ -73,6 +84,7 @@ function start (command: StartCommand): void {
       refusals[err.code] = (refusals[err.code] ?? 0) + 1
     })
   }
+  startBatch()
 }
 
 process.on('message', (command: Command) => {
@@ -85,7 +97,7 @@ process.on('message', (command: Command) => {
     send({ type: 'marked' })
   } else if (command.cmd === 'report') {
     const report: Report = {
-      clients: tracked.map((entry) => ({ room: entry.room, markedSeq: entry.markedSeq, seqs: entry.seqs, resets: entry.resets, reopenedMs: entry.reopenedAt === 0 ? (entry.client.state === 'open' && !entry.wasClosed ? 0 : -1) : entry.reopenedAt - markedAt })),
+      clients: tracked.map((entry) => ({ room: entry.room, markedSeq: entry.markedSeq, seqs: entry.seqs, resets: entry.resets, reopenedMs: entry.reopenedAt === 0 ? (entry.client.state === 'open' && !entry.wasClosed ? 0 : -1) : entry.reopenedAt - markedAt, openNow: entry.client.state === 'open' })),
       refusals,
     }
     send({ type: 'report', report })

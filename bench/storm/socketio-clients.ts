@@ -11,9 +11,17 @@ const refusals: Record<string, number> = {}
 let markedAt = 0
 let marked = false
 
+/** The setup is not the storm: clients start this many at a time, each batch once the one before is open. */
+const SETUP_BATCH = 200
+
 function start (command: StartCommand): void {
   let opened = 0
-  for (const [user, room] of command.clients) {
+  let started = 0
+  const startBatch = (): void => {
+    const end = Math.min(command.clients.length, started + SETUP_BATCH)
+    for (; started < end; started++) open(command.clients[started]!)
+  }
+  const open = ([user, room]: [number, string]): void => {
     const entry: Tracked = { room, lastN: 0, markedN: 0, seqs: [], reopenedAt: 0, wasClosed: false, open: false }
     tracked.push(entry)
     const localAddress = `127.3.${Math.floor(user / 250) % 250}.${1 + (user % 250)}`
@@ -34,6 +42,7 @@ function start (command: StartCommand): void {
           if (!everOpen) {
             everOpen = true
             if (++opened === command.clients.length) process.send!({ type: 'started' })
+            else if (opened === started) startBatch()
           }
           if (marked && entry.wasClosed && entry.reopenedAt === 0) entry.reopenedAt = performance.now()
           return
@@ -55,6 +64,7 @@ function start (command: StartCommand): void {
     }
     connect()
   }
+  startBatch()
 }
 
 process.on('message', (command: Command) => {
@@ -67,7 +77,7 @@ process.on('message', (command: Command) => {
     process.send!({ type: 'marked' })
   } else if (command.cmd === 'report') {
     const report: Report = {
-      clients: tracked.map((entry) => ({ room: entry.room, markedSeq: entry.markedN, seqs: entry.seqs, resets: [], reopenedMs: entry.reopenedAt === 0 ? (entry.open && !entry.wasClosed ? 0 : -1) : entry.reopenedAt - markedAt })),
+      clients: tracked.map((entry) => ({ room: entry.room, markedSeq: entry.markedN, seqs: entry.seqs, resets: [], reopenedMs: entry.reopenedAt === 0 ? (entry.open && !entry.wasClosed ? 0 : -1) : entry.reopenedAt - markedAt, openNow: entry.open })),
       refusals,
     }
     process.send!({ type: 'report', report })
