@@ -6,13 +6,13 @@
 // stops them by PID; `--topology=single|cluster` runs one of the two.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import os, { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Cluster, Redis } from 'ioredis'
 import rooms from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
+import { freePort } from '../test/helpers/components.js'
 
 const PUBLISHES = Number(process.argv.find((arg) => arg.startsWith('--publishes='))?.slice(12) ?? 5000)
 /** Publishes in flight at once (8, as the fan-out bench's saturation); --in-flight=1 for one at a time. */
@@ -24,14 +24,6 @@ async function repeat (count: number, publish: () => Promise<unknown>): Promise<
   await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
     while (next++ < count) await publish()
   }))
-}
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 function cpuSeconds (info: string): number {

@@ -17,6 +17,7 @@ import Fastify from 'fastify'
 import rooms from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
 import type { Command, Report } from './storm/clients.js'
+import { freePort } from '../test/helpers/components.js'
 
 const arg = (name: string) => process.argv.find((value) => value.startsWith(`--${name}=`))?.slice(name.length + 3)
 const FD_LIMIT = Number(spawnSync('sh', ['-c', 'ulimit -n']).stdout.toString().trim())
@@ -33,14 +34,6 @@ const TARGETS = (arg('targets') ?? 'plugin').split(',')
 const SETTLE_MS = 3000
 /** A fault not recovered from within this long is reported as such. */
 const RECOVERY_LIMIT_MS = 180_000
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
 
 const serverScripts = { plugin: fileURLToPath(new URL('./servers/storm.ts', import.meta.url)), socketio: fileURLToPath(new URL('./servers/storm-socketio.ts', import.meta.url)) }
 const clientScripts = { plugin: fileURLToPath(new URL('./storm/clients.ts', import.meta.url)), socketio: fileURLToPath(new URL('./storm/socketio-clients.ts', import.meta.url)) }

@@ -6,7 +6,6 @@
 // --streams=, --members=, --rate=, --seconds= change the load (defaults 1000, 10, 50, 10).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -15,6 +14,7 @@ import { Redis } from 'ioredis'
 import WebSocket from 'ws'
 import rooms, { type RoomStream } from '../lib/index.js'
 import { redisBroker } from '../lib/brokers/redis.js'
+import { freePort } from '../test/helpers/components.js'
 
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback)
 const STREAMS = arg('streams', 1000)
@@ -23,14 +23,6 @@ const RATE = arg('rate', 50)
 const SECONDS = arg('seconds', 10)
 // A token as a model emits one: a word and its space.
 const TOKEN = 'word '
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
-}
 
 /** The sockets: STREAMS × MEMBERS of them, each joined to its room; counts what arrives. */
 async function clients (port: number): Promise<void> {

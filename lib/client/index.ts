@@ -97,6 +97,9 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   private refreshTimer: ReturnType<typeof setTimeout> | undefined
   private ping: { id: string; sentAt: number } | undefined
   private resumeId: string | undefined
+  /** A resume the server could not serve now (`unavailable`: its broker away or slow) is sent again. */
+  private resumeRetryTimer: ReturnType<typeof setTimeout> | undefined
+  private resumeRetries = 0
   private everOpened = false
   /** Consecutive 401/403 refusals: the second (with a freshly fetched token) stops the client. */
   private authRefusals = 0
@@ -611,7 +614,6 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     this.scheduleRefresh(token)
     const ws = this.ws!
     // Rooms seen before: resume from the last seq. Rooms never acked: join, unless a join is already waiting.
-    const resume: Record<string, RoomPosition & { streams?: Record<string, number> }> = {}
     const toJoin: string[] = []
     const joining = new Set<string>()
     for (const pending of this.pending.values()) {
@@ -619,17 +621,14 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       // A join from a position waits as its own resume: sent again below, not twice.
       if (pending.frame.type === 'resume') for (const room of Object.keys((pending.frame.payload as { rooms: object }).rooms)) joining.add(room)
     }
+    const toResume: string[] = []
     for (const [room, position] of this.positions) {
       if (joining.has(room)) continue
-      const streams = this.streamsOf(room)
-      if (position !== null && position.epoch !== '') resume[room] = streams === undefined ? position : { ...position, streams }
+      if (position !== null && position.epoch !== '') toResume.push(room)
       else toJoin.push(room)
     }
-    if (Object.keys(resume).length > 0) {
-      const id = `${this.idPrefix}-${++this.nextId}`
-      this.resumeId = id
-      ws.send(JSON.stringify({ type: 'resume', id, payload: { rooms: resume } }))
-    }
+    this.resumeRetries = 0
+    this.sendResume(ws, toResume)
     // Joins for rooms never acked first (each sent once; the server runs a socket's frames in order, so a
     // queued request for one of these rooms meets the socket in it), then unanswered requests again with
     // their ids, in order.
@@ -667,8 +666,41 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     pending.resolve(frame.payload)
   }
 
+  /** Asks the server for what `rooms` missed since this client's positions in them. */
+  private sendResume (ws: WebSocketLike, rooms: readonly string[]): void {
+    const resume: Record<string, RoomPosition & { streams?: Record<string, number> }> = {}
+    for (const room of rooms) {
+      const position = this.positions.get(room)
+      if (position === null || position === undefined || position.epoch === '') continue
+      const streams = this.streamsOf(room)
+      resume[room] = streams === undefined ? position : { ...position, streams }
+    }
+    if (Object.keys(resume).length === 0) return
+    const id = `${this.idPrefix}-${++this.nextId}`
+    this.resumeId = id
+    ws.send(JSON.stringify({ type: 'resume', id, payload: { rooms: resume } }))
+  }
+
+  /**
+   * The server could not serve these rooms' resume now (`unavailable`): their positions are kept and the
+   * resume is sent again on this connection after a jittered backoff, so what they missed still arrives.
+   */
+  private retryResume (rooms: readonly string[]): void {
+    const ws = this.ws
+    if (ws === undefined || rooms.length === 0) return
+    const delayMs = Math.min(5000, 500 * 2 ** this.resumeRetries++) * (0.5 + Math.random())
+    clearTimeout(this.resumeRetryTimer)
+    this.resumeRetryTimer = setTimeout(() => {
+      if (this.ws === ws && this.phase.name === 'open' && this.resumeId === undefined) this.sendResume(ws, rooms)
+    }, delayMs)
+  }
+
   private onResumed (frame: ServerFrame): void {
     this.resumeId = undefined
+    if (frame.type === 'error' && frame.payload?.code === 'unavailable') {
+      this.emit('error', new RoomsClientError(frame.payload.code, frame.payload.message, frame.payload.details))
+      return this.retryResume([...this.positions.keys()].filter((room) => this.positions.get(room) !== null))
+    }
     if (frame.type === 'error') {
       // The positions were refused as a whole (a bug, or a server that lost state): start the rooms afresh.
       for (const room of this.positions.keys()) this.positions.set(room, null)
@@ -677,13 +709,19 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       return
     }
     const outcomes = (frame.payload?.rooms ?? {}) as Record<string, { result: string; epoch?: string; code?: string; message?: string }>
+    const again: string[] = []
     for (const [room, outcome] of Object.entries(outcomes)) {
-      if (outcome.result === 'error') {
+      if (outcome.result === 'error' && outcome.code === 'unavailable') {
+        again.push(room)
+        this.emit('error', new RoomsClientError(outcome.code, outcome.message ?? 'resume failed', undefined, room))
+      } else if (outcome.result === 'error') {
         this.positions.delete(room)
         this.forgetStreams(room)
         this.emit('error', new RoomsClientError(outcome.code ?? 'error', outcome.message ?? 'resume failed', undefined, room))
       }
     }
+    if (again.length > 0) this.retryResume(again)
+    else this.resumeRetries = 0
   }
 
   private onJoined (frame: ServerFrame): void {
@@ -853,6 +891,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   }
 
   private stopTimers (): void {
+    clearTimeout(this.resumeRetryTimer)
     clearInterval(this.probeTimer)
     clearInterval(this.heartbeatTimer)
     clearTimeout(this.pongTimer)
