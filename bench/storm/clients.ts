@@ -6,6 +6,7 @@ import { createSigner } from 'fast-jwt'
 import WebSocket from 'ws'
 import { createClient, type RoomsClient } from '../../lib/client/index.js'
 import { BENCH_ORIGIN, BENCH_SECRET } from '../servers/common.js'
+import { openInBatches } from './setup.js'
 
 export interface StartCommand { cmd: 'start'; port: number; clients: Array<[user: number, room: string]> }
 export type Command = StartCommand | { cmd: 'mark' } | { cmd: 'report' } | { cmd: 'close' }
@@ -37,17 +38,8 @@ function send (message: unknown): void {
   process.send!(message)
 }
 
-/** The setup is not the storm: clients start this many at a time, each batch once the one before is open. */
-const SETUP_BATCH = 200
-
 function start (command: StartCommand): void {
-  let opened = 0
-  let started = 0
-  const startBatch = (): void => {
-    const end = Math.min(command.clients.length, started + SETUP_BATCH)
-    for (; started < end; started++) open(command.clients[started]!)
-  }
-  const open = ([user, room]: [number, string]): void => {
+  const firstOpen = openInBatches(command.clients, ([user, room]) => {
     // Its own source address (127.2.x.y): twenty thousand clients and their reconnects need more ports than one address has.
     const localAddress = `127.2.${Math.floor(user / 250) % 250}.${1 + (user % 250)}`
     class SpreadWebSocket extends WebSocket {
@@ -63,8 +55,7 @@ function start (command: StartCommand): void {
       if (state === 'open') {
         if (!everOpen) {
           everOpen = true
-          if (++opened === command.clients.length) send({ type: 'started' })
-          else if (opened === started) startBatch()
+          firstOpen()
         }
         if (marked && entry.wasClosed && entry.reopenedAt === 0) entry.reopenedAt = performance.now()
       } else if (marked) {
@@ -83,8 +74,7 @@ function start (command: StartCommand): void {
     client.on('error', (err) => {
       refusals[err.code] = (refusals[err.code] ?? 0) + 1
     })
-  }
-  startBatch()
+  }, () => send({ type: 'started' }))
 }
 
 process.on('message', (command: Command) => {

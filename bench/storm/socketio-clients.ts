@@ -4,6 +4,7 @@
 // reports as clients.ts, with the payload's `n` as the seq.
 import WebSocket from 'ws'
 import type { Command, Report, StartCommand } from './clients.js'
+import { openInBatches } from './setup.js'
 
 interface Tracked { room: string; lastN: number; markedN: number; seqs: number[]; reopenedAt: number; wasClosed: boolean; open: boolean }
 const tracked: Tracked[] = []
@@ -11,17 +12,8 @@ const refusals: Record<string, number> = {}
 let markedAt = 0
 let marked = false
 
-/** The setup is not the storm: clients start this many at a time, each batch once the one before is open. */
-const SETUP_BATCH = 200
-
 function start (command: StartCommand): void {
-  let opened = 0
-  let started = 0
-  const startBatch = (): void => {
-    const end = Math.min(command.clients.length, started + SETUP_BATCH)
-    for (; started < end; started++) open(command.clients[started]!)
-  }
-  const open = ([user, room]: [number, string]): void => {
+  const firstOpen = openInBatches(command.clients, ([user, room]) => {
     const entry: Tracked = { room, lastN: 0, markedN: 0, seqs: [], reopenedAt: 0, wasClosed: false, open: false }
     tracked.push(entry)
     const localAddress = `127.3.${Math.floor(user / 250) % 250}.${1 + (user % 250)}`
@@ -41,8 +33,7 @@ function start (command: StartCommand): void {
           entry.open = true
           if (!everOpen) {
             everOpen = true
-            if (++opened === command.clients.length) process.send!({ type: 'started' })
-            else if (opened === started) startBatch()
+            firstOpen()
           }
           if (marked && entry.wasClosed && entry.reopenedAt === 0) entry.reopenedAt = performance.now()
           return
@@ -63,8 +54,7 @@ function start (command: StartCommand): void {
       })
     }
     connect()
-  }
-  startBatch()
+  }, () => process.send!({ type: 'started' }))
 }
 
 process.on('message', (command: Command) => {
