@@ -28,19 +28,20 @@ function block (ms: number): void {
   while (Date.now() < until) { /* the loop is behind */ }
 }
 
-t.test('#26 past maxHandshakesPerSecond: 503 with Retry-After before the token is verified; open sockets keep working', async (t) => {
-  const server = await startServer(t, { loadShedding: { maxHandshakesPerSecond: 3 }, handshakeRateLimit: false })
-  const open = await Promise.all(['a', 'b', 'c'].map((user) => connect(server, user)))
+t.test('#26 past maxHandshakesPerSecond: 503 with Retry-After before the token is verified; the open socket keeps working', async (t) => {
+  // One a second: the refill is a second away, far more than the next handshake takes on a slow machine.
+  const server = await startServer(t, { loadShedding: { maxHandshakesPerSecond: 1 }, handshakeRateLimit: false })
+  const open = [await connect(server, 'a')]
   // A forged token: had it been verified, the answer would be 401.
   const refused = await rejectedUpgrade(server, 'mallory', { token: 'not.a.jwt' })
   t.equal(refused.status, 503)
   t.equal(JSON.parse(refused.body).code, 'FST_ROOMS_UNAVAILABLE')
   t.match(JSON.parse(refused.body).message, /overloaded/)
   const retryAfter = Number(refused.headers['retry-after'])
-  t.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 3, `Retry-After ${retryAfter} s`)
+  t.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 2, `Retry-After ${retryAfter} s`)
   t.equal(server.app.rooms.stats().handshakes.unavailable, 1)
   for (const client of open) t.ok(await answersPing(client), 'an open socket is not affected')
-  // The bucket refills (3 per second): a handshake gets through again.
+  // The bucket refills (1 per second): a handshake gets through again.
   const later = await retryUntil(() => connect(server, 'dave'), 5000, 'a handshake after the refill')
   t.ok(await answersPing(later))
 })
@@ -48,11 +49,11 @@ t.test('#26 past maxHandshakesPerSecond: 503 with Retry-After before the token i
 t.test('#26 while the event loop is behind: 503 with a spread Retry-After; admitted again once it caught up', async (t) => {
   const server = await startServer(t, { loadShedding: { maxEventLoopDelayMs: 100 } })
   const first = await connect(server, 'alice')
-  // The upgrade is on its way while the loop is blocked: the histogram records the delay before the
-  // request is read, and the answer is 503 however good the token.
-  const pending = rejectedUpgrade(server, 'bob')
   block(600)
-  const refused = await pending
+  // Two turns of the loop: its timers ran since, so the histogram holds the 600 ms delay when the next
+  // handshake is looked at; the answer is 503 however good the token.
+  for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve))
+  const refused = await rejectedUpgrade(server, 'bob')
   t.equal(refused.status, 503)
   t.equal(JSON.parse(refused.body).code, 'FST_ROOMS_UNAVAILABLE')
   t.ok(Number(refused.headers['retry-after']) >= 1, 'with Retry-After')
