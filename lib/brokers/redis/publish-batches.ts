@@ -34,9 +34,12 @@ export interface BatchSettings {
   run(script: string, keys: string[], args: Array<string | number>): Promise<unknown>
 }
 
-/** A group is sent once it holds this many events or bytes, so one call cannot block Redis for long. */
+/**
+ * A group is sent once it holds this many events or frame characters (UTF-16 units, one to three bytes
+ * each: counting bytes would scan every frame again), so one call cannot block Redis for long.
+ */
 export const MAX_BATCH_EVENTS = 256
-export const MAX_BATCH_BYTES = 1 << 20
+export const MAX_BATCH_CHARS = 1 << 20
 
 interface Waiting {
   event: BatchedEvent
@@ -48,7 +51,7 @@ interface Group {
   /** room → its events, in call order. */
   rooms: Map<string, Waiting[]>
   events: number
-  bytes: number
+  chars: number
 }
 
 export class PublishBatches {
@@ -65,7 +68,7 @@ export class PublishBatches {
     const key = this.settings.group(event.room)
     let group = this.groups.get(key)
     if (group === undefined) {
-      group = { rooms: new Map(), events: 0, bytes: 0 }
+      group = { rooms: new Map(), events: 0, chars: 0 }
       this.groups.set(key, group)
     }
     let events = group.rooms.get(event.room)
@@ -75,8 +78,8 @@ export class PublishBatches {
     }
     const published = new Promise<RoomPosition>((resolve, reject) => { events.push({ event, resolve, reject }) })
     group.events++
-    group.bytes += event.head.length + event.tail.length
-    if (group.events >= MAX_BATCH_EVENTS || group.bytes >= MAX_BATCH_BYTES) {
+    group.chars += event.head.length + event.tail.length
+    if (group.events >= MAX_BATCH_EVENTS || group.chars >= MAX_BATCH_CHARS) {
       this.groups.delete(key)
       this.send(group)
     } else if (!this.scheduled) {
