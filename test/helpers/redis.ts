@@ -19,6 +19,9 @@ export interface RedisServer {
   stop(): Promise<void>
   /** Starts it again on the same port, empty (as a Redis without persistence comes back after a crash). */
   start(): Promise<void>
+  /** SIGSTOP / SIGCONT: a hung Redis that neither answers nor closes. */
+  pause(): void
+  resume(): void
 }
 
 export async function startRedis (t: { teardown(fn: () => unknown): void }): Promise<RedisServer> {
@@ -34,7 +37,15 @@ export async function startRedis (t: { teardown(fn: () => unknown): void }): Pro
     async stop () {
       const process = child
       child = undefined
+      // A paused server cannot exit on SIGTERM.
+      process?.kill('SIGCONT')
       await stopProcess(process, 'SIGTERM', 'redis-server')
+    },
+    pause () {
+      child?.kill('SIGSTOP')
+    },
+    resume () {
+      child?.kill('SIGCONT')
     },
   }
   await server.start()

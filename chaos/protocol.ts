@@ -1,0 +1,29 @@
+// What the campaign's processes share: the host's secret and origin, tokens, and the text a `talk` streams.
+import { createSigner } from 'fast-jwt'
+
+export const CHAOS_SECRET = 'chaos-secret-0123456789'
+// The Origin test/helpers/event-source.ts sends, which the campaign's SSE clients use.
+export const CHAOS_ORIGIN = 'http://app.test'
+
+const signer = createSigner({ key: CHAOS_SECRET })
+
+export function sign (user: string): string {
+  const now = Math.floor(Date.now() / 1000)
+  return signer({ sub: user, iat: now, exp: now + 3600 })
+}
+
+/** The tokens a `talk` of `count` appends, some multi-byte, so a byte-identical end means something. */
+export function streamTokens (count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `t${i}${i % 7 === 0 ? ' ✓"\n' : i % 5 === 0 ? ' 🙂' : ' '}`)
+}
+
+/** Seeded random numbers (mulberry32): a campaign's schedule and workload follow from its seed. */
+export function seeded (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let x = Math.imul(a ^ (a >>> 15), 1 | a)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}

@@ -1,0 +1,139 @@
+// A TCP proxy in front of each server process: the campaign cuts every connection through it (a network
+// drop), points it at a restarted process's new port, and — the checker's own test — can mangle one room
+// event in N on its way to a raw client (drop, duplicate, or swap with the room's next event), the bugs the
+// checker must catch. Mangling reads WebSocket frames, so it only applies to uncompressed connections.
+import net from 'node:net'
+
+export type Mangling = 'drop' | 'duplicate' | 'reorder'
+
+export interface MangleSettings {
+  mode: Mangling
+  /** One room event in `every` (counted per connection). */
+  every: number
+}
+
+export interface Mangled {
+  mode: Mangling
+  room: string
+  seq: number
+}
+
+export interface ChaosProxy {
+  port: number
+  /** Where new connections go. */
+  target: number
+  /** Destroys every open connection. */
+  cut(): void
+  /** Every event mangled so far. */
+  readonly mangled: Mangled[]
+  close(): Promise<void>
+}
+
+export async function startChaosProxy (target: number, mangle?: MangleSettings): Promise<ChaosProxy> {
+  const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
+  const mangled: Mangled[] = []
+  const server = net.createServer((client) => {
+    const upstream = net.connect(proxy.target, '127.0.0.1')
+    const pair = { client, upstream }
+    pairs.add(pair)
+    client.pipe(upstream)
+    if (mangle === undefined) upstream.pipe(client)
+    else upstream.on('data', frameMangler(mangle, mangled, (chunk) => client.write(chunk)))
+    const drop = () => {
+      pairs.delete(pair)
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('error', drop).on('close', drop)
+    upstream.on('error', drop).on('close', drop)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const proxy: ChaosProxy = {
+    port: (server.address() as net.AddressInfo).port,
+    target,
+    mangled,
+    cut () {
+      for (const { client, upstream } of pairs) {
+        client.destroy()
+        upstream.destroy()
+      }
+      pairs.clear()
+    },
+    async close () {
+      proxy.cut()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    },
+  }
+  return proxy
+}
+
+/** Passes the HTTP answer through, then whole WebSocket frames, mangling one room event in `every`. */
+function frameMangler (settings: MangleSettings, mangled: Mangled[], write: (chunk: Buffer) => void): (chunk: Buffer) => void {
+  let buffered: Buffer = Buffer.alloc(0)
+  let inHttp = true
+  let events = 0
+  let held: { frame: Buffer; room: string } | undefined
+  return (chunk) => {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk])
+    if (inHttp) {
+      const end = buffered.indexOf('\r\n\r\n')
+      if (end === -1) return
+      write(buffered.subarray(0, end + 4))
+      buffered = buffered.subarray(end + 4)
+      inHttp = false
+    }
+    for (;;) {
+      const frame = nextFrame(buffered)
+      if (frame === undefined) return
+      buffered = buffered.subarray(frame.length)
+      const whole = frame.bytes
+      const event = frame.text === undefined ? undefined : roomEvent(frame.text)
+      if (event === undefined) {
+        write(whole)
+        continue
+      }
+      if (held !== undefined && held.room === event.room) {
+        write(whole)
+        write(held.frame)
+        held = undefined
+        continue
+      }
+      if (++events % settings.every !== 0 || held !== undefined) {
+        write(whole)
+        continue
+      }
+      mangled.push({ mode: settings.mode, room: event.room, seq: event.seq })
+      if (settings.mode === 'duplicate') {
+        write(whole)
+        write(whole)
+      } else if (settings.mode === 'reorder') {
+        held = { frame: Buffer.from(whole), room: event.room }
+      }
+    }
+  }
+}
+
+function nextFrame (buffer: Buffer): { length: number; bytes: Buffer; text?: string } | undefined {
+  if (buffer.length < 2) return undefined
+  let length = buffer[1]! & 0x7f
+  let offset = 2
+  if (length === 126) {
+    if (buffer.length < 4) return undefined
+    length = buffer.readUInt16BE(2)
+    offset = 4
+  } else if (length === 127) {
+    if (buffer.length < 10) return undefined
+    length = Number(buffer.readBigUInt64BE(2))
+    offset = 10
+  }
+  if (buffer.length < offset + length) return undefined
+  const bytes = buffer.subarray(0, offset + length)
+  // A final, uncompressed text frame (server frames are never masked).
+  const text = buffer[0] === 0x81 ? bytes.subarray(offset).toString() : undefined
+  return text === undefined ? { length: bytes.length, bytes } : { length: bytes.length, bytes, text }
+}
+
+function roomEvent (text: string): { room: string; seq: number } | undefined {
+  const frame = JSON.parse(text) as { type: string; room?: string; seq?: number }
+  return frame.type !== 'append' && typeof frame.room === 'string' && typeof frame.seq === 'number' ? { room: frame.room, seq: frame.seq } : undefined
+}

@@ -1,0 +1,44 @@
+// The fault schedule, drawn from the seed alone: the same seed, broker and length give the same faults at
+// the same offsets, so a violation's run can be replayed (its timing against the workload is the machine's).
+import { seeded } from './protocol.js'
+
+export type Broker = 'memory' | 'redis' | 'cluster' | 'postgres'
+
+export type FaultKind =
+  | 'kill' | 'pause' | 'cut' | 'slow' | 'move' | 'burst'
+  | 'redis-restart' | 'redis-pause' | 'failover' | 'postgres-restart' | 'postgres-pause'
+
+export interface ScheduledFault {
+  /** Milliseconds after the workload starts. */
+  at: number
+  kind: FaultKind
+  /** Which server process (kill, pause, cut, move) or subscriber (slow); a room for a failover. */
+  target: number
+  /** How long it lasts: a pause, a slow read, a process down before its restart. */
+  durationMs: number
+}
+
+const COMMON: FaultKind[] = ['kill', 'pause', 'cut', 'slow', 'move', 'burst']
+const BY_BROKER: Record<Broker, FaultKind[]> = {
+  memory: [],
+  redis: ['redis-restart', 'redis-pause'],
+  cluster: ['failover'],
+  postgres: ['postgres-restart', 'postgres-pause'],
+}
+
+/** One fault every 2–5 s of the run, none in its last 2 s. */
+export function drawSchedule (seed: number, broker: Broker, durationMs: number): ScheduledFault[] {
+  const random = seeded(seed)
+  const kinds = [...COMMON, ...BY_BROKER[broker], ...BY_BROKER[broker]]
+  const schedule: ScheduledFault[] = []
+  for (let at = 1000 + Math.floor(random() * 2000); at < durationMs - 2000; at += 2000 + Math.floor(random() * 3000)) {
+    const kind = kinds[Math.floor(random() * kinds.length)]!
+    schedule.push({ at, kind, target: Math.floor(random() * 1000), durationMs: 300 + Math.floor(random() * 2700) })
+  }
+  return schedule
+}
+
+/** Whether a fault can lose what the broker stored (answers, positions, idempotency keys). */
+export function losesState (kind: FaultKind, broker: Broker): boolean {
+  return (kind === 'kill' && broker === 'memory') || kind === 'redis-restart' || kind === 'failover'
+}
