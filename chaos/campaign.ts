@@ -63,6 +63,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
   }
   const hosts: HostProcess[] = []
   const subscribers: Subscriber[] = []
+  const running = { ended: false }
   try {
     let redis: RedisServer | undefined
     let cluster: RedisClusterHandle | undefined
@@ -126,7 +127,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     // The workload: a tick every 20 ms until the end, drawn from the seed.
     const workloadEnd = options.durationMs
     const workload = (async () => {
-      while (now() < workloadEnd) {
+      while (now() < workloadEnd && !running.ended) {
         const roll = random()
         if (roll < 0.4) {
           if (inFlight < 16) void publish(pick(ROOMS))
@@ -280,6 +281,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     const verdict = check(history)
     return { options, schedule, history, verdict, mangled: hosts.flatMap((host) => host.proxy.mangled), injected }
   } finally {
+    running.ended = true
     for (const subscriber of subscribers) subscriber.stop()
     await Promise.all(hosts.map((host) => host.stop()))
     for (const teardown of teardowns.reverse()) await teardown()

@@ -75,6 +75,10 @@ app.post<{ Body: { room: string; pid: string; key?: string; tx?: 'commit' | 'rol
       return await app.rooms.broadcast(room, 'news', { pid }, key === undefined ? {} : { idempotencyKey: key })
     }
     const client = await pool.connect()
+    // As docs/postgres.md says: a checked-out client without an 'error' listener ends the process when
+    // PostgreSQL goes away (the campaign found this with the listener missing).
+    const lost = () => {}
+    client.on('error', lost)
     try {
       await client.query('BEGIN')
       const published = await app.rooms.broadcast(room, 'news', { pid }, { transaction: client })
@@ -84,6 +88,7 @@ app.post<{ Body: { room: string; pid: string; key?: string; tx?: 'commit' | 'rol
       await client.query('ROLLBACK').catch(() => {})
       throw err
     } finally {
+      client.off('error', lost)
       client.release()
     }
   } catch (err) {

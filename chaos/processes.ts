@@ -32,7 +32,7 @@ export class HostProcess {
     this.child = child
     this.expectingExit = false
     let stderr = ''
-    child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-2000) })
+    child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-20_000) })
     const lines = createInterface({ input: child.stdout! })
     const port = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${this.name} did not start within 30 s: ${stderr}`)), 30_000)
@@ -49,7 +49,7 @@ export class HostProcess {
     })
     child.once('exit', (code, signal) => {
       if (this.child === child) this.child = undefined
-      if (!this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-500)}`, code, signal })
+      if (!this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-3000)}`, code, signal })
     })
     this.proxy.target = this.port
   }

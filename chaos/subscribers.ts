@@ -80,8 +80,11 @@ export class RawSubscriber implements Subscriber {
     })
   }
 
-  private send (frame: Record<string, unknown>): void {
-    if (this.ws?.readyState === WebSocket.OPEN && this.welcomed) this.ws.send(JSON.stringify(frame))
+  /** False when there is no welcomed connection: what was not sent goes with the next one's resume. */
+  private send (frame: Record<string, unknown>): boolean {
+    if (this.ws?.readyState !== WebSocket.OPEN || !this.welcomed) return false
+    this.ws.send(JSON.stringify(frame))
+    return true
   }
 
   private id (kind: string): string {
@@ -155,8 +158,7 @@ export class RawSubscriber implements Subscriber {
   private sendJoin (room: string): void {
     if ([...this.pendingJoins.values()].includes(room)) return
     const id = this.id('join')
-    this.pendingJoins.set(id, room)
-    this.send({ type: 'join', id, room })
+    if (this.send({ type: 'join', id, room })) this.pendingJoins.set(id, room)
   }
 
   private onAnswer (conn: number, at: number, frame: { type: string; id?: string; payload?: any }): void {
@@ -235,7 +237,8 @@ export class RawSubscriber implements Subscriber {
     if (!this.wanted.delete(room)) return
     const known = this.positions.delete(room)
     this.streams.delete(room)
-    if (known) this.send({ type: 'leave', id: this.id('leave'), room })
+    // Offline, the room is simply not resumed: it is left from now on.
+    if (known && !this.send({ type: 'leave', id: this.id('leave'), room })) this.record({ at: this.now(), conn: this.conn, k: 'left', room })
   }
 
   say (room: string): void {
@@ -259,8 +262,8 @@ export class RawSubscriber implements Subscriber {
   }
 
   slow (ms: number): void {
-    const socket = (this.ws as unknown as { _socket?: { pause(): void; resume(): void } } | undefined)?._socket
-    if (socket === undefined) return
+    const socket = (this.ws as unknown as { _socket?: { pause(): void; resume(): void } | null } | undefined)?._socket
+    if (socket === undefined || socket === null) return
     socket.pause()
     setTimeout(() => socket.resume(), ms).unref()
   }
@@ -337,7 +340,7 @@ export class ClientSubscriber implements Subscriber {
   }
 
   join (room: string): void {
-    if (this.wanted.has(room)) return
+    if (this.client === undefined || this.wanted.has(room)) return
     this.wanted.add(room)
     const sentIndex = this.history.seen.length
     this.client!.join(room).then((ack) => {
@@ -362,7 +365,7 @@ export class ClientSubscriber implements Subscriber {
   }
 
   leave (room: string): void {
-    if (!this.joined.has(room)) return
+    if (this.client === undefined || !this.joined.has(room)) return
     this.wanted.delete(room)
     this.joined.delete(room)
     this.history.seen.push({ at: this.now(), conn: 0, k: 'left', room })
@@ -370,7 +373,7 @@ export class ClientSubscriber implements Subscriber {
   }
 
   say (room: string): void {
-    if (!this.joined.has(room)) return
+    if (this.client === undefined || !this.joined.has(room)) return
     const pid = `${this.history.name}-say-${this.history.requests.length + 1}`
     const publish: Publish = { pid, room, sentAt: this.now(), answeredAt: 0, outcome: 'failed' }
     this.history.requests.push({ id: pid, room, at: publish.sentAt })

@@ -3,6 +3,7 @@
 // moves to a survivor. And the outbox and `join(room, { from })` of our own client, on the memory broker.
 import pg from 'pg'
 import t from 'tap'
+import { postgresBroker } from '../lib/brokers/postgres.js'
 import { connect, range, rawClient, retryUntil, seqsOf, startServer, until } from './helpers/index.js'
 import { componentAvailable } from './helpers/components.js'
 import { postgresMissing, startPostgres } from './helpers/postgres.js'
@@ -168,5 +169,56 @@ if (componentAvailable(t, postgresMissing(), 'the outbox on the memory broker'))
     await t.rejects(startServer(t, { outbox: {} as never }), { code: 'FST_ROOMS_INVALID_OPTION', message: 'fastify-rooms: option "outbox" must be { pool } with a pg Pool' })
     const pool = { query: async () => ({ rows: [] }), connect: async () => { throw new Error('x') } }
     await t.rejects(startServer(t, { outbox: { pool, schema: '1bad' } as never }), { code: 'FST_ROOMS_INVALID_OPTION', message: /option "outbox.schema" must be 1 to 40/ })
+  })
+}
+
+if (componentAvailable(t, postgresMissing(), 'a route holding a client while PostgreSQL stops')) {
+  t.test('chaos finding: PostgreSQL stopping while a route holds a client inside its transaction, written as docs/postgres.md shows it, answers 500 and the process lives on', async (t) => {
+    const db = await startPostgres(t)
+    const pool = new pg.Pool({ connectionString: db.url, max: 4 })
+    pool.on('error', () => {})
+    t.teardown(() => pool.end())
+    let holding: () => void = () => {}
+    const held = new Promise<void>((resolve) => { holding = resolve })
+    let release: () => void = () => {}
+    const released = new Promise<void>((resolve) => { release = resolve })
+    const server = await startServer(t, { broker: postgresBroker({ pool, checkIntervalMs: 200 }) }, {
+      setup: (app) => {
+        // The documented pattern: the client between queries, idle in its transaction, when PostgreSQL goes.
+        app.post<{ Body: { hold: boolean } }>('/notes', async (request) => {
+          const client = await pool.connect()
+          const lost = (err: Error) => request.log.warn({ err }, 'database connection lost')
+          client.on('error', lost)
+          try {
+            await client.query('BEGIN')
+            const { seq } = await app.rooms.broadcast('notes', 'note', { text: 'x' }, { transaction: client })
+            if (request.body.hold) {
+              holding()
+              await released
+            }
+            await client.query('COMMIT')
+            return { seq }
+          } catch (err) {
+            await client.query('ROLLBACK').catch(() => {})
+            throw err
+          } finally {
+            client.off('error', lost)
+            client.release()
+          }
+        })
+      },
+    })
+    const answer = server.app.inject({ method: 'POST', url: '/notes', payload: { hold: true } })
+    await held
+    await db.stop()
+    release()
+    t.equal((await answer).statusCode, 500, 'the COMMIT on a lost connection fails the request')
+    await db.start()
+    const after = await retryUntil(async () => {
+      const reply = await server.app.inject({ method: 'POST', url: '/notes', payload: { hold: false } })
+      if (reply.statusCode !== 200) throw new Error(reply.body)
+      return reply
+    })
+    t.equal(after.json().seq, 1, 'the lost transaction published nothing; the next is seq 1')
   })
 }
