@@ -125,7 +125,8 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     }
 
     // The workload: a tick every 20 ms until the end, drawn from the seed.
-    const workloadEnd = options.durationMs
+    const workloadStart = now()
+    const workloadEnd = workloadStart + options.durationMs
     const workload = (async () => {
       while (now() < workloadEnd && !running.ended) {
         const roll = random()
@@ -152,7 +153,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     let injected = 0
     const later = (ms: number, fn: () => unknown) => restoring.push(new Promise((resolve) => setTimeout(resolve, ms)).then(fn).catch((err) => log(`restoring after a fault failed: ${String(err)}`)))
     for (const fault of schedule) {
-      const wait = fault.at - now()
+      const wait = workloadStart + fault.at - now()
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
       const host = hosts[fault.target % hosts.length]!
       const record = { at: now(), kind: fault.kind, target: host.name, losesState: losesState(fault.kind, options.broker) }
@@ -233,6 +234,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
       log(`${(record.at / 1000).toFixed(1)} s: ${record.kind} ${record.target}`)
     }
     await workload
+    if (options.mangle !== undefined) options.mangle.active = false
     await Promise.all(restoring)
     for (const host of hosts) {
       host.resume()

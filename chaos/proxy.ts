@@ -10,6 +10,8 @@ export interface MangleSettings {
   mode: Mangling
   /** One room event in `every` (counted per connection). */
   every: number
+  /** Cleared to stop mangling (an event held for a swap still goes out after the room's next one). */
+  active: boolean
 }
 
 export interface Mangled {
@@ -71,6 +73,7 @@ export async function startChaosProxy (target: number, mangle?: MangleSettings):
 function frameMangler (settings: MangleSettings, mangled: Mangled[], write: (chunk: Buffer) => void): (chunk: Buffer) => void {
   let buffered: Buffer = Buffer.alloc(0)
   let inHttp = true
+  let upgraded = false
   let events = 0
   let held: { frame: Buffer; room: string } | undefined
   return (chunk) => {
@@ -78,9 +81,16 @@ function frameMangler (settings: MangleSettings, mangled: Mangled[], write: (chu
     if (inHttp) {
       const end = buffered.indexOf('\r\n\r\n')
       if (end === -1) return
+      // Only WebSocket connections carry frames; an HTTP answer (a publish) passes as it is.
+      upgraded = buffered.subarray(0, 12).toString() === 'HTTP/1.1 101'
       write(buffered.subarray(0, end + 4))
       buffered = buffered.subarray(end + 4)
       inHttp = false
+    }
+    if (!upgraded) {
+      if (buffered.length > 0) write(buffered)
+      buffered = Buffer.alloc(0)
+      return
     }
     for (;;) {
       const frame = nextFrame(buffered)
@@ -92,13 +102,13 @@ function frameMangler (settings: MangleSettings, mangled: Mangled[], write: (chu
         write(whole)
         continue
       }
-      if (held !== undefined && held.room === event.room) {
+      if (held !== undefined && held.room === event.room && !event.stream) {
         write(whole)
         write(held.frame)
         held = undefined
         continue
       }
-      if (++events % settings.every !== 0 || held !== undefined) {
+      if (event.stream || !settings.active || ++events % settings.every !== 0 || held !== undefined) {
         write(whole)
         continue
       }
@@ -133,7 +143,8 @@ function nextFrame (buffer: Buffer): { length: number; bytes: Buffer; text?: str
   return text === undefined ? { length: bytes.length, bytes } : { length: bytes.length, bytes, text }
 }
 
-function roomEvent (text: string): { room: string; seq: number } | undefined {
-  const frame = JSON.parse(text) as { type: string; room?: string; seq?: number }
-  return frame.type !== 'append' && typeof frame.room === 'string' && typeof frame.seq === 'number' ? { room: frame.room, seq: frame.seq } : undefined
+/** A room event (streamed ones are passed, never mangled: their appends would be mangled with them). */
+function roomEvent (text: string): { room: string; seq: number; stream: boolean } | undefined {
+  const frame = JSON.parse(text) as { type: string; room?: string; seq?: number; stream?: unknown }
+  return frame.type !== 'append' && typeof frame.room === 'string' && typeof frame.seq === 'number' ? { room: frame.room, seq: frame.seq, stream: frame.stream !== undefined } : undefined
 }
