@@ -13,7 +13,10 @@ import { HostProcess } from './processes.js'
 import { seeded } from './protocol.js'
 import type { Mangled, MangleSettings } from './proxy.js'
 import { drawSchedule, losesState, type Broker, type ScheduledFault } from './schedule.js'
-import { ClientSubscriber, RawSubscriber, type Subscriber } from './subscribers.js'
+import { ClientSubscriber } from './client-subscriber.js'
+import { RawSseSubscriber, RawWsSubscriber } from './raw-transports.js'
+import type { RawSubscriber } from './raw-subscriber.js'
+import type { Subscriber } from './subscriber.js'
 
 export interface CampaignOptions {
   seed: number
@@ -84,7 +87,8 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     const ports = () => hosts.map((host) => host.proxy.port)
     log(`${options.broker}: ${processCount} server process(es) up in ${now()} ms`)
 
-    const raw = Array.from({ length: 8 }, (_, i) => new RawSubscriber(`raw-${i}`, ports, history.publishes, now))
+    const raw: RawSubscriber[] = Array.from({ length: 8 }, (_, i) => new RawWsSubscriber(`raw-${i}`, ports, history.publishes, now))
+    if (options.transports.includes('sse')) raw.push(...Array.from({ length: 3 }, (_, i) => new RawSseSubscriber(`raw-sse-${i}`, ports, history.publishes, now)))
     const clients: Subscriber[] = []
     if (options.transports.includes('ws')) clients.push(...Array.from({ length: 3 }, (_, i) => new ClientSubscriber(`client-ws-${i}`, 'ws', ports, history.publishes, now)))
     if (options.transports.includes('sse')) clients.push(...Array.from({ length: 3 }, (_, i) => new ClientSubscriber(`client-sse-${i}`, 'sse', ports, history.publishes, now)))
@@ -138,6 +142,9 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
           pick(clients.length > 0 ? [...raw, ...clients] : raw).say(pick(ROOMS))
         } else if (roll < 0.69) {
           pick(raw).talk(pick(ROOMS), 20 + Math.floor(random() * 40))
+        } else if (roll < 0.695) {
+          const user = pick(subscribers).history.user
+          void fetch(`http://127.0.0.1:${pick(ports())}/server-join`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user, room: pick(ROOMS) }), signal: AbortSignal.timeout(5000) }).catch(() => {})
         } else if (roll < 0.71) {
           const subscriber = pick(subscribers)
           const room = pick(ROOMS)

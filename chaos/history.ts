@@ -18,8 +18,8 @@ export type Seen =
 export interface SubscriberHistory {
   name: string
   user: string
-  /** raw-ws: our own protocol code, no dedupe; client-ws / client-sse: the package's client. */
-  kind: 'raw-ws' | 'client-ws' | 'client-sse'
+  /** raw-ws / raw-sse: our own protocol code, no dedupe; client-ws / client-sse: the package's client. */
+  kind: 'raw-ws' | 'raw-sse' | 'client-ws' | 'client-sse'
   seen: Seen[]
   /** Requests with an id: the room and when first sent. */
   requests: Array<{ id: string; room: string; at: number }>

@@ -96,6 +96,16 @@ app.post<{ Body: { room: string; pid: string; key?: string; tx?: 'commit' | 'rol
   }
 })
 
+// A server-side join: every socket of the user, on every process, gets a `joined` frame.
+app.post<{ Body: { user: string; room: string } }>('/server-join', async (request, reply) => {
+  try {
+    await app.rooms.join({ userId: request.body.user }, request.body.room)
+    return { joined: true }
+  } catch (err) {
+    return reply.code((err as { statusCode?: number }).statusCode ?? 500).send({ code: (err as { code?: string }).code })
+  }
+})
+
 app.get<{ Querystring: { room: string } }>('/position', async (request) => app.rooms.position(request.query.room))
 app.get<{ Querystring: { room: string } }>('/members', async (request) => (await app.rooms.members(request.query.room)).map((member) => member.id).sort())
 app.get('/memory', async () => process.memoryUsage())

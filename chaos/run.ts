@@ -47,15 +47,18 @@ for (const broker of brokers) {
   totals.requests += verdict.requestsChecked
   totals.violations += verdict.violations.length
   console.log(`${verdict.violations.length === 0 ? 'ok' : 'not ok'}: ${broker}: ${result.injected} faults injected, ${verdict.eventsChecked} events, ${verdict.publishesChecked} publishes and ${verdict.requestsChecked} requests checked, violations: ${verdict.violations.length}`)
+  const byKind = new Map<string, number>()
+  for (const subscriber of result.history.subscribers) byKind.set(subscriber.kind, (byKind.get(subscriber.kind) ?? 0) + subscriber.seen.filter((seen) => seen.k === 'event').length)
+  console.log(`  events by client: ${[...byKind].map(([kind, count]) => `${kind} ${count}`).join(', ')}; resets ${result.history.subscribers.reduce((sum, subscriber) => sum + subscriber.seen.filter((seen) => seen.k === 'reset').length, 0)}; handler runs ${result.history.handlerRuns.length}`)
   if (verdict.violations.length === 0) continue
   failed++
   const file = join(tmpdir(), `chaos-${broker}-${seed}.json`)
   writeFileSync(file, JSON.stringify({ schedule: result.schedule, history: result.history, violations: verdict.violations }))
   console.log(`  reproduce: npm run chaos -- --seed ${seed} --minutes ${minutes} --broker ${broker} --transport ${transports.join(',')}`)
   console.log(`  schedule: ${result.history.faults.map((fault) => `${(fault.at / 1000).toFixed(1)}s ${fault.kind} ${fault.target}`).join('; ')}`)
-  const byKind = new Map<string, typeof verdict.violations>()
-  for (const violation of verdict.violations) byKind.set(violation.kind, [...byKind.get(violation.kind) ?? [], violation])
-  for (const [kind, list] of byKind) {
+  const violationsByKind = new Map<string, typeof verdict.violations>()
+  for (const violation of verdict.violations) violationsByKind.set(violation.kind, [...violationsByKind.get(violation.kind) ?? [], violation])
+  for (const [kind, list] of violationsByKind) {
     console.log(`  ${kind}: ${list.length}`)
     for (const violation of list.slice(0, 3)) {
       console.log(`    ${violation.subject}: ${violation.message}`)

@@ -1,0 +1,137 @@
+// The package's client as a campaign subscriber, on WebSocket or on the SSE fallback, as an app uses it:
+// events through `on`, requests through `request`.
+import WebSocket from 'ws'
+import { createClient, type RoomsClient } from '../lib/client/index.js'
+import { NodeEventSource } from '../test/helpers/event-source.js'
+import type { Publish, SubscriberHistory } from './history.js'
+import { CHAOS_ORIGIN, sign } from './protocol.js'
+import type { Subscriber } from './subscriber.js'
+
+/** ws with the Origin a browser would send. */
+class OriginWebSocket extends WebSocket {
+  constructor (url: string, protocols?: string | string[]) {
+    super(url, protocols, { origin: CHAOS_ORIGIN })
+  }
+}
+
+/** The package's client, as an app uses it: events through `on`, requests through `request`. */
+export class ClientSubscriber implements Subscriber {
+  readonly history: SubscriberHistory
+  server = 0
+  private client: RoomsClient | undefined
+  private readonly wanted = new Set<string>()
+  private readonly joined = new Set<string>()
+  private readonly transport: 'websocket' | 'sse'
+
+  constructor (name: string, transport: 'ws' | 'sse', private readonly ports: () => number[], private readonly publishes: Publish[], private readonly now: () => number) {
+    this.transport = transport === 'ws' ? 'websocket' : 'sse'
+    this.history = { name, user: name, kind: transport === 'ws' ? 'client-ws' : 'client-sse', seen: [], requests: [], finalRooms: [], connected: false }
+  }
+
+  start (): void {
+    const chosen = () => this.ports()[this.server % this.ports().length]!
+    // The proxy is chosen per connection attempt: a client moved to another process follows `server`.
+    class Routed extends OriginWebSocket {
+      constructor (url: string, protocols?: string | string[]) {
+        super(url.replace(/:\d+\//, `:${chosen()}/`), protocols)
+      }
+    }
+    const client = createClient({
+      url: `ws://127.0.0.1:${chosen()}/ws`,
+      getToken: () => sign(this.history.user),
+      WebSocket: Routed,
+      EventSource: NodeEventSource,
+      transport: this.transport,
+      backoff: { initialMs: 50, maxMs: 500 },
+      heartbeatMs: 2000,
+      pongTimeoutMs: 4000,
+    })
+    this.client = client
+    for (const type of ['news', 'said', 'talk', 'presence']) {
+      client.on(type, (frame: { room?: string; seq?: number; payload?: { pid?: string } }) => {
+        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}) })
+      })
+    }
+    client.on('joined', (frame) => {
+      if (this.joined.has(frame.room!)) return
+      this.wanted.add(frame.room!)
+      this.joined.add(frame.room!)
+      this.history.seen.push({ at: this.now(), conn: 0, k: 'joined', room: frame.room!, seq: frame.payload.seq, epoch: frame.payload.epoch })
+    })
+    client.on('reset', (reset) => this.history.seen.push({ at: this.now(), conn: 0, k: 'reset', room: reset.room, seq: reset.seq, epoch: reset.epoch }))
+  }
+
+  join (room: string): void {
+    if (this.client === undefined || this.wanted.has(room)) return
+    this.wanted.add(room)
+    const sentIndex = this.history.seen.length
+    this.client!.join(room).then((ack) => {
+      if (!this.wanted.has(room) || this.joined.has(room)) return
+      this.joined.add(room)
+      // Events that followed the ack may have been handed out before this continuation ran: the join goes first.
+      const seen = this.history.seen
+      let index = seen.length
+      for (let i = sentIndex; i < seen.length; i++) {
+        const record = seen[i]!
+        if ('room' in record && record.room === room) { index = i; break }
+      }
+      seen.splice(index, 0, { at: index < seen.length ? seen[index]!.at : this.now(), conn: 0, k: 'joined', room, seq: ack.seq, epoch: ack.epoch })
+      // The room's open streamed events come with the ack, at or before its seq: handed over, not delivered.
+      for (let i = index + 1; i < seen.length; i++) {
+        const record = seen[i]!
+        if (record.k === 'event' && record.room === room && record.seq <= ack.seq) record.snapshot = true
+      }
+    }, () => {
+      this.wanted.delete(room)
+    })
+  }
+
+  leave (room: string): void {
+    if (this.client === undefined || !this.joined.has(room)) return
+    this.wanted.delete(room)
+    this.joined.delete(room)
+    this.history.seen.push({ at: this.now(), conn: 0, k: 'left', room })
+    this.client!.leave(room).catch(() => {})
+  }
+
+  say (room: string): void {
+    if (this.client === undefined || !this.joined.has(room)) return
+    const pid = `${this.history.name}-say-${this.history.requests.length + 1}`
+    const publish: Publish = { pid, room, sentAt: this.now(), answeredAt: 0, outcome: 'failed' }
+    this.history.requests.push({ id: pid, room, at: publish.sentAt })
+    this.client!.request('say', { pid }, { room, timeoutMs: 20_000 }).then((result: { seq: number }) => {
+      publish.outcome = 'acked'
+      publish.seq = result.seq
+    }, () => {}).finally(() => {
+      publish.answeredAt = this.now()
+      this.publishes.push(publish)
+      // An answer, as the checker counts them (the client's own ids are its business).
+      this.history.seen.push({ at: publish.answeredAt, conn: 0, k: 'answer', id: pid, ok: publish.outcome === 'acked' })
+    })
+  }
+
+  talk (): void {}
+
+  slow (): void {}
+
+  drop (): void {
+    // The client reconnects by itself; a cut proxy is how its connection drops.
+  }
+
+  settled (): boolean {
+    const client = this.client
+    return client !== undefined && client.state === 'open' && [...this.wanted].every((room) => this.joined.has(room) && client.position(room) !== undefined)
+  }
+
+  joinedRooms (): string[] {
+    return [...this.joined]
+  }
+
+  stop (): void {
+    if (this.client === undefined) return
+    this.history.connected = this.settled()
+    this.history.finalRooms = this.joinedRooms()
+    this.client.close()
+    this.client = undefined
+  }
+}
