@@ -31,12 +31,21 @@ export class HostProcess {
     const child = spawn(process.execPath, ['--import=tsx', HOST], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.env } })
     this.child = child
     this.expectingExit = false
+    this.paused = false
     let stderr = ''
     child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-20_000) })
+    // At once, not after the start: a process killed while it starts must not be taken for a live one.
+    child.once('exit', (code, signal) => {
+      if (this.child === child) this.child = undefined
+      if (!this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-3000)}`, code, signal })
+    })
     const lines = createInterface({ input: child.stdout! })
     const port = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${this.name} did not start within 30 s: ${stderr}`)), 30_000)
-      child.once('exit', (code) => reject(new Error(`${this.name} exited with ${code} while starting: ${stderr}`)))
+      child.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`${this.name} exited with ${code} while starting`))
+      })
       lines.once('line', (line) => {
         clearTimeout(timer)
         resolve(Number(line))
@@ -46,10 +55,6 @@ export class HostProcess {
     lines.on('line', (line) => {
       const [word, user, id] = line.split(' ')
       if (word === 'ran' && user !== undefined && id !== undefined) this.history.handlerRuns.push({ at: this.now(), user, id, process: this.name })
-    })
-    child.once('exit', (code, signal) => {
-      if (this.child === child) this.child = undefined
-      if (!this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-3000)}`, code, signal })
     })
     this.proxy.target = this.port
   }
@@ -65,8 +70,15 @@ export class HostProcess {
     this.paused = false
   }
 
+  /** Starts it again unless it runs; a start cut short (a kill fault meanwhile) is tried again. */
   async restart (): Promise<void> {
-    if (this.child === undefined) await this.spawn()
+    for (let attempt = 0; this.child === undefined; attempt++) {
+      try {
+        await this.spawn()
+      } catch (err) {
+        if (attempt === 4) throw err
+      }
+    }
   }
 
   pause (): void {
