@@ -4,6 +4,7 @@
 import t from 'tap'
 import { runCampaign } from '../chaos/campaign.js'
 import { check } from '../chaos/checker.js'
+import type { CampaignHistory, Publish, Seen, SubscriberHistory } from '../chaos/history.js'
 import type { Mangling } from '../chaos/proxy.js'
 
 const expectedKind: Record<Mangling, string> = { drop: 'gap', duplicate: 'duplicate', reorder: 'reorder' }
@@ -27,4 +28,87 @@ t.test('without mangling or faults the same workload has no violation', async (t
   t.same(result.verdict.violations, [])
   t.ok(result.verdict.eventsChecked > 500, `${result.verdict.eventsChecked} events checked`)
   t.ok(result.verdict.publishesChecked > 100, `${result.verdict.publishesChecked} publishes checked`)
+})
+
+// The rules a mangling proxy cannot reach, on histories written by hand.
+function history (overrides: Partial<CampaignHistory> = {}): CampaignHistory {
+  return {
+    seed: 1,
+    broker: 'memory',
+    transports: ['ws'],
+    startedAt: 0,
+    faults: [],
+    subscribers: [],
+    publishes: [],
+    handlerRuns: [],
+    unexpectedExits: [],
+    stuck: [],
+    final: { positions: {}, members: [], memory: [] },
+    ...overrides,
+  }
+}
+
+function subscriber (name: string, seen: Seen[], extra: Partial<SubscriberHistory> = {}): SubscriberHistory {
+  return { name, user: name, kind: 'raw-ws', seen, requests: [], finalRooms: ['r'], connected: true, ...extra }
+}
+
+const joined: Seen = { at: 1, conn: 1, k: 'joined', room: 'r', seq: 0, epoch: 'e' }
+const event = (seq: number, pid: string, at = 10 + seq): Seen => ({ at, conn: 1, k: 'event', room: 'r', seq, type: 'news', pid })
+const kinds = (verdict: ReturnType<typeof check>) => verdict.violations.map((violation) => violation.kind)
+
+t.test('the checker: a history that keeps every guarantee has no violation', async (t) => {
+  const verdict = check(history({
+    subscribers: [subscriber('a', [joined, event(1, 'p1'), event(2, 'p2')]), subscriber('b', [joined, event(1, 'p1'), event(2, 'p2')])],
+    publishes: [{ pid: 'p1', room: 'r', sentAt: 5, answeredAt: 6, outcome: 'acked', seq: 1 }, { pid: 'p2', room: 'r', sentAt: 6, answeredAt: 7, outcome: 'acked', seq: 2 }],
+    final: { positions: { r: { seq: 2, epoch: 'e' } }, members: [{ process: 's', room: 'r', users: ['a', 'b'] }], memory: [{ process: 's', heapUsed: 1e7, rss: 5e7 }] },
+  }))
+  t.same(verdict.violations, [])
+  t.equal(verdict.eventsChecked, 4)
+})
+
+t.test('the checker: an acked publish a member never got is lost, unless a reset came after it', async (t) => {
+  const publishes: Publish[] = [{ pid: 'p1', room: 'r', sentAt: 5, answeredAt: 6, outcome: 'acked', seq: 1 }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined], { finalRooms: [] })], publishes }))), ['lost'])
+  const reset: Seen = { at: 20, conn: 2, k: 'reset', room: 'r', seq: 1, epoch: 'f' }
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, reset], { finalRooms: [] })], publishes }))), [])
+})
+
+t.test('the checker: an event of a rolled-back transaction is a phantom; two clients disagreeing on a seq diverge; a wrong seq is misplaced', async (t) => {
+  const rolledBack: Publish[] = [{ pid: 'p1', room: 'r', sentAt: 5, answeredAt: 6, outcome: 'rolledback' }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, event(1, 'p1')], { finalRooms: [] })], publishes: rolledBack }))), ['phantom'])
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, event(1, 'p1')], { finalRooms: [] }), subscriber('b', [joined, event(1, 'p2')], { finalRooms: [] })] }))), ['divergence'])
+  const told: Publish[] = [{ pid: 'p1', room: 'r', sentAt: 5, answeredAt: 6, outcome: 'acked', seq: 2 }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, event(1, 'p1')], { finalRooms: [] })], publishes: told }))), ['misplaced'])
+})
+
+t.test('the checker: a handler run twice for one id, a request never answered, two answers on one connection', async (t) => {
+  const requests = [{ id: 'q1', room: 'r', at: 5 }]
+  const runs = [{ at: 6, user: 'a', id: 'q1', process: 's' }, { at: 9, user: 'a', id: 'q1', process: 's' }]
+  const answer: Seen = { at: 7, conn: 1, k: 'answer', id: 'q1', ok: true }
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer], { requests, finalRooms: [] })], handlerRuns: runs }))), ['ran-twice'])
+  const lossBetween = [{ at: 8, kind: 'redis-restart', target: 'redis', losesState: true }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer], { requests, finalRooms: [] })], handlerRuns: runs, faults: lossBetween }))), [], 'allowed across a fault that lost the stored answers')
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined], { requests, finalRooms: [] })] }))), ['unanswered'])
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer, { ...answer, at: 8 }], { requests, finalRooms: [] })] }))), ['answered-twice'])
+})
+
+t.test('the checker: a stale member, wrong presence, a crash, a stuck client, a heap too big, a streamed text that differs', async (t) => {
+  const final = { positions: { r: { seq: 3, epoch: 'e' } }, members: [{ process: 's', room: 'r', users: ['a', 'ghost'] }], memory: [{ process: 's', heapUsed: 300 * 1048576, rss: 4e8 }] }
+  const verdict = check(history({
+    subscribers: [subscriber('a', [joined, event(1, 'p1')])],
+    unexpectedExits: [{ at: 5, process: 's', code: 1, signal: null }],
+    stuck: ['b'],
+    final,
+  }))
+  t.same(kinds(verdict).sort(), ['crash', 'memory', 'presence', 'stale', 'stuck'])
+  const streamed: Seen[] = [
+    joined,
+    { at: 2, conn: 1, k: 'event', room: 'r', seq: 1, type: 'talk', stream: { id: 's1', state: 'streaming', text: '', count: 2 } },
+    { at: 3, conn: 1, k: 'append', room: 'r', seq: 1, id: 's1', offset: 0, text: 't0 ✓"\n' },
+    { at: 4, conn: 1, k: 'append', room: 'r', seq: 1, id: 's1', offset: 9, text: 'x' },
+    { at: 5, conn: 1, k: 'append', room: 'r', seq: 1, id: 's1', offset: 6, text: 't1 ', state: 'done' },
+  ]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', streamed, { finalRooms: [] })] }))), ['stream-offset'], 'an append that skips ahead')
+  const wrong: Seen[] = [...streamed.slice(0, 3), { at: 5, conn: 1, k: 'append', room: 'r', seq: 1, id: 's1', offset: 6, text: 't2 ', state: 'done' }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', wrong, { finalRooms: [] })] }))), ['stream-text'])
 })
