@@ -221,14 +221,56 @@ function checkRequests (subscriber: SubscriberHistory, history: CampaignHistory,
   const answered = new Set(subscriber.seen.flatMap((record) => record.k === 'answer' ? [record.id] : []))
   for (const request of subscriber.requests) {
     if (!answered.has(request.id) && subscriber.connected) report('unanswered', `${subscriber.name} request ${request.id}`, 'a request sent with an id got no ack or error', [request])
-    const runs = history.handlerRuns.filter((run) => run.user === subscriber.user && run.id === request.id)
+    const runs = runsOf(history).get(`${subscriber.user}|${request.id}`) ?? []
     if (runs.length < 2) continue
     const lossBetween = history.faults.some((fault) => fault.losesState && fault.at >= runs[0]!.at - 1000 && fault.at <= runs[runs.length - 1]!.at)
     if (!lossBetween) report('ran-twice', `${subscriber.name} request ${request.id}`, `its handler ran ${runs.length} times`, runs)
   }
 }
 
+const runsByRequest = new WeakMap<CampaignHistory, Map<string, CampaignHistory['handlerRuns']>>()
+
+/** The hosts' handler runs by user and request id, indexed once per history. */
+function runsOf (history: CampaignHistory): Map<string, CampaignHistory['handlerRuns']> {
+  let index = runsByRequest.get(history)
+  if (index === undefined) {
+    index = new Map()
+    for (const run of history.handlerRuns) {
+      const key = `${run.user}|${run.id}`
+      const list = index.get(key)
+      if (list === undefined) index.set(key, [run])
+      else list.push(run)
+    }
+    runsByRequest.set(history, index)
+  }
+  return index
+}
+
+/** What the publish pass asks of each subscriber, indexed once: a long run has millions of records. */
+interface SubscriberIndex {
+  pids: Set<string>
+  /** room → when it entered (joined, reset) or left (left, a failed resume) the room, in order. */
+  membership: Map<string, Array<{ at: number; inside: boolean }>>
+  /** `room|seq` of every gap already reported. */
+  gaps: Set<string>
+}
+
+function indexOf (subscriber: SubscriberHistory, rooms: Map<string, RoomState>): SubscriberIndex {
+  const index: SubscriberIndex = { pids: new Set(), membership: new Map(), gaps: new Set() }
+  for (const record of subscriber.seen) {
+    if (record.k === 'event' && record.pid !== undefined) index.pids.add(record.pid)
+    const inside = record.k === 'joined' || record.k === 'reset' ? true : record.k === 'left' || (record.k === 'resumed' && record.result === 'error') ? false : undefined
+    if (inside === undefined || !('room' in record)) continue
+    let moves = index.membership.get(record.room)
+    if (moves === undefined) index.membership.set(record.room, moves = [])
+    moves.push({ at: record.at, inside })
+  }
+  for (const [room, state] of rooms) for (const gap of state.gaps) index.gaps.add(`${room}|${gap.slice(gap.lastIndexOf('|') + 1)}`)
+  return index
+}
+
 function checkPublishes (publishes: Publish[], history: CampaignHistory, states: Map<SubscriberHistory, Map<string, RoomState>>, pidSeen: Map<string, Set<string>>, report: Report): void {
+  const indexes = new Map(history.subscribers.map((subscriber) => [subscriber, indexOf(subscriber, states.get(subscriber)!)]))
   for (const publish of publishes) {
     const at = pidSeen.get(publish.pid)
     if (publish.outcome === 'rolledback') {
@@ -244,34 +286,26 @@ function checkPublishes (publishes: Publish[], history: CampaignHistory, states:
     }
     if (publish.outcome !== 'acked') continue
     for (const subscriber of history.subscribers) {
-      if (seenBy(subscriber, publish.pid)) continue
+      const index = indexes.get(subscriber)!
+      if (index.pids.has(publish.pid)) continue
       const state = states.get(subscriber)!.get(publish.room)
       if (state?.memberSince === undefined || state.memberSince >= publish.sentAt) continue
-      if (!stayedJoined(subscriber, publish)) continue
-      if (state.coveredAfter.some((moved) => moved >= publish.sentAt)) continue
-      if (publish.seq !== undefined && [...state.gaps].some((gap) => gap.endsWith(`|${publish.seq}`))) continue
+      if (!stayedJoined(index.membership.get(publish.room) ?? [], publish.sentAt)) continue
+      if (state.coveredAfter.length > 0 && state.coveredAfter[state.coveredAfter.length - 1]! >= publish.sentAt) continue
+      if (publish.seq !== undefined && index.gaps.has(`${publish.room}|${publish.seq}`)) continue
       report('lost', `${subscriber.name} ${publish.room}`, `acked publish ${publish.pid} (seq ${publish.seq}) never reached a member that stayed joined, with no reset after it`, [publish, ...lastRecords(subscriber, publish.room, 3)])
     }
   }
 }
 
-function seenBy (subscriber: SubscriberHistory, pid: string): boolean {
-  return subscriber.seen.some((record) => record.k === 'event' && record.pid === pid)
-}
-
-/** Joined before the publish was sent, and never out of the room (left, a failed resume) after it. */
-function stayedJoined (subscriber: SubscriberHistory, publish: Publish): boolean {
-  let joinedBefore = false
-  for (const record of subscriber.seen) {
-    if (!('room' in record) || record.room !== publish.room) continue
-    if (record.at < publish.sentAt) {
-      if (record.k === 'joined' || record.k === 'reset') joinedBefore = true
-      if (record.k === 'left' || (record.k === 'resumed' && record.result === 'error')) joinedBefore = false
-    } else if (record.k === 'left' || (record.k === 'resumed' && record.result === 'error')) {
-      return false
-    }
+/** Inside the room when the publish was sent, and never out of it (left, a failed resume) after. */
+function stayedJoined (moves: Array<{ at: number; inside: boolean }>, sentAt: number): boolean {
+  let inside = false
+  for (const move of moves) {
+    if (move.at < sentAt) inside = move.inside
+    else if (!move.inside) return false
   }
-  return joinedBefore
+  return inside
 }
 
 function lastRecords (subscriber: SubscriberHistory, room: string, count: number): Seen[] {
