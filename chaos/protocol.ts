@@ -17,13 +17,5 @@ export function streamTokens (count: number): string[] {
   return Array.from({ length: count }, (_, i) => `t${i}${i % 7 === 0 ? ' ✓"\n' : i % 5 === 0 ? ' 🙂' : ' '}`)
 }
 
-/** Seeded random numbers (mulberry32): a campaign's schedule and workload follow from its seed. */
-export function seeded (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = Math.imul(a ^ (a >>> 15), 1 | a)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** Seeded random numbers: a campaign's schedule and workload follow from its seed. */
+export { seeded } from '../test/helpers/stream-follower.js'

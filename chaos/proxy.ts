@@ -2,7 +2,7 @@
 // drop), points it at a restarted process's new port, and — the checker's own test — can mangle one room
 // event in N on its way to a raw client (drop, duplicate, or swap with the room's next event), the bugs the
 // checker must catch. Mangling reads WebSocket frames, so it only applies to uncompressed connections.
-import net from 'node:net'
+import { startProxy, type TcpProxy } from '../test/helpers/proxy.js'
 
 export type Mangling = 'drop' | 'duplicate' | 'reorder'
 
@@ -20,53 +20,16 @@ export interface Mangled {
   seq: number
 }
 
-export interface ChaosProxy {
-  port: number
-  /** Where new connections go. */
-  target: number
-  /** Destroys every open connection. */
-  cut(): void
+export interface ChaosProxy extends TcpProxy {
   /** Every event mangled so far. */
   readonly mangled: Mangled[]
-  close(): Promise<void>
 }
 
+/** test/helpers/proxy.ts's proxy, mangling what the server sends when `mangle` is given. */
 export async function startChaosProxy (target: number, mangle?: MangleSettings): Promise<ChaosProxy> {
-  const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
   const mangled: Mangled[] = []
-  const server = net.createServer((client) => {
-    const upstream = net.connect(proxy.target, '127.0.0.1')
-    const pair = { client, upstream }
-    pairs.add(pair)
-    client.pipe(upstream)
-    if (mangle === undefined) upstream.pipe(client)
-    else upstream.on('data', frameMangler(mangle, mangled, (chunk) => client.write(chunk)))
-    const drop = () => {
-      pairs.delete(pair)
-      client.destroy()
-      upstream.destroy()
-    }
-    client.on('error', drop).on('close', drop)
-    upstream.on('error', drop).on('close', drop)
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const proxy: ChaosProxy = {
-    port: (server.address() as net.AddressInfo).port,
-    target,
-    mangled,
-    cut () {
-      for (const { client, upstream } of pairs) {
-        client.destroy()
-        upstream.destroy()
-      }
-      pairs.clear()
-    },
-    async close () {
-      proxy.cut()
-      await new Promise<void>((resolve) => server.close(() => resolve()))
-    },
-  }
-  return proxy
+  const proxy = await startProxy(target, mangle === undefined ? {} : { fromServer: (write) => frameMangler(mangle, mangled, write) })
+  return Object.assign(proxy, { mangled })
 }
 
 /** Passes the HTTP answer through, then whole WebSocket frames, mangling one room event in `every`. */

@@ -15,7 +15,15 @@ export interface TcpProxy {
   close(): Promise<void>
 }
 
-export async function startProxy (target: number): Promise<TcpProxy> {
+export interface ProxyOptions {
+  /**
+   * What the server sends, on its way to the client: given the client's write, a handler for each chunk
+   * (by default every chunk passes as it is). Each connection gets its own handler.
+   */
+  fromServer?: (write: (chunk: Buffer) => void) => (chunk: Buffer) => void
+}
+
+export async function startProxy (target: number, options: ProxyOptions = {}): Promise<TcpProxy> {
   const pairs = new Set<{ client: net.Socket; upstream: net.Socket }>()
   const stalled = new Set<net.Socket>()
   let refusing = false
@@ -29,7 +37,8 @@ export async function startProxy (target: number): Promise<TcpProxy> {
     const pair = { client, upstream }
     pairs.add(pair)
     client.pipe(upstream)
-    upstream.pipe(client)
+    if (options.fromServer === undefined) upstream.pipe(client)
+    else upstream.on('data', options.fromServer((chunk) => client.write(chunk)))
     const drop = () => {
       pairs.delete(pair)
       client.destroy()
