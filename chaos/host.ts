@@ -114,3 +114,5 @@ await app.listen({ port: Number(process.env.PORT ?? 0), host: '127.0.0.1' })
 const address = app.server.address()
 process.stdout.write(`${typeof address === 'object' && address !== null ? address.port : 0}\n`)
 process.once('SIGTERM', () => { void app.close().then(() => pool?.end()) })
+// A campaign that dies (Ctrl-C, a CI timeout) must not leave its servers behind: its end of the pipe closes.
+if (process.env.CHAOS_PARENT_PIPE === '1') process.stdin.once('end', () => process.exit(0)).resume()

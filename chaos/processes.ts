@@ -28,7 +28,7 @@ export class HostProcess {
   }
 
   private async spawn (): Promise<void> {
-    const child = spawn(process.execPath, ['--import=tsx', HOST], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.env } })
+    const child = spawn(process.execPath, ['--import=tsx', HOST], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...this.env, CHAOS_PARENT_PIPE: '1' } })
     this.child = child
     this.expectingExit = false
     this.paused = false
