@@ -273,6 +273,12 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
     await waitUntil(() => subscribers.every((subscriber) => !subscriber.settled() || ROOMS.every((room) => !subscriber.joinedRooms().includes(room) || subscriber.history.seen.some((seen) => seen.k === 'event' && seen.pid === `probe-${room}`))), 30_000)
     for (const subscriber of subscribers) if (!subscriber.settled()) history.stuck.push(subscriber.history.name)
     for (const room of ROOMS) history.final.positions[room] = await httpGet(ports()[0]!, `/position?room=${room}`) as { seq: number; epoch: string }
+    // Presence events published after the probes may still be on their way: every member reaches the position.
+    await waitUntil(() => subscribers.every((subscriber) => !subscriber.settled() || subscriber.joinedRooms().every((room) => {
+      const held = subscriber.position(room)
+      const final = history.final.positions[room]!
+      return held?.seq === final.seq && held.epoch === final.epoch
+    })), 10_000)
     // Presence converges once every dead process's entries expire: read until it matches, or for 15 s.
     const expectedMembers = (room: string) => JSON.stringify([...new Set(subscribers.filter((subscriber) => subscriber.settled() && subscriber.joinedRooms().includes(room)).map((subscriber) => subscriber.history.user))].sort())
     await waitUntilAsync(async () => {

@@ -123,6 +123,10 @@ export class ClientSubscriber implements Subscriber {
     return client !== undefined && client.state === 'open' && [...this.wanted].every((room) => this.joined.has(room) && client.position(room) !== undefined)
   }
 
+  position (room: string): { seq: number; epoch: string } | undefined {
+    return this.client?.position(room) ?? undefined
+  }
+
   joinedRooms (): string[] {
     return [...this.joined]
   }

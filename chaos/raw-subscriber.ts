@@ -296,6 +296,10 @@ export abstract class RawSubscriber implements Subscriber {
       [...this.wanted].every((room) => this.positions.has(room)) && this.requests.size === 0
   }
 
+  position (room: string): { seq: number; epoch: string } | undefined {
+    return this.positions.get(room)
+  }
+
   joinedRooms (): string[] {
     return [...this.wanted].filter((room) => this.positions.has(room))
   }

@@ -18,5 +18,7 @@ export interface Subscriber {
   settled(): boolean
   /** The rooms it wants and has joined. */
   joinedRooms(): string[]
+  /** The last seq it holds for a room (what it would resume from). */
+  position(room: string): { seq: number; epoch: string } | undefined
   stop(): void
 }
