@@ -21,6 +21,8 @@ export class ClientSubscriber implements Subscriber {
   private client: RoomsClient | undefined
   private readonly wanted = new Set<string>()
   private readonly joined = new Set<string>()
+  /** room → the seq of its last server-side join: open streams handed over with it are at or before it. */
+  private readonly handedUpTo = new Map<string, number>()
   private readonly transport: 'websocket' | 'sse'
 
   constructor (name: string, transport: 'ws' | 'sse', private readonly ports: () => number[], private readonly publishes: Publish[], private readonly now: () => number) {
@@ -48,14 +50,17 @@ export class ClientSubscriber implements Subscriber {
     })
     this.client = client
     for (const type of ['news', 'said', 'talk', 'presence']) {
-      client.on(type, (frame: { room?: string; seq?: number; payload?: { pid?: string } }) => {
-        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}) })
+      client.on(type, (frame: { room?: string; seq?: number; payload?: { pid?: string }; stream?: unknown }) => {
+        // An open streamed event a server-side join handed over (at or before its seq) is not a delivery.
+        const handed = frame.stream !== undefined && frame.seq! <= (this.handedUpTo.get(frame.room!) ?? -1)
+        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
       })
     }
     client.on('joined', (frame) => {
       if (this.joined.has(frame.room!)) return
       this.wanted.add(frame.room!)
       this.joined.add(frame.room!)
+      this.handedUpTo.set(frame.room!, frame.payload.seq)
       this.history.seen.push({ at: this.now(), conn: 0, k: 'joined', room: frame.room!, seq: frame.payload.seq, epoch: frame.payload.epoch })
     })
     client.on('reset', (reset) => this.history.seen.push({ at: this.now(), conn: 0, k: 'reset', room: reset.room, seq: reset.seq, epoch: reset.epoch }))

@@ -3,10 +3,10 @@
 // replica takes over a killed master within a few seconds.
 import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
+import { portFree } from './components.js'
 import { runCommand } from './exec.js'
 import { spawnRedisServer, stopProcess } from './redis.js'
 
@@ -31,21 +31,14 @@ export interface RedisClusterHandle {
 
 async function portPairFree (port: number): Promise<boolean> {
   // The cluster bus listens on port + 10000.
-  for (const candidate of [port, port + 10_000]) {
-    const free = await new Promise<boolean>((resolve) => {
-      const server = net.createServer()
-      server.once('error', () => resolve(false))
-      server.listen(candidate, '127.0.0.1', () => server.close(() => resolve(true)))
-    })
-    if (!free) return false
-  }
-  return true
+  return await portFree(port) && await portFree(port + 10_000)
 }
 
 async function freePorts (count: number): Promise<number[]> {
   const ports: number[] = []
   for (let attempt = 0; ports.length < count && attempt < 200; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 20_000)
+    // Node and bus ports both below the ephemeral range (see freePort), so a restarted node finds them free.
+    const port = 20_000 + Math.floor(Math.random() * 2767)
     if (!ports.includes(port) && await portPairFree(port)) ports.push(port)
   }
   if (ports.length < count) throw new Error('no free port pairs for a Redis Cluster')
