@@ -8,7 +8,7 @@ import { startPostgres } from '../test/helpers/postgres.js'
 import { startRedisCluster, type RedisClusterHandle } from '../test/helpers/redis-cluster.js'
 import { startRedis, type RedisServer } from '../test/helpers/redis.js'
 import { check, type Verdict } from './checker.js'
-import type { CampaignHistory, Publish } from './history.js'
+import { emptyHistory, type CampaignHistory, type Publish } from './history.js'
 import { HostProcess } from './processes.js'
 import { seeded } from './protocol.js'
 import type { Mangled, MangleSettings } from './proxy.js'
@@ -51,19 +51,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
   const now = () => Date.now() - started
   const random = seeded(options.seed ^ 0x5eed)
   const schedule = options.faults === false ? [] : drawSchedule(options.seed, options.broker, options.durationMs)
-  const history: CampaignHistory = {
-    seed: options.seed,
-    broker: options.broker,
-    transports: options.transports,
-    startedAt: started,
-    faults: [],
-    subscribers: [],
-    publishes: [],
-    handlerRuns: [],
-    unexpectedExits: [],
-    stuck: [],
-    final: { positions: {}, members: [], memory: [] },
-  }
+  const history = emptyHistory(options.seed, options.broker, options.transports, started)
   const hosts: HostProcess[] = []
   const subscribers: Subscriber[] = []
   const running = { ended: false }

@@ -69,3 +69,20 @@ export interface CampaignHistory {
     memory: Array<{ process: string; heapUsed: number; rss: number }>
   }
 }
+
+/** A history with nothing recorded yet. */
+export function emptyHistory (seed: number, broker: string, transports: string[], startedAt: number): CampaignHistory {
+  return {
+    seed,
+    broker,
+    transports,
+    startedAt,
+    faults: [],
+    subscribers: [],
+    publishes: [],
+    handlerRuns: [],
+    unexpectedExits: [],
+    stuck: [],
+    final: { positions: {}, members: [], memory: [] },
+  }
+}

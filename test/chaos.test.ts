@@ -4,7 +4,7 @@
 import t from 'tap'
 import { runCampaign } from '../chaos/campaign.js'
 import { check } from '../chaos/checker.js'
-import type { CampaignHistory, Publish, Seen, SubscriberHistory } from '../chaos/history.js'
+import { emptyHistory, type CampaignHistory, type Publish, type Seen, type SubscriberHistory } from '../chaos/history.js'
 import type { Mangling } from '../chaos/proxy.js'
 
 const expectedKind: Record<Mangling, string> = { drop: 'gap', duplicate: 'duplicate', reorder: 'reorder' }
@@ -32,20 +32,7 @@ t.test('without mangling or faults the same workload has no violation', async (t
 
 // The rules a mangling proxy cannot reach, on histories written by hand.
 function history (overrides: Partial<CampaignHistory> = {}): CampaignHistory {
-  return {
-    seed: 1,
-    broker: 'memory',
-    transports: ['ws'],
-    startedAt: 0,
-    faults: [],
-    subscribers: [],
-    publishes: [],
-    handlerRuns: [],
-    unexpectedExits: [],
-    stuck: [],
-    final: { positions: {}, members: [], memory: [] },
-    ...overrides,
-  }
+  return { ...emptyHistory(1, 'memory', ['ws'], 0), ...overrides }
 }
 
 function subscriber (name: string, seen: Seen[], extra: Partial<SubscriberHistory> = {}): SubscriberHistory {
