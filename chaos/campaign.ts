@@ -145,6 +145,7 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
 
     // The faults, each at its offset; what they break is restored in the background.
     const restoring: Array<Promise<unknown>> = []
+    const down = new Set<'redis' | 'postgres' | 'postgres-paused'>()
     let injected = 0
     const later = (ms: number, fn: () => unknown) => restoring.push(new Promise((resolve) => setTimeout(resolve, ms)).then(fn).catch((err) => log(`restoring after a fault failed: ${String(err)}`)))
     for (const fault of schedule) {
@@ -187,8 +188,11 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
           record.target = 'every process'
           break
         case 'redis-restart':
+          // Not while the last restart is still down: two starts would race for the port.
+          if (down.has('redis')) continue
+          down.add('redis')
           await redis!.stop()
-          later(fault.durationMs, () => redis!.start())
+          later(fault.durationMs, () => redis!.start().finally(() => down.delete('redis')))
           record.target = 'redis'
           ends(fault.durationMs)
           break
@@ -212,14 +216,22 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
           break
         }
         case 'postgres-restart':
+          // Not while it is down or paused (a stopped postmaster cannot shut down).
+          if (down.has('postgres') || down.has('postgres-paused')) continue
+          down.add('postgres')
           await postgres!.stop()
-          later(fault.durationMs, () => postgres!.start())
+          later(fault.durationMs, () => postgres!.start().finally(() => down.delete('postgres')))
           record.target = 'postgres'
           ends(fault.durationMs)
           break
         case 'postgres-pause':
+          if (down.has('postgres') || down.has('postgres-paused')) continue
+          down.add('postgres-paused')
           postgres!.pause()
-          later(fault.durationMs, () => postgres!.resume())
+          later(fault.durationMs, () => {
+            postgres!.resume()
+            down.delete('postgres-paused')
+          })
           record.target = 'postgres'
           ends(fault.durationMs)
           break

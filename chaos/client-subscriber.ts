@@ -21,7 +21,7 @@ export class ClientSubscriber implements Subscriber {
   private client: RoomsClient | undefined
   private readonly wanted = new Set<string>()
   private readonly joined = new Set<string>()
-  /** room → the seq of its last server-side join: open streams handed over with it are at or before it. */
+  /** room → the seq of its last join (its own or the server's): open streams handed over are at or before it. */
   private readonly handedUpTo = new Map<string, number>()
   private readonly transport: 'websocket' | 'sse'
 
@@ -73,6 +73,8 @@ export class ClientSubscriber implements Subscriber {
     this.client!.join(room).then((ack) => {
       if (!this.wanted.has(room) || this.joined.has(room)) return
       this.joined.add(room)
+      // The ack's open streams may be handed to the app after this continuation: marked when they come.
+      this.handedUpTo.set(room, ack.seq)
       // Events that followed the ack may have been handed out before this continuation ran: the join goes first.
       const seen = this.history.seen
       let index = seen.length
