@@ -4,13 +4,14 @@
 // The checker: it reads a campaign's history (what every subscriber received, what every publisher was
 // told, what the hosts ran) and reports every broken guarantee, each with the smallest window of records
 // that shows it. It knows nothing of the processes; a history replayed through it gives the same verdict.
+import { ErrorCode } from '../lib/index.js'
 import type { CampaignHistory, Publish, Seen, SubscriberHistory } from './history.js'
 import { streamTokens } from './protocol.js'
 
 export type ViolationKind =
   | 'gap' | 'duplicate' | 'reorder' | 'divergence' | 'misplaced' | 'published-twice' | 'lost' | 'phantom'
   | 'stale' | 'ran-twice' | 'unanswered' | 'answered-twice' | 'stream-offset' | 'stream-text' | 'presence'
-  | 'crash' | 'memory' | 'outside-room' | 'stuck'
+  | 'crash' | 'memory' | 'outside-room' | 'stuck' | 'undocumented-error'
 
 export interface Violation {
   kind: ViolationKind
@@ -28,6 +29,9 @@ export interface Verdict {
   publishesChecked: number
   requestsChecked: number
 }
+
+/** The error codes of the protocol reference: any other answer is a violation. */
+const DOCUMENTED_CODES = new Set<string>(Object.values(ErrorCode))
 
 /** Heap a host may hold after quiescence: every default budget of the campaign's load is far below it. */
 export const MAX_HEAP_AFTER_QUIESCENCE = 256 * 1024 * 1024
@@ -217,6 +221,11 @@ function checkRequests (subscriber: SubscriberHistory, history: CampaignHistory,
     list.push(record)
     answers.set(key, list)
     if (list.length === 2) report('answered-twice', `${subscriber.name} request ${record.id}`, `two answers on connection ${record.conn}`, list)
+  }
+  for (const record of subscriber.seen) {
+    if (record.k === 'answer' && !record.ok && record.code !== undefined && !DOCUMENTED_CODES.has(record.code)) {
+      report('undocumented-error', `${subscriber.name} request ${record.id}`, `answered with the code ${record.code}, which the protocol does not document`, [record])
+    }
   }
   const answered = new Set(subscriber.seen.flatMap((record) => record.k === 'answer' ? [record.id] : []))
   for (const request of subscriber.requests) {

@@ -50,10 +50,14 @@ for (const broker of brokers) {
   const byKind = new Map<string, number>()
   for (const subscriber of result.history.subscribers) byKind.set(subscriber.kind, (byKind.get(subscriber.kind) ?? 0) + subscriber.seen.filter((seen) => seen.k === 'event').length)
   console.log(`  events by client: ${[...byKind].map(([kind, count]) => `${kind} ${count}`).join(', ')}; resets ${result.history.subscribers.reduce((sum, subscriber) => sum + subscriber.seen.filter((seen) => seen.k === 'reset').length, 0)}; handler runs ${result.history.handlerRuns.length}`)
-  if (verdict.violations.length === 0) continue
-  failed++
+  // Every history is kept: the checker can read it again (check() of its `history`).
   const file = join(tmpdir(), `chaos-${broker}-${seed}.json`)
   writeFileSync(file, JSON.stringify({ schedule: result.schedule, history: result.history, violations: verdict.violations }))
+  if (verdict.violations.length === 0) {
+    console.log(`  history: ${file}`)
+    continue
+  }
+  failed++
   console.log(`  reproduce: npm run chaos -- --seed ${seed} --minutes ${minutes} --broker ${broker} --transport ${transports.join(',')}`)
   console.log(`  schedule: ${result.history.faults.map((fault) => `${(fault.at / 1000).toFixed(1)}s ${fault.kind} ${fault.target}`).join('; ')}`)
   const violationsByKind = new Map<string, typeof verdict.violations>()

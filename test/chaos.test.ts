@@ -77,6 +77,9 @@ t.test('the checker: a handler run twice for one id, a request never answered, t
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer], { requests, finalRooms: [] })], handlerRuns: runs, faults: lossBetween }))), [], 'allowed across a fault that lost the stored answers')
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined], { requests, finalRooms: [] })] }))), ['unanswered'])
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer, { ...answer, at: 8 }], { requests, finalRooms: [] })] }))), ['answered-twice'])
+  const refused: Seen = { at: 7, conn: 1, k: 'answer', id: 'q1', ok: false, code: 'unavailable' }
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, refused], { requests, finalRooms: [] })] }))), [], 'a documented error is an answer')
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, { ...refused, code: 'FST_ROOMS_BROKER' }], { requests, finalRooms: [] })] }))), ['undocumented-error'])
 })
 
 t.test('the checker: a stale member, wrong presence, a crash, a stuck client, a heap too big, a streamed text that differs', async (t) => {
