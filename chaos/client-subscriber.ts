@@ -1,7 +1,7 @@
 // The package's client as a campaign subscriber, on WebSocket or on the SSE fallback, as an app uses it:
 // events through `on`, requests through `request`.
 import WebSocket from 'ws'
-import { createClient, type RoomsClient } from '../lib/client/index.js'
+import { createClient, isStreamed, type EventFrame, type RoomsClient, type StreamedEvent } from '../lib/client/index.js'
 import { NodeEventSource } from '../test/helpers/event-source.js'
 import type { Publish, SubscriberHistory } from './history.js'
 import { CHAOS_ORIGIN, sign } from './protocol.js'
@@ -50,9 +50,9 @@ export class ClientSubscriber implements Subscriber {
     })
     this.client = client
     for (const type of ['news', 'said', 'talk', 'presence']) {
-      client.on(type, (frame: { room?: string; seq?: number; payload?: { pid?: string }; stream?: unknown }) => {
-        // An open streamed event a server-side join handed over (at or before its seq) is not a delivery.
-        const handed = frame.stream !== undefined && frame.seq! <= (this.handedUpTo.get(frame.room!) ?? -1)
+      client.on(type, (frame: EventFrame<{ pid?: string }> | StreamedEvent<{ pid?: string }>) => {
+        // An open streamed event a join handed over (at or before its seq) is not a delivery.
+        const handed = isStreamed(frame) && frame.seq <= (this.handedUpTo.get(frame.room) ?? -1)
         this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
       })
     }
