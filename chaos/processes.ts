@@ -35,9 +35,12 @@ export class HostProcess {
     let stderr = ''
     child.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-20_000) })
     // At once, not after the start: a process killed while it starts must not be taken for a live one.
+    // A process that exits before it listens did not start (register fails while Redis or PostgreSQL is
+    // away, as documented): restart() tries again; only a running process's exit is a crash.
+    let listening = false
     child.once('exit', (code, signal) => {
       if (this.child === child) this.child = undefined
-      if (!this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-3000)}`, code, signal })
+      if (listening && !this.expectingExit) this.history.unexpectedExits.push({ at: this.now(), process: `${this.name}: ${stderr.slice(-3000)}`, code, signal })
     })
     const lines = createInterface({ input: child.stdout! })
     const port = new Promise<number>((resolve, reject) => {
@@ -52,6 +55,7 @@ export class HostProcess {
       })
     })
     this.port = await port
+    listening = true
     lines.on('line', (line) => {
       const [word, user, id] = line.split(' ')
       if (word === 'ran' && user !== undefined && id !== undefined) this.history.handlerRuns.push({ at: this.now(), user, id, process: this.name })
@@ -70,13 +74,17 @@ export class HostProcess {
     this.paused = false
   }
 
-  /** Starts it again unless it runs; a start cut short (a kill fault meanwhile) is tried again. */
+  /**
+   * Starts it again unless it runs; a start cut short (a kill fault, a broker still away) is tried again,
+   * every half second for up to a minute.
+   */
   async restart (): Promise<void> {
     for (let attempt = 0; this.child === undefined; attempt++) {
       try {
         await this.spawn()
       } catch (err) {
-        if (attempt === 4) throw err
+        if (attempt === 120) throw err
+        await new Promise((resolve) => setTimeout(resolve, 500))
       }
     }
   }

@@ -213,8 +213,12 @@ export abstract class RawSubscriber implements Subscriber {
     }
     if (id.includes('-leave-')) {
       if (frame.type === 'ack') {
-        this.record({ at, conn, k: 'left', room: frame.payload.room })
-        if (!this.wanted.has(frame.payload.room)) this.positions.delete(frame.payload.room)
+        const room = frame.payload.room as string
+        this.record({ at, conn, k: 'left', room })
+        this.positions.delete(room)
+        this.streams.delete(room)
+        // Wanted again while the leave was on its way: joined afresh.
+        if (this.wanted.has(room)) this.sendJoin(room)
       }
       return
     }

@@ -38,7 +38,11 @@ export function drawSchedule (seed: number, broker: Broker, durationMs: number):
   return schedule
 }
 
-/** Whether a fault can lose what the broker stored (answers, positions, idempotency keys). */
+/**
+ * Whether a fault can lose what the broker stored (answers, positions, idempotency keys) or cut a process
+ * off from it: while Redis is unreachable a retried frame runs its handler again (docs/scaling.md).
+ */
 export function losesState (kind: FaultKind, broker: Broker): boolean {
-  return (kind === 'kill' && broker === 'memory') || kind === 'redis-restart' || kind === 'failover'
+  return (kind === 'kill' && broker === 'memory') || kind === 'redis-restart' || kind === 'redis-pause' || kind === 'failover' ||
+    kind === 'postgres-restart' || kind === 'postgres-pause'
 }
