@@ -52,7 +52,10 @@ export class ClientSubscriber implements Subscriber {
     for (const type of ['news', 'said', 'talk', 'presence']) {
       client.on(type, (frame: EventFrame<{ pid?: string }> | StreamedEvent<{ pid?: string }>) => {
         // An open streamed event a join handed over (at or before its seq) is not a delivery.
-        const handed = isStreamed(frame) && frame.seq <= (this.handedUpTo.get(frame.room) ?? -1)
+        const upTo = this.handedUpTo.get(frame.room)
+        const handed = isStreamed(frame) && upTo !== undefined && frame.seq <= upTo
+        // Handovers come before the room's next events: past them, a seq is a delivery again.
+        if (upTo !== undefined && frame.seq > upTo) this.handedUpTo.delete(frame.room)
         this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
       })
     }
@@ -63,6 +66,7 @@ export class ClientSubscriber implements Subscriber {
       this.handedUpTo.set(frame.room!, frame.payload.seq)
       this.history.seen.push({ at: this.now(), conn: 0, k: 'joined', room: frame.room!, seq: frame.payload.seq, epoch: frame.payload.epoch })
     })
+    client.on('reset', (reset) => this.handedUpTo.delete(reset.room))
     client.on('reset', (reset) => this.history.seen.push({ at: this.now(), conn: 0, k: 'reset', room: reset.room, seq: reset.seq, epoch: reset.epoch }))
   }
 
