@@ -52,11 +52,13 @@ export class ClientSubscriber implements Subscriber {
     for (const type of ['news', 'said', 'talk', 'presence']) {
       client.on(type, (frame: EventFrame<{ pid?: string }> | StreamedEvent<{ pid?: string }>) => {
         // An open streamed event a join handed over (at or before its seq) is not a delivery.
-        const upTo = this.handedUpTo.get(frame.room)
-        const handed = isStreamed(frame) && upTo !== undefined && frame.seq <= upTo
+        const room = frame.room!
+        const seq = frame.seq!
+        const upTo = this.handedUpTo.get(room)
+        const handed = isStreamed(frame) && upTo !== undefined && seq <= upTo
         // Handovers come before the room's next events: past them, a seq is a delivery again.
-        if (upTo !== undefined && frame.seq > upTo) this.handedUpTo.delete(frame.room)
-        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room: frame.room!, seq: frame.seq!, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
+        if (upTo !== undefined && seq > upTo) this.handedUpTo.delete(room)
+        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room, seq, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
       })
     }
     client.on('joined', (frame) => {
