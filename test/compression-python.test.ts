@@ -46,7 +46,8 @@ function strictClient (url: string, compression: 'deflate' | 'none', expected: n
   let stderr = ''
   child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
   createInterface({ input: child.stdout }).on('line', (line) => lines.push(JSON.parse(line)))
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+  // 'close', not 'exit': 'exit' can come before the last lines of stdout were read (CI saw the close line missing).
+  const exited = new Promise<number | null>((resolve) => child.once('close', resolve))
   return { child, lines, exited, stderr: () => stderr }
 }
 
