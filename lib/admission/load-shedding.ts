@@ -7,7 +7,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks'
 import { TokenBucket } from '../socket/token-bucket.js'
 
 export interface LoadSheddingOptions {
-  /** Refuse handshakes while the event loop's delay (p99 since the last look, at least 250 ms) is above this. */
+  /** Refuse handshakes while the event loop's delay (p99 since the look before last, each at least 250 ms apart) is above this. */
   maxEventLoopDelayMs: number
   /** Refuse handshakes past this many per second on this process (a burst of as many at once). */
   maxHandshakesPerSecond: number | undefined
@@ -28,14 +28,18 @@ const MIN_SPREAD_SECONDS = 2
 const MAX_SPREAD_SECONDS = 30
 
 export class LoadShedding {
-  private readonly histogram: IntervalHistogram
+  // Two histograms reset in turn. A reset also forgets the delay in progress (the next sample only marks a
+  // start: pinned by test/load-shedding.test.ts), so a loop blocked just after a look would go unseen; the
+  // histogram read at a look was not reset at the one before, and so holds every delay since it.
+  private readonly histograms: [IntervalHistogram, IntervalHistogram]
+  private readIndex: 0 | 1 = 0
   private readonly handshakes: TokenBucket | undefined
   private lookedAt = Date.now()
   private delayMs = 0
 
   constructor (private readonly options: LoadSheddingOptions) {
-    this.histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS })
-    this.histogram.enable()
+    this.histograms = [monitorEventLoopDelay({ resolution: RESOLUTION_MS }), monitorEventLoopDelay({ resolution: RESOLUTION_MS })]
+    for (const histogram of this.histograms) histogram.enable()
     const perSecond = options.maxHandshakesPerSecond
     this.handshakes = perSecond === undefined ? undefined : new TokenBucket(perSecond, perSecond)
   }
@@ -43,10 +47,13 @@ export class LoadShedding {
   /** Whether one more handshake is shed now (it is counted when not). */
   check (now = Date.now()): Shed | undefined {
     if (now - this.lookedAt >= WINDOW_MS) {
-      // The histogram reports nanoseconds over every delay sampled since its last reset; one long pause
-      // minutes ago is one sample among thousands, a loop that is behind now is most of them.
-      this.delayMs = this.histogram.count === 0 ? 0 : this.histogram.percentile(99) / 1e6
-      this.histogram.reset()
+      // The histogram reports nanoseconds over every delay sampled since its last reset (the look before
+      // the last one); one long pause minutes ago is one sample among thousands, a loop that is behind
+      // now is most of them.
+      const histogram = this.histograms[this.readIndex]
+      this.delayMs = histogram.count === 0 ? 0 : histogram.percentile(99) / 1e6
+      histogram.reset()
+      this.readIndex = this.readIndex === 0 ? 1 : 0
       this.lookedAt = now
     }
     if (this.delayMs > this.options.maxEventLoopDelayMs) {
@@ -57,7 +64,7 @@ export class LoadShedding {
   }
 
   stop (): void {
-    this.histogram.disable()
+    for (const histogram of this.histograms) histogram.disable()
   }
 }
 
