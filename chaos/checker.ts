@@ -94,6 +94,8 @@ export function check (history: CampaignHistory): Verdict {
             state.expected = undefined
             state.memberSince = undefined
           } else if (record.result === 'replayed') {
+            // A reset sent before this answer (the room renumbered during the replay) supersedes it.
+            if (state.epoch !== undefined && record.epoch !== undefined && record.epoch !== state.epoch && state.expected !== undefined) break
             // The outcome's seq is where history was read; live events held meanwhile may have followed it.
             if (state.expected !== undefined && record.seq !== undefined && record.seq > state.expected - 1) {
               report('gap', subject, `a replay reached seq ${record.seq} while ${state.expected - 1} was the last event received`, windowAround())

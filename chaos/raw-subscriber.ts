@@ -179,7 +179,11 @@ export abstract class RawSubscriber implements Subscriber {
           this.positions.delete(room)
           this.streams.delete(room)
         } else {
-          this.positions.set(room, { seq: outcome.seq!, epoch: outcome.epoch! })
+          // A reset sent before this answer supersedes it, and live events held during the replay may have
+          // gone past the outcome's seq (docs/reference/protocol.md): the position only moves forward.
+          const current = this.positions.get(room)
+          if (current === undefined) this.positions.set(room, { seq: outcome.seq!, epoch: outcome.epoch! })
+          else if (current.epoch === outcome.epoch) current.seq = Math.max(current.seq, outcome.seq!)
           // Resumed from an SSE id that still named a room left since: leave it again.
           if (!this.wanted.has(room)) this.send({ type: 'leave', id: this.id('leave'), room })
         }

@@ -160,3 +160,129 @@ t.test('#22 after a reconnect, live events wait for the catch-up: a run a failov
   await caughtUp
   t.same(got, [...range(1, 10), 'reset 11 e2'], 'the rewritten run ends in a reset to a new epoch; b11 of the old epoch is never delivered')
 })
+
+/**
+ * A memory broker whose `position` and `history` reads can be held after they read (the room as it was
+ * then), and whose delivery the test can reach: a room reset can then land while a join or resume is
+ * reading the room, as it does when a Redis broker reconnects mid-join (the fault campaign found it).
+ */
+function readGatedBroker (): { broker: Broker; delivery: () => BrokerDelivery; hold: (method: 'position' | 'history') => { reached: Promise<void>; release: () => void } } {
+  const inner = memoryBroker()
+  let delivery: BrokerDelivery | undefined
+  const gates = new Map<string, { reached: () => void; released: Promise<void> }>()
+  const methods = ['publish', 'position', 'peekPosition', 'history', 'subscribe', 'unsubscribe', 'presenceJoin', 'presenceLeave', 'presence', 'rooms', 'sendToUser', 'changeMembership', 'disconnectUser', 'close'] as const
+  const broker = Object.fromEntries(methods.map((method) => [method, async (...args: unknown[]) => {
+    const result = await (inner[method] as (...a: unknown[]) => unknown)(...args)
+    const gate = gates.get(method)
+    if (gate !== undefined) {
+      gates.delete(method)
+      gate.reached()
+      await gate.released
+    }
+    return result
+  }])) as unknown as Broker
+  Object.assign(broker, {
+    name: 'read-gated',
+    start: (given: BrokerDelivery, settings: BrokerSettings) => {
+      delivery = given
+      return inner.start(given, settings)
+    },
+  })
+  return {
+    broker,
+    delivery: () => delivery!,
+    hold: (method) => {
+      let reached!: () => void
+      let release!: () => void
+      const held = { reached: new Promise<void>((resolve) => (reached = resolve)), release: () => release() }
+      gates.set(method, { reached, released: new Promise<void>((resolve) => (release = resolve)) })
+      return held
+    },
+  }
+}
+
+/** What a raw socket received about one room, in order: `type seq` (an event) or `type seq epoch` (positions). */
+function roomTrace (frames: Frame[], room: string): string[] {
+  return frames.filter((frame) => frame.room === room || (frame.type === 'ack' && frame.payload?.room === room) || (frame.type === 'ack' && frame.payload?.rooms?.[room] !== undefined)).map((frame) => {
+    if (frame.type === 'ack') {
+      const position = frame.payload.rooms?.[room] ?? frame.payload
+      return `ack ${position.result ?? 'joined'} ${position.seq} ${position.epoch === 'renewed' ? 'renewed' : 'old'}`
+    }
+    if (frame.type === 'reset' || frame.type === 'joined') return `${frame.type} ${frame.payload.seq} ${frame.payload.epoch === 'renewed' ? 'renewed' : 'old'}`
+    return `${frame.type} ${frame.seq}`
+  })
+}
+
+t.test('chaos finding: a room reset while a join reads the room follows the join\'s ack, never precedes it', async (t) => {
+  const gated = readGatedBroker()
+  const server = await startServer(t, { presence: false, broker: gated.broker })
+  const alice = await connect(server, 'alice')
+  await alice.join('feed')
+  for (let i = 1; i <= 3; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const bob = await connect(server, 'bob')
+  const held = gated.hold('position')
+  const answer = bob.request({ type: 'join', room: 'feed' })
+  await bounded(held.reached, 'the join reading the position')
+  // The position read says seq 3 of the old epoch; the broker then finds the room renumbered.
+  gated.delivery().roomReset('feed', { seq: 0, epoch: 'renewed' })
+  held.release()
+  await answer
+  await bob.nextOfType('reset')
+  t.same(roomTrace(bob.frames, 'feed'), ['ack joined 3 old', 'reset 0 renewed'], 'the ack, then the reset that supersedes it')
+  t.same(roomTrace(alice.frames, 'feed').slice(-1), ['reset 0 renewed'], 'a member not joining is reset at once')
+})
+
+t.test('chaos finding: a server-side join\'s `joined` frame comes before a reset that landed while it read the room', async (t) => {
+  const gated = readGatedBroker()
+  const server = await startServer(t, { presence: false, broker: gated.broker })
+  for (let i = 1; i <= 2; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const bob = await connect(server, 'bob')
+  const other = await connect(server, 'carol')
+  await other.join('feed')
+  const held = gated.hold('position')
+  const joining = server.app.rooms.join({ userId: 'bob' }, 'feed')
+  await bounded(held.reached, 'the server join reading the position')
+  gated.delivery().roomReset('feed', { seq: 0, epoch: 'renewed' })
+  held.release()
+  await joining
+  await bob.nextOfType('reset')
+  t.same(roomTrace(bob.frames, 'feed'), ['joined 2 old', 'reset 0 renewed'])
+})
+
+t.test('chaos finding: a reset that landed while a resume read history comes after the replayed events', async (t) => {
+  const gated = readGatedBroker()
+  const server = await startServer(t, { presence: false, broker: gated.broker })
+  const alice = await connect(server, 'alice')
+  const { payload: joined } = await alice.join('feed')
+  for (let i = 1; i <= 3; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const resumer = await connect(server, 'alice')
+  const held = gated.hold('history')
+  const answer = resumer.request({ type: 'resume', payload: { rooms: { feed: { seq: 1, epoch: joined.epoch } } } })
+  await bounded(held.reached, 'the resume reading history')
+  gated.delivery().roomReset('feed', { seq: 0, epoch: 'renewed' })
+  held.release()
+  await answer
+  t.same(roomTrace(resumer.frames, 'feed'), ['item 2', 'item 3', 'reset 0 renewed', 'ack replayed 3 old'], 'the replay of the old numbering, then the reset; the answer (sent last) is superseded by it')
+})
+
+t.test('a reset the join\'s own read already covers is not sent again', async (t) => {
+  const gated = readGatedBroker()
+  const server = await startServer(t, { presence: false, broker: gated.broker })
+  for (let i = 1; i <= 2; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const { epoch } = await server.app.rooms.position('feed')
+  const carol = await connect(server, 'carol')
+  await carol.join('feed')
+  const bob = await connect(server, 'bob')
+  const held = gated.hold('position')
+  const answer = bob.request({ type: 'join', room: 'feed' })
+  await bounded(held.reached, 'the join reading the position')
+  // The room's own epoch and an older seq: what the join read (seq 2) is past it.
+  gated.delivery().roomReset('feed', { seq: 1, epoch })
+  held.release()
+  await answer
+  await server.app.rooms.broadcast('feed', 'item', { i: 3 })
+  await bob.next((frame) => frame.seq === 3)
+  await carol.next((frame) => frame.seq === 3)
+  t.same(roomTrace(bob.frames, 'feed'), ['ack joined 2 old', 'item 3'])
+  t.same(roomTrace(carol.frames, 'feed'), ['ack joined 2 old', 'reset 1 old', 'item 3'], 'a member not joining gets it')
+})

@@ -229,7 +229,7 @@ export class Membership {
       connection.notePosition(room, ack.seq, ack.epoch)
       const payload = streams.length === 0 ? position : { ...position, streams: streams.map((stored) => JSON.parse(stored.frame) as unknown) }
       if (connection.sendFrame(directRoomFrame('joined', room, payload))) this.stats.messageOut('joined')
-      connection.finishReplay(room, [], ack.seq, [], streams)
+      connection.finishReplay(room, [], ack, [], streams)
       const state = stateOf(connection)
       ;(state.serverJoined ??= new Map()).set(room, ack.seq)
       return ack
@@ -299,11 +299,11 @@ export class Membership {
         if (latest !== undefined) {
           connection.notePosition(room, ack.seq - 1, ack.epoch)
           const type = (JSON.parse(latest.frame) as { type: string }).type
-          return { ack: { ...ack, seq: ack.seq - 1 }, streams, announced, release: () => connection.finishReplay(room, [latest], ack.seq - 1, [], streams), latestType: type }
+          return { ack: { ...ack, seq: ack.seq - 1 }, streams, announced, release: () => connection.finishReplay(room, [latest], { seq: ack.seq - 1, epoch: ack.epoch }, [], streams), latestType: type }
         }
       }
       connection.notePosition(room, ack.seq, ack.epoch)
-      return { ack, streams, announced, release: () => connection.finishReplay(room, [], ack.seq, [], streams) }
+      return { ack, streams, announced, release: () => connection.finishReplay(room, [], ack, [], streams) }
     } catch (err) {
       announced?.()
       connection.cancelReplay(room)

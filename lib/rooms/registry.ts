@@ -233,11 +233,7 @@ export class RoomRegistry implements BrokerDelivery, Gauges {
     const local = this.membership.localMembers(room)
     if (local === undefined) return
     const frame = directRoomFrame('reset', room, position)
-    for (const connection of local) {
-      connection.clearFence(room)
-      connection.notePosition(room, position.seq, position.epoch)
-      connection.sendFrame(frame)
-    }
+    for (const connection of local) connection.reset(room, position, frame)
     this.stats.messageOut('reset', local.size)
   }
 

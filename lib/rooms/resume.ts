@@ -143,11 +143,11 @@ async function catchUp (parts: Parts, connection: Connection, room: string, from
     const tails = await streamTails(parts, room, from)
     connection.notePosition(room, position.seq, position.epoch)
     connection.sendFrame(directRoomFrame('reset', room, position))
-    connection.finishReplay(room, [], position.seq, tails)
+    connection.finishReplay(room, [], position, tails)
     stats.resume('reset')
     return { result: 'reset', ...position }
   } catch (err) {
-    connection.finishReplay(room, [], from.seq)
+    connection.finishReplay(room, [], from)
     throw err
   }
 }
@@ -197,13 +197,13 @@ async function replayOrReset (parts: Parts, connection: Connection, room: string
   if (epoch === from.epoch && slice.complete) {
     for (const event of slice.events) if (event.stream?.open === true) followReplayed(parts, room, event.seq, event.frame)
     connection.notePosition(room, from.seq, epoch)
-    const replayed = connection.finishReplay(room, slice.events, from.seq, tails)
+    const replayed = connection.finishReplay(room, slice.events, { seq: from.seq, epoch }, tails)
     stats.resume('replayed')
     return { result: 'replayed', seq, epoch, replayed }
   }
   connection.notePosition(room, seq, epoch)
   connection.sendFrame(directRoomFrame('reset', room, slice.position))
-  connection.finishReplay(room, [], seq, tails)
+  connection.finishReplay(room, [], slice.position, tails)
   stats.resume('reset')
   return { result: 'reset', seq, epoch }
 }

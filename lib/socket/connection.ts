@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger } from 'fastify'
 import { WebSocket } from 'ws'
-import type { HistoryEvent, StoredStream, StreamPoint } from '../brokers/broker.js'
+import type { HistoryEvent, RoomPosition, StoredStream, StreamPoint } from '../brokers/broker.js'
 import { FrameRate, type FrameRateLimits } from './frame-rate.js'
 import { deflatedFrame, writeFramedBatch, writeMode, type FramedEvent } from '../out/framing.js'
 import type { Stats } from '../observability/metrics.js'
@@ -387,9 +387,9 @@ export class Connection implements RoomsConnection, Expiring {
    * events and appends held meanwhile (see ReplayBuffer.finish). `given`: open streams the socket was just
    * given whole (a joiner's snapshot, in its ack), followed from the length they had.
    */
-  finishReplay (room: string, history: readonly HistoryEvent[], after: number, tails: readonly StreamTail[] = [], given: readonly StoredStream[] = []): number {
+  finishReplay (room: string, history: readonly HistoryEvent[], after: RoomPosition, tails: readonly StreamTail[] = [], given: readonly StoredStream[] = []): number {
     for (const stored of given) if (stored.info.state === 'streaming') this.followStream(room, stored.seq, stored.info.id, stored.info.text.length)
-    return this.replay.finish(room, history, after, {
+    return this.replay.finish(room, history, after.seq, after.epoch, {
       history: (event) => {
         this.tracker?.advance(room, event.seq)
         if (event.stream?.open === true) this.followStream(room, event.seq, event.stream.id, event.stream.length)
@@ -400,7 +400,23 @@ export class Connection implements RoomsConnection, Expiring {
       },
       live: (event, seq, stream) => this.sendLive(room, seq, event, stream),
       append: (append, event) => this.sendAppend(append, event),
+      reset: (position, frame) => this.sendReset(room, position, frame),
     })
+  }
+
+  /**
+   * The room's numbering restarted (the broker lost it): the socket is told, with the room's position. A
+   * join or resume reading the room meanwhile sends it after its own answer and replay, where it belongs.
+   */
+  reset (room: string, position: RoomPosition, frame: string): void {
+    if (this.replay.holdReset(room, position, frame)) return
+    this.sendReset(room, position, frame)
+  }
+
+  private sendReset (room: string, position: RoomPosition, frame: string): void {
+    this.clearFence(room)
+    this.notePosition(room, position.seq, position.epoch)
+    this.sendFrame(frame)
   }
 
   /** The rest of a resumed stream's text, from where the client stands, with its end if it ended. */

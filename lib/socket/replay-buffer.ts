@@ -1,12 +1,19 @@
 // Per socket and room: which live events may go out while a resume replays history, and which the socket
 // already has. A replay read from history (on Redis) can run ahead of this process's live stream, and live
 // events can arrive while the replay is being read: each seq must reach the socket once, in order.
-import type { HistoryEvent, StreamPoint } from '../brokers/broker.js'
+import type { HistoryEvent, RoomPosition, StreamPoint } from '../brokers/broker.js'
 import type { FramedEvent } from '../out/framing.js'
 import type { StreamAppend } from '../protocol/stream-frames.js'
 
-/** What waits during a replay: a live room event, or a live append to a streamed event (no seq of its own). */
-type Held = { seq: number; event: FramedEvent; stream: StreamPoint | undefined; append?: undefined } | { append: StreamAppend; event: FramedEvent }
+/**
+ * What waits during a replay: a live room event, a live append to a streamed event (no seq of its own), or
+ * the room's reset (its numbering restarted while the join or resume was reading it: it must follow what
+ * that read gave, or the client would apply it before the answer and then go back to the old numbering).
+ */
+type Held =
+  | { seq: number; event: FramedEvent; stream: StreamPoint | undefined; append?: undefined; reset?: undefined }
+  | { append: StreamAppend; event: FramedEvent; reset?: undefined }
+  | { reset: RoomPosition; frame: string; append?: undefined }
 
 export interface ReplayWriter {
   /** A replayed event from history. */
@@ -15,6 +22,8 @@ export interface ReplayWriter {
   between(): void
   live(event: FramedEvent, seq: number, stream: StreamPoint | undefined): void
   append(append: StreamAppend, event: FramedEvent): void
+  /** A reset held meanwhile that the replay's own position does not already cover. */
+  reset(position: RoomPosition, frame: string): void
 }
 
 /** What to do with a live event: send it, drop it (already sent), or nothing (held for the replay). */
@@ -50,7 +59,21 @@ export class ReplayBuffer {
     return replay === undefined ? 'send' : this.hold(replay, { append, event })
   }
 
-  private hold (replay: { events: Held[]; bytes: number }, held: Held): LiveVerdict {
+  /** A reset of the room: held while it is replayed (true), to follow the replay in order; false: send it now. */
+  holdReset (room: string, position: RoomPosition, frame: string): boolean {
+    const replay = this.replays?.get(room)
+    if (replay === undefined) return false
+    // A reset is a few dozen bytes and a room has at most one per broker reconnect: never past the budget.
+    replay.events.push({ reset: position, frame })
+    return true
+  }
+
+  /** Whether the room's live events are held (a join or resume is reading it). */
+  holds (room: string): boolean {
+    return this.replays?.has(room) === true
+  }
+
+  private hold (replay: { events: Held[]; bytes: number }, held: Held & { event: FramedEvent }): LiveVerdict {
     replay.events.push(held)
     replay.bytes += held.event.framed.length
     return replay.bytes > this.maxHeldBytes ? 'overflow' : 'held'
@@ -78,10 +101,12 @@ export class ReplayBuffer {
   }
 
   /**
-   * The replayed events after `after`, then the live ones held back meanwhile, each seq once and in order;
-   * the room goes live behind a fence at the last one. Returns how many replayed events were written.
+   * The replayed events after `after` (a seq of `epoch`), then the live ones held back meanwhile, each seq
+   * once and in order, with any reset held meanwhile in its place (unless the replay's position already is
+   * in its epoch, at or past its seq); the room goes live behind a fence at the last one. Returns how many
+   * replayed events were written.
    */
-  finish (room: string, history: readonly HistoryEvent[], after: number, writer: ReplayWriter): number {
+  finish (room: string, history: readonly HistoryEvent[], after: number, epoch: string, writer: ReplayWriter): number {
     const held = this.replays?.get(room)
     this.cancel(room)
     let last = after
@@ -93,7 +118,15 @@ export class ReplayBuffer {
       replayed++
     }
     writer.between()
+    let current = epoch
     for (const entry of held?.events ?? []) {
+      if (entry.reset !== undefined) {
+        if (entry.reset.epoch === current && entry.reset.seq <= last) continue
+        writer.reset(entry.reset, entry.frame)
+        current = entry.reset.epoch
+        last = entry.reset.seq
+        continue
+      }
       if (entry.append !== undefined) {
         writer.append(entry.append, entry.event)
         continue
