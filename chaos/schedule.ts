@@ -26,7 +26,19 @@ const BY_BROKER: Record<Broker, FaultKind[]> = {
   postgres: ['postgres-restart', 'postgres-pause'],
 }
 
-/** One fault every 2–5 s of the run, none in its last 2 s. */
+/** Faults every campaign of a broker has at least once: what can lose that broker's state. */
+const REQUIRED: Record<Broker, FaultKind[]> = {
+  memory: ['kill'],
+  redis: BY_BROKER.redis,
+  cluster: BY_BROKER.cluster,
+  postgres: BY_BROKER.postgres,
+}
+
+/**
+ * One fault every 2–5 s of the run, none in its last 2 s. A draw that lacks one of the broker's required
+ * faults (a short run can: seed 27's 30 s drew none) has faults spread over the run replaced by them; a
+ * draw that has them all is kept as drawn, so a seed's schedule only changes where it lacked one.
+ */
 export function drawSchedule (seed: number, broker: Broker, durationMs: number): ScheduledFault[] {
   const random = seeded(seed)
   const kinds = [...COMMON, ...BY_BROKER[broker], ...BY_BROKER[broker]]
@@ -35,6 +47,11 @@ export function drawSchedule (seed: number, broker: Broker, durationMs: number):
     const kind = kinds[Math.floor(random() * kinds.length)]!
     schedule.push({ at, kind, target: Math.floor(random() * 1000), durationMs: 300 + Math.floor(random() * 2700) })
   }
+  const missing = REQUIRED[broker].filter((kind) => !schedule.some((fault) => fault.kind === kind))
+  missing.forEach((kind, index) => {
+    const replaced = schedule[Math.floor(((index + 1) * schedule.length) / (missing.length + 1))]
+    if (replaced !== undefined) replaced.kind = kind
+  })
   return schedule
 }
 

@@ -6,6 +6,7 @@ import { runCampaign } from '../chaos/campaign.js'
 import { check } from '../chaos/checker.js'
 import { emptyHistory, type CampaignHistory, type Publish, type Seen, type SubscriberHistory } from '../chaos/history.js'
 import type { Mangling } from '../chaos/proxy.js'
+import { drawSchedule, type FaultKind } from '../chaos/schedule.js'
 
 const expectedKind: Record<Mangling, string> = { drop: 'gap', duplicate: 'duplicate', reorder: 'reorder' }
 
@@ -42,6 +43,19 @@ function subscriber (name: string, seen: Seen[], extra: Partial<SubscriberHistor
 const joined: Seen = { at: 1, conn: 1, k: 'joined', room: 'r', seq: 0, epoch: 'e' }
 const event = (seq: number, pid: string, at = 10 + seq): Seen => ({ at, conn: 1, k: 'event', room: 'r', seq, type: 'news', pid })
 const kinds = (verdict: ReturnType<typeof check>) => verdict.violations.map((violation) => violation.kind)
+
+t.test('every schedule, however short, has the faults that can lose its broker\'s state; the same seed draws the same one', async (t) => {
+  const required: Record<'memory' | 'redis' | 'cluster' | 'postgres', FaultKind[]> = { memory: ['kill'], redis: ['redis-restart', 'redis-pause'], cluster: ['failover'], postgres: ['postgres-restart', 'postgres-pause'] }
+  for (const broker of ['memory', 'redis', 'cluster', 'postgres'] as const) {
+    for (let seed = 1; seed <= 60; seed++) {
+      const schedule = drawSchedule(seed, broker, 30_000)
+      const lacking = required[broker].filter((kind) => !schedule.some((fault) => fault.kind === kind))
+      if (lacking.length > 0) t.fail(`${broker} seed ${seed} lacks ${lacking.join(', ')}`)
+    }
+    t.same(drawSchedule(27, broker, 30_000), drawSchedule(27, broker, 30_000), `${broker}: reproducible from the seed`)
+  }
+  t.same(drawSchedule(27, 'redis', 30_000).map((fault) => fault.kind), ['kill', 'cut', 'redis-restart', 'slow', 'slow', 'redis-pause', 'pause', 'pause'], 'CI\'s seed 27 on Redis restarts and pauses it')
+})
 
 t.test('the checker: a history that keeps every guarantee has no violation', async (t) => {
   const verdict = check(history({
