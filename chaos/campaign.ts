@@ -270,7 +270,10 @@ export async function runCampaign (options: CampaignOptions): Promise<CampaignRe
       record.answeredAt = now()
       history.publishes.push(record)
     }
-    await waitUntil(() => subscribers.every((subscriber) => !subscriber.settled() || ROOMS.every((room) => !subscriber.joinedRooms().includes(room) || subscriber.history.seen.some((seen) => seen.k === 'event' && seen.pid === `probe-${room}`))), 30_000)
+    // Each member's position reaches its probe's seq (the checker, reading the history, says whether it
+    // got the probe itself); a scan of every history here would cost seconds in a long run.
+    const probeSeq = new Map(history.publishes.filter((publish) => publish.pid.startsWith('probe-')).map((publish) => [publish.room, publish.seq ?? 0]))
+    await waitUntil(() => subscribers.every((subscriber) => !subscriber.settled() || subscriber.joinedRooms().every((room) => (subscriber.position(room)?.seq ?? -1) >= (probeSeq.get(room) ?? 0))), 30_000)
     for (const subscriber of subscribers) if (!subscriber.settled()) history.stuck.push(subscriber.history.name)
     for (const room of ROOMS) history.final.positions[room] = await httpGet(ports()[0]!, `/position?room=${room}`) as { seq: number; epoch: string }
     // Presence events published after the probes may still be on their way: every member reaches the position.

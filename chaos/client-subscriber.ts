@@ -68,8 +68,10 @@ export class ClientSubscriber implements Subscriber {
       this.handedUpTo.set(frame.room!, frame.payload.seq)
       this.history.seen.push({ at: this.now(), conn: 0, k: 'joined', room: frame.room!, seq: frame.payload.seq, epoch: frame.payload.epoch })
     })
-    client.on('reset', (reset) => this.handedUpTo.delete(reset.room))
-    client.on('reset', (reset) => this.history.seen.push({ at: this.now(), conn: 0, k: 'reset', room: reset.room, seq: reset.seq, epoch: reset.epoch }))
+    client.on('reset', (reset) => {
+      this.handedUpTo.delete(reset.room)
+      this.history.seen.push({ at: this.now(), conn: 0, k: 'reset', room: reset.room, seq: reset.seq, epoch: reset.epoch })
+    })
   }
 
   join (room: string): void {

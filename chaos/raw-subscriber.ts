@@ -22,6 +22,8 @@ export abstract class RawSubscriber implements Subscriber {
   /** room → stream id → length held. */
   private readonly streams = new Map<string, Map<string, number>>()
   private readonly pendingJoins = new Map<string, string>()
+  /** Leave request id → room. */
+  private readonly pendingLeaves = new Map<string, string>()
   private readonly requests = new Map<string, { frame: Record<string, unknown>; publish?: Publish }>()
   protected resumeId: string | undefined
   private nextId = 0
@@ -64,6 +66,7 @@ export abstract class RawSubscriber implements Subscriber {
     this.welcomed = false
     this.resumeId = undefined
     this.pendingJoins.clear()
+    this.pendingLeaves.clear()
     this.record({ at: this.now(), conn, k: 'closed', code })
     if (!this.stopped) setTimeout(() => { if (!this.stopped && !this.open) this.start() }, 30 + Math.floor(Math.random() * 200)).unref()
   }
@@ -185,7 +188,7 @@ export abstract class RawSubscriber implements Subscriber {
           if (current === undefined) this.positions.set(room, { seq: outcome.seq!, epoch: outcome.epoch! })
           else if (current.epoch === outcome.epoch) current.seq = Math.max(current.seq, outcome.seq!)
           // Resumed from an SSE id that still named a room left since: leave it again.
-          if (!this.wanted.has(room)) this.send({ type: 'leave', id: this.id('leave'), room })
+          if (!this.wanted.has(room)) this.sendLeave(room)
         }
       }
       // A room the resume did not name is not joined on this connection: joined afresh below.
@@ -209,15 +212,17 @@ export abstract class RawSubscriber implements Subscriber {
         this.recordHandedStreams(at, conn, joining, frame.payload.streams)
       } else if (frame.type === 'ack') {
         // Left while the join was on its way: leave again.
-        this.send({ type: 'leave', id: this.id('leave'), room: joining })
+        this.sendLeave(joining)
       } else {
         this.retryLater(() => { if (this.wanted.has(joining) && !this.positions.has(joining)) this.sendJoin(joining) })
       }
       return
     }
-    if (id.includes('-leave-')) {
+    const leaving = this.pendingLeaves.get(id)
+    if (leaving !== undefined) {
+      this.pendingLeaves.delete(id)
       if (frame.type === 'ack') {
-        const room = frame.payload.room as string
+        const room = leaving
         this.record({ at, conn, k: 'left', room })
         this.positions.delete(room)
         this.streams.delete(room)
@@ -262,6 +267,13 @@ export abstract class RawSubscriber implements Subscriber {
     }, 300).unref()
   }
 
+  private sendLeave (room: string): boolean {
+    const id = this.id('leave')
+    if (!this.send({ type: 'leave', id, room })) return false
+    this.pendingLeaves.set(id, room)
+    return true
+  }
+
   join (room: string): void {
     this.wanted.add(room)
     if (this.resumeId === undefined && !this.positions.has(room)) this.sendJoin(room)
@@ -270,7 +282,7 @@ export abstract class RawSubscriber implements Subscriber {
   leave (room: string): void {
     if (!this.wanted.delete(room)) return
     if (!this.positions.has(room)) return
-    if (this.send({ type: 'leave', id: this.id('leave'), room })) return
+    if (this.sendLeave(room)) return
     // Offline, a WebSocket client simply does not resume the room: it is left from now on. On SSE the
     // server resumes what the last event id names, so the room is left once that resume is answered.
     if (this.resumesFromLastEventId) return
