@@ -237,6 +237,14 @@ function checkRequests (subscriber: SubscriberHistory, history: CampaignHistory,
     const lossBetween = history.faults.some((fault) => fault.losesState && fault.at >= runs[0]!.at - 1000 && fault.at <= runs[runs.length - 1]!.at)
     if (!lossBetween) report('ran-twice', `${subscriber.name} request ${request.id}`, `its handler ran ${runs.length} times`, runs)
   }
+  // The package's client keeps its wire ids to itself: its user's runs are read by the id the host saw.
+  if (subscriber.kind === 'client-ws' || subscriber.kind === 'client-sse') {
+    for (const [key, runs] of runsOf(history)) {
+      if (runs.length < 2 || runs[0]!.user !== subscriber.user) continue
+      const lossBetween = history.faults.some((fault) => fault.losesState && fault.at >= runs[0]!.at - 1000 && fault.at <= runs[runs.length - 1]!.at)
+      if (!lossBetween) report('ran-twice', `${subscriber.name} request ${key.slice(subscriber.user.length + 1)}`, `its handler ran ${runs.length} times`, runs)
+    }
+  }
 }
 
 const runsByRequest = new WeakMap<CampaignHistory, Map<string, CampaignHistory['handlerRuns']>>()

@@ -58,7 +58,15 @@ export class ClientSubscriber implements Subscriber {
         const handed = isStreamed(frame) && upTo !== undefined && seq <= upTo
         // Handovers come before the room's next events: past them, a seq is a delivery again.
         if (upTo !== undefined && seq > upTo) this.handedUpTo.delete(room)
-        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room, seq, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}) })
+        const streamed = isStreamed(frame) ? frame : undefined
+        const stream = streamed === undefined ? undefined : { id: streamed.id, state: streamed.state, text: streamed.text, count: (streamed.payload as { count?: number }).count ?? 0 }
+        this.history.seen.push({ at: this.now(), conn: 0, k: 'event', room, seq, type, ...(typeof frame.payload?.pid === 'string' ? { pid: frame.payload.pid } : {}), ...(handed ? { snapshot: true as const } : {}), ...(stream === undefined ? {} : { stream }) })
+        // The client assembles the text itself: what it ends with is recorded as one append after what the
+        // event carried, so the checker compares the finished text with what was streamed.
+        if (streamed !== undefined && stream!.state === 'streaming') {
+          const from = stream!.text.length
+          streamed.on('end', (state) => this.history.seen.push({ at: this.now(), conn: 0, k: 'append', room, seq, id: streamed.id, offset: from, text: streamed.text.slice(from), state }))
+        }
       })
     }
     client.on('joined', (frame) => {

@@ -94,6 +94,10 @@ t.test('the checker: a handler run twice for one id, a request never answered, t
   const refused: Seen = { at: 7, conn: 1, k: 'answer', id: 'q1', ok: false, code: 'unavailable' }
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, refused], { requests, finalRooms: [] })] }))), [], 'a documented error is an answer')
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, { ...refused, code: 'FST_ROOMS_BROKER' }], { requests, finalRooms: [] })] }))), ['undocumented-error'])
+  // The package's client: its wire ids are its own, so its user's runs are read by the id the host saw.
+  const clientRuns = [{ at: 6, user: 'c', id: 'k1-7', process: 's' }, { at: 9, user: 'c', id: 'k1-7', process: 's' }]
+  t.same(kinds(check(history({ subscribers: [subscriber('c', [joined], { kind: 'client-ws', finalRooms: [] })], handlerRuns: clientRuns }))), ['ran-twice'])
+  t.same(kinds(check(history({ subscribers: [subscriber('c', [joined], { kind: 'client-ws', finalRooms: [] })], handlerRuns: clientRuns.slice(0, 1) }))), [], 'once is fine')
 })
 
 t.test('the checker: a stale member, wrong presence, a crash, a stuck client, a heap too big, a streamed text that differs', async (t) => {

@@ -142,6 +142,43 @@ t.test('#13 the client tracks a server-joined room and resumes it after a reconn
   t.same(client.position('feed')?.seq, 3)
 })
 
+t.test('chaos finding: our client never shows a gap before the reset that explains it (onConnect re-joins and publishes before the resume is read)', async (t) => {
+  let reconnects = 0
+  const server = await startServer(t, {
+    presence: false,
+    handshakeRateLimit: false,
+    onConnect: async (ctx) => {
+      await ctx.join('feed')
+      // A live event to the re-joined socket before its resume is read: the server must answer the resume with a reset.
+      if (reconnects++ > 0) await ctx.rooms.broadcast('feed', 'tick', {})
+    },
+  })
+  const proxy = await startProxy(server.port)
+  t.teardown(() => proxy.close())
+  class OriginWebSocket extends WebSocket {
+    constructor (url: string, protocols?: string | string[]) {
+      super(url, protocols, { origin: ORIGIN })
+    }
+  }
+  const client = createClient({ url: `ws://127.0.0.1:${proxy.port}/ws`, getToken: () => sign('alice'), WebSocket: OriginWebSocket, backoff: { initialMs: 5, maxMs: 20 } })
+  t.teardown(() => client.close())
+  const seen: string[] = []
+  client.on('tick', (frame) => seen.push(`tick ${frame.seq}`))
+  client.on('reset', (reset) => seen.push(`reset ${reset.seq}`))
+  await bounded(new Promise((resolve) => client.on('joined', resolve)), 'the joined frame')
+  await server.app.rooms.broadcast('feed', 'tick', {})
+  await until(() => seen.length === 1)
+  proxy.cut()
+  // Missed while offline; on the reconnect onConnect publishes seq 4 to the re-joined socket at once.
+  await server.app.rooms.broadcast('feed', 'tick', {})
+  await server.app.rooms.broadcast('feed', 'tick', {})
+  await until(() => seen.includes('reset 4'), 'the resume answered with a reset')
+  await server.app.rooms.broadcast('feed', 'tick', {})
+  await until(() => seen.includes('tick 5'))
+  t.same(seen, ['tick 1', 'reset 4', 'tick 5'], 'seq 4 (past the gap) is covered by the reset, never shown before it')
+  t.same(client.position('feed')?.seq, 5)
+})
+
 t.test('#13 raw protocol: a resume of a room onConnect re-joined replays exactly what the socket missed', async (t) => {
   const server = await startServer(t, { presence: false, onConnect: async (ctx) => { await ctx.join('feed') } })
   const first = await connect(server, 'alice')

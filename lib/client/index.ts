@@ -97,6 +97,13 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
   private refreshTimer: ReturnType<typeof setTimeout> | undefined
   private ping: { id: string; sentAt: number } | undefined
   private resumeId: string | undefined
+  /**
+   * Rooms a `joined` frame put ahead of this client's position while its resume was on its way (the server
+   * re-joined them before reading the resume, as `onConnect` does): the resume replays into them, or, once
+   * a live event has gone out past the gap, answers with a `reset`. Such an event is dropped meanwhile:
+   * emitting it would show a gap that only the reset after it explains.
+   */
+  private readonly behindJoined = new Set<string>()
   /** A resume the server could not serve now (`unavailable`: its broker away or slow) is sent again. */
   private resumeRetryTimer: ReturnType<typeof setTimeout> | undefined
   private resumeRetries = 0
@@ -559,6 +566,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
       const position = this.positions.get(frame.room)
       if (position === undefined) return // a room we left
       if (position !== null && frame.seq <= position.seq) return // already seen: replay and live overlap
+      if (position !== null && frame.seq > position.seq + 1 && this.behindJoined.has(frame.room)) return // the resume's reset covers it
       this.positions.set(frame.room, { seq: frame.seq, epoch: position?.epoch ?? '' })
       if (typeof frame.time === 'number' && Math.random() < (this.options.reportLatency ?? 0)) this.sendFrame('latency', { time: frame.time })
       if (isStreamFrame(frame)) return this.onStreamed(frame)
@@ -697,6 +705,8 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
 
   private onResumed (frame: ServerFrame): void {
     this.resumeId = undefined
+    // Answered: each room's replay, or its reset, came before this.
+    this.behindJoined.clear()
     if (frame.type === 'error' && frame.payload?.code === 'unavailable') {
       this.emit('error', new RoomsClientError(frame.payload.code, frame.payload.message, frame.payload.details))
       return this.retryResume([...this.positions.keys()].filter((room) => this.positions.get(room) !== null))
@@ -732,6 +742,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     // A room this client already follows in the same epoch keeps its own position: its resume (sent after
     // welcome) tells the server what it lacks, and the server replays that into the joined room.
     if (current === null || current === undefined || current.epoch !== position.epoch) this.positions.set(room, { seq: position.seq, epoch: position.epoch })
+    else if (current.seq < position.seq && this.resumeId !== undefined) this.behindJoined.add(room)
     this.emit('joined', frame)
     this.onStreamsGiven((frame.payload as { streams?: unknown }).streams)
   }
@@ -740,6 +751,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     const room = frame.room
     if (room === undefined || !this.positions.has(room)) return
     const { seq, epoch } = frame.payload as RoomPosition
+    this.behindJoined.delete(room)
     this.positions.set(room, { seq, epoch })
     this.emit('reset', { room, seq, epoch })
   }
@@ -804,6 +816,7 @@ export class RoomsClient<S extends ClientSchema = AnySchema> {
     if (this.phase.name !== 'stopped') this.phase = { name: 'offline' }
     this.ws = undefined
     this.resumeId = undefined
+    this.behindJoined.clear()
     this.stopTimers()
     // Unanswered requests wait for the next connection; their answer timeouts stop meanwhile.
     for (const pending of this.pending.values()) this.enqueue(pending)
