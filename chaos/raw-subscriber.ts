@@ -29,6 +29,7 @@ export abstract class RawSubscriber implements Subscriber {
   private nextId = 0
   protected welcomed = false
   private retryTimer: NodeJS.Timeout | undefined
+  private readonly retries: Array<() => void> = []
 
   constructor (name: string, kind: SubscriberHistory['kind'], protected readonly ports: () => number[], private readonly publishes: Publish[], protected readonly now: () => number) {
     this.history = { name, user: name, kind, seen: [], requests: [], finalRooms: [], connected: false }
@@ -221,13 +222,17 @@ export abstract class RawSubscriber implements Subscriber {
     const leaving = this.pendingLeaves.get(id)
     if (leaving !== undefined) {
       this.pendingLeaves.delete(id)
-      if (frame.type === 'ack') {
-        const room = leaving
+      const room = leaving
+      // `not_in_room`: out already (a leave answered before, on a connection since cut). Another error
+      // left nothing changed: the leave is sent again later, as an app would.
+      if (frame.type === 'ack' || frame.payload?.code === 'not_in_room') {
         this.record({ at, conn, k: 'left', room })
         this.positions.delete(room)
         this.streams.delete(room)
         // Wanted again while the leave was on its way: joined afresh.
         if (this.wanted.has(room)) this.sendJoin(room)
+      } else {
+        this.retryLater(() => { if (!this.wanted.has(room) && this.positions.has(room)) this.sendLeave(room) })
       }
       return
     }
@@ -260,10 +265,12 @@ export abstract class RawSubscriber implements Subscriber {
   }
 
   private retryLater (fn: () => void): void {
+    this.retries.push(fn)
     if (this.retryTimer !== undefined) return
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined
-      if (!this.stopped) fn()
+      const due = this.retries.splice(0)
+      if (!this.stopped) for (const retry of due) retry()
     }, 300).unref()
   }
 

@@ -130,6 +130,28 @@ if (componentAvailable(t, redisMissing(), 'Redis under faults')) {
     t.equal((await alice.request({ type: 'join', room: 'other' })).type, 'ack')
   })
 
+  t.test('chaos finding: a leave while Redis hangs is acked (the socket has left) and its presence entry goes once Redis answers', async (t) => {
+    const redis = await startRedis(t)
+    const a = await instance(t, redis, {}, { commandTimeoutMs: 300 })
+    const alice = await connect(a, 'alice')
+    await alice.join('lobby')
+    const bob = await connect(a, 'bob')
+    await bob.join('lobby')
+    await alice.next((frame) => frame.type === 'presence' && frame.payload.user.id === 'bob')
+    redis.pause()
+    let paused = true
+    t.teardown(() => { if (paused) redis.resume() })
+    const answer = await alice.request({ type: 'leave', room: 'lobby' })
+    t.same({ type: answer.type, payload: answer.payload }, { type: 'ack', payload: { room: 'lobby' } }, 'the leave took effect, so it is acked, not answered unavailable')
+    const again = await alice.request({ type: 'leave', room: 'lobby' })
+    t.equal(again.payload.code, 'not_in_room', 'and the socket is out of the room')
+    redis.resume()
+    paused = false
+    const leave = await bob.next((frame) => frame.type === 'presence' && frame.payload.user.id === 'alice' && frame.payload.action === 'leave', 'alice\'s presence leave')
+    t.equal(leave.room, 'lobby')
+    t.same(await a.app.rooms.members('lobby'), [{ id: 'bob' }], 'no ghost left in Redis')
+  })
+
   t.test('#10 broadcast idempotencyKey publishes once across processes', async (t) => {
     const redis = await startRedis(t)
     const a = await instance(t, redis, { presence: false })

@@ -39,6 +39,8 @@ export interface JoinAck extends RoomPosition {
 /** A join's answer names at most this many members, in at most this many bytes (and a quarter of maxBufferedBytes). */
 const MAX_ACK_MEMBERS = 100
 const MAX_ACK_MEMBER_BYTES = 65_536
+/** A presence leave the broker refused is tried this many times in all. */
+const PRESENCE_LEAVE_TRIES = 8
 
 interface MemberState {
   user: RoomsUser
@@ -92,7 +94,7 @@ export class Membership {
   private readonly subscriptions = new Map<string, Promise<void>>()
   private whenEmpty: (() => void) | undefined
   private readonly leaving = new Set<Promise<void>>()
-  /** Presence leaves of closed sockets, waiting out leaveGraceMs. */
+  /** Presence leaves of closed sockets waiting out leaveGraceMs, and presence leaves to try again. */
   private readonly graces = new Set<NodeJS.Timeout>()
   constructor (
     private readonly options: MembershipOptions,
@@ -434,25 +436,48 @@ export class Membership {
     if (stateOf(connection).rooms?.delete(room) !== true) return
     connection.clearFence(room)
     connection.noteLeft(room)
+    // From here the socket is out of the room, whatever the broker answers next: a leave is never answered
+    // with an error after it took effect (the fault campaign found `unavailable` for a leave that had).
     const local = this.localRooms.get(room)
     if (local !== undefined) {
       local.delete(connection)
       if (local.size === 0) {
         this.localRooms.delete(room)
         this.subscriptions.delete(room)
-        await this.broker.unsubscribe(room)
+        // A subscription the broker could not drop now only brings events nobody here receives.
+        await this.broker.unsubscribe(room).catch((err: unknown) => this.log.warn({ err, room }, 'fastify-rooms: unsubscribing from an empty room failed'))
       }
     }
-    const userId = connection.user.id
-    const removePresence = async () => {
-      const last = await this.broker.presenceLeave(room, userId, connection.id)
-      if (last) this.presence.changed(room, userId, 'leave')
+    const removal = { room, userId: connection.user.id, connectionId: connection.id }
+    if (graceMs === 0) return this.removePresence(removal, 0)
+    this.later(() => this.track(this.removePresence(removal, 0)), graceMs)
+  }
+
+  /**
+   * Removes a left socket's presence entry, announcing the user's `leave` when it was her last socket there.
+   * A broker away now is tried again with a growing delay (up to about a minute over 8 tries): an entry
+   * left behind would show a member who is gone to every process.
+   */
+  private async removePresence (removal: { room: string; userId: string; connectionId: string }, attempt: number): Promise<void> {
+    try {
+      const last = await this.broker.presenceLeave(removal.room, removal.userId, removal.connectionId)
+      if (last) this.presence.changed(removal.room, removal.userId, 'leave')
+    } catch (err) {
+      if (attempt + 1 >= PRESENCE_LEAVE_TRIES) {
+        this.log.error({ err, room: removal.room }, 'fastify-rooms: a presence leave failed; giving up (the entry goes when this process does)')
+        return
+      }
+      this.log.warn({ err, room: removal.room, attempt }, 'fastify-rooms: a presence leave failed; trying again')
+      this.later(() => this.track(this.removePresence(removal, attempt + 1)), Math.min(30_000, 250 * 2 ** attempt))
     }
-    if (graceMs === 0) return removePresence()
+  }
+
+  /** Runs `task` after `delayMs` unless the plugin closes first (dropGraces). */
+  private later (task: () => void, delayMs: number): void {
     const timer = setTimeout(() => {
       this.graces.delete(timer)
-      this.track(removePresence().catch((err: unknown) => this.log.warn({ err, room }, 'fastify-rooms: a presence leave after its grace failed')))
-    }, graceMs)
+      task()
+    }, delayMs)
     timer.unref()
     this.graces.add(timer)
   }
