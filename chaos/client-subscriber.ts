@@ -70,11 +70,23 @@ export class ClientSubscriber implements Subscriber {
       })
     }
     client.on('joined', (frame) => {
-      if (this.joined.has(frame.room!)) return
+      // A room it follows in the same epoch keeps the client's own position (its resume fills the rest);
+      // otherwise the client starts the room at the frame's position: a join, as the checker counts them.
+      const held = client.position(frame.room!)
+      const adopted = held?.seq === frame.payload.seq && held.epoch === frame.payload.epoch
+      if (this.joined.has(frame.room!) && !adopted) return
       this.wanted.add(frame.room!)
       this.joined.add(frame.room!)
       this.handedUpTo.set(frame.room!, frame.payload.seq)
       this.history.seen.push({ at: this.now(), conn: 0, k: 'joined', room: frame.room!, seq: frame.payload.seq, epoch: frame.payload.epoch })
+    })
+    // A room the server refused on a resume is dropped by the client (and the error names it): left.
+    client.on('error', (err) => {
+      const room = err.room
+      if (room === undefined || !this.joined.has(room) || client.rooms.includes(room)) return
+      this.joined.delete(room)
+      this.wanted.delete(room)
+      this.history.seen.push({ at: this.now(), conn: 0, k: 'left', room })
     })
     client.on('reset', (reset) => {
       this.handedUpTo.delete(reset.room)

@@ -286,3 +286,26 @@ t.test('a reset the join\'s own read already covers is not sent again', async (t
   t.same(roomTrace(bob.frames, 'feed'), ['ack joined 2 old', 'item 3'])
   t.same(roomTrace(carol.frames, 'feed'), ['ack joined 2 old', 'reset 1 old', 'item 3'], 'a member not joining gets it')
 })
+
+t.test('chaos finding: a resume that arrives while a server-side join of the room is under way waits for it instead of being refused as already joined', async (t) => {
+  const gated = readGatedBroker()
+  const server = await startServer(t, { presence: false, broker: gated.broker })
+  const first = await connect(server, 'alice')
+  const { payload: joined } = await first.join('feed')
+  for (let i = 1; i <= 3; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  await first.next((frame) => frame.seq === 3, 'seq 3')
+  await first.close(1000)
+  for (let i = 4; i <= 5; i++) await server.app.rooms.broadcast('feed', 'item', { i })
+  const second = await connect(server, 'alice')
+  const held = gated.hold('position')
+  const joining = server.app.rooms.join({ userId: 'alice' }, 'feed')
+  await bounded(held.reached, 'the server join reading the position')
+  const resumesBefore = server.app.rooms.stats().messagesIn.resume ?? 0
+  const answer = second.request({ type: 'resume', payload: { rooms: { feed: { seq: 3, epoch: joined.epoch } } } })
+  await until(() => (server.app.rooms.stats().messagesIn.resume ?? 0) === resumesBefore + 1, 'the resume read by the server')
+  held.release()
+  await joining
+  const { payload } = await answer
+  t.match(payload.rooms.feed, { result: 'replayed', seq: 5 }, 'caught up into the joined room, not refused')
+  t.same(roomTrace(second.frames, 'feed'), ['joined 5 old', 'item 4', 'item 5', 'ack replayed 5 old'])
+})

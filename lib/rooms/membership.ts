@@ -49,6 +49,8 @@ interface MemberState {
   pendingJoins: Set<string> | undefined
   /** Rooms the server put this socket into, with the seq of the `joined` frame: a resume replays into them. */
   serverJoined: Map<string, number> | undefined
+  /** Server-side joins under way: a client's join or resume of the room waits for them to settle. */
+  serverJoining: Map<string, Promise<unknown>> | undefined
 }
 const NO_ROOMS: ReadonlySet<string> = new Set()
 // The writable side of each Member: only this module holds it.
@@ -58,7 +60,7 @@ const states = new WeakMap<Member, MemberState>()
 export class Member {
   constructor (user: RoomsUser) {
     // The sets are made on first use: most sockets are in few rooms, and many never join one from the server.
-    states.set(this, { user, rooms: undefined, pendingJoins: undefined, serverJoined: undefined })
+    states.set(this, { user, rooms: undefined, pendingJoins: undefined, serverJoined: undefined, serverJoining: undefined })
   }
 
   get user (): RoomsUser {
@@ -219,6 +221,28 @@ export class Membership {
    */
   async serverJoin (connection: Connection, room: string): Promise<JoinPosition> {
     if (connection.rooms.has(room)) return this.joinAck(room)
+    const state = stateOf(connection)
+    const joining = this.joinFromServer(connection, room)
+    ;(state.serverJoining ??= new Map()).set(room, joining)
+    try {
+      return await joining
+    } finally {
+      state.serverJoining?.delete(room)
+      if (state.serverJoining?.size === 0) state.serverJoining = undefined
+    }
+  }
+
+  /**
+   * Resolves once a server-side join of the room under way on this socket has succeeded or failed. A
+   * client's join or resume waits for it: until then the socket looks joined without its `joined` frame,
+   * and a resume would be refused as "already joined" (the fault campaign found it on PostgreSQL).
+   */
+  async serverJoinSettled (connection: Connection, room: string): Promise<void> {
+    const joining = stateOf(connection).serverJoining?.get(room)
+    if (joining !== undefined) await joining.catch(() => {})
+  }
+
+  private async joinFromServer (connection: Connection, room: string): Promise<JoinPosition> {
     await this.admit(connection, room, { authorized: true, capped: false })
     // The client learns of the room from the `joined` frame: live events wait until it is out.
     connection.holdLive(room)
@@ -285,6 +309,7 @@ export class Membership {
    * seq > ack.seq reaches this socket. Presence is announced by the caller after the ack is sent.
    */
   async join (connection: Connection, room: string): Promise<JoinResult> {
+    await this.serverJoinSettled(connection, room)
     if (connection.rooms.has(room)) return { ack: await this.joinAck(room) }
     await this.admit(connection, room, { authorized: false, capped: true })
     // Live events and appends wait until the ack is out (the caller calls `release`): the ack may give

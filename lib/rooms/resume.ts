@@ -62,6 +62,7 @@ async function resumeRooms (parts: Parts, connection: Connection, rooms: Record<
   const outcomes: Record<string, ResumeOutcome> = {}
   const authorized: typeof entries = []
   for (const [room, from] of entries) {
+    await membership.serverJoinSettled(connection, room)
     if (membership.isServerJoined(connection, room)) {
       // Joined by the server on this connection (onConnect): the client's position says what it lacks.
       outcomes[room] = await catchUp(parts, connection, room, from)
