@@ -473,7 +473,7 @@ export class Membership {
         await this.broker.unsubscribe(room).catch((err: unknown) => this.log.warn({ err, room }, 'fastify-rooms: unsubscribing from an empty room failed'))
       }
     }
-    const removal = { room, userId: connection.user.id, connectionId: connection.id }
+    const removal = { room, userId: connection.user.id, connection }
     if (graceMs === 0) return this.removePresence(removal, 0)
     this.later(() => this.track(this.removePresence(removal, 0)), graceMs)
   }
@@ -483,9 +483,11 @@ export class Membership {
    * A broker away now is tried again with a growing delay (up to about a minute over 8 tries): an entry
    * left behind would show a member who is gone to every process.
    */
-  private async removePresence (removal: { room: string; userId: string; connectionId: string }, attempt: number): Promise<void> {
+  private async removePresence (removal: { room: string; userId: string; connection: Connection }, attempt: number): Promise<void> {
+    // Back in the room since (a join after the leave): the entry is its own again, not one to remove.
+    if (attempt > 0 && removal.connection.rooms.has(removal.room)) return
     try {
-      const last = await this.broker.presenceLeave(removal.room, removal.userId, removal.connectionId)
+      const last = await this.broker.presenceLeave(removal.room, removal.userId, removal.connection.id)
       if (last) this.presence.changed(removal.room, removal.userId, 'leave')
     } catch (err) {
       if (attempt + 1 >= PRESENCE_LEAVE_TRIES) {
