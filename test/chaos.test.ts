@@ -94,6 +94,10 @@ t.test('the checker: a handler run twice for one id, a request never answered, t
   const refused: Seen = { at: 7, conn: 1, k: 'answer', id: 'q1', ok: false, code: 'unavailable' }
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, refused], { requests, finalRooms: [] })] }))), [], 'a documented error is an answer')
   t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, { ...refused, code: 'FST_ROOMS_BROKER' }], { requests, finalRooms: [] })] }))), ['undocumented-error'])
+  // A fault's effect is counted until 5 s after it healed (a cluster's clients refresh their slots).
+  const healedBefore = (ms: number) => [{ at: 6 - ms - 3000, end: 6 - ms, kind: 'failover', target: 'the master of r', losesState: true }]
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer], { requests, finalRooms: [] })], handlerRuns: runs, faults: healedBefore(2500) }))), [], 'the first run 2.5 s after a failover healed')
+  t.same(kinds(check(history({ subscribers: [subscriber('a', [joined, answer], { requests, finalRooms: [] })], handlerRuns: runs, faults: healedBefore(10_000) }))), ['ran-twice'], 'not 10 s after')
   // The package's client: its wire ids are its own, so its user's runs are read by the id the host saw.
   const clientRuns = [{ at: 6, user: 'c', id: 'k1-7', process: 's' }, { at: 9, user: 'c', id: 'k1-7', process: 's' }]
   t.same(kinds(check(history({ subscribers: [subscriber('c', [joined], { kind: 'client-ws', finalRooms: [] })], handlerRuns: clientRuns }))), ['ran-twice'])
