@@ -117,17 +117,24 @@ t.test('#13 fastify.rooms.join/leave by user and by connection, authorizeJoin no
   await t.rejects(server.app.rooms.join({ userId: 'alice' }, ''), { code: 'FST_ROOMS_INVALID_ARGUMENT' })
 })
 
-t.test('#13 the client tracks a server-joined room and resumes it after a reconnect, with no gap', async (t) => {
-  const server = await startServer(t, { presence: false, handshakeRateLimit: false, onConnect: async (ctx) => { if (ctx.user.id === 'alice') await ctx.join('feed') } })
-  const proxy = await startProxy(server.port)
-  t.teardown(() => proxy.close())
-  class OriginWebSocket extends WebSocket {
-    constructor (url: string, protocols?: string | string[]) {
-      super(url, protocols, { origin: ORIGIN })
-    }
+class OriginWebSocket extends WebSocket {
+  constructor (url: string, protocols?: string | string[]) {
+    super(url, protocols, { origin: ORIGIN })
   }
+}
+
+/** Our client for alice, through a proxy the test can cut, reconnecting at once. */
+async function aliceBehindProxy (t: { teardown(fn: () => unknown): void }, port: number) {
+  const proxy = await startProxy(port)
+  t.teardown(() => proxy.close())
   const client = createClient({ url: `ws://127.0.0.1:${proxy.port}/ws`, getToken: () => sign('alice'), WebSocket: OriginWebSocket, backoff: { initialMs: 5, maxMs: 20 } })
   t.teardown(() => client.close())
+  return { proxy, client }
+}
+
+t.test('#13 the client tracks a server-joined room and resumes it after a reconnect, with no gap', async (t) => {
+  const server = await startServer(t, { presence: false, handshakeRateLimit: false, onConnect: async (ctx) => { if (ctx.user.id === 'alice') await ctx.join('feed') } })
+  const { proxy, client } = await aliceBehindProxy(t, server.port)
   const seqs: number[] = []
   client.on('tick', (frame) => seqs.push(frame.seq!))
   await bounded(new Promise((resolve) => client.on('joined', resolve)), 'the joined frame')
@@ -153,15 +160,7 @@ t.test('chaos finding: our client never shows a gap before the reset that explai
       if (reconnects++ > 0) await ctx.rooms.broadcast('feed', 'tick', {})
     },
   })
-  const proxy = await startProxy(server.port)
-  t.teardown(() => proxy.close())
-  class OriginWebSocket extends WebSocket {
-    constructor (url: string, protocols?: string | string[]) {
-      super(url, protocols, { origin: ORIGIN })
-    }
-  }
-  const client = createClient({ url: `ws://127.0.0.1:${proxy.port}/ws`, getToken: () => sign('alice'), WebSocket: OriginWebSocket, backoff: { initialMs: 5, maxMs: 20 } })
-  t.teardown(() => client.close())
+  const { proxy, client } = await aliceBehindProxy(t, server.port)
   const seen: string[] = []
   client.on('tick', (frame) => seen.push(`tick ${frame.seq}`))
   client.on('reset', (reset) => seen.push(`reset ${reset.seq}`))

@@ -389,7 +389,7 @@ export class Connection implements RoomsConnection, Expiring {
    */
   finishReplay (room: string, history: readonly HistoryEvent[], after: RoomPosition, tails: readonly StreamTail[] = [], given: readonly StoredStream[] = []): number {
     for (const stored of given) if (stored.info.state === 'streaming') this.followStream(room, stored.seq, stored.info.id, stored.info.text.length)
-    return this.replay.finish(room, history, after.seq, after.epoch, {
+    return this.replay.finish(room, history, after, {
       history: (event) => {
         this.tracker?.advance(room, event.seq)
         if (event.stream?.open === true) this.followStream(room, event.seq, event.stream.id, event.stream.length)

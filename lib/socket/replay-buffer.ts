@@ -68,11 +68,6 @@ export class ReplayBuffer {
     return true
   }
 
-  /** Whether the room's live events are held (a join or resume is reading it). */
-  holds (room: string): boolean {
-    return this.replays?.has(room) === true
-  }
-
   private hold (replay: { events: Held[]; bytes: number }, held: Held & { event: FramedEvent }): LiveVerdict {
     replay.events.push(held)
     replay.bytes += held.event.framed.length
@@ -101,15 +96,15 @@ export class ReplayBuffer {
   }
 
   /**
-   * The replayed events after `after` (a seq of `epoch`), then the live ones held back meanwhile, each seq
+   * The replayed events after `after`, then the live ones held back meanwhile, each seq
    * once and in order, with any reset held meanwhile in its place (unless the replay's position already is
    * in its epoch, at or past its seq); the room goes live behind a fence at the last one. Returns how many
    * replayed events were written.
    */
-  finish (room: string, history: readonly HistoryEvent[], after: number, epoch: string, writer: ReplayWriter): number {
+  finish (room: string, history: readonly HistoryEvent[], after: RoomPosition, writer: ReplayWriter): number {
     const held = this.replays?.get(room)
     this.cancel(room)
-    let last = after
+    let last = after.seq
     let replayed = 0
     for (const event of history) {
       if (event.seq <= last) continue
@@ -118,7 +113,7 @@ export class ReplayBuffer {
       replayed++
     }
     writer.between()
-    let current = epoch
+    let current = after.epoch
     for (const entry of held?.events ?? []) {
       if (entry.reset !== undefined) {
         if (entry.reset.epoch === current && entry.reset.seq <= last) continue
